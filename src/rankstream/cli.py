@@ -1,0 +1,182 @@
+"""The `rankstream` command. Each subcommand is a thin shell over a library function."""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rankstream.stream.errors import RankstreamError
+
+
+def home() -> Path:
+    """Where local state lives: the stack, prepared data, model artifacts."""
+    return Path(os.environ.get("RANKSTREAM_HOME", "var")).resolve()
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from rankstream.deploy import stack
+
+    state = home() / "stack"
+    if args.action == "up":
+        info = stack.up(state)
+    elif args.action == "down":
+        stack.down(state)
+        print("stack stopped")
+        return 0
+    else:
+        info = stack.status(state)
+        if info is None:
+            print("stack is not running (rankstream stack up)")
+            return 1
+    print(f"kafka bootstrap: {info.bootstrap}\nredis url:       {info.redis_url}\nstate:           {info.state_dir}")
+    print(f"export RANKSTREAM_KAFKA_BOOTSTRAP={info.bootstrap} RANKSTREAM_REDIS_URL={info.redis_url}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from rankstream.data.prepare import prepare
+
+    prepared = prepare(args.source, args.out or home() / "data")
+    print(prepared.summary())
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from rankstream.loading import load_tables_and_topics
+    from rankstream.stream.settings import load_settings
+
+    settings = load_settings()
+    print(asyncio.run(load_tables_and_topics(settings, args.data or home() / "data", args.partitions)))
+    return 0
+
+
+def _build_model(args: argparse.Namespace) -> int:
+    from rankstream.modelbuild import build_from_prepared
+
+    path = build_from_prepared(args.data or home() / "data", args.out or home() / "models", preset=args.preset)
+    print(f"model artifact: {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rankstream.stream.service import serve
+    from rankstream.stream.settings import load_settings
+
+    overrides = {"model_dir": args.model_dir} if args.model_dir else {}
+    stats = asyncio.run(serve(load_settings(**overrides)))
+    print(json.dumps(stats.__dict__))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from rankstream.loading import replay_split
+    from rankstream.stream.settings import load_settings
+
+    settings = load_settings()
+    n = asyncio.run(
+        replay_split(settings, args.data or home() / "data", args.split, limit=args.limit, rate=args.rate)
+    )
+    print(f"replayed {n} events to {settings.topic}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rankstream.evaluate import evaluate, format_table
+    from rankstream.stream.service import resolve_model_dir
+
+    model = resolve_model_dir(args.model or home() / "models")
+    result = evaluate(args.data or home() / "data", model, split=args.split, max_instances=args.max_instances)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def _recs(args: argparse.Namespace) -> int:
+    from rankstream.loading import read_recs
+    from rankstream.stream.settings import load_settings
+
+    print(json.dumps(asyncio.run(read_recs(load_settings(), args.user)), indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rankstream.demo import run_demo
+
+    return run_demo(home(), events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rankstream", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("stack", help="start/stop/show the local Kafka + Redis")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.set_defaults(fn=_stack)
+
+    s = sub.add_parser("prepare", help="convert and split the data, compute co-visitation")
+    s.add_argument("--source", type=Path, help="directory with interactions + catalog files (default: UCI retail)")
+    s.add_argument("--out", type=Path)
+    s.set_defaults(fn=_prepare)
+
+    s = sub.add_parser("load", help="load catalog and candidate tables into Redis; create topics")
+    s.add_argument("--data", type=Path)
+    s.add_argument("--partitions", type=int, default=4)
+    s.set_defaults(fn=_load)
+
+    s = sub.add_parser("build-model", help="fine-tune, export and quantize a ranker artifact")
+    s.add_argument("--data", type=Path)
+    s.add_argument("--out", type=Path)
+    s.add_argument("--preset", choices=["demo", "tiny"], default="demo")
+    s.set_defaults(fn=_build_model)
+
+    s = sub.add_parser("serve", help="run one scorer replica (settings from RANKSTREAM_* variables)")
+    s.add_argument("--model-dir", type=Path)
+    s.set_defaults(fn=_serve)
+
+    s = sub.add_parser("replay", help="publish a split's interactions as click events, in time order")
+    s.add_argument("--data", type=Path)
+    s.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    s.set_defaults(fn=_replay)
+
+    s = sub.add_parser("eval", help="NDCG@10 / Recall@10 / MRR of a model vs the co-visitation order")
+    s.add_argument("--model", type=Path)
+    s.add_argument("--data", type=Path)
+    s.add_argument("--split", choices=["valid", "test"], default="test")
+    s.add_argument("--max-instances", type=int, default=1000)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_eval)
+
+    s = sub.add_parser("recs", help="print a user's list as a frontend reads it")
+    s.add_argument("user")
+    s.set_defaults(fn=_recs)
+
+    s = sub.add_parser("demo", help="the whole stream on real data, from nothing to printed recommendations")
+    s.add_argument("--events", type=int, default=3000, help="test-period events to replay")
+    s.set_defaults(fn=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Third-party clients are chatty at INFO; their warnings still show.
+    for noisy in ("aiokafka", "kafka", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.fn(args)
+    except RankstreamError as exc:
+        print(f"rankstream: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Glue between prepared data files and the running stream: load tables, create topics, replay, read."""
+
+import asyncio
+from pathlib import Path
+
+from rankstream.data.prepare import load_prepared
+from rankstream.deploy.kafka_local import create_topics
+from rankstream.replay import replay
+from rankstream.stream.events import ClickEvent
+from rankstream.stream.settings import Settings
+from rankstream.stream.store import Store
+
+
+def _store(settings: Settings) -> Store:
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return Store.from_url(settings.redis_url, password=password, ttl_s=settings.rec_ttl_s)
+
+
+async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions: int = 4) -> str:
+    """Create the clicks and DLQ topics and load catalog, co-visitation and trending into Redis."""
+    prepared = load_prepared(data_dir)
+    await asyncio.to_thread(
+        create_topics, settings.kafka_bootstrap, {settings.topic: partitions, settings.dlq_topic: 1}
+    )
+    store = _store(settings)
+    try:
+        await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending)
+    finally:
+        await store.close()
+    return (
+        f"loaded {len(prepared.catalog)} catalog items, {len(prepared.neighbours)} neighbour lists, "
+        f"{len(prepared.trending)} trending items; topics {settings.topic} ({partitions} partitions), "
+        f"{settings.dlq_topic}"
+    )
+
+
+def split_events(data_dir: Path, split: str, limit: int | None = None) -> list[ClickEvent]:
+    """A split's interactions as click events in time order (the first `limit` of them)."""
+    frame = load_prepared(data_dir).split_frames()[split]
+    frame = frame.sort_values("ts", kind="stable")
+    if limit is not None:
+        frame = frame.head(limit)
+    kinds = frame["event"] if "event" in frame else ["click"] * len(frame)
+    return [
+        ClickEvent(user_id=u, item_id=i, ts=t.to_pydatetime(), event=k)
+        for u, i, t, k in zip(frame["user_id"], frame["item_id"], frame["ts"], kinds, strict=True)
+    ]
+
+
+async def replay_split(
+    settings: Settings, data_dir: Path, split: str, *, limit: int | None = None, rate: float | None = None
+) -> int:
+    events = split_events(data_dir, split, limit)
+    return await replay(events, settings.kafka_bootstrap, settings.topic, rate=rate)
+
+
+async def read_recs(settings: Settings, user_id: str) -> dict | None:
+    store = _store(settings)
+    try:
+        return await store.read_list(user_id)
+    finally:
+        await store.close()

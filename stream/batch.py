@@ -1,0 +1,82 @@
+"""Pure micro-batch logic: group valid events by user, replay them onto stored state, build pairs.
+
+No I/O here, so every rule about ordering, idempotence and coalescing is unit-testable.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from rankstream.stream.candidates import covisit_candidates
+from rankstream.stream.events import ClickEvent
+from rankstream.stream.features import HISTORY_ITEMS, candidate_text, history_text
+from rankstream.stream.store import UserState
+
+
+@dataclass(frozen=True)
+class Valid:
+    """A validated event with where it came from."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int  # Kafka record time: when the event entered the system
+    event: ClickEvent
+
+
+@dataclass(frozen=True)
+class UserPlan:
+    """One user's work in a batch: their new history and the event the written list will reflect."""
+
+    user_id: str
+    history: tuple[str, ...]
+    last: Valid
+    events: int  # new events folded into this one scoring (coalescing)
+
+
+def group_by_user(events: Iterable[Valid]) -> dict[str, list[Valid]]:
+    """Events per user in arrival order (a user's events share one partition, so this is offset order)."""
+    out: dict[str, list[Valid]] = {}
+    for v in events:
+        out.setdefault(v.event.user_id, []).append(v)
+    return out
+
+
+def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_len: int) -> UserPlan | None:
+    """Fold a user's new events into the stored history; None when every event was already applied."""
+    history = list(state.items)
+    fresh = [v for v in events if not state.applied(v.partition, v.offset)]
+    if not fresh:
+        return None
+    for v in fresh:
+        item = v.event.item_id
+        if item in history:
+            history.remove(item)
+        history.insert(0, item)
+    return UserPlan(user_id, tuple(history[:history_len]), fresh[-1], len(fresh))
+
+
+def recent_items(plans: Iterable[UserPlan], recent: int = HISTORY_ITEMS) -> list[str]:
+    """Items whose neighbour lists the batch needs, without duplicates."""
+    seen: dict[str, None] = {}
+    for p in plans:
+        for it in p.history[:recent]:
+            seen[it] = None
+    return list(seen)
+
+
+def candidate_pairs(
+    plan: UserPlan,
+    neighbours: Mapping[str, Sequence[str]],
+    trending: Sequence[str],
+    catalog: Mapping[str, str],
+    n: int,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The user's candidates (co-visitation order) and their (history, candidate) text pairs."""
+    cands = [c for c in covisit_candidates(plan.history, neighbours, trending, n) if c in catalog]
+    query = history_text([catalog[i] for i in plan.history if i in catalog])
+    return cands, [(query, candidate_text(catalog[c])) for c in cands]
+
+
+def top_k(cands: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[str, float], ...]:
+    """Best k by score; ties keep the co-visitation order (stable sort)."""
+    order = sorted(range(len(cands)), key=lambda i: -scores[i])[:k]
+    return tuple((cands[i], float(scores[i])) for i in order)

@@ -1,0 +1,194 @@
+"""The scorer: consume click events, rank candidates per user in micro-batches, write lists, commit.
+
+Offsets are committed only after the batch's Redis writes and dead-letter sends succeeded
+(at-least-once input); the fenced Redis write makes a replayed batch harmless (effectively-once output).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from rankstream.stream import batch as b
+from rankstream.stream.errors import RankstreamError, StoreError
+from rankstream.stream.events import Rejected, parse_event
+from rankstream.stream.ranker import Ranker
+from rankstream.stream.settings import Settings
+from rankstream.stream.store import ListWrite, Store
+
+log = logging.getLogger(__name__)
+
+_NEIGHBOUR_CACHE_MAX = 200_000
+_BACKOFF_MAX_S = 10.0
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    dlq: int = 0
+    lists_written: int = 0
+    stale_skipped: int = 0
+    coalesced: int = 0
+    batches: int = 0
+    pairs: int = 0
+    dlq_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Scorer:
+    """One scorer replica. `run()` until `stop()`; owns its Kafka clients, not the store or ranker."""
+
+    def __init__(self, settings: Settings, ranker: Ranker, store: Store) -> None:
+        self.settings = settings
+        self.ranker = ranker
+        self.store = store
+        self.stats = Stats()
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._catalog: dict[str, str] = {}
+        self._trending: list[str] = []
+        self._neighbours: dict[str, list[str]] = {}
+        common = {"bootstrap_servers": settings.kafka_bootstrap, **settings.kafka_options}
+        self._consumer = AIOKafkaConsumer(
+            settings.topic,
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **common,
+        )
+        self._producer = AIOKafkaProducer(acks="all", **common)
+
+    async def start(self) -> None:
+        if self._started:
+            raise RankstreamError("Scorer.start() called twice; make a new Scorer")
+        self._started = True
+        self._catalog = await self.store.read_catalog()
+        if not self._catalog:
+            raise RankstreamError("the catalog in Redis is empty: run `rankstream load` first")
+        self._trending = await self.store.read_trending()
+        await self._producer.start()
+        await self._consumer.start()
+        log.info(
+            "scorer started: topic=%s group=%s model=%s catalog=%d items",
+            self.settings.topic, self.settings.group_id, self.ranker.version, len(self._catalog),
+        )
+
+    def stop(self) -> None:
+        """Ask the loop to finish the in-flight batch, commit and return (safe from a signal handler)."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        await self._consumer.stop()
+        await self._producer.stop()
+
+    async def run(self) -> Stats:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            records = await self._consumer.getmany(
+                timeout_ms=self.settings.batch_linger_ms, max_records=self.settings.batch_max_records
+            )
+            if not records:
+                continue
+            try:
+                await self.process(records)
+            except (StoreError, KafkaError) as exc:
+                # Nothing of this batch is committed: rewind and try again once the dependency is back.
+                log.warning("batch failed, retrying in %.1fs: %s", backoff, exc)
+                for tp, recs in records.items():
+                    self._consumer.seek(tp, recs[0].offset)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = 0.5
+            await self.commit({tp: recs[-1].offset + 1 for tp, recs in records.items()})
+        log.info("scorer stopping: %s", self.stats)
+        return self.stats
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(dict(offsets))
+        except CommitFailedError as exc:
+            # Partitions moved to another replica mid-batch; it re-reads them and the fence absorbs the repeat.
+            log.warning("commit refused after a rebalance, the new owner will replay: %s", exc)
+
+    async def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+        """Validate, dead-letter, plan, score, write: everything for one batch except the commit."""
+        valid: list[b.Valid] = []
+        dlq_sends = []
+        for tp, recs in records.items():
+            for r in recs:
+                try:
+                    ev = parse_event(r.value, self.settings.max_event_bytes)
+                    if ev.item_id not in self._catalog:
+                        raise Rejected("unknown_item", ev.item_id[:64])
+                except Rejected as rej:
+                    dlq_sends.append(await self._send_dlq(tp, r, rej))
+                    continue
+                valid.append(b.Valid(tp.partition, r.offset, r.timestamp, ev))
+        by_user = b.group_by_user(valid)
+        states = await self.store.read_states(list(by_user))
+        plans = [
+            p
+            for u, evs in by_user.items()
+            if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None
+        ]
+        neighbours = await self._neighbours_for(b.recent_items(plans))
+        writes, pairs_total = await self._score(plans, neighbours)
+        applied = await self.store.write_lists(writes)
+        if dlq_sends:
+            await asyncio.gather(*dlq_sends)
+        st = self.stats
+        st.batches += 1
+        st.events += len(valid)
+        st.lists_written += applied
+        st.stale_skipped += len(writes) - applied
+        st.coalesced += sum(p.events - 1 for p in plans)
+        st.pairs += pairs_total
+
+    async def _score(
+        self, plans: list[b.UserPlan], neighbours: Mapping[str, Sequence[str]]
+    ) -> tuple[list[ListWrite], int]:
+        per_user = []
+        all_pairs: list[tuple[str, str]] = []
+        for p in plans:
+            cands, pairs = b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates)
+            per_user.append((p, cands, len(all_pairs)))
+            all_pairs.extend(pairs)
+        # One version scores the whole batch: the ranker reference is read once, here.
+        ranker = self.ranker
+        t0 = time.perf_counter()
+        scores = await asyncio.to_thread(ranker.score, all_pairs) if all_pairs else []
+        log.debug("scored %d pairs for %d users in %.3fs", len(all_pairs), len(plans), time.perf_counter() - t0)
+        writes = []
+        for p, cands, start in per_user:
+            top = b.top_k(cands, scores[start : start + len(cands)], self.settings.top_k)
+            writes.append(
+                ListWrite(p.user_id, p.history, top, ranker.version, p.last.partition, p.last.offset,
+                          p.last.timestamp_ms)
+            )
+        return writes, len(all_pairs)
+
+    async def _neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
+        missing = [it for it in items if it not in self._neighbours]
+        if missing:
+            if len(self._neighbours) > _NEIGHBOUR_CACHE_MAX:
+                self._neighbours.clear()  # bounded memory; the tables are cheap to re-read
+            self._neighbours.update(await self.store.read_neighbours(missing))
+        return {it: self._neighbours.get(it, []) for it in items}
+
+    async def _send_dlq(self, tp: TopicPartition, r: ConsumerRecord, rej: Rejected) -> "asyncio.Future[object]":
+        st = self.stats
+        st.dlq += 1
+        st.dlq_reasons[rej.reason] = st.dlq_reasons.get(rej.reason, 0) + 1
+        log.info("dead-lettered %s[%d]@%d: %s", tp.topic, tp.partition, r.offset, rej.reason)
+        headers = [
+            ("reason", rej.reason.encode()),
+            ("detail", rej.detail[:500].encode("utf-8", "replace")),
+            ("source_topic", tp.topic.encode()),
+            ("source_partition", str(tp.partition).encode()),
+            ("source_offset", str(r.offset).encode()),
+        ]
+        return await self._producer.send(self.settings.dlq_topic, value=r.value, key=r.key, headers=headers)

@@ -1,0 +1,195 @@
+"""Redis: the catalog and candidate tables the scorer reads, and the per-user lists it writes.
+
+Key schema (version 1; documented in the README for frontends):
+  rec:{<user>}   JSON top-k list, with TTL         — what frontends read
+  hist:{<user>}  hash: items (newest first), p, o, ts — the scorer's own per-user state and write fence
+  rs:catalog     hash item_id -> title
+  rs:nb          hash item_id -> comma-joined co-visitation neighbours, best first
+  rs:trending    comma-joined item ids, best first
+The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write touches live in one slot.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from rankstream.stream.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CATALOG_KEY = "rs:catalog"
+NEIGHBOURS_KEY = "rs:nb"
+TRENDING_KEY = "rs:trending"
+
+# One atomic step per user: skip if this state is not newer than what is stored (a replayed or late
+# batch), else write history and list together. Same partition: compare offsets. Different partition
+# (the topic was repartitioned): fall back to event time.
+_WRITE_LUA = """
+local p = redis.call('HGET', KEYS[1], 'p')
+if p then
+  if p == ARGV[1] then
+    if tonumber(redis.call('HGET', KEYS[1], 'o')) >= tonumber(ARGV[2]) then return 0 end
+  elseif tonumber(redis.call('HGET', KEYS[1], 'ts') or '0') > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'items', ARGV[4], 'p', ARGV[1], 'o', ARGV[2], 'ts', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
+return 1
+"""
+
+
+def rec_key(user_id: str) -> str:
+    return f"rec:{{{user_id}}}"
+
+
+def hist_key(user_id: str) -> str:
+    return f"hist:{{{user_id}}}"
+
+
+@dataclass(frozen=True)
+class UserState:
+    items: tuple[str, ...]  # newest first
+    partition: int | None
+    offset: int | None
+
+    def applied(self, partition: int, offset: int) -> bool:
+        """True when the event at (partition, offset) is already reflected in this state."""
+        return self.partition == partition and self.offset is not None and offset <= self.offset
+
+
+EMPTY_STATE = UserState((), None, None)
+
+
+@dataclass(frozen=True)
+class ListWrite:
+    user_id: str
+    history: tuple[str, ...]
+    items: tuple[tuple[str, float], ...]
+    model_version: str
+    partition: int
+    offset: int
+    event_ts_ms: int
+
+
+class Store:
+    """Async Redis access for one scorer. Raises StoreError (retriable) on any Redis failure."""
+
+    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
+        self._r = client
+        self._ttl_s = ttl_s
+        self._write = client.register_script(_WRITE_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, *, password: str | None = None, ttl_s: int = 7 * 86_400) -> "Store":
+        return cls(aioredis.from_url(url, password=password, decode_responses=True), ttl_s)
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self._r.ping()
+        except RedisError as exc:
+            raise StoreError(f"Redis did not answer: {exc}") from exc
+
+    async def load_tables(
+        self, catalog: dict[str, str], neighbours: dict[str, list[str]], trending: list[str]
+    ) -> None:
+        """Replace the catalog, co-visitation and trending tables (the `rankstream load` step)."""
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.delete(CATALOG_KEY, NEIGHBOURS_KEY)
+                if catalog:
+                    pipe.hset(CATALOG_KEY, mapping=catalog)
+                if neighbours:
+                    pipe.hset(NEIGHBOURS_KEY, mapping={k: ",".join(v) for k, v in neighbours.items()})
+                pipe.set(TRENDING_KEY, ",".join(trending))
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"loading tables into Redis failed: {exc}") from exc
+
+    async def read_catalog(self) -> dict[str, str]:
+        try:
+            return await self._r.hgetall(CATALOG_KEY)
+        except RedisError as exc:
+            raise StoreError(f"reading {CATALOG_KEY} failed: {exc}") from exc
+
+    async def read_trending(self) -> list[str]:
+        try:
+            raw = await self._r.get(TRENDING_KEY)
+        except RedisError as exc:
+            raise StoreError(f"reading {TRENDING_KEY} failed: {exc}") from exc
+        return raw.split(",") if raw else []
+
+    async def read_states(self, users: list[str]) -> dict[str, UserState]:
+        """Each user's stored history and fence, in one round trip."""
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for u in users:
+                    pipe.hmget(hist_key(u), "items", "p", "o")
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"reading user state failed: {exc}") from exc
+        states = {}
+        for u, (its, p, o) in zip(users, replies, strict=True):
+            if p is None:
+                states[u] = EMPTY_STATE
+            else:
+                states[u] = UserState(tuple(its.split(",")) if its else (), int(p), int(o))
+        return states
+
+    async def read_neighbours(self, items: list[str]) -> dict[str, list[str]]:
+        """Co-visitation neighbours of `items` (absent items map to nothing)."""
+        if not items:
+            return {}
+        try:
+            raw = await self._r.hmget(NEIGHBOURS_KEY, items)
+        except RedisError as exc:
+            raise StoreError(f"reading {NEIGHBOURS_KEY} failed: {exc}") from exc
+        return {it: r.split(",") if r else [] for it, r in zip(items, raw, strict=True)}
+
+    async def write_lists(self, writes: list[ListWrite]) -> int:
+        """Write every user's history and list, fenced; returns how many were newer and applied."""
+        if not writes:
+            return 0
+        now = time.time()
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for w in writes:
+                    rec = {
+                        "v": SCHEMA_VERSION,
+                        "user_id": w.user_id,
+                        "items": [{"item_id": i, "score": round(s, 5)} for i, s in w.items],
+                        "model_version": w.model_version,
+                        "partition": w.partition,
+                        "offset": w.offset,
+                        "event_ts": w.event_ts_ms,
+                        "generated_at": round(now, 3),
+                    }
+                    await self._write(
+                        keys=[hist_key(w.user_id), rec_key(w.user_id)],
+                        args=[w.partition, w.offset, w.event_ts_ms, ",".join(w.history), json.dumps(rec),
+                              self._ttl_s],
+                        client=pipe,
+                    )
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"writing {len(writes)} lists failed: {exc}") from exc
+        return sum(int(r) for r in results)
+
+    async def read_list(self, user_id: str) -> dict | None:
+        """A frontend's read, for the CLI and tests."""
+        raw = await self._r.get(rec_key(user_id))
+        return json.loads(raw) if raw else None
+
+    async def read_history(self, user_id: str) -> list[str]:
+        """The user's items as the scorer last saw them, newest first."""
+        raw = await self._r.hget(hist_key(user_id), "items")
+        return raw.split(",") if raw else []

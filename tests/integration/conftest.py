@@ -1,0 +1,70 @@
+"""Session fixtures for integration tests: the real Kafka and Redis, and a tiny real model artifact."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from rankstream.deploy import stack as local_stack
+from rankstream.stream.store import Store
+
+CATALOG = {f"I{i:03d}": f"{colour} {thing}" for i, (colour, thing) in enumerate(
+    (c, t)
+    for c in ("red", "blue", "green", "white", "pink")
+    for t in ("mug", "candle holder", "lunch bag", "doormat", "cake stand", "tea towel")
+)}
+ITEMS = sorted(CATALOG)
+# Each item's neighbours: the next few items, so every user gets candidates.
+NEIGHBOURS = {it: [ITEMS[(i + d) % len(ITEMS)] for d in range(1, 8)] for i, it in enumerate(ITEMS)}
+TRENDING = ITEMS[:10]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.StackInfo]:
+    state = tmp_path_factory.mktemp("stack")
+    info = local_stack.up(state)
+    yield info
+    local_stack.down(state)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real artifact (tiny random-weight BERT, briefly trained, exported, INT8) built once per session."""
+    from rankstream.compression.build import build_model
+    from rankstream.compression.pairs import LabelledPair
+
+    pairs = [
+        LabelledPair(f"{CATALOG[a]} ; {CATALOG[b]}", CATALOG[c], float(k % 2))
+        for k, (a, b, c) in enumerate(zip(ITEMS, ITEMS[3:], ITEMS[7:], strict=False))
+    ]
+    return build_model(pairs, tmp_path_factory.mktemp("models"), version="vtest-tiny", preset="tiny")
+
+
+@pytest.fixture
+async def store(stack: local_stack.StackInfo) -> AsyncIterator[Store]:
+    """A Store on a flushed Redis with the test catalog loaded."""
+    client = aioredis.from_url(stack.redis_url, decode_responses=True)
+    await client.flushdb()
+    s = Store(client, ttl_s=3600)
+    await s.load_tables(CATALOG, NEIGHBOURS, TRENDING)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A fresh topic name per test, so tests never see each other's events."""
+    return f"clicks-{uuid.uuid4().hex[:8]}"
+
+
+async def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+    """Poll an async predicate until it returns something truthy; fail the test on timeout."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = await predicate()
+            if result:
+                return result
+            await asyncio.sleep(every)

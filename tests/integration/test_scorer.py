@@ -1,0 +1,186 @@
+"""The scorer on the real Kafka and Redis: events in -> lists out; bad events -> DLQ; no loss on a crash."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from rankstream.deploy.kafka_local import create_topics
+from rankstream.stream.events import ClickEvent
+from rankstream.stream.lag import group_lag
+from rankstream.stream.ranker import Ranker
+from rankstream.stream.scorer import Scorer
+from rankstream.stream.settings import Settings
+from rankstream.stream.store import Store
+
+from .conftest import ITEMS, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+T0 = datetime(2011, 11, 1, 9, 0, tzinfo=UTC)
+
+
+def events_for(users: int, per_user: int) -> list[ClickEvent]:
+    """Interleaved events: user u clicks items u, u+1, ... in time order."""
+    out = []
+    for k in range(per_user):
+        for u in range(users):
+            out.append(ClickEvent(user_id=f"u{u}", item_id=ITEMS[(u * 3 + k) % len(ITEMS)],
+                                  ts=T0 + timedelta(minutes=k), event="click"))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, key=key, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def settings_for(stack, topic: str, model_dir, **kw) -> Settings:  # type: ignore[no-untyped-def]
+    return Settings(
+        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, model_dir=model_dir,
+        topic=topic, dlq_topic=f"{topic}.dlq", group_id=f"g-{topic}", top_k=5, candidates=10,
+        batch_max_records=kw.pop("batch_max_records", 50), batch_linger_ms=50, **kw,
+    )
+
+
+async def run_until_drained(scorer: Scorer, s: Settings) -> None:
+    """Run the scorer until its group's lag is 0, then stop it gracefully."""
+    await scorer.start()
+    task = asyncio.create_task(scorer.run())
+
+    async def drained() -> bool:
+        if task.done():
+            task.result()  # surface a crash instead of timing out
+        lag = await group_lag(s.kafka_bootstrap, s.topic, s.group_id)
+        return bool(lag) and sum(lag.values()) == 0
+
+    try:
+        await wait_for(drained, timeout=120, every=0.5)
+    finally:
+        scorer.stop()
+        await task
+        await scorer.close()
+
+
+async def setup_topics(stack, topic: str) -> None:  # type: ignore[no-untyped-def]
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 3, f"{topic}.dlq": 1})
+
+
+async def test_events_become_lists_in_redis(stack, store: Store, tiny_model, topic: str) -> None:
+    await setup_topics(stack, topic)
+    evs = events_for(users=8, per_user=4)
+    await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])
+    s = settings_for(stack, topic, tiny_model)
+    ranker = Ranker.load(tiny_model)
+    scorer = Scorer(s, ranker, store)
+    await run_until_drained(scorer, s)
+
+    assert scorer.stats.events == len(evs)
+    assert scorer.stats.dlq == 0
+    for u in range(8):
+        rec = await store.read_list(f"u{u}")
+        assert rec is not None, f"no list for u{u}"
+        assert rec["model_version"] == "vtest-tiny"
+        assert rec["v"] == 1
+        assert 1 <= len(rec["items"]) <= 5
+        mine = [e.item_id for e in evs if e.user_id == f"u{u}"]
+        # Items the user already has are never recommended back.
+        assert not {i["item_id"] for i in rec["items"]} & set(mine)
+        scores = [i["score"] for i in rec["items"]]
+        assert scores == sorted(scores, reverse=True)
+        # The stored history is the user's items newest first.
+        hist = await store.read_history(f"u{u}")
+        assert hist == list(reversed(mine))
+
+
+async def test_malformed_events_go_to_dlq_with_reason(stack, store: Store, tiny_model, topic: str) -> None:
+    await setup_topics(stack, topic)
+    good = events_for(users=3, per_user=2)
+    bad = [
+        (b"x", b'{"user_id": "u1", "item_id": '),  # truncated JSON
+        (b"x", b'{"user_id": "u1", "ts": 1}'),  # missing item_id
+        (b"x", b"\xff\xfe not utf-8"),
+        (b"x", json.dumps({"user_id": "u1", "item_id": "NOPE", "ts": 1}).encode()),  # unknown item
+        (b"x", json.dumps({"user_id": "u1", "item_id": ITEMS[0], "ts": -5}).encode()),
+        (b"x", b"[1, 2]"),
+    ]
+    records = [(e.user_id.encode(), e.to_bytes()) for e in good[:3]] + bad
+    records += [(e.user_id.encode(), e.to_bytes()) for e in good[3:]]
+    await produce(stack.bootstrap, topic, records)
+    s = settings_for(stack, topic, tiny_model)
+    scorer = Scorer(s, Ranker.load(tiny_model), store)
+    await run_until_drained(scorer, s)
+
+    assert scorer.stats.events == len(good)
+    assert scorer.stats.dlq == len(bad)
+    for u in range(3):
+        assert await store.read_list(f"u{u}") is not None
+
+    consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        got = []
+        async with asyncio.timeout(30):
+            while len(got) < len(bad):
+                batch = await consumer.getmany(timeout_ms=500)
+                for recs in batch.values():
+                    got.extend(recs)
+    finally:
+        await consumer.stop()
+    reasons = sorted(dict(r.headers)["reason"].decode() for r in got)
+    assert reasons == sorted(
+        ["invalid_json", "invalid_item_id", "invalid_utf8", "unknown_item", "invalid_ts", "not_an_object"]
+    )
+    for r in got:
+        h = dict(r.headers)
+        assert h["source_topic"].decode() == topic
+        assert int(h["source_offset"]) >= 0
+    # The original bytes travel unchanged.
+    assert sorted(r.value for r in got) == sorted(v for _, v in bad)
+
+
+class CrashBeforeCommit(Scorer):
+    """A scorer that dies after its first batch was written to Redis but before the commit."""
+
+    async def commit(self, offsets):  # type: ignore[no-untyped-def]
+        raise RuntimeError("simulated crash before commit")
+
+
+async def test_crash_before_commit_loses_nothing(stack, store: Store, tiny_model, topic: str) -> None:
+    await setup_topics(stack, topic)
+    evs = events_for(users=6, per_user=5)
+    await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])
+    s = settings_for(stack, topic, tiny_model, batch_max_records=7)
+    ranker = Ranker.load(tiny_model)
+
+    crashing = CrashBeforeCommit(s, ranker, store)
+    await crashing.start()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        await crashing.run()
+    await crashing.close()
+    assert crashing.stats.events > 0  # it consumed and wrote before dying
+    assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == len(evs)
+
+    survivor = Scorer(s, ranker, store)
+    await run_until_drained(survivor, s)
+
+    # Everything is reflected exactly once: each user's list reflects their last event, and the
+    # history holds each of their items once, newest first.
+    by_user: dict[str, list[ClickEvent]] = {}
+    for e in evs:
+        by_user.setdefault(e.user_id, []).append(e)
+    for user, mine in by_user.items():
+        rec = await store.read_list(user)
+        assert rec is not None
+        hist = await store.read_history(user)
+        assert hist == list(dict.fromkeys(e.item_id for e in reversed(mine)))
+    # The replayed first batch was recognised as already applied (fenced), not applied twice.
+    assert survivor.stats.events == len(evs)

@@ -1,0 +1,68 @@
+from datetime import UTC, datetime
+
+from rankstream.stream import batch as b
+from rankstream.stream.candidates import covisit_candidates
+from rankstream.stream.events import ClickEvent
+from rankstream.stream.store import EMPTY_STATE, UserState
+
+TS = datetime(2011, 11, 1, tzinfo=UTC)
+
+
+def valid(user: str, item: str, offset: int, partition: int = 0) -> b.Valid:
+    return b.Valid(partition, offset, 1000 + offset, ClickEvent(user_id=user, item_id=item, ts=TS))
+
+
+def test_plan_folds_events_newest_first_without_duplicates() -> None:
+    evs = [valid("u", "a", 1), valid("u", "b", 2), valid("u", "a", 3)]
+    plan = b.plan_user("u", evs, UserState(("c", "b"), 0, 0), history_len=10)
+    assert plan is not None
+    assert plan.history == ("a", "b", "c")
+    assert plan.last.offset == 3
+    assert plan.events == 3
+
+
+def test_plan_skips_events_already_applied() -> None:
+    state = UserState(("b", "a"), 0, 2)
+    assert b.plan_user("u", [valid("u", "a", 1), valid("u", "b", 2)], state, 10) is None
+    plan = b.plan_user("u", [valid("u", "b", 2), valid("u", "d", 3)], state, 10)
+    assert plan is not None and plan.history == ("d", "b", "a") and plan.events == 1
+
+
+def test_other_partition_is_not_mistaken_for_applied() -> None:
+    state = UserState(("a",), 1, 50)
+    plan = b.plan_user("u", [valid("u", "z", 3, partition=0)], state, 10)
+    assert plan is not None and plan.history == ("z", "a")
+
+
+def test_history_is_capped() -> None:
+    plan = b.plan_user("u", [valid("u", str(i), i) for i in range(10)], EMPTY_STATE, history_len=4)
+    assert plan is not None and plan.history == ("9", "8", "7", "6")
+
+
+def test_group_by_user_keeps_order() -> None:
+    evs = [valid("u", "a", 1), valid("v", "b", 2), valid("u", "c", 3)]
+    grouped = b.group_by_user(evs)
+    assert [v.offset for v in grouped["u"]] == [1, 3]
+    assert [v.offset for v in grouped["v"]] == [2]
+
+
+def test_candidate_pairs_use_shared_text_and_skip_unknown_items() -> None:
+    plan = b.UserPlan("u", ("a",), valid("u", "a", 1), 1)
+    catalog = {"a": "Red Mug", "b": "Blue Mug"}
+    cands, pairs = b.candidate_pairs(plan, {"a": ["b", "ghost"]}, [], catalog, 10)
+    assert cands == ["b"]
+    assert pairs == [("red mug", "blue mug")]
+
+
+def test_top_k_orders_by_score_and_breaks_ties_by_candidate_order() -> None:
+    assert b.top_k(["x", "y", "z"], [0.1, 0.5, 0.5], 2) == (("y", 0.5), ("z", 0.5))
+
+
+def test_covisit_candidates_vote_exclude_seen_and_fill_with_trending() -> None:
+    nb = {"a": ["x", "y", "b"], "b": ["y", "z"]}
+    got = covisit_candidates(["a", "b"], nb, trending=["t", "x", "a"], n=4)
+    # y: 1/2 (from a, rank 1) + 1/2 (from b, rank 0) = 1.0; x: 1.0 from a; ties keep first-seen order.
+    assert got[:2] == ["x", "y"]
+    assert got[2] == "z"
+    assert got[3] == "t"  # trending fill skips x (taken) and a (seen)
+    assert "b" not in got
