@@ -38,9 +38,10 @@ def _stack(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from rankstream.data.prepare import prepare
+    from rankstream.loading import describe
 
     prepared = prepare(args.source, args.out or home() / "data")
-    print(prepared.summary())
+    print(describe(prepared))
     return 0
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.evaluate import evaluate, format_table
-from rankstream.loading import load_tables_and_topics, split_events
+from rankstream.loading import describe, load_tables_and_topics, split_events
 from rankstream.modelbuild import build_from_prepared
 from rankstream.replay import replay
 from rankstream.stream.lag import group_lag
@@ -48,7 +48,7 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
 
     _banner("data: UCI Online Retail -> interactions, catalog, time split, co-visitation")
     data_dir = home / "data"
-    print(prepare(None, data_dir).summary())
+    print(describe(prepare(None, data_dir)))
 
     _banner("model: MiniLM-L6 cross-encoder, fine-tuned on the train split, ONNX, INT8 per-channel")
     models = home / "models"

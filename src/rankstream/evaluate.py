@@ -8,7 +8,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rankstream.data.instances import build_instances
-from rankstream.data.prepare import load_prepared
+from rankstream.data.prepare import Prepared
 from rankstream.ranking_metrics import MetricSums
 from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.ranker import Ranker
@@ -23,8 +23,8 @@ def evaluate(
     data_dir: Path, model_dir: Path, *, split: str = "test", max_instances: int | None = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """NDCG@10, Recall@10 and MRR of the model, the co-visitation order and popularity order."""
-    prepared = load_prepared(data_dir)
-    frames = prepared.split_frames()
+    prepared = Prepared.load(data_dir)
+    frames = dict(zip(("train", "valid", "test"), prepared.frames, strict=True))
     catalog = prepared.catalog
     popularity = frames["train"]["item_id"].value_counts().to_dict()
     instances = build_instances(

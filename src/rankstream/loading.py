@@ -3,7 +3,7 @@
 import asyncio
 from pathlib import Path
 
-from rankstream.data.prepare import load_prepared
+from rankstream.data.prepare import Prepared
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.replay import replay
 from rankstream.stream.events import ClickEvent
@@ -18,7 +18,7 @@ def _store(settings: Settings) -> Store:
 
 async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions: int = 4) -> str:
     """Create the clicks and DLQ topics and load catalog, co-visitation and trending into Redis."""
-    prepared = load_prepared(data_dir)
+    prepared = Prepared.load(data_dir)
     await asyncio.to_thread(
         create_topics, settings.kafka_bootstrap, {settings.topic: partitions, settings.dlq_topic: 1}
     )
@@ -36,7 +36,7 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
 
 def split_events(data_dir: Path, split: str, limit: int | None = None) -> list[ClickEvent]:
     """A split's interactions as click events in time order (the first `limit` of them)."""
-    frame = load_prepared(data_dir).split_frames()[split]
+    frame = dict(zip(("train", "valid", "test"), Prepared.load(data_dir).frames, strict=True))[split]
     frame = frame.sort_values("ts", kind="stable")
     if limit is not None:
         frame = frame.head(limit)
@@ -60,3 +60,16 @@ async def read_recs(settings: Settings, user_id: str) -> dict | None:
         return await store.read_list(user_id)
     finally:
         await store.close()
+
+
+def describe(prepared: Prepared) -> str:
+    """What `prepare` produced, for a person: the conversion report and the split sizes."""
+    s = prepared.summary
+    lines = [str(prepared.report)] if prepared.report else []
+    lines.append(
+        f"split at {prepared.split.train_end:%Y-%m-%d} / {prepared.split.valid_end:%Y-%m-%d}: "
+        f"train {s.get('train_rows', 0):,} rows, valid {s.get('valid_rows', 0):,}, test {s.get('test_rows', 0):,}; "
+        f"{s.get('items_with_neighbours', 0):,} items with co-visitation neighbours"
+        + (" (reused)" if prepared.reused else "")
+    )
+    return "\n".join(lines)

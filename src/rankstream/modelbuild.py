@@ -7,7 +7,7 @@ from pathlib import Path
 from rankstream.compression.build import Preset, build_model
 from rankstream.compression.pairs import make_pairs
 from rankstream.data.instances import build_instances
-from rankstream.data.prepare import load_prepared
+from rankstream.data.prepare import Prepared
 from rankstream.evaluate import evaluate
 from rankstream.stream.artifact import stamp_metrics
 
@@ -20,8 +20,8 @@ N_CANDIDATES = 50
 
 def build_from_prepared(data_dir: Path, out_root: Path, *, preset: Preset = "demo") -> Path:
     """Build a ranker artifact from prepared data; its manifest carries the valid-split metrics."""
-    prepared = load_prepared(data_dir)
-    train = prepared.split_frames()["train"]
+    prepared = Prepared.load(data_dir)
+    train = prepared.frames[0]
     instances = build_instances(
         prepared.interactions, train, prepared.neighbours, prepared.trending,
         n_candidates=N_CANDIDATES, max_instances=TRAIN_INSTANCES[preset], seed=0,

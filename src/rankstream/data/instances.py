@@ -1,0 +1,132 @@
+"""Ranking instances: one per (user, basket), shared by training, evaluation and every model compared.
+
+An instance freezes what the scorer would know just before the basket (the user's history) and what
+happened (the basket's new items). Candidates come from the same function the scorer serves with, so a
+model is trained and judged on exactly the lists it will rank in production.
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from rankstream.data.formats import basket_keys
+from rankstream.stream.candidates import covisit_candidates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A user's state before one basket, its candidate list, and the basket's new items."""
+
+    user_id: str
+    ts: datetime
+    history: tuple[str, ...]  # newest first, each item once, everything before the basket
+    candidates: tuple[str, ...]  # best first by co-visitation: the non-neural baseline order
+    positives: frozenset[str]  # basket items not already in history
+
+
+def _micros(ts: pd.Series) -> np.ndarray:
+    # One unit whatever resolution the frame came with, so times from two frames compare.
+    return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64").to_numpy()
+
+
+def _targets(split_frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per basket in the split: user, start time (µs), key, and its distinct items."""
+    rows = pd.DataFrame(
+        {
+            "key": basket_keys(split_frame).to_numpy(),
+            "user_id": split_frame["user_id"].to_numpy(),
+            "item_id": split_frame["item_id"].to_numpy(),
+            "t": _micros(split_frame["ts"]),
+        }
+    )
+    baskets = rows.groupby("key", sort=False).agg(
+        user_id=("user_id", "first"), t=("t", "min"), items=("item_id", lambda s: frozenset(s))
+    )
+    return baskets.reset_index().sort_values(["user_id", "t", "key"], kind="stable")
+
+
+def _eligible(
+    interactions_all: pd.DataFrame, targets: pd.DataFrame
+) -> list[tuple[int, str, str, tuple[str, ...], frozenset[str]]]:
+    """(t, user, key, history, positives) for every target basket with a history and a new item."""
+    rows = interactions_all.loc[
+        interactions_all["user_id"].isin(set(targets["user_id"])), ["user_id", "item_id"]
+    ]
+    rows = rows.assign(t=_micros(interactions_all.loc[rows.index, "ts"]))
+    # By user, then time; stable, so items within one basket keep their written order.
+    rows = rows.sort_values(["user_id", "t"], kind="stable")
+    u_sorted = rows["user_id"].to_numpy()
+    i_sorted = rows["item_id"].to_numpy()
+    t_sorted = rows["t"].to_numpy()
+    first = ~pd.Series(u_sorted).duplicated().to_numpy()
+    starts = dict(zip(u_sorted[first], np.flatnonzero(first), strict=True))
+
+    out = []
+    for user, group in targets.groupby("user_id", sort=False):
+        if user not in starts:  # the user has no rows in interactions_all: no history anywhere
+            continue
+        pos = int(starts[user])
+        # dict as an ordered set: re-inserting an item moves it to the newest end.
+        seen: dict[str, None] = {}
+        for t, key, items in zip(group["t"], group["key"], group["items"], strict=True):
+            while pos < len(u_sorted) and u_sorted[pos] == user and t_sorted[pos] < t:
+                seen.pop(i_sorted[pos], None)
+                seen[i_sorted[pos]] = None
+                pos += 1
+            if not seen:
+                continue
+            positives = items.difference(seen)
+            if positives:
+                out.append((int(t), user, key, tuple(reversed(seen)), positives))
+    return out
+
+
+def build_instances(
+    interactions_all: pd.DataFrame,
+    split_frame: pd.DataFrame,
+    neighbours: Mapping[str, Sequence[str]],
+    trending: Sequence[str],
+    n_candidates: int = 50,
+    max_instances: int | None = None,
+    seed: int = 0,
+) -> list[Instance]:
+    """One Instance per basket in `split_frame`, in time order.
+
+    History is drawn from `interactions_all` (every split up to the basket), so a test basket sees the
+    user's train and valid purchases. Baskets with no history or no new item are skipped. With
+    `max_instances`, a seeded uniform sample of the eligible baskets is kept, still in time order.
+    """
+    if split_frame.empty:
+        return []
+    eligible = _eligible(interactions_all, _targets(split_frame))
+    eligible.sort(key=lambda e: (e[0], e[1], e[2]))
+    total = len(eligible)
+    if max_instances is not None and total > max_instances:
+        keep = np.sort(np.random.default_rng(seed).choice(total, size=max_instances, replace=False))
+        eligible = [eligible[k] for k in keep]
+
+    instances = [
+        Instance(
+            user_id=user,
+            ts=pd.Timestamp(t, unit="us", tz="UTC").to_pydatetime(),
+            history=history,
+            candidates=tuple(covisit_candidates(history, neighbours, trending, n_candidates)),
+            positives=positives,
+        )
+        for t, user, _key, history, positives in eligible
+    ]
+    log.info("built %d instances (%d eligible) from %d rows", len(instances), total, len(split_frame))
+    return instances
+
+
+def candidate_recall(instances: Sequence[Instance]) -> float:
+    """Share of instances with at least one positive among their candidates: the ranker's ceiling."""
+    if not instances:
+        return 0.0
+    return sum(1 for x in instances if x.positives.intersection(x.candidates)) / len(instances)
