@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
 from rankstream.stream.errors import StackError
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+
 from rankstream.stream.errors import StackError
 
 log = logging.getLogger(__name__)

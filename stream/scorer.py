@@ -151,25 +151,22 @@ class Scorer:
     async def _score(
         self, plans: list[b.UserPlan], neighbours: Mapping[str, Sequence[str]]
     ) -> tuple[list[ListWrite], int]:
-        per_user = []
-        all_pairs: list[tuple[str, str]] = []
-        for p in plans:
-            cands, pairs = b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates)
-            per_user.append((p, cands, len(all_pairs)))
-            all_pairs.extend(pairs)
+        per_user = [
+            (p, *b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates))
+            for p in plans
+        ]
         # One version scores the whole batch: the ranker reference is read once, here.
         ranker = self.ranker
         t0 = time.perf_counter()
-        scores = await asyncio.to_thread(ranker.score, all_pairs) if all_pairs else []
-        log.debug("scored %d pairs for %d users in %.3fs", len(all_pairs), len(plans), time.perf_counter() - t0)
-        writes = []
-        for p, cands, start in per_user:
-            top = b.top_k(cands, scores[start : start + len(cands)], self.settings.top_k)
-            writes.append(
-                ListWrite(p.user_id, p.history, top, ranker.version, p.last.partition, p.last.offset,
-                          p.last.timestamp_ms)
-            )
-        return writes, len(all_pairs)
+        scores = await asyncio.to_thread(ranker.score_lists, [pairs for _, _, pairs in per_user])
+        n_pairs = sum(len(pairs) for _, _, pairs in per_user)
+        log.debug("scored %d pairs for %d users in %.3fs", n_pairs, len(plans), time.perf_counter() - t0)
+        writes = [
+            ListWrite(p.user_id, p.history, b.top_k(cands, s, self.settings.top_k), ranker.version,
+                      p.last.partition, p.last.offset, p.last.timestamp_ms)
+            for (p, cands, _), s in zip(per_user, scores, strict=True)
+        ]
+        return writes, n_pairs
 
     async def _neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
         missing = [it for it in items if it not in self._neighbours]

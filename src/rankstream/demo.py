@@ -123,10 +123,10 @@ async def _topic_size(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def _wait_drained(settings, scorer: subprocess.Popen, timeout: float = 900) -> int:  # type: ignore[no-untyped-def]
+async def _wait_drained(settings, scorer: subprocess.Popen, limit_s: float = 900) -> int:  # type: ignore[no-untyped-def]
     """Poll the group's lag until 0, with a progress bar; fail fast if the scorer died."""
     first = None
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     with tqdm(desc="scoring", unit="event") as bar:
         while True:
             if scorer.poll() is not None:
@@ -139,7 +139,7 @@ async def _wait_drained(settings, scorer: subprocess.Popen, timeout: float = 900
             if lag == 0:
                 return lag
             if time.monotonic() > deadline:
-                raise RuntimeError(f"lag still {lag} after {timeout:.0f}s")
+                raise RuntimeError(f"lag still {lag} after {limit_s:.0f}s")
             await asyncio.sleep(1.0)
 
 

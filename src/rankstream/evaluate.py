@@ -43,18 +43,15 @@ def evaluate(
     n_pairs = 0
     for start in tqdm(range(0, len(rankable), _CHUNK), desc=f"eval {split}", unit="chunk", leave=False):
         chunk = rankable[start : start + _CHUNK]
-        pairs = []
+        lists = []
         for inst, cands, _ in chunk:
             query = history_text([catalog[i] for i in inst.history if i in catalog])
-            pairs.extend((query, candidate_text(catalog[c])) for c in cands)
+            lists.append([(query, candidate_text(catalog[c])) for c in cands])
         t0 = time.perf_counter()
-        scores = ranker.score(pairs)
+        scores = ranker.score_lists(lists)  # one batch per instance, as the scorer does per user
         scoring_s += time.perf_counter() - t0
-        n_pairs += len(pairs)
-        at = 0
-        for _inst, cands, relevant in chunk:
-            s = scores[at : at + len(cands)]
-            at += len(cands)
+        n_pairs += sum(len(x) for x in lists)
+        for (_inst, cands, relevant), s in zip(chunk, scores, strict=True):
             by_model = [cands[i] for i in sorted(range(len(cands)), key=lambda i: -s[i])]
             sums["model"].add(by_model, relevant)
             sums["covisit"].add(cands, relevant)

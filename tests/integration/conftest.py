@@ -60,9 +60,9 @@ def topic() -> str:
     return f"clicks-{uuid.uuid4().hex[:8]}"
 
 
-async def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+async def wait_for(predicate, limit_s: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
     """Poll an async predicate until it returns something truthy; fail the test on timeout."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         while True:
             result = await predicate()
             if result:

@@ -63,7 +63,7 @@ async def run_until_drained(scorer: Scorer, s: Settings) -> None:
         return bool(lag) and sum(lag.values()) == 0
 
     try:
-        await wait_for(drained, timeout=120, every=0.5)
+        await wait_for(drained, limit_s=120, every=0.5)
     finally:
         scorer.stop()
         await task

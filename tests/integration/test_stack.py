@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+
 from rankstream.deploy import kafka_local, redis_local
 from rankstream.deploy import stack as local_stack
 from rankstream.stream.errors import StackError

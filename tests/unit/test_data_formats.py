@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from rankstream.stream.errors import ConfigError
 
 import rankstream.data
 from rankstream.data.formats import (
@@ -14,6 +13,7 @@ from rankstream.data.formats import (
     write_catalog,
     write_interactions,
 )
+from rankstream.stream.errors import ConfigError
 
 
 def test_public_names_are_pinned() -> None:

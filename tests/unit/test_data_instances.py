@@ -5,10 +5,10 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
-from rankstream.stream.candidates import covisit_candidates
 
 from rankstream.data.instances import Instance, build_instances, candidate_recall
 from rankstream.data.split import Split, split_frame
+from rankstream.stream.candidates import covisit_candidates
 
 DAY = pd.Timedelta(days=1)
 T0 = pd.Timestamp("2024-01-01T10:00:00Z")

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
-from rankstream.stream.errors import ConfigError
 
 from rankstream.data.prepare import OUTPUTS, Prepared, default_retail_path, prepare
 from rankstream.data.split import Split
+from rankstream.stream.errors import ConfigError
 
 SPLIT = Split("2024-01-10", "2024-01-20")
 

@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
-from rankstream.stream.errors import ConfigError
 
 from rankstream.data.formats import read_catalog, read_interactions
 from rankstream.data.prepare import default_retail_path
 from rankstream.data.retail import convert_online_retail
+from rankstream.stream.errors import ConfigError
 
 HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 ROWS = [

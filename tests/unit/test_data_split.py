@@ -4,9 +4,9 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
-from rankstream.stream.errors import ConfigError
 
 from rankstream.data.split import DEFAULT_SPLIT, Split, split_frame
+from rankstream.stream.errors import ConfigError
 
 
 def _frame(*stamps: str) -> pd.DataFrame:

@@ -1,0 +1,202 @@
+"""A fine-tuned Hugging Face cross-encoder to a servable artifact directory (ONNX, tokenizer, manifest).
+
+Legacy ONNX exporter over eager attention, ORT transformer fusions, optional per-channel dynamic INT8,
+then reference scores recorded from the final graph, tokenized exactly as the scorer will.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.optimizer import optimize_model
+from transformers import BertForSequenceClassification
+
+from rankstream.stream.artifact import InputSpec, Reference, write_manifest
+from rankstream.stream.errors import ArtifactError
+from rankstream.stream.features import PAIR_FORMAT, candidate_text, history_text
+from rankstream.stream.ranker import PairEncoder, run_session, session_options
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT = "logits"
+OPSET = 17
+
+# Fixed smoke-test pairs: short and long histories (the longest is truncated at max_length 64),
+# a one-word candidate, punctuation and digits.
+REFERENCE_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (history_text(h), candidate_text(c))
+    for h, c in (
+        (["White hanging heart T-light holder"], "Red retrospot cake stand"),
+        (["Jumbo bag red retrospot", "Lunch bag pink polkadot"], "Jumbo storage bag suki"),
+        (["Set of 3 cake tins pantry design", "Pack of 72 retrospot cake cases"], "Regency cakestand 3 tier"),
+        (["Glass star frosted t-light holder"], "Candle"),
+        (["Assorted colour bird ornament", "Party bunting", "Spotty bunting", "Childrens apron dolly girl",
+          "Alarm clock bakelike red"], "Alarm clock bakelike green"),
+        (["Wooden frame antique white", "Wooden picture frame white finish", "Hand warmer union jack",
+          "Knitted union flag hot water bottle", "Vintage heads and tails card game " * 3],
+         "Victorian glass hanging t-light"),
+        (["USB charging cable 2m", "Phone case, black (iPhone 15)"], "Screen protector 2-pack"),
+        (["Paper chain kit 50's christmas"], "Paper chain kit vintage christmas"),
+    )
+)
+
+
+class _Logits(torch.nn.Module):
+    """Positional inputs in INPUTS order, one output tensor: what the ONNX graph exposes."""
+
+    def __init__(self, model: BertForSequenceClassification) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.logits
+
+
+def _torch_scores(model: BertForSequenceClassification, encoded: Mapping[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        logits = model(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits
+    return logits.reshape(-1).numpy().astype(np.float32)
+
+
+def _ort_scores(path: Path, encoder: PairEncoder, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), sess_options=session_options(2),
+                                   providers=["CPUExecutionProvider"])
+    # One batch, as the scorer's smoke test does (dynamic INT8 depends on the batch).
+    return run_session(session, encoder, pairs, inputs=INPUTS, output=OUTPUT, batch_size=len(pairs))
+
+
+def _export_legacy(
+    model: BertForSequenceClassification, encoded: Mapping[str, np.ndarray], path: Path
+) -> None:
+    args = tuple(torch.from_numpy(encoded[name]) for name in INPUTS)
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {OUTPUT: {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter is deprecated, but it is the one whose graphs ORT's optimizer fuses.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+        # transformers' mask builder indexes with aranges, never negative indices, which is the case this
+        # warns about; the fp32-vs-torch comparison after export checks the graph anyway.
+        warnings.filterwarnings("ignore", "Exporting aten::index operator", UserWarning)
+        # Tracing freezes transformers' Python branches on shapes (e.g. "mask shorter than the keys?");
+        # both sides are the same sequence length at any size, so the frozen branch holds for every input.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.")
+        torch.onnx.export(
+            _Logits(model), args, str(path),
+            input_names=list(INPUTS), output_names=[OUTPUT], dynamic_axes=axes,
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+
+
+def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    optimized = optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    attention = sum(1 for n in optimized.model.graph.node if n.op_type in ("Attention", "MultiHeadAttention"))
+    fused["attention_nodes"] = attention
+    optimized.save_model_to_file(str(out))
+    if attention:
+        log.info("ORT optimizer fused %d attention nodes (%s)", attention, fused)
+    else:
+        log.warning("ORT optimizer fused no attention (%s); the graph is slower but correct", fused)
+    return fused
+
+
+def export_onnx(
+    hf_dir: Path,
+    out_dir: Path,
+    *,
+    version: str,
+    quantize: Literal["none", "int8"] = "int8",
+    max_length: int = 64,
+    parent: str | None = None,
+    method_chain: Sequence[str] = (),
+    metrics: Mapping[str, float] | None = None,
+    reference_pairs: Sequence[tuple[str, str]] = REFERENCE_PAIRS,
+    reference_atol: float = 1e-3,
+    fp32_atol: float = 1e-3,
+) -> Path:
+    """Write artifact `out_dir` (must not exist) from the checkpoint in `hf_dir`; returns `out_dir`.
+
+    `method_chain` is what produced `hf_dir` (e.g. ["finetune:minilm-l6"]); the export steps are appended.
+    The manifest's metrics gain `export_fp32_max_abs_diff` (torch vs the optimized fp32 graph on the
+    reference pairs; above `fp32_atol` the export is refused) and, for INT8, `export_int8_max_abs_diff`
+    (torch vs the served graph).
+    """
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if out_dir.exists():
+        raise ArtifactError(f"{out_dir} already exists; artifact versions are immutable, pick a new version")
+    if quantize not in ("none", "int8"):
+        raise ValueError(f"quantize must be 'none' or 'int8', got {quantize!r}")
+    pairs = [(a, b) for a, b in reference_pairs]
+    model = BertForSequenceClassification.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    cfg = model.config
+    encoder = PairEncoder(hf_dir / "tokenizer.json", max_length)
+    encoded = encoder.encode(pairs)
+    torch_scores = _torch_scores(model, encoded)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside its final place and renamed in one step, so a registry watcher never sees half of it.
+    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        partial.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from scorers running as other users
+        with tempfile.TemporaryDirectory(prefix="rankstream-export-") as tmp:
+            raw, fp32 = Path(tmp) / "raw.onnx", Path(tmp) / "fp32.onnx"
+            _export_legacy(model, encoded, raw)
+            fused = _optimize(raw, fp32, cfg.num_attention_heads, cfg.hidden_size)
+            fp32_diff = float(np.max(np.abs(_ort_scores(fp32, encoder, pairs) - torch_scores)))
+            log.info("torch vs fp32 ONNX on %d reference pairs: max abs diff %.3g", len(pairs), fp32_diff)
+            if not fp32_diff <= fp32_atol:
+                raise ArtifactError(
+                    f"exported fp32 graph differs from torch by {fp32_diff:.3g} (> {fp32_atol}) on the "
+                    "reference pairs; the export is wrong, check the exporter and optimizer versions"
+                )
+            chain = [*method_chain, "onnx:legacy-eager",
+                     "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused"]
+            final = partial / "model.onnx"
+            if quantize == "int8":
+                quantize_dynamic(
+                    model_input=str(fp32), model_output=str(final), per_channel=True,
+                    weight_type=QuantType.QInt8,
+                    # The fused graph carries tensors without type info; tell the quantizer they are float.
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
+                chain.append("quantize:int8-dynamic-per-channel")
+            else:
+                shutil.copyfile(fp32, final)
+        shutil.copyfile(hf_dir / "tokenizer.json", partial / "tokenizer.json")
+
+        scores = _ort_scores(final, encoder, pairs)
+        all_metrics = dict(metrics or {})
+        all_metrics["export_fp32_max_abs_diff"] = fp32_diff
+        if quantize == "int8":
+            all_metrics["export_int8_max_abs_diff"] = float(np.max(np.abs(scores - torch_scores)))
+        write_manifest(
+            partial,
+            version=version,
+            parent=parent,
+            method_chain=chain,
+            metrics=all_metrics,
+            input_spec=InputSpec(
+                inputs=INPUTS, output=OUTPUT, max_length=max_length, pair_format=PAIR_FORMAT
+            ),
+            reference=Reference(
+                pairs=tuple(pairs), scores=tuple(float(s) for s in scores), atol=reference_atol
+            ),
+        )
+        os.rename(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("wrote artifact %s (%s) to %s", version, " -> ".join(chain), out_dir)
+    return out_dir

@@ -1,0 +1,204 @@
+"""The serving ranker: an ONNX Runtime session over a verified model artifact.
+
+onnxruntime + tokenizers + numpy only. `PairEncoder` is also what training and export use, so a pair
+is tokenized the same way when the model learns it, when its reference scores are recorded and when it
+is served.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from rankstream.stream import features
+from rankstream.stream.artifact import Manifest, load_manifest
+from rankstream.stream.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+_PAD_TOKEN = "[PAD]"
+
+
+class PairEncoder:
+    """Tokenizes (history, candidate) pairs: truncates the history side only, pads to the batch's longest.
+
+    The padding and truncation stored in a tokenizer.json (MiniLM's pads to a fixed 128) are replaced.
+    Immutable after construction, so one encoder may serve several threads.
+    """
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        self.max_length = max_length
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length, strategy="only_first")
+        # For a candidate so long that cutting the history alone cannot fit it: cut both sides.
+        self._fallback = Tokenizer.from_file(str(path))
+        self._fallback.no_padding()
+        self._fallback.enable_truncation(max_length, strategy="longest_first")
+        self._pad_id = self._tokenizer.token_to_id(_PAD_TOKEN) or 0
+
+    def _encode_one(self, pair: tuple[str, str]) -> Encoding:
+        try:
+            return self._tokenizer.encode(*pair)
+        except Exception:  # noqa: BLE001 - tokenizers raises a bare Exception when only_first cannot fit
+            return self._fallback.encode(*pair)
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """int64 input_ids, attention_mask and token_type_ids, shape (len(pairs), longest pair)."""
+        try:
+            encodings = self._tokenizer.encode_batch(list(pairs))
+        except Exception:  # noqa: BLE001 - see _encode_one; rare, so the per-pair path is fine
+            encodings = [self._encode_one(pair) for pair in pairs]
+        length = max((len(e.ids) for e in encodings), default=0)
+        input_ids = np.full((len(encodings), length), self._pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(encodings), length), dtype=np.int64)
+        token_type_ids = np.zeros((len(encodings), length), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            input_ids[row, :n] = e.ids
+            attention_mask[row, :n] = e.attention_mask
+            token_type_ids[row, :n] = e.type_ids
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Session options for scoring: `threads` intra-op threads, one inter-op, all graph optimizations."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def run_session(
+    session: ort.InferenceSession,
+    encoder: PairEncoder,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    inputs: Sequence[str],
+    output: str,
+    batch_size: int,
+) -> np.ndarray:
+    """float32 logits, one per pair in input order, scored `batch_size` pairs at a time."""
+    scores = np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        encoded = encoder.encode(batch)
+        (logits,) = session.run([output], {name: encoded[name] for name in inputs})
+        scores[start : start + len(batch)] = np.asarray(logits, dtype=np.float32).reshape(len(batch))
+    return scores
+
+
+class Ranker:
+    """A cross-encoder loaded from an artifact directory, checked before it may score anything."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        session: ort.InferenceSession,
+        encoder: PairEncoder,
+        batch_size: int,
+    ) -> None:
+        self.manifest = manifest
+        self.version = manifest.version
+        self._session = session
+        self._encoder = encoder
+        self._batch_size = batch_size
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        threads: int = 2,
+        batch_size: int = 32,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> "Ranker":
+        """Verify an artifact (checksums, input spec, smoke test) and open it; ArtifactError if refused."""
+        if threads < 1 or batch_size < 1:
+            raise ConfigError(f"threads ({threads}) and batch_size ({batch_size}) must be at least 1")
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise ConfigError(
+                f"execution providers {missing} are not in this onnxruntime build "
+                f"(available: {ort.get_available_providers()}); for CUDA install rankstream[gpu]"
+            )
+        directory = Path(directory)
+        manifest = load_manifest(directory)
+        spec = manifest.input_spec
+        if spec.pair_format != features.PAIR_FORMAT:
+            raise ArtifactError(
+                f"{directory}: refused: pair format {spec.pair_format!r}, this scorer builds "
+                f"{features.PAIR_FORMAT!r}; rebuild the model or deploy a scorer that speaks its format"
+            )
+        try:
+            session = ort.InferenceSession(
+                str(directory / spec.model_file),
+                sess_options=session_options(threads),
+                providers=list(providers),
+            )
+            encoder = PairEncoder(directory / spec.tokenizer_file, spec.max_length)
+        except Exception as exc:  # noqa: BLE001 - ORT and tokenizers raise their own untyped errors
+            raise ArtifactError(f"{directory}: refused: cannot open the model or tokenizer: {exc}") from exc
+
+        graph_inputs = sorted(i.name for i in session.get_inputs())
+        graph_outputs = [o.name for o in session.get_outputs()]
+        problems = []
+        if graph_inputs != sorted(spec.inputs):
+            problems.append(f"graph inputs {graph_inputs} differ from the input spec {sorted(spec.inputs)}")
+        if spec.output not in graph_outputs:
+            problems.append(f"graph outputs {graph_outputs} lack {spec.output!r}")
+        if problems:
+            raise ArtifactError(f"{directory}: refused: " + "; ".join(problems))
+
+        ranker = cls(manifest, session, encoder, batch_size)
+        ranker._smoke_test(directory)
+        log.info(
+            "loaded ranker %s from %s (providers %s, threads %d, batch %d)",
+            manifest.version, directory, session.get_providers(), threads, batch_size,
+        )
+        return ranker
+
+    def _smoke_test(self, directory: Path) -> None:
+        ref = self.manifest.reference
+        if len(ref.pairs) != len(ref.scores) or not ref.pairs:
+            raise ArtifactError(
+                f"{directory}: refused: reference has {len(ref.pairs)} pairs and {len(ref.scores)} scores"
+            )
+        pairs = [tuple(p) for p in ref.pairs]
+        # One batch, as at build time: dynamic INT8 quantizes activations with a scale taken over the
+        # whole batch, so a different batch split moves scores by more than a tight tolerance.
+        got = self._score(pairs, batch_size=len(pairs))
+        mismatches = [
+            f"pair {i}: got {g:.6f}, reference {r:.6f}"
+            for i, (g, r) in enumerate(zip(got.tolist(), ref.scores, strict=True))
+            if not abs(g - r) <= ref.atol  # also catches NaN
+        ]
+        if mismatches:
+            raise ArtifactError(
+                f"{directory}: refused: smoke test failed on {len(mismatches)} of {len(pairs)} "
+                f"reference pairs (atol {ref.atol}): " + "; ".join(mismatches)
+            )
+
+    def _score(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+        spec = self.manifest.input_spec
+        return run_session(
+            self._session, self._encoder, pairs, inputs=spec.inputs, output=spec.output, batch_size=batch_size
+        )
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """float32 logits, one per (history text, candidate text) pair, in input order."""
+        return self._score(pairs, self._batch_size)
+
+    def score_lists(self, lists: Sequence[Sequence[tuple[str, str]]]) -> list[np.ndarray]:
+        """Score each list of pairs as one batch: one user's candidates, compared with each other.
+
+        Dynamic INT8 quantizes activations with one scale per batch, so a score depends slightly on
+        its batch-mates. Keeping a user's candidates in one batch makes their order independent of
+        which other users happened to share the micro-batch.
+        """
+        return [self._score(pairs, max(len(pairs), 1)) if pairs else np.empty(0, np.float32) for pairs in lists]

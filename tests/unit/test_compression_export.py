@@ -1,0 +1,148 @@
+"""Offline model jobs: training pairs, fine-tuning, ONNX export and the artifact it writes."""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from rankstream.compression.build import build_model
+from rankstream.compression.export import REFERENCE_PAIRS, export_onnx
+from rankstream.compression.pairs import LabelledPair, make_pairs
+from rankstream.compression.train import TRAINING_LOG, fine_tune
+from rankstream.stream.artifact import load_manifest
+from rankstream.stream.errors import ArtifactError
+from rankstream.stream.features import PAIR_FORMAT, history_text
+from rankstream.stream.ranker import PairEncoder, Ranker
+
+# Torch vs the optimized fp32 ONNX graph (fused attention, LayerNorm, GELU): float reassociation only.
+FP32_ATOL = 1e-4
+# Per-channel INT8 vs fp32 on the tiny wide-init model (scores ~0.5-1.2): measured max ~0.04.
+INT8_ATOL = 0.1
+
+CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
+
+
+@dataclass(frozen=True)
+class Inst:
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    positives: frozenset[str]
+
+
+def _fresh_pairs(n: int = 24, seed: int = 1) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    words = "red blue heart cake stand jumbo bag vintage paper chain kit candle holder glass star".split()
+    return [
+        (history_text([" ".join(rng.sample(words, rng.randint(1, 6))) for _ in range(rng.randint(1, 5))]),
+         " ".join(rng.sample(words, rng.randint(1, 4))))
+        for _ in range(n)
+    ]
+
+
+# --- pairs -----------------------------------------------------------------------------------------
+
+
+def test_pairs_label_positives_in_and_outside_the_candidate_list() -> None:
+    inst = Inst(("i1", "i2"), ("i3", "i4", "i5", "i6"), frozenset({"i5", "i9", "i8"}))
+    pairs = make_pairs([inst], CATALOG, neg_per_instance=4)
+    query = history_text(["Item 1 title", "Item 2 title"])
+    assert all(p.query == query for p in pairs)
+    positives = [p.candidate for p in pairs if p.label == 1.0]
+    assert positives == ["item 5 title", "item 8 title", "item 9 title"]  # listed, then missed by id
+    negatives = [p.candidate for p in pairs if p.label == 0.0]
+    assert negatives == ["item 3 title", "item 4 title", "item 6 title"]  # all the non-positives
+
+
+def test_pairs_take_top_negatives_then_random_ones_deterministically() -> None:
+    inst = Inst(("i0",), tuple(f"i{n}" for n in range(1, 16)), frozenset({"i1"}))
+    a = make_pairs([inst], CATALOG, neg_per_instance=4, seed=3)
+    negatives = [p.candidate for p in a if p.label == 0.0]
+    assert len(negatives) == 4
+    assert negatives[:2] == ["item 2 title", "item 3 title"]  # the top of the list, positives excluded
+    assert make_pairs([inst], CATALOG, neg_per_instance=4, seed=3) == a
+    draws = {tuple(p.candidate for p in make_pairs([inst], CATALOG, seed=s)) for s in range(10)}
+    assert len(draws) > 1  # the random part does depend on the seed
+
+
+def test_pairs_skip_untitled_items_and_empty_instances() -> None:
+    instances = [
+        Inst(("nope",), ("i1",), frozenset({"i1"})),  # no titled history
+        Inst(("i1",), ("i2", "i3"), frozenset({"gone"})),  # no titled positive
+        Inst(("i1", "nope"), ("i2", "x", "i3"), frozenset({"i2"})),
+    ]
+    pairs = make_pairs(instances, CATALOG)
+    assert pairs == [LabelledPair("item 1 title", "item 2 title", 1.0),
+                     LabelledPair("item 1 title", "item 3 title", 0.0)]
+
+
+# --- export ----------------------------------------------------------------------------------------
+
+
+def test_fp32_export_matches_torch(tiny_bert_dir: Path, fp32_artifact: Path) -> None:
+    pairs = _fresh_pairs()
+    model = BertForSequenceClassification.from_pretrained(tiny_bert_dir).eval()
+    encoded = PairEncoder(tiny_bert_dir / "tokenizer.json", 64).encode(pairs)
+    with torch.no_grad():
+        expected = model(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits.reshape(-1).numpy()
+    got = Ranker.load(fp32_artifact, batch_size=7).score(pairs)  # other batches, other padding
+    np.testing.assert_allclose(got, expected, rtol=0, atol=FP32_ATOL)
+    assert np.ptp(expected) > 0.1  # not a constant model that would match anything
+
+
+def test_int8_export_stays_close_to_fp32(fp32_artifact: Path, int8_artifact: Path) -> None:
+    pairs = _fresh_pairs()
+    fp32 = Ranker.load(fp32_artifact).score(pairs)
+    int8 = Ranker.load(int8_artifact).score(pairs)
+    np.testing.assert_allclose(int8, fp32, rtol=0, atol=INT8_ATOL)
+
+
+def test_manifest_records_the_export(fp32_artifact: Path, int8_artifact: Path) -> None:
+    m = load_manifest(int8_artifact)
+    assert m.method_chain == (
+        "finetune:tiny-random-bert", "onnx:legacy-eager", "ort-optimize:fused-attention",
+        "quantize:int8-dynamic-per-channel",
+    )
+    assert m.input_spec.pair_format == PAIR_FORMAT and m.input_spec.max_length == 64
+    assert m.metrics["ndcg@10"] == 0.5
+    assert m.metrics["export_fp32_max_abs_diff"] <= FP32_ATOL
+    assert [list(p) for p in m.reference.pairs] == [list(p) for p in REFERENCE_PAIRS]
+    assert load_manifest(fp32_artifact).method_chain[-1] == "ort-optimize:fused-attention"
+    assert not list(int8_artifact.parent.glob(".*partial*"))  # nothing left behind
+
+
+def test_export_refuses_to_overwrite_a_version(tiny_bert_dir: Path, fp32_artifact: Path) -> None:
+    with pytest.raises(ArtifactError, match="immutable"):
+        export_onnx(tiny_bert_dir, fp32_artifact, version="again", quantize="none")
+
+
+# --- training and the whole build ------------------------------------------------------------------
+
+
+def _labelled(n: int = 64) -> list[LabelledPair]:
+    return [LabelledPair(q, c, float(i % 3 == 0)) for i, (q, c) in enumerate(_fresh_pairs(n, seed=2))]
+
+
+def test_fine_tune_updates_weights_and_saves_a_checkpoint(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    out = fine_tune(_labelled(), tiny_bert_dir, tmp_path / "ft", batch_size=16, lr=1e-3, max_steps=3)
+    stats = json.loads((out / TRAINING_LOG).read_text())
+    assert stats["steps"] == 3 and stats["pairs_seen"] == 48
+    before = BertForSequenceClassification.from_pretrained(tiny_bert_dir).classifier.weight
+    after = BertForSequenceClassification.from_pretrained(out).classifier.weight
+    assert not torch.equal(before, after)
+    assert (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_build_model_tiny_preset_end_to_end(tmp_path: Path) -> None:
+    artifact = build_model(_labelled(), tmp_path / "registry", version="v-build", preset="tiny",
+                           metrics={"ndcg@10": 0.1})
+    assert artifact == tmp_path / "registry" / "v-build"
+    ranker = Ranker.load(artifact)
+    assert ranker.manifest.metrics["train_steps"] == 8
+    assert ranker.manifest.method_chain[0] == "finetune:tiny-random-bert"
+    assert ranker.score(_fresh_pairs(5)).shape == (5,)

