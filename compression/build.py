@@ -32,11 +32,11 @@ class _Recipe:
     parent: str | None
 
 
-# demo: MiniLM-L6 fine-tunes at 21-24 pairs/s on 2 shared cores (measured: batch 32, ~43 tokens a
-# pair, batches padded to <=60): 160 steps x 32 = 5120 pairs is 3.5-4 minutes. Short and honest, not
-# converged.
+# demo: MiniLM-L6 fine-tunes at ~43 pairs/s on 2 idle cores (21-24 when shared; batch 32, ~43 tokens
+# a pair, batches padded to <=60): 300 steps x 32 = 9600 pairs is about 4 minutes. Short and honest,
+# not converged.
 RECIPES: dict[str, _Recipe] = {
-    "demo": _Recipe(max_steps=160, max_epochs=3, batch_size=32, lr=5e-5, max_length=64,
+    "demo": _Recipe(max_steps=300, max_epochs=3, batch_size=32, lr=5e-5, max_length=64,
                     chain="finetune:minilm-l6", parent="sentence-transformers/all-MiniLM-L6-v2"),
     "tiny": _Recipe(max_steps=8, max_epochs=3, batch_size=16, lr=1e-3, max_length=64,
                     chain="finetune:tiny-random-bert", parent=None),

@@ -4,12 +4,13 @@ Legacy ONNX exporter over eager attention, ORT transformer fusions, optional per
 then reference scores recorded from the final graph, tokenized exactly as the scorer will.
 """
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -35,8 +36,8 @@ OPSET = 17
 # Fixed smoke-test pairs: short and long histories (the longest is truncated at max_length 64),
 # a one-word candidate, punctuation and digits.
 REFERENCE_PAIRS: tuple[tuple[str, str], ...] = tuple(
-    (history_text(h), candidate_text(c))
-    for h, c in (
+    (history_text(h), candidate_text(c, r))
+    for r, (h, c) in enumerate((
         (["White hanging heart T-light holder"], "Red retrospot cake stand"),
         (["Jumbo bag red retrospot", "Lunch bag pink polkadot"], "Jumbo storage bag suki"),
         (["Set of 3 cake tins pantry design", "Pack of 72 retrospot cake cases"], "Regency cakestand 3 tier"),
@@ -48,8 +49,20 @@ REFERENCE_PAIRS: tuple[tuple[str, str], ...] = tuple(
          "Victorian glass hanging t-light"),
         (["USB charging cable 2m", "Phone case, black (iPhone 15)"], "Screen protector 2-pack"),
         (["Paper chain kit 50's christmas"], "Paper chain kit vintage christmas"),
-    )
+    ))
 )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The ORT quantizer logs a line per tensor through the root logger; keep its warnings only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class _Logits(torch.nn.Module):
@@ -165,12 +178,13 @@ def export_onnx(
                      "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused"]
             final = partial / "model.onnx"
             if quantize == "int8":
-                quantize_dynamic(
-                    model_input=str(fp32), model_output=str(final), per_channel=True,
-                    weight_type=QuantType.QInt8,
-                    # The fused graph carries tensors without type info; tell the quantizer they are float.
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
+                with _quiet_root_logger():
+                    quantize_dynamic(
+                        model_input=str(fp32), model_output=str(final), per_channel=True,
+                        weight_type=QuantType.QInt8,
+                        # The fused graph carries tensors without type info; tell the quantizer they are float.
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                    )
                 chain.append("quantize:int8-dynamic-per-channel")
             else:
                 shutil.copyfile(fp32, final)

@@ -37,11 +37,13 @@ def make_pairs(
 ) -> list[LabelledPair]:
     """Every positive (label 1) and up to `neg_per_instance` hard negatives (label 0) per instance.
 
-    Positives come first in candidate order, then positives the candidate generator missed (sorted by
-    id): they are still what the user chose. Negatives are candidates that are not positives: the
-    `top_negatives` highest-ranked (default half of `neg_per_instance`, rounded up), the rest drawn at
-    random from the remaining ones. Items without a catalog title are skipped, and instances left
-    without history or positives yield nothing. Same inputs and seed, same pairs in the same order.
+    Positives are the chosen items that the candidate generator proposed, in candidate order; chosen
+    items it missed are left out, because the pair text carries the candidate's co-visitation position
+    and a missed item has none (the scorer never sees such a pair). Negatives are candidates that are
+    not positives: the `top_negatives` highest-ranked (default half of `neg_per_instance`, rounded up),
+    the rest drawn at random from the remaining ones. Items without a catalog title are skipped, as the
+    scorer skips them, and instances left without history or positives yield nothing. Same inputs and
+    seed, same pairs in the same order.
     """
     if neg_per_instance < 0:
         raise ValueError(f"neg_per_instance must be >= 0, got {neg_per_instance}")
@@ -51,19 +53,19 @@ def make_pairs(
     skipped = 0
     for inst in instances:
         titles = [catalog[i] for i in inst.history if i in catalog]
-        candidates = list(dict.fromkeys(inst.candidates))  # de-duplicated, order kept
-        in_list = [c for c in candidates if c in inst.positives and c in catalog]
-        missed = sorted(p for p in inst.positives.difference(candidates) if p in catalog)
-        if not titles or not (in_list or missed):
+        # Positions as the scorer numbers them: de-duplicated, unknown items dropped, order kept.
+        ranked = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
+        positives = [r for r, c in enumerate(ranked) if c in inst.positives]
+        if not titles or not positives:
             skipped += 1
             continue
         query = history_text(titles)
-        negatives = [c for c in candidates if c not in inst.positives and c in catalog]
+        negatives = [r for r, c in enumerate(ranked) if c not in inst.positives]
         chosen = negatives[:n_top]
         rest = negatives[n_top:]
         chosen += rng.sample(rest, min(len(rest), neg_per_instance - len(chosen)))
-        out.extend(LabelledPair(query, candidate_text(catalog[p]), 1.0) for p in in_list + missed)
-        out.extend(LabelledPair(query, candidate_text(catalog[n]), 0.0) for n in chosen)
+        out.extend(LabelledPair(query, candidate_text(catalog[ranked[r]], r), 1.0) for r in positives)
+        out.extend(LabelledPair(query, candidate_text(catalog[ranked[r]], r), 0.0) for r in chosen)
     positives = sum(1 for p in out if p.label == 1.0)
     log.info("made %d pairs (%d positive) from instances; %d instances skipped", len(out), positives, skipped)
     return out

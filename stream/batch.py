@@ -73,7 +73,7 @@ def candidate_pairs(
     """The user's candidates (co-visitation order) and their (history, candidate) text pairs."""
     cands = [c for c in covisit_candidates(plan.history, neighbours, trending, n) if c in catalog]
     query = history_text([catalog[i] for i in plan.history if i in catalog])
-    return cands, [(query, candidate_text(catalog[c])) for c in cands]
+    return cands, [(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)]
 
 
 def top_k(cands: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[str, float], ...]:

@@ -6,7 +6,7 @@ so a change here must bump the format name.
 
 from collections.abc import Sequence
 
-PAIR_FORMAT = "history5-v1"
+PAIR_FORMAT = "history5-covisrank-v1"
 HISTORY_ITEMS = 5
 _SEP = " ; "
 
@@ -19,6 +19,10 @@ def history_text(titles: Sequence[str]) -> str:
     return _SEP.join(t.strip().lower() for t in titles[:HISTORY_ITEMS])
 
 
-def candidate_text(title: str) -> str:
-    """The document side: the candidate item's title."""
-    return title.strip().lower()
+def candidate_text(title: str, rank: int) -> str:
+    """The document side: the candidate's 0-based position in the co-visitation order, then its title.
+
+    Titles alone rank far below co-visitation on this data; the position gives the cross-encoder the
+    non-neural signal to start from, so what it learns from text is a correction to a good prior.
+    """
+    return f"{rank + 1} | {title.strip().lower()}"

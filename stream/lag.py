@@ -1,7 +1,12 @@
 """Consumer-group lag: how far the group's committed offsets trail the end of each partition."""
 
+import asyncio
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+_ATTEMPTS = 20
 
 
 async def group_lag(bootstrap: str, topic: str, group_id: str, **kafka_options: object) -> dict[int, int]:
@@ -13,7 +18,15 @@ async def group_lag(bootstrap: str, topic: str, group_id: str, **kafka_options: 
     try:
         (described,) = await admin.describe_topics([topic])
         tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-        committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+        for attempt in range(_ATTEMPTS):
+            try:
+                committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+                break
+            except KafkaError as exc:
+                # The coordinator is briefly unknown while a fresh broker creates __consumer_offsets.
+                if not exc.retriable or attempt == _ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5)
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
         lag = {}

@@ -1,4 +1,8 @@
-"""The `rankstream` command. Each subcommand is a thin shell over a library function."""
+"""The `rankstream` command. Each subcommand is a thin shell over a library function.
+
+Subcommands import what they need inside their handler: the scorer image installs the serving
+dependencies only, so `rankstream serve` must start without pandas or torch installed.
+"""
 
 import argparse
 import asyncio

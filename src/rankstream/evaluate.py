@@ -46,7 +46,7 @@ def evaluate(
         lists = []
         for inst, cands, _ in chunk:
             query = history_text([catalog[i] for i in inst.history if i in catalog])
-            lists.append([(query, candidate_text(catalog[c])) for c in cands])
+            lists.append([(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)])
         t0 = time.perf_counter()
         scores = ranker.score_lists(lists)  # one batch per instance, as the scorer does per user
         scoring_s += time.perf_counter() - t0

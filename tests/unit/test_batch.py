@@ -51,7 +51,7 @@ def test_candidate_pairs_use_shared_text_and_skip_unknown_items() -> None:
     catalog = {"a": "Red Mug", "b": "Blue Mug"}
     cands, pairs = b.candidate_pairs(plan, {"a": ["b", "ghost"]}, [], catalog, 10)
     assert cands == ["b"]
-    assert pairs == [("red mug", "blue mug")]
+    assert pairs == [("red mug", "1 | blue mug")]
 
 
 def test_top_k_orders_by_score_and_breaks_ties_by_candidate_order() -> None:

@@ -47,15 +47,16 @@ def _fresh_pairs(n: int = 24, seed: int = 1) -> list[tuple[str, str]]:
 # --- pairs -----------------------------------------------------------------------------------------
 
 
-def test_pairs_label_positives_in_and_outside_the_candidate_list() -> None:
+def test_pairs_label_listed_positives_with_their_candidate_position() -> None:
     inst = Inst(("i1", "i2"), ("i3", "i4", "i5", "i6"), frozenset({"i5", "i9", "i8"}))
     pairs = make_pairs([inst], CATALOG, neg_per_instance=4)
     query = history_text(["Item 1 title", "Item 2 title"])
     assert all(p.query == query for p in pairs)
     positives = [p.candidate for p in pairs if p.label == 1.0]
-    assert positives == ["item 5 title", "item 8 title", "item 9 title"]  # listed, then missed by id
+    # i8 and i9 were chosen but never proposed: the scorer could not see them, so they teach nothing.
+    assert positives == ["3 | item 5 title"]
     negatives = [p.candidate for p in pairs if p.label == 0.0]
-    assert negatives == ["item 3 title", "item 4 title", "item 6 title"]  # all the non-positives
+    assert negatives == ["1 | item 3 title", "2 | item 4 title", "4 | item 6 title"]  # all the non-positives
 
 
 def test_pairs_take_top_negatives_then_random_ones_deterministically() -> None:
@@ -63,7 +64,7 @@ def test_pairs_take_top_negatives_then_random_ones_deterministically() -> None:
     a = make_pairs([inst], CATALOG, neg_per_instance=4, seed=3)
     negatives = [p.candidate for p in a if p.label == 0.0]
     assert len(negatives) == 4
-    assert negatives[:2] == ["item 2 title", "item 3 title"]  # the top of the list, positives excluded
+    assert negatives[:2] == ["2 | item 2 title", "3 | item 3 title"]  # the top of the list, positives excluded
     assert make_pairs([inst], CATALOG, neg_per_instance=4, seed=3) == a
     draws = {tuple(p.candidate for p in make_pairs([inst], CATALOG, seed=s)) for s in range(10)}
     assert len(draws) > 1  # the random part does depend on the seed
@@ -76,8 +77,9 @@ def test_pairs_skip_untitled_items_and_empty_instances() -> None:
         Inst(("i1", "nope"), ("i2", "x", "i3"), frozenset({"i2"})),
     ]
     pairs = make_pairs(instances, CATALOG)
-    assert pairs == [LabelledPair("item 1 title", "item 2 title", 1.0),
-                     LabelledPair("item 1 title", "item 3 title", 0.0)]
+    # Positions count only titled candidates, as the scorer numbers them ("x" has no title).
+    assert pairs == [LabelledPair("item 1 title", "1 | item 2 title", 1.0),
+                     LabelledPair("item 1 title", "2 | item 3 title", 0.0)]
 
 
 # --- export ----------------------------------------------------------------------------------------

@@ -17,11 +17,11 @@ from rankstream.stream.ranker import PairEncoder, Ranker
 
 # Pairs of very different lengths, so that batching pads most of them.
 PAIRS = [
-    (history_text(["jumbo bag red retrospot"]), candidate_text("lunch bag pink polkadot")),
+    (history_text(["jumbo bag red retrospot"]), candidate_text("lunch bag pink polkadot", 0)),
     (history_text(["heart t-light holder", "cake stand", "paper chain kit", "doormat", "mug"]), "candle"),
-    (history_text(["set of 3 cake tins pantry design " * 4]), candidate_text("regency cakestand 3 tier")),
+    (history_text(["set of 3 cake tins pantry design " * 4]), candidate_text("regency cakestand 3 tier", 0)),
     ("a", "b"),
-    (history_text(["usb charging cable 2m", "phone case, black"]), candidate_text("screen protector x2")),
+    (history_text(["usb charging cable 2m", "phone case, black"]), candidate_text("screen protector x2", 0)),
     (history_text(["wooden frame antique white", "alarm clock bakelike red"]), "alarm clock bakelike green"),
 ]
 
