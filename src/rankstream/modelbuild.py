@@ -26,7 +26,7 @@ def build_from_prepared(data_dir: Path, out_root: Path, *, preset: Preset = "dem
         prepared.interactions, train, prepared.neighbours, prepared.trending,
         n_candidates=N_CANDIDATES, max_instances=TRAIN_INSTANCES[preset], seed=0,
     )
-    pairs = make_pairs(instances, prepared.catalog, neg_per_instance=4)
+    pairs = make_pairs(instances, prepared.catalog, neg_per_instance=8, top_negatives=0)
     log.info("training on %d pairs from %d train instances", len(pairs), len(instances))
     version = "v" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     artifact = build_model(pairs, out_root, version=version, preset=preset)
