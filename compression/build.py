@@ -36,10 +36,18 @@ class _Recipe:
 # a pair, batches padded to <=60): 300 steps x 32 = 9600 pairs is about 4 minutes. Short and honest,
 # not converged.
 RECIPES: dict[str, _Recipe] = {
-    "demo": _Recipe(max_steps=300, max_epochs=3, batch_size=32, lr=5e-5, max_length=64,
-                    chain="finetune:minilm-l6", parent="sentence-transformers/all-MiniLM-L6-v2"),
-    "tiny": _Recipe(max_steps=8, max_epochs=3, batch_size=16, lr=1e-3, max_length=64,
-                    chain="finetune:tiny-random-bert", parent=None),
+    "demo": _Recipe(
+        max_steps=300,
+        max_epochs=3,
+        batch_size=32,
+        lr=5e-5,
+        max_length=64,
+        chain="finetune:minilm-l6",
+        parent="sentence-transformers/all-MiniLM-L6-v2",
+    ),
+    "tiny": _Recipe(
+        max_steps=8, max_epochs=3, batch_size=16, lr=1e-3, max_length=64, chain="finetune:tiny-random-bert", parent=None
+    ),
 }
 
 
@@ -53,8 +61,14 @@ def tiny_bert(out_dir: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, num_labels=1, initializer_range=0.2,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+        initializer_range=0.2,
     )
     BertForSequenceClassification(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -82,15 +96,26 @@ def build_model(
         base = tiny_bert(Path(tmp) / "base", seed=seed) if preset == "tiny" else minilm_path()
         epochs = min(recipe.max_epochs, math.ceil(recipe.max_steps * recipe.batch_size / len(pairs_train)))
         checkpoint = fine_tune(
-            pairs_train, base, Path(tmp) / "finetuned", epochs=epochs,
-            batch_size=recipe.batch_size, lr=recipe.lr, max_length=recipe.max_length,
-            max_steps=recipe.max_steps, seed=seed,
+            pairs_train,
+            base,
+            Path(tmp) / "finetuned",
+            epochs=epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            max_length=recipe.max_length,
+            max_steps=recipe.max_steps,
+            seed=seed,
         )
         training = json.loads((checkpoint / TRAINING_LOG).read_text())
         all_metrics = dict(metrics or {}) | {f"train_{k}": float(v) for k, v in training.items()}
         artifact = export_onnx(
-            checkpoint, Path(out_root) / version, version=version, quantize=quantize,
-            max_length=recipe.max_length, parent=recipe.parent, method_chain=[recipe.chain],
+            checkpoint,
+            Path(out_root) / version,
+            version=version,
+            quantize=quantize,
+            max_length=recipe.max_length,
+            parent=recipe.parent,
+            method_chain=[recipe.chain],
             metrics=all_metrics,
         )
     log.info("built %s (%s preset) at %s", version, preset, artifact)

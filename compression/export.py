@@ -37,19 +37,36 @@ OPSET = 17
 # a one-word candidate, punctuation and digits.
 REFERENCE_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (history_text(h), candidate_text(c, r))
-    for r, (h, c) in enumerate((
-        (["White hanging heart T-light holder"], "Red retrospot cake stand"),
-        (["Jumbo bag red retrospot", "Lunch bag pink polkadot"], "Jumbo storage bag suki"),
-        (["Set of 3 cake tins pantry design", "Pack of 72 retrospot cake cases"], "Regency cakestand 3 tier"),
-        (["Glass star frosted t-light holder"], "Candle"),
-        (["Assorted colour bird ornament", "Party bunting", "Spotty bunting", "Childrens apron dolly girl",
-          "Alarm clock bakelike red"], "Alarm clock bakelike green"),
-        (["Wooden frame antique white", "Wooden picture frame white finish", "Hand warmer union jack",
-          "Knitted union flag hot water bottle", "Vintage heads and tails card game " * 3],
-         "Victorian glass hanging t-light"),
-        (["USB charging cable 2m", "Phone case, black (iPhone 15)"], "Screen protector 2-pack"),
-        (["Paper chain kit 50's christmas"], "Paper chain kit vintage christmas"),
-    ))
+    for r, (h, c) in enumerate(
+        (
+            (["White hanging heart T-light holder"], "Red retrospot cake stand"),
+            (["Jumbo bag red retrospot", "Lunch bag pink polkadot"], "Jumbo storage bag suki"),
+            (["Set of 3 cake tins pantry design", "Pack of 72 retrospot cake cases"], "Regency cakestand 3 tier"),
+            (["Glass star frosted t-light holder"], "Candle"),
+            (
+                [
+                    "Assorted colour bird ornament",
+                    "Party bunting",
+                    "Spotty bunting",
+                    "Childrens apron dolly girl",
+                    "Alarm clock bakelike red",
+                ],
+                "Alarm clock bakelike green",
+            ),
+            (
+                [
+                    "Wooden frame antique white",
+                    "Wooden picture frame white finish",
+                    "Hand warmer union jack",
+                    "Knitted union flag hot water bottle",
+                    "Vintage heads and tails card game " * 3,
+                ],
+                "Victorian glass hanging t-light",
+            ),
+            (["USB charging cable 2m", "Phone case, black (iPhone 15)"], "Screen protector 2-pack"),
+            (["Paper chain kit 50's christmas"], "Paper chain kit vintage christmas"),
+        )
+    )
 )
 
 
@@ -72,8 +89,9 @@ class _Logits(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return out.logits
 
@@ -85,15 +103,12 @@ def _torch_scores(model: BertForSequenceClassification, encoded: Mapping[str, np
 
 
 def _ort_scores(path: Path, encoder: PairEncoder, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), sess_options=session_options(2),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), sess_options=session_options(2), providers=["CPUExecutionProvider"])
     # One batch, as the scorer's smoke test does (dynamic INT8 depends on the batch).
     return run_session(session, encoder, pairs, inputs=INPUTS, output=OUTPUT, batch_size=len(pairs))
 
 
-def _export_legacy(
-    model: BertForSequenceClassification, encoded: Mapping[str, np.ndarray], path: Path
-) -> None:
+def _export_legacy(model: BertForSequenceClassification, encoded: Mapping[str, np.ndarray], path: Path) -> None:
     args = tuple(torch.from_numpy(encoded[name]) for name in INPUTS)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {OUTPUT: {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
@@ -106,9 +121,15 @@ def _export_legacy(
         # both sides are the same sequence length at any size, so the frozen branch holds for every input.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.")
         torch.onnx.export(
-            _Logits(model), args, str(path),
-            input_names=list(INPUTS), output_names=[OUTPUT], dynamic_axes=axes,
-            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            _Logits(model),
+            args,
+            str(path),
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
         )
 
 
@@ -174,13 +195,18 @@ def export_onnx(
                     f"exported fp32 graph differs from torch by {fp32_diff:.3g} (> {fp32_atol}) on the "
                     "reference pairs; the export is wrong, check the exporter and optimizer versions"
                 )
-            chain = [*method_chain, "onnx:legacy-eager",
-                     "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused"]
+            chain = [
+                *method_chain,
+                "onnx:legacy-eager",
+                "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused",
+            ]
             final = partial / "model.onnx"
             if quantize == "int8":
                 with _quiet_root_logger():
                     quantize_dynamic(
-                        model_input=str(fp32), model_output=str(final), per_channel=True,
+                        model_input=str(fp32),
+                        model_output=str(final),
+                        per_channel=True,
                         weight_type=QuantType.QInt8,
                         # The fused graph carries tensors without type info; tell the quantizer they are float.
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -201,12 +227,8 @@ def export_onnx(
             parent=parent,
             method_chain=chain,
             metrics=all_metrics,
-            input_spec=InputSpec(
-                inputs=INPUTS, output=OUTPUT, max_length=max_length, pair_format=PAIR_FORMAT
-            ),
-            reference=Reference(
-                pairs=tuple(pairs), scores=tuple(float(s) for s in scores), atol=reference_atol
-            ),
+            input_spec=InputSpec(inputs=INPUTS, output=OUTPUT, max_length=max_length, pair_format=PAIR_FORMAT),
+            reference=Reference(pairs=tuple(pairs), scores=tuple(float(s) for s in scores), atol=reference_atol),
         )
         os.rename(partial, out_dir)
     except BaseException:

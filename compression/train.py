@@ -72,8 +72,15 @@ def fine_tune(
     loss_fn = torch.nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(seed)
 
-    log.info("fine-tuning %s on %d pairs: %d steps of %d (lr %g, max_length %d)",
-             base, len(pairs), total, batch_size, lr, max_length)
+    log.info(
+        "fine-tuning %s on %d pairs: %d steps of %d (lr %g, max_length %d)",
+        base,
+        len(pairs),
+        total,
+        batch_size,
+        lr,
+        max_length,
+    )
     step, seen, recent = 0, 0, []
     started = time.perf_counter()
     with tqdm(total=total, desc="fine-tune", unit="step") as bar:
@@ -109,6 +116,12 @@ def fine_tune(
         "final_loss": round(sum(recent) / len(recent), 5),
     }
     (out_dir / TRAINING_LOG).write_text(json.dumps(stats, indent=2) + "\n")
-    log.info("fine-tuned %d steps in %.1fs (%.1f pairs/s), loss %.4f; saved to %s",
-             step, seconds, stats["pairs_per_s"], stats["final_loss"], out_dir)
+    log.info(
+        "fine-tuned %d steps in %.1fs (%.1f pairs/s), loss %.4f; saved to %s",
+        step,
+        seconds,
+        stats["pairs_per_s"],
+        stats["final_loss"],
+        out_dir,
+    )
     return out_dir

@@ -159,7 +159,11 @@ class Ranker:
         ranker._smoke_test(directory)
         log.info(
             "loaded ranker %s from %s (providers %s, threads %d, batch %d)",
-            manifest.version, directory, session.get_providers(), threads, batch_size,
+            manifest.version,
+            directory,
+            session.get_providers(),
+            threads,
+            batch_size,
         )
         return ranker
 

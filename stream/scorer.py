@@ -73,7 +73,10 @@ class Scorer:
         await self._consumer.start()
         log.info(
             "scorer started: topic=%s group=%s model=%s catalog=%d items",
-            self.settings.topic, self.settings.group_id, self.ranker.version, len(self._catalog),
+            self.settings.topic,
+            self.settings.group_id,
+            self.ranker.version,
+            len(self._catalog),
         )
 
     def stop(self) -> None:
@@ -162,8 +165,15 @@ class Scorer:
         n_pairs = sum(len(pairs) for _, _, pairs in per_user)
         log.debug("scored %d pairs for %d users in %.3fs", n_pairs, len(plans), time.perf_counter() - t0)
         writes = [
-            ListWrite(p.user_id, p.history, b.top_k(cands, s, self.settings.top_k), ranker.version,
-                      p.last.partition, p.last.offset, p.last.timestamp_ms)
+            ListWrite(
+                p.user_id,
+                p.history,
+                b.top_k(cands, s, self.settings.top_k),
+                ranker.version,
+                p.last.partition,
+                p.last.offset,
+                p.last.timestamp_ms,
+            )
             for (p, cands, _), s in zip(per_user, scores, strict=True)
         ]
         return writes, n_pairs

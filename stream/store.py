@@ -99,9 +99,7 @@ class Store:
         except RedisError as exc:
             raise StoreError(f"Redis did not answer: {exc}") from exc
 
-    async def load_tables(
-        self, catalog: dict[str, str], neighbours: dict[str, list[str]], trending: list[str]
-    ) -> None:
+    async def load_tables(self, catalog: dict[str, str], neighbours: dict[str, list[str]], trending: list[str]) -> None:
         """Replace the catalog, co-visitation and trending tables (the `rankstream load` step)."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
@@ -175,8 +173,7 @@ class Store:
                     }
                     await self._write(
                         keys=[hist_key(w.user_id), rec_key(w.user_id)],
-                        args=[w.partition, w.offset, w.event_ts_ms, ",".join(w.history), json.dumps(rec),
-                              self._ttl_s],
+                        args=[w.partition, w.offset, w.event_ts_ms, ",".join(w.history), json.dumps(rec), self._ttl_s],
                         client=pipe,
                     )
                 results = await pipe.execute()

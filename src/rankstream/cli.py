@@ -81,9 +81,7 @@ def _replay(args: argparse.Namespace) -> int:
     from rankstream.stream.settings import load_settings
 
     settings = load_settings()
-    n = asyncio.run(
-        replay_split(settings, args.data or home() / "data", args.split, limit=args.limit, rate=args.rate)
-    )
+    n = asyncio.run(replay_split(settings, args.data or home() / "data", args.split, limit=args.limit, rate=args.rate))
     print(f"replayed {n} events to {settings.topic}")
     return 0
 

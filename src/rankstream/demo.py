@@ -74,8 +74,11 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
     log_path = home / "demo-scorer.log"
     with log_path.open("w") as log_file:
         scorer = subprocess.Popen(
-            [sys.executable, "-m", "rankstream.cli", "serve"], env=env, stdout=subprocess.PIPE,
-            stderr=log_file, text=True,
+            [sys.executable, "-m", "rankstream.cli", "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
         )
         try:
             evs = split_events(data_dir, "test", events)
@@ -160,8 +163,10 @@ async def _show_users(settings, evs, n: int) -> None:  # type: ignore[no-untyped
             if rec is None:
                 print("  (no list)")
                 continue
-            print(f"  recommended by {rec['model_version']} (reflects partition {rec['partition']} "
-                  f"offset {rec['offset']}):")
+            print(
+                f"  recommended by {rec['model_version']} (reflects partition {rec['partition']} "
+                f"offset {rec['offset']}):"
+            )
             for k, it in enumerate(rec["items"], 1):
                 print(f"   {k:>2}. {catalog.get(it['item_id'], it['item_id']).lower():<45} {it['score']:+.3f}")
     finally:

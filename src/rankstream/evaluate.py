@@ -28,8 +28,13 @@ def evaluate(
     catalog = prepared.catalog
     popularity = frames["train"]["item_id"].value_counts().to_dict()
     instances = build_instances(
-        prepared.interactions, frames[split], prepared.neighbours, prepared.trending,
-        n_candidates=N_CANDIDATES, max_instances=max_instances, seed=seed,
+        prepared.interactions,
+        frames[split],
+        prepared.neighbours,
+        prepared.trending,
+        n_candidates=N_CANDIDATES,
+        max_instances=max_instances,
+        seed=seed,
     )
     ranker = Ranker.load(model_dir)
     sums = {"model": MetricSums(), "covisit": MetricSums(), "popularity": MetricSums()}

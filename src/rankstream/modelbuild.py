@@ -23,8 +23,13 @@ def build_from_prepared(data_dir: Path, out_root: Path, *, preset: Preset = "dem
     prepared = Prepared.load(data_dir)
     train = prepared.frames[0]
     instances = build_instances(
-        prepared.interactions, train, prepared.neighbours, prepared.trending,
-        n_candidates=N_CANDIDATES, max_instances=TRAIN_INSTANCES[preset], seed=0,
+        prepared.interactions,
+        train,
+        prepared.neighbours,
+        prepared.trending,
+        n_candidates=N_CANDIDATES,
+        max_instances=TRAIN_INSTANCES[preset],
+        seed=0,
     )
     pairs = make_pairs(instances, prepared.catalog, neg_per_instance=8, top_negatives=0)
     log.info("training on %d pairs from %d train instances", len(pairs), len(instances))

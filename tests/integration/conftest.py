@@ -11,11 +11,14 @@ import redis.asyncio as aioredis
 from rankstream.deploy import stack as local_stack
 from rankstream.stream.store import Store
 
-CATALOG = {f"I{i:03d}": f"{colour} {thing}" for i, (colour, thing) in enumerate(
-    (c, t)
-    for c in ("red", "blue", "green", "white", "pink")
-    for t in ("mug", "candle holder", "lunch bag", "doormat", "cake stand", "tea towel")
-)}
+CATALOG = {
+    f"I{i:03d}": f"{colour} {thing}"
+    for i, (colour, thing) in enumerate(
+        (c, t)
+        for c in ("red", "blue", "green", "white", "pink")
+        for t in ("mug", "candle holder", "lunch bag", "doormat", "cake stand", "tea towel")
+    )
+}
 ITEMS = sorted(CATALOG)
 # Each item's neighbours: the next few items, so every user gets candidates.
 NEIGHBOURS = {it: [ITEMS[(i + d) % len(ITEMS)] for d in range(1, 8)] for i, it in enumerate(ITEMS)}

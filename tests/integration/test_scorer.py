@@ -27,8 +27,14 @@ def events_for(users: int, per_user: int) -> list[ClickEvent]:
     out = []
     for k in range(per_user):
         for u in range(users):
-            out.append(ClickEvent(user_id=f"u{u}", item_id=ITEMS[(u * 3 + k) % len(ITEMS)],
-                                  ts=T0 + timedelta(minutes=k), event="click"))
+            out.append(
+                ClickEvent(
+                    user_id=f"u{u}",
+                    item_id=ITEMS[(u * 3 + k) % len(ITEMS)],
+                    ts=T0 + timedelta(minutes=k),
+                    event="click",
+                )
+            )
     return out
 
 
@@ -45,9 +51,17 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes |
 
 def settings_for(stack, topic: str, model_dir, **kw) -> Settings:  # type: ignore[no-untyped-def]
     return Settings(
-        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, model_dir=model_dir,
-        topic=topic, dlq_topic=f"{topic}.dlq", group_id=f"g-{topic}", top_k=5, candidates=10,
-        batch_max_records=kw.pop("batch_max_records", 50), batch_linger_ms=50, **kw,
+        kafka_bootstrap=stack.bootstrap,
+        redis_url=stack.redis_url,
+        model_dir=model_dir,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        group_id=f"g-{topic}",
+        top_k=5,
+        candidates=10,
+        batch_max_records=kw.pop("batch_max_records", 50),
+        batch_linger_ms=50,
+        **kw,
     )
 
 

@@ -26,8 +26,14 @@ def _export(tmp_path_factory: pytest.TempPathFactory, hf_dir: Path, quantize: st
     from rankstream.compression.export import export_onnx
 
     root = tmp_path_factory.mktemp(f"artifact-{quantize}")
-    return export_onnx(hf_dir, root / f"v-tiny-{quantize}", version=f"v-tiny-{quantize}", quantize=quantize,
-                       method_chain=["finetune:tiny-random-bert"], metrics={"ndcg@10": 0.5})
+    return export_onnx(
+        hf_dir,
+        root / f"v-tiny-{quantize}",
+        version=f"v-tiny-{quantize}",
+        quantize=quantize,
+        method_chain=["finetune:tiny-random-bert"],
+        metrics={"ndcg@10": 0.5},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,10 @@ def _fresh_pairs(n: int = 24, seed: int = 1) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     words = "red blue heart cake stand jumbo bag vintage paper chain kit candle holder glass star".split()
     return [
-        (history_text([" ".join(rng.sample(words, rng.randint(1, 6))) for _ in range(rng.randint(1, 5))]),
-         " ".join(rng.sample(words, rng.randint(1, 4))))
+        (
+            history_text([" ".join(rng.sample(words, rng.randint(1, 6))) for _ in range(rng.randint(1, 5))]),
+            " ".join(rng.sample(words, rng.randint(1, 4))),
+        )
         for _ in range(n)
     ]
 
@@ -78,8 +80,10 @@ def test_pairs_skip_untitled_items_and_empty_instances() -> None:
     ]
     pairs = make_pairs(instances, CATALOG)
     # Positions count only titled candidates, as the scorer numbers them ("x" has no title).
-    assert pairs == [LabelledPair("item 1 title", "1 | item 2 title", 1.0),
-                     LabelledPair("item 1 title", "2 | item 3 title", 0.0)]
+    assert pairs == [
+        LabelledPair("item 1 title", "1 | item 2 title", 1.0),
+        LabelledPair("item 1 title", "2 | item 3 title", 0.0),
+    ]
 
 
 # --- export ----------------------------------------------------------------------------------------
@@ -106,7 +110,9 @@ def test_int8_export_stays_close_to_fp32(fp32_artifact: Path, int8_artifact: Pat
 def test_manifest_records_the_export(fp32_artifact: Path, int8_artifact: Path) -> None:
     m = load_manifest(int8_artifact)
     assert m.method_chain == (
-        "finetune:tiny-random-bert", "onnx:legacy-eager", "ort-optimize:fused-attention",
+        "finetune:tiny-random-bert",
+        "onnx:legacy-eager",
+        "ort-optimize:fused-attention",
         "quantize:int8-dynamic-per-channel",
     )
     assert m.input_spec.pair_format == PAIR_FORMAT and m.input_spec.max_length == 64
@@ -141,8 +147,9 @@ def test_fine_tune_updates_weights_and_saves_a_checkpoint(tiny_bert_dir: Path, t
 
 @pytest.mark.slow
 def test_build_model_tiny_preset_end_to_end(tmp_path: Path) -> None:
-    artifact = build_model(_labelled(), tmp_path / "registry", version="v-build", preset="tiny",
-                           metrics={"ndcg@10": 0.1})
+    artifact = build_model(
+        _labelled(), tmp_path / "registry", version="v-build", preset="tiny", metrics={"ndcg@10": 0.1}
+    )
     assert artifact == tmp_path / "registry" / "v-build"
     ranker = Ranker.load(artifact)
     assert ranker.manifest.metrics["train_steps"] == 8

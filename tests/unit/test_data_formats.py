@@ -74,9 +74,7 @@ def test_round_trip(tmp_path: Path, suffix: str) -> None:
         {
             "user_id": ["01", "2"],
             "item_id": ["x", "0y"],
-            "ts": pd.to_datetime(
-                ["2024-05-01T12:00:00.123456Z", "2024-05-02T00:00:00Z"], utc=True, format="ISO8601"
-            ),
+            "ts": pd.to_datetime(["2024-05-01T12:00:00.123456Z", "2024-05-02T00:00:00Z"], utc=True, format="ISO8601"),
             "event": ["purchase", "add_to_cart"],
             "basket": ["b1", "b2"],
             "extra": [1, 2],
@@ -141,9 +139,7 @@ def test_catalog_round_trip_and_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"dup.csv: column item_id repeats 1 id"):
         read_catalog(tmp_path / "dup.csv")
     (tmp_path / "notitle.csv").write_text("item_id,name\n1,a\n")
-    with pytest.raises(
-        ConfigError, match=r"notitle.csv: missing column\(s\) title .*item_id \(unique\), title"
-    ):
+    with pytest.raises(ConfigError, match=r"notitle.csv: missing column\(s\) title .*item_id \(unique\), title"):
         read_catalog(tmp_path / "notitle.csv")
 
 

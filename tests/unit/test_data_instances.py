@@ -72,9 +72,7 @@ def test_candidates_are_the_served_ones_and_never_in_history() -> None:
         assert list(inst.candidates) == covisit_candidates(inst.history, NEIGHBOURS, TRENDING, 4)
         assert not set(inst.candidates) & set(inst.history)
         assert len(inst.candidates) <= 4
-    u1 = next(
-        x for x in build_instances(DATA, test, NEIGHBOURS, TRENDING, n_candidates=4) if x.user_id == "u1"
-    )
+    u1 = next(x for x in build_instances(DATA, test, NEIGHBOURS, TRENDING, n_candidates=4) if x.user_id == "u1")
     # History (E, B, A, C): D = 1/(3*1), Z = 1/(2*2), Y = 1/(4*2), X = 1/(3*3); A, B, E are history.
     assert u1.candidates == ("D", "Z", "Y", "X")
 

@@ -16,8 +16,7 @@ def raw(**fields: object) -> bytes:
 
 def test_valid_event_roundtrips() -> None:
     ev = parse_event(raw(extra_field="ignored"), 4096, NOW)
-    assert ev == ClickEvent(user_id="u1", item_id="85123A", ts=datetime(2011, 11, 1, 9, tzinfo=UTC),
-                            event="purchase")
+    assert ev == ClickEvent(user_id="u1", item_id="85123A", ts=datetime(2011, 11, 1, 9, tzinfo=UTC), event="purchase")
     assert parse_event(ev.to_bytes(), 4096, NOW) == ev
 
 

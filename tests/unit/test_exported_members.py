@@ -6,8 +6,15 @@ import rankstream.stream
 
 def test_public_surface_is_pinned() -> None:
     assert sorted(rankstream.stream.__all__) == [
-        "ArtifactError", "ClickEvent", "ConfigError", "Manifest", "RankstreamError",
-        "candidate_text", "covisit_candidates", "history_text", "load_manifest",
+        "ArtifactError",
+        "ClickEvent",
+        "ConfigError",
+        "Manifest",
+        "RankstreamError",
+        "candidate_text",
+        "covisit_candidates",
+        "history_text",
+        "load_manifest",
     ]
     for name in rankstream.stream.__all__:
         assert hasattr(rankstream.stream, name)

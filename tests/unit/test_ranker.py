@@ -34,21 +34,26 @@ FP32_BATCH_ATOL = 1e-5
 INT8_BATCH_ATOL = 5e-2
 
 
-def _rewrite(
-    directory: Path, *, input_spec: InputSpec | None = None, reference: Reference | None = None
-) -> None:
+def _rewrite(directory: Path, *, input_spec: InputSpec | None = None, reference: Reference | None = None) -> None:
     """Rewrite a manifest with valid checksums but a changed spec or reference."""
     m = Manifest.model_validate_json((directory / MANIFEST).read_text())  # unverified: may be tampered
     (directory / MANIFEST).unlink()
     write_manifest(
-        directory, version=m.version, parent=m.parent, method_chain=list(m.method_chain), metrics=m.metrics,
-        input_spec=input_spec or m.input_spec, reference=reference or m.reference,
+        directory,
+        version=m.version,
+        parent=m.parent,
+        method_chain=list(m.method_chain),
+        metrics=m.metrics,
+        input_spec=input_spec or m.input_spec,
+        reference=reference or m.reference,
     )
 
 
 def test_ranker_module_does_not_import_torch() -> None:
-    code = ("import sys, rankstream.stream.ranker; "
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, rankstream.stream.ranker; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -89,9 +94,7 @@ def test_int8_artifact_loads_and_scores(int8_artifact: Path) -> None:
 
 
 @pytest.mark.parametrize(("which", "atol"), [("fp32", FP32_BATCH_ATOL), ("int8", INT8_BATCH_ATOL)])
-def test_batched_scores_match_one_at_a_time(
-    which: str, atol: float, fp32_artifact: Path, int8_artifact: Path
-) -> None:
+def test_batched_scores_match_one_at_a_time(which: str, atol: float, fp32_artifact: Path, int8_artifact: Path) -> None:
     directory = fp32_artifact if which == "fp32" else int8_artifact
     batched = Ranker.load(directory, batch_size=32).score(PAIRS)
     single = Ranker.load(directory, batch_size=1).score(PAIRS)

@@ -107,9 +107,7 @@ def _weights(rows: pd.DataFrame, n: int, next_window: timedelta) -> tuple[np.nda
             _key(forward["j"], forward["i"], n),
         ]
     )
-    weights = np.concatenate(
-        [np.full(len(same), SAME_BASKET_WEIGHT), np.full(2 * len(forward), NEXT_BASKET_WEIGHT)]
-    )
+    weights = np.concatenate([np.full(len(same), SAME_BASKET_WEIGHT), np.full(2 * len(forward), NEXT_BASKET_WEIGHT)])
     uniq, inverse = np.unique(keys, return_inverse=True)
     return uniq // n, uniq % n, np.bincount(inverse, weights=weights, minlength=len(uniq))
 

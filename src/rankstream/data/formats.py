@@ -55,9 +55,7 @@ def _read(path: Path, what: str, id_columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         if kind == "csv":
             # Ids are text: reading them as numbers would turn "00123" into 123 and "12346" into 12346.0.
-            return pd.read_csv(
-                path, dtype={c: str for c in id_columns}, keep_default_na=False, na_values=[""]
-            )
+            return pd.read_csv(path, dtype={c: str for c in id_columns}, keep_default_na=False, na_values=[""])
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read {what} as {kind}: {exc}") from exc
@@ -77,9 +75,7 @@ def _ids(df: pd.DataFrame, path: Path | str, column: str, fmt: str) -> pd.Series
         empty |= values.astype(str).str.strip() == ""
     if empty.any():
         rows = list(df.index[empty][:3])
-        raise ConfigError(
-            f"{path}: column {column} has {int(empty.sum())} empty value(s), e.g. rows {rows}; {fmt}"
-        )
+        raise ConfigError(f"{path}: column {column} has {int(empty.sum())} empty value(s), e.g. rows {rows}; {fmt}")
     # Parquet may hold integer ids; the format's ids are always text.
     return values.astype(str).str.strip()
 
@@ -122,9 +118,7 @@ def normalize_interactions(df: pd.DataFrame, path: Path | str = "<frame>") -> pd
         bad = ~event.isin(EVENTS)
         if bad.any():
             found = sorted(event[bad].unique())[:5]
-            raise ConfigError(
-                f"{path}: column event has unknown value(s) {found}; allowed: {', '.join(EVENTS)}"
-            )
+            raise ConfigError(f"{path}: column event has unknown value(s) {found}; allowed: {', '.join(EVENTS)}")
         out["event"] = event
     else:
         out["event"] = DEFAULT_EVENT

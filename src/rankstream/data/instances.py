@@ -55,9 +55,7 @@ def _eligible(
     interactions_all: pd.DataFrame, targets: pd.DataFrame
 ) -> list[tuple[int, str, str, tuple[str, ...], frozenset[str]]]:
     """(t, user, key, history, positives) for every target basket with a history and a new item."""
-    rows = interactions_all.loc[
-        interactions_all["user_id"].isin(set(targets["user_id"])), ["user_id", "item_id"]
-    ]
+    rows = interactions_all.loc[interactions_all["user_id"].isin(set(targets["user_id"])), ["user_id", "item_id"]]
     rows = rows.assign(t=_micros(interactions_all.loc[rows.index, "ts"]))
     # By user, then time; stable, so items within one basket keep their written order.
     rows = rows.sort_values(["user_id", "t"], kind="stable")

@@ -41,13 +41,7 @@ def default_retail_path() -> Path:
     if env:
         return Path(env)
     # src/rankstream/data/prepare.py -> the repository root is three folders up; shared/ sits beside it.
-    return (
-        Path(__file__).resolve().parents[3].parent
-        / "shared"
-        / "data"
-        / "online_retail"
-        / "online_retail.csv.gz"
-    )
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 
 
 @dataclass(frozen=True)
@@ -168,9 +162,7 @@ def _load_source(kind: str, files: list[Path], out_dir: Path) -> tuple[pd.DataFr
     missing = set(interactions["item_id"]).difference(catalog["item_id"])
     if missing:
         # Not fatal: such items still shape co-visitation, but the ranker has no text for them.
-        log.warning(
-            "%d item ids in %s are not in %s, e.g. %s", len(missing), files[0], files[1], sorted(missing)[:3]
-        )
+        log.warning("%d item ids in %s are not in %s, e.g. %s", len(missing), files[0], files[1], sorted(missing)[:3])
     write_interactions(interactions, out_dir / "interactions.parquet")
     write_catalog(catalog, out_dir / "catalog.parquet")
     return interactions, None
@@ -198,9 +190,7 @@ def prepare(
     if kind == "byo" and source.resolve() == out_dir.resolve():
         # Writing interactions.parquet beside interactions.csv would make the source ambiguous next time.
         raise ConfigError(f"{out_dir}: out_dir must not be the source folder; choose another folder")
-    fingerprint = _fingerprint(
-        kind, files, split, {"k": k, "trending_days": trending_days, "n_trending": n_trending}
-    )
+    fingerprint = _fingerprint(kind, files, split, {"k": k, "trending_days": trending_days, "n_trending": n_trending})
 
     manifest = _read_manifest(out_dir)
     if (

@@ -128,9 +128,7 @@ def to_catalog(kept: pd.DataFrame) -> pd.DataFrame:
     counts = counts.sort_values(["StockCode", "n", "Description"], ascending=[True, False, True])
     titles = counts.drop_duplicates("StockCode").set_index("StockCode")["Description"]
     price = kept.groupby("StockCode")["UnitPrice"].median()
-    return pd.DataFrame(
-        {"item_id": titles.index, "title": titles.to_numpy(), "price": price[titles.index].to_numpy()}
-    )
+    return pd.DataFrame({"item_id": titles.index, "title": titles.to_numpy(), "price": price[titles.index].to_numpy()})
 
 
 def convert_online_retail(src: Path, out_dir: Path) -> ConvertReport:

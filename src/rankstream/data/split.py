@@ -58,9 +58,7 @@ class Split:
 DEFAULT_SPLIT = Split(date(2011, 10, 1), date(2011, 11, 1))
 
 
-def split_frame(
-    df: pd.DataFrame, split: Split = DEFAULT_SPLIT
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split_frame(df: pd.DataFrame, split: Split = DEFAULT_SPLIT) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Cut a frame with a UTC `ts` column into (train, valid, test) by the split's boundaries."""
     if "ts" not in df.columns:
         raise ConfigError("split_frame needs a frame with a ts column (see rankstream.data.formats)")
