@@ -16,8 +16,7 @@ async def group_lag(bootstrap: str, topic: str, group_id: str, **kafka_options: 
     await admin.start()
     await consumer.start()
     try:
-        (described,) = await admin.describe_topics([topic])
-        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        tps = await _partitions(admin, topic)
         for attempt in range(_ATTEMPTS):
             try:
                 committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
@@ -35,6 +34,27 @@ async def group_lag(bootstrap: str, topic: str, group_id: str, **kafka_options: 
             done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
             lag[tp.partition] = ends[tp] - done
         return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
+    (described,) = await admin.describe_topics([topic])
+    return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+
+
+async def topic_size(bootstrap: str, topic: str, **kafka_options: object) -> int:
+    """Records currently held by `topic` (end minus beginning offsets, summed over partitions)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_options)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka_options)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = await _partitions(admin, topic)
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        return sum(ends[tp] - begins[tp] for tp in tps)
     finally:
         await consumer.stop()
         await admin.close()

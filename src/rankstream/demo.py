@@ -21,7 +21,7 @@ from rankstream.evaluate import evaluate, format_table
 from rankstream.loading import describe, load_tables_and_topics, split_events
 from rankstream.modelbuild import build_from_prepared
 from rankstream.replay import replay
-from rankstream.stream.lag import group_lag
+from rankstream.stream.lag import group_lag, topic_size
 from rankstream.stream.service import resolve_model_dir
 from rankstream.stream.settings import load_settings
 from rankstream.stream.store import Store
@@ -82,7 +82,7 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
         )
         try:
             evs = split_events(data_dir, "test", events)
-            dlq_before = asyncio.run(_topic_size(settings.kafka_bootstrap, settings.dlq_topic))
+            dlq_before = asyncio.run(topic_size(settings.kafka_bootstrap, settings.dlq_topic))
             sent = asyncio.run(replay(evs, info.bootstrap, settings.topic, extra_raw=MALFORMED))
             print(f"replayed {len(evs)} events and {len(MALFORMED)} malformed records ({sent} records)")
             lag = asyncio.run(_wait_drained(settings, scorer))
@@ -93,7 +93,7 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
         print(f"scorer exited with {scorer.returncode}; see {log_path}", file=sys.stderr)
         return 1
     stats = json.loads(out.strip().splitlines()[-1])
-    dlq = asyncio.run(_topic_size(settings.kafka_bootstrap, settings.dlq_topic)) - dlq_before
+    dlq = asyncio.run(topic_size(settings.kafka_bootstrap, settings.dlq_topic)) - dlq_before
 
     _banner("recommendations, read back from Redis as a frontend would")
     asyncio.run(_show_users(settings, evs, users_shown))
@@ -109,21 +109,6 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
     print(f"consumer lag:   {lag}")
     print(f"wall time:      {time.perf_counter() - t0:.0f}s   scorer log: {log_path}")
     return 0
-
-
-async def _topic_size(bootstrap: str, topic: str) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = await consumer.end_offsets(tps) if tps else {}
-        begins = await consumer.beginning_offsets(tps) if tps else {}
-        return sum(ends[tp] - begins[tp] for tp in tps)
-    finally:
-        await consumer.stop()
 
 
 async def _wait_drained(settings, scorer: subprocess.Popen, limit_s: float = 900) -> int:  # type: ignore[no-untyped-def]

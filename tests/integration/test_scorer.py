@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.stream.events import ClickEvent
-from rankstream.stream.lag import group_lag
+from rankstream.stream.lag import group_lag, topic_size
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.settings import Settings
@@ -157,6 +157,7 @@ async def test_malformed_events_go_to_dlq_with_reason(stack, store: Store, tiny_
         h = dict(r.headers)
         assert h["source_topic"].decode() == topic
         assert int(h["source_offset"]) >= 0
+    assert await topic_size(stack.bootstrap, f"{topic}.dlq") == len(bad)
     # The original bytes travel unchanged.
     assert sorted(r.value for r in got) == sorted(v for _, v in bad)
 
