@@ -30,6 +30,8 @@ class UserPlan:
     history: tuple[str, ...]
     last: Valid
     events: int  # new events folded into this one scoring (coalescing)
+    hits: int = 0  # of those, events whose item was in the list the user was shown
+    shown_version: str | None = None  # the model version that wrote that list
 
 
 def group_by_user(events: Iterable[Valid]) -> dict[str, list[Valid]]:
@@ -46,12 +48,26 @@ def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_l
     fresh = [v for v in events if not state.applied(v.partition, v.offset)]
     if not fresh:
         return None
+    shown = set(state.shown)
+    hits = 0
     for v in fresh:
         item = v.event.item_id
+        # Every event of this batch happened while the stored list was on screen.
+        hits += item in shown
         if item in history:
             history.remove(item)
         history.insert(0, item)
-    return UserPlan(user_id, tuple(history[:history_len]), fresh[-1], len(fresh))
+    return UserPlan(user_id, tuple(history[:history_len]), fresh[-1], len(fresh), hits, state.shown_version)
+
+
+def live_quality(plans: Iterable[UserPlan]) -> dict[str, tuple[int, int]]:
+    """(events checked, hits) per model version whose list was on screen when the events happened."""
+    out: dict[str, tuple[int, int]] = {}
+    for p in plans:
+        if p.shown_version is not None:
+            checked, hits = out.get(p.shown_version, (0, 0))
+            out[p.shown_version] = (checked + p.events, hits + p.hits)
+    return out
 
 
 def recent_items(plans: Iterable[UserPlan], recent: int = HISTORY_ITEMS) -> list[str]:

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from rankstream.stream import batch as b
+from rankstream.stream import metrics as m
 from rankstream.stream.errors import RankstreamError, StoreError
 from rankstream.stream.events import Rejected, parse_event
 from rankstream.stream.ranker import Ranker
@@ -89,6 +90,7 @@ class Scorer:
 
     async def run(self) -> Stats:
         backoff = 0.5
+        m.MODEL.labels(self.ranker.version).set(1)
         while not self._stopping.is_set():
             records = await self._consumer.getmany(
                 timeout_ms=self.settings.batch_linger_ms, max_records=self.settings.batch_max_records
@@ -98,17 +100,49 @@ class Scorer:
             try:
                 await self.process(records)
             except (StoreError, KafkaError) as exc:
-                # Nothing of this batch is committed: rewind and try again once the dependency is back.
-                log.warning("batch failed, retrying in %.1fs: %s", backoff, exc)
-                for tp, recs in records.items():
-                    self._consumer.seek(tp, recs[0].offset)
-                await asyncio.sleep(backoff)
+                m.ERRORS.labels(type(exc).__name__).inc()
+                await self._back_off(records, backoff, exc)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.5
-            await self.commit({tp: recs[-1].offset + 1 for tp, recs in records.items()})
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
+            with m.STAGE_SECONDS.labels("commit").time():
+                await self.commit(offsets)
+            self._record_lag(offsets)
         log.info("scorer stopping: %s", self.stats)
         return self.stats
+
+    async def _back_off(
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], delay: float, exc: Exception
+    ) -> None:
+        """Backpressure: nothing of the batch is committed; rewind it, and stop fetching while we wait.
+
+        Pausing keeps the consumer from buffering new records (and memory bounded) however long Redis or
+        Kafka stays away; the group membership stays alive meanwhile, so partitions do not move.
+        """
+        log.warning(
+            "batch of %d records failed, paused, retrying in %.1fs: %s",
+            sum(len(r) for r in records.values()),
+            delay,
+            exc,
+        )
+        assigned = list(self._consumer.assignment())
+        self._consumer.pause(*assigned)
+        m.PAUSED.set(1)
+        for tp, recs in records.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, recs[0].offset)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._consumer.resume(*[tp for tp in assigned if tp in self._consumer.assignment()])
+            m.PAUSED.set(0)
+
+    def _record_lag(self, committed: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in committed.items():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                m.LAG.labels(str(tp.partition)).set(max(high - offset, 0))
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         try:
@@ -131,24 +165,41 @@ class Scorer:
                     dlq_sends.append(await self._send_dlq(tp, r, rej))
                     continue
                 valid.append(b.Valid(tp.partition, r.offset, r.timestamp, ev))
+        m.BATCH_RECORDS.observe(sum(len(r) for r in records.values()))
         by_user = b.group_by_user(valid)
-        states = await self.store.read_states(list(by_user))
-        plans = [
-            p
-            for u, evs in by_user.items()
-            if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None
-        ]
-        neighbours = await self._neighbours_for(b.recent_items(plans))
-        writes, pairs_total = await self._score(plans, neighbours)
-        applied = await self.store.write_lists(writes)
-        if dlq_sends:
-            await asyncio.gather(*dlq_sends)
+        with m.STAGE_SECONDS.labels("read").time():
+            states = await self.store.read_states(list(by_user))
+            plans = [
+                p
+                for u, evs in by_user.items()
+                if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None
+            ]
+            neighbours = await self._neighbours_for(b.recent_items(plans))
+        with m.STAGE_SECONDS.labels("score").time():
+            writes, pairs_total = await self._score(plans, neighbours)
+        quality = b.live_quality(plans)
+        with m.STAGE_SECONDS.labels("write").time():
+            applied = await self.store.write_lists(writes, quality)
+            if dlq_sends:
+                await asyncio.gather(*dlq_sends)
+        written_at_ms = time.time() * 1000
+        for v in valid:
+            m.EVENT_TO_REDIS.observe(max(written_at_ms - v.timestamp_ms, 0) / 1000)
+        for version, (checked, hits) in quality.items():
+            m.LIVE_EVENTS.labels(version).inc(checked)
+            m.LIVE_HITS.labels(version).inc(hits)
+        coalesced = sum(p.events - 1 for p in plans)
+        m.EVENTS.inc(len(valid))
+        m.LISTS_WRITTEN.inc(applied)
+        m.STALE_SKIPPED.inc(len(writes) - applied)
+        m.COALESCED.inc(coalesced)
+        m.PAIRS.inc(pairs_total)
         st = self.stats
         st.batches += 1
         st.events += len(valid)
         st.lists_written += applied
         st.stale_skipped += len(writes) - applied
-        st.coalesced += sum(p.events - 1 for p in plans)
+        st.coalesced += coalesced
         st.pairs += pairs_total
 
     async def _score(
@@ -190,6 +241,7 @@ class Scorer:
         st = self.stats
         st.dlq += 1
         st.dlq_reasons[rej.reason] = st.dlq_reasons.get(rej.reason, 0) + 1
+        m.DLQ.labels(rej.reason).inc()
         log.info("dead-lettered %s[%d]@%d: %s", tp.topic, tp.partition, r.offset, rej.reason)
         headers = [
             ("reason", rej.reason.encode()),

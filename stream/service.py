@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 from rankstream.stream.errors import ConfigError
+from rankstream.stream.metrics import serve_metrics
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.scorer import Scorer, Stats
 from rankstream.stream.settings import Settings
@@ -33,6 +34,7 @@ async def serve(settings: Settings) -> Stats:
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     store = Store.from_url(settings.redis_url, password=password, ttl_s=settings.rec_ttl_s)
     await store.ping()
+    serve_metrics(settings.metrics_port)
     scorer = Scorer(settings, ranker, store)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

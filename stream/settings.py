@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     threads: int = Field(default=2, ge=1, le=256)
     max_event_bytes: int = Field(default=16_384, ge=64, le=1_048_576)
     rec_ttl_s: int = Field(default=7 * 86_400, ge=60)
+    metrics_port: int = Field(default=0, ge=0, le=65_535)  # 0: no /metrics endpoint
     # Passed to aiokafka unchanged (security_protocol, sasl_*, ssl_context is not settable this way).
     kafka_options: dict[str, Any] = {}
 

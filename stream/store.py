@@ -6,6 +6,7 @@ Key schema (version 1; documented in the README for frontends):
   rs:catalog     hash item_id -> title
   rs:nb          hash item_id -> comma-joined co-visitation neighbours, best first
   rs:trending    comma-joined item ids, best first
+  rs:quality     hash: <model version>:events / :hits — live hit-rate of the lists each version wrote
 The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write touches live in one slot.
 """
 
@@ -25,6 +26,7 @@ SCHEMA_VERSION = 1
 CATALOG_KEY = "rs:catalog"
 NEIGHBOURS_KEY = "rs:nb"
 TRENDING_KEY = "rs:trending"
+QUALITY_KEY = "rs:quality"
 
 # One atomic step per user: skip if this state is not newer than what is stored (a replayed or late
 # batch), else write history and list together. Same partition: compare offsets. Different partition
@@ -58,6 +60,8 @@ class UserState:
     items: tuple[str, ...]  # newest first
     partition: int | None
     offset: int | None
+    shown: tuple[str, ...] = ()  # the list the user sees now
+    shown_version: str | None = None  # the model version that wrote it
 
     def applied(self, partition: int, offset: int) -> bool:
         """True when the event at (partition, offset) is already reflected in this state."""
@@ -132,15 +136,22 @@ class Store:
             async with self._r.pipeline(transaction=False) as pipe:
                 for u in users:
                     pipe.hmget(hist_key(u), "items", "p", "o")
+                    pipe.get(rec_key(u))
                 replies = await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"reading user state failed: {exc}") from exc
         states = {}
-        for u, (its, p, o) in zip(users, replies, strict=True):
+        for u, (its, p, o), rec in zip(users, replies[::2], replies[1::2], strict=True):
             if p is None:
                 states[u] = EMPTY_STATE
-            else:
-                states[u] = UserState(tuple(its.split(",")) if its else (), int(p), int(o))
+                continue
+            shown: tuple[str, ...] = ()
+            version = None
+            if rec:
+                doc = json.loads(rec)
+                shown = tuple(i["item_id"] for i in doc["items"])
+                version = doc["model_version"]
+            states[u] = UserState(tuple(its.split(",")) if its else (), int(p), int(o), shown, version)
         return states
 
     async def read_neighbours(self, items: list[str]) -> dict[str, list[str]]:
@@ -153,9 +164,13 @@ class Store:
             raise StoreError(f"reading {NEIGHBOURS_KEY} failed: {exc}") from exc
         return {it: r.split(",") if r else [] for it, r in zip(items, raw, strict=True)}
 
-    async def write_lists(self, writes: list[ListWrite]) -> int:
-        """Write every user's history and list, fenced; returns how many were newer and applied."""
-        if not writes:
+    async def write_lists(self, writes: list[ListWrite], quality: dict[str, tuple[int, int]] | None = None) -> int:
+        """Write every user's history and list, fenced; returns how many were newer and applied.
+
+        `quality` (model version -> (events checked, hits)) is added to the live hit-rate counters in
+        the same round trip.
+        """
+        if not writes and not quality:
             return 0
         now = time.time()
         try:
@@ -176,10 +191,24 @@ class Store:
                         args=[w.partition, w.offset, w.event_ts_ms, ",".join(w.history), json.dumps(rec), self._ttl_s],
                         client=pipe,
                     )
+                for version, (checked, hits) in (quality or {}).items():
+                    pipe.hincrby(QUALITY_KEY, f"{version}:events", checked)
+                    pipe.hincrby(QUALITY_KEY, f"{version}:hits", hits)
                 results = await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"writing {len(writes)} lists failed: {exc}") from exc
-        return sum(int(r) for r in results)
+        return sum(int(r) for r in results[: len(writes)])
+
+    async def read_quality(self) -> dict[str, dict[str, float]]:
+        """Live hit-rate per model version: events checked, hits, and their ratio."""
+        raw = await self._r.hgetall(QUALITY_KEY)
+        out: dict[str, dict[str, float]] = {}
+        for field, value in raw.items():
+            version, _, kind = field.rpartition(":")
+            out.setdefault(version, {"events": 0, "hits": 0})[kind] = int(value)
+        for q in out.values():
+            q["hit_rate"] = q["hits"] / q["events"] if q["events"] else 0.0
+        return out
 
     async def read_list(self, user_id: str) -> dict | None:
         """A frontend's read, for the CLI and tests."""

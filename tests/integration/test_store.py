@@ -36,3 +36,13 @@ async def test_lists_carry_a_ttl(store: Store) -> None:
     await store.write_lists([write(1)])
     ttl = await store._r.ttl(rec_key("u1"))
     assert 0 < ttl <= 3600
+
+
+async def test_quality_counters_accumulate_per_version(store: Store) -> None:
+    await store.write_lists([write(1)], {"v1": (3, 1)})
+    await store.write_lists([], {"v1": (2, 1), "v2": (4, 0)})
+    q = await store.read_quality()
+    assert q["v1"] == {"events": 5, "hits": 2, "hit_rate": 0.4}
+    assert q["v2"]["hit_rate"] == 0.0
+    states = await store.read_states(["u1"])
+    assert states["u1"].shown == ("a",) and states["u1"].shown_version == "v1"

@@ -66,3 +66,12 @@ def test_covisit_candidates_vote_exclude_seen_and_fill_with_trending() -> None:
     assert got[2] == "z"
     assert got[3] == "t"  # trending fill skips x (taken) and a (seen)
     assert "b" not in got
+
+
+def test_live_quality_counts_clicks_on_the_list_on_screen_per_version() -> None:
+    shown = UserState(("a",), 0, 1, shown=("x", "y"), shown_version="v1")
+    plan = b.plan_user("u", [valid("u", "x", 2), valid("u", "z", 3), valid("u", "y", 4)], shown, 10)
+    assert plan is not None and plan.hits == 2 and plan.events == 3
+    other = b.plan_user("w", [valid("w", "q", 5)], UserState((), 0, 0, ("q",), "v2"), 10)
+    first = b.plan_user("n", [valid("n", "q", 6)], EMPTY_STATE, 10)  # nothing shown yet: not counted
+    assert b.live_quality([plan, other, first]) == {"v1": (3, 2), "v2": (1, 1)}

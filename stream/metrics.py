@@ -1,0 +1,35 @@
+"""Prometheus metrics of a scorer process, served on RANKSTREAM_METRICS_PORT (`/metrics`)."""
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+EVENTS = Counter("rankstream_events_total", "Valid events consumed and scored")
+DLQ = Counter("rankstream_dlq_total", "Events sent to the dead-letter topic", ["reason"])
+COALESCED = Counter("rankstream_coalesced_events_total", "Events folded into another event's scoring")
+LISTS_WRITTEN = Counter("rankstream_lists_written_total", "Per-user lists written to Redis")
+STALE_SKIPPED = Counter("rankstream_stale_writes_total", "Writes the fence refused: the list was already newer")
+PAIRS = Counter("rankstream_pairs_scored_total", "(history, candidate) pairs scored")
+ERRORS = Counter("rankstream_errors_total", "Failed batches (retried)", ["kind"])
+BATCH_RECORDS = Histogram(
+    "rankstream_batch_records", "Records per micro-batch", buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+)
+STAGE_SECONDS = Histogram("rankstream_stage_seconds", "Time per batch stage", ["stage"], buckets=_LATENCY_BUCKETS)
+EVENT_TO_REDIS = Histogram(
+    "rankstream_event_to_redis_seconds",
+    "From the event's Kafka record time to its list written in Redis",
+    buckets=_LATENCY_BUCKETS,
+)
+LAG = Gauge("rankstream_lag", "Records behind the partition end, per assigned partition", ["partition"])
+PAUSED = Gauge("rankstream_paused", "1 while partitions are paused for backpressure")
+MODEL = Gauge("rankstream_model_info", "The model version this process serves (value 1)", ["version"])
+LIVE_EVENTS = Counter(
+    "rankstream_live_events_total", "Events checked against the list shown before them", ["model_version"]
+)
+LIVE_HITS = Counter("rankstream_live_hits_total", "Events whose item was in the user's current list", ["model_version"])
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on `port` (0 disables) from a daemon thread."""
+    if port:
+        start_http_server(port)
