@@ -52,7 +52,7 @@ class Scorer:
         self._catalog: dict[str, str] = {}
         self._trending: list[str] = []
         self._neighbours: dict[str, list[str]] = {}
-        common = {"bootstrap_servers": settings.kafka_bootstrap, **settings.kafka_options}
+        common = settings.kafka_client_options()
         self._consumer = AIOKafkaConsumer(
             settings.topic,
             group_id=settings.group_id,

@@ -31,8 +31,7 @@ async def serve(settings: Settings) -> Stats:
     """Run one scorer until SIGTERM/SIGINT, then finish the batch in flight, commit and exit."""
     model_dir = resolve_model_dir(settings.model_dir)
     ranker = Ranker.load(model_dir, threads=settings.threads, batch_size=settings.score_batch_size)
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    store = Store.from_url(settings.redis_url, password=password, ttl_s=settings.rec_ttl_s)
+    store = Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **settings.redis_client_options())
     await store.ping()
     serve_metrics(settings.metrics_port)
     scorer = Scorer(settings, ranker, store)

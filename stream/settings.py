@@ -1,8 +1,9 @@
 """The scorer's one settings object: frozen, typed, read from RANKSTREAM_* environment variables."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from aiokafka.helpers import create_ssl_context
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,7 +17,14 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_username: str | None = None  # Redis 6+ ACL user
     redis_password: SecretStr | None = None
+    redis_ssl_ca: Path | None = None  # CA bundle for a rediss:// URL
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
     model_dir: Path | None = None
     topic: str = "clicks"
     dlq_topic: str = "clicks.dlq"
@@ -43,7 +51,49 @@ class Settings(BaseSettings):
             )
         if self.topic == self.dlq_topic:
             raise ValueError("RANKSTREAM_DLQ_TOPIC must differ from RANKSTREAM_TOPIC")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"RANKSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "RANKSTREAM_KAFKA_SASL_MECHANISM, RANKSTREAM_KAFKA_SASL_USERNAME and RANKSTREAM_KAFKA_SASL_PASSWORD"
+            )
+        for name in ("kafka_ssl_cafile", "redis_ssl_ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"RANKSTREAM_{name.upper()}={path} is not a readable file")
+        if self.redis_ssl_ca is not None and not self.redis_url.startswith("rediss://"):
+            raise ValueError("RANKSTREAM_REDIS_SSL_CA is set but RANKSTREAM_REDIS_URL is not rediss://")
         return self
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Keyword arguments every aiokafka client of this process gets."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            opts["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            )
+        if self.kafka_sasl_mechanism:
+            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
+            opts["sasl_plain_username"] = self.kafka_sasl_username
+            opts["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return {**opts, **self.kafka_options}
+
+    def redis_client_options(self) -> dict[str, Any]:
+        """Keyword arguments for `redis.asyncio.from_url` besides the URL."""
+        opts: dict[str, Any] = {}
+        if self.redis_username:
+            opts["username"] = self.redis_username
+        if self.redis_password:
+            opts["password"] = self.redis_password.get_secret_value()
+        if self.redis_ssl_ca:
+            opts["ssl_ca_certs"] = str(self.redis_ssl_ca)
+        return opts
 
 
 def load_settings(**overrides: Any) -> Settings:

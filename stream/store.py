@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -91,8 +92,9 @@ class Store:
         self._write = client.register_script(_WRITE_LUA)
 
     @classmethod
-    def from_url(cls, url: str, *, password: str | None = None, ttl_s: int = 7 * 86_400) -> "Store":
-        return cls(aioredis.from_url(url, password=password, decode_responses=True), ttl_s)
+    def from_url(cls, url: str, *, ttl_s: int = 7 * 86_400, **options: Any) -> "Store":
+        """`options` go to redis-py (username, password, ssl_ca_certs, …): see Settings.redis_client_options."""
+        return cls(aioredis.from_url(url, decode_responses=True, **options), ttl_s)
 
     async def close(self) -> None:
         await self._r.aclose()

@@ -18,13 +18,12 @@ from tqdm import tqdm
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.evaluate import evaluate, format_table
-from rankstream.loading import describe, load_tables_and_topics, split_events
+from rankstream.loading import describe, load_tables_and_topics, open_store, split_events
 from rankstream.modelbuild import build_from_prepared
 from rankstream.replay import replay
 from rankstream.stream.lag import group_lag, topic_size
 from rankstream.stream.service import resolve_model_dir
 from rankstream.stream.settings import load_settings
-from rankstream.stream.store import Store
 
 # Shown in the DLQ count: what bad input looks like, and that it is kept, not lost.
 MALFORMED = [
@@ -132,7 +131,7 @@ async def _wait_drained(settings, scorer: subprocess.Popen, limit_s: float = 900
 
 
 async def _show_users(settings, evs, n: int) -> None:  # type: ignore[no-untyped-def]
-    store = Store.from_url(settings.redis_url)
+    store = open_store(settings)
     try:
         catalog = await store.read_catalog()
         counts: dict[str, int] = {}

@@ -11,9 +11,9 @@ from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
 
-def _store(settings: Settings) -> Store:
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return Store.from_url(settings.redis_url, password=password, ttl_s=settings.rec_ttl_s)
+def open_store(settings: Settings) -> Store:
+    """A Store with the settings' Redis URL, credentials and TLS."""
+    return Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **settings.redis_client_options())
 
 
 async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions: int = 4) -> str:
@@ -22,7 +22,7 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
     await asyncio.to_thread(
         create_topics, settings.kafka_bootstrap, {settings.topic: partitions, settings.dlq_topic: 1}
     )
-    store = _store(settings)
+    store = open_store(settings)
     try:
         await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending)
     finally:
@@ -55,7 +55,7 @@ async def replay_split(
 
 
 async def read_recs(settings: Settings, user_id: str) -> dict | None:
-    store = _store(settings)
+    store = open_store(settings)
     try:
         return await store.read_list(user_id)
     finally:

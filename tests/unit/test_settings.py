@@ -32,3 +32,32 @@ def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValueError):
         s.top_k = 3  # type: ignore[misc]
+
+
+def test_sasl_needs_credentials_and_passes_them_to_kafka() -> None:
+    with pytest.raises(ConfigError, match="RANKSTREAM_KAFKA_SASL_MECHANISM"):
+        load_settings(kafka_security_protocol="SASL_PLAINTEXT")
+    s = load_settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="scorer",
+        kafka_sasl_password="s3cret",
+    )
+    opts = s.kafka_client_options()
+    assert opts["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert opts["sasl_plain_username"] == "scorer" and opts["sasl_plain_password"] == "s3cret"
+    assert "s3cret" not in repr(s)  # secrets never reach logs through the settings' repr
+
+
+def test_tls_files_must_exist(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="RANKSTREAM_KAFKA_SSL_CAFILE"):
+        load_settings(kafka_security_protocol="SSL", kafka_ssl_cafile=tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="not rediss://"):
+        ca = tmp_path / "ca.pem"
+        ca.write_text("x")
+        load_settings(redis_ssl_ca=ca)
+
+
+def test_redis_credentials_are_passed_through() -> None:
+    s = load_settings(redis_username="scorer", redis_password="pw", redis_url="rediss://cache:6380/0")
+    assert s.redis_client_options() == {"username": "scorer", "password": "pw"}
