@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 
 from rankstream.stream import batch as b
 from rankstream.stream import metrics as m
@@ -59,6 +59,7 @@ class Scorer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **common,
+            **settings.kafka_consumer_options,
         )
         self._producer = AIOKafkaProducer(acks="all", **common)
 
@@ -145,11 +146,27 @@ class Scorer:
                 m.LAG.labels(str(tp.partition)).set(max(high - offset, 0))
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        try:
-            await self._consumer.commit(dict(offsets))
-        except CommitFailedError as exc:
-            # Partitions moved to another replica mid-batch; it re-reads them and the fence absorbs the repeat.
-            log.warning("commit refused after a rebalance, the new owner will replay: %s", exc)
+        """Commit offsets whose events are in Redis; retry while the broker is away (never skip ahead)."""
+        delay = 0.5
+        while True:
+            owned = {tp: o for tp, o in offsets.items() if tp in self._consumer.assignment()}
+            if not owned:
+                return
+            try:
+                await self._consumer.commit(owned)
+                return
+            except CommitFailedError as exc:
+                # Partitions moved to another replica mid-batch; it re-reads them and the fence absorbs
+                # the repeat.
+                log.warning("commit refused after a rebalance, the new owner will replay: %s", exc)
+                return
+            except KafkaError as exc:
+                if not exc.retriable and not isinstance(exc, KafkaConnectionError):
+                    raise
+                m.ERRORS.labels(type(exc).__name__).inc()
+                log.warning("commit failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
 
     async def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
         """Validate, dead-letter, plan, score, write: everything for one batch except the commit."""

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     redis_username: str | None = None  # Redis 6+ ACL user
     redis_password: SecretStr | None = None
     redis_ssl_ca: Path | None = None  # CA bundle for a rediss:// URL
+    redis_timeout_s: float = Field(default=5.0, gt=0, le=300)  # a stalled Redis fails the batch, not the loop
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
@@ -41,6 +42,8 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65_535)  # 0: no /metrics endpoint
     # Passed to aiokafka unchanged (security_protocol, sasl_*, ssl_context is not settable this way).
     kafka_options: dict[str, Any] = {}
+    # Passed to the consumer only (session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms, …).
+    kafka_consumer_options: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _combinations(self) -> "Settings":
@@ -86,7 +89,7 @@ class Settings(BaseSettings):
 
     def redis_client_options(self) -> dict[str, Any]:
         """Keyword arguments for `redis.asyncio.from_url` besides the URL."""
-        opts: dict[str, Any] = {}
+        opts: dict[str, Any] = {"socket_timeout": self.redis_timeout_s, "socket_connect_timeout": self.redis_timeout_s}
         if self.redis_username:
             opts["username"] = self.redis_username
         if self.redis_password:

@@ -60,4 +60,9 @@ def test_tls_files_must_exist(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 def test_redis_credentials_are_passed_through() -> None:
     s = load_settings(redis_username="scorer", redis_password="pw", redis_url="rediss://cache:6380/0")
-    assert s.redis_client_options() == {"username": "scorer", "password": "pw"}
+    assert s.redis_client_options() == {
+        "username": "scorer",
+        "password": "pw",
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+    }

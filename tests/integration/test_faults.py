@@ -1,0 +1,227 @@
+"""Faults on the real services: crashes, a Redis outage, a broker restart, a lost replica, bad input.
+
+Each test compares the final Redis state with a reference replay of what was produced.
+"""
+
+import asyncio
+import json
+import random
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from rankstream.deploy import stack as local_stack
+from rankstream.deploy.kafka_local import create_topics
+from rankstream.stream.events import ClickEvent
+from rankstream.stream.lag import group_lag
+from rankstream.stream.store import Store
+
+from .conftest import ITEMS, wait_for
+from .faults import (
+    Reference,
+    Watch,
+    assert_all_reflected,
+    kill9,
+    produce_steadily,
+    scorer_env,
+    spawn_scorer,
+    stop_gracefully,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+USERS = 40
+
+
+async def wait_drained(stack, topic: str, *alive: subprocess.Popen, limit_s: float = 120) -> None:  # type: ignore[no-untyped-def]
+    """Wait for the group's lag to reach 0; fail at once if a scorer that should be running died."""
+
+    async def drained() -> bool:
+        for proc in alive:
+            assert proc.poll() is None, f"scorer exited with {proc.returncode}"
+        lag = await group_lag(stack.bootstrap, topic, f"g-{topic}")
+        return bool(lag) and sum(lag.values()) == 0
+
+    await wait_for(drained, limit_s=limit_s, every=0.5)
+
+
+async def finish(stack, topic, env, tmp_path, store, ref) -> None:  # type: ignore[no-untyped-def]
+    """A last healthy scorer drains what is left; then everything produced must be reflected."""
+    last = spawn_scorer(env, tmp_path / "final.log")
+    try:
+        await wait_drained(stack, topic, last)
+    finally:
+        assert stop_gracefully(last) == 0, (tmp_path / "final.log").read_text()[-3000:]
+    await assert_all_reflected(store, ref)
+
+
+async def test_kill9_at_random_points_loses_nothing(stack, store: Store, tiny_model, topic, tmp_path) -> None:
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 3, f"{topic}.dlq": 1})
+    env = scorer_env(stack, topic, tiny_model)
+    ref = Reference()
+    watch = Watch(store, USERS)
+    stop_watch = asyncio.Event()
+    watcher = asyncio.create_task(watch.run(stop_watch))
+    producing = asyncio.create_task(produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=2400, rate=60))
+    rng = random.Random(7)
+    kills = 0
+    while kills < 20:
+        proc = spawn_scorer(env, tmp_path / f"scorer-{kills}.log")
+        await asyncio.sleep(rng.uniform(1.0, 3.5))  # startup is ~1-2 s: some die starting, most mid-batch
+        kill9(proc)
+        kills += 1
+    await producing
+    left = sum((await group_lag(stack.bootstrap, topic, f"g-{topic}")).values())
+    assert left < ref.sent, "the killed scorers never committed anything: the kills tested nothing"
+    await finish(stack, topic, env, tmp_path, store, ref)
+    stop_watch.set()
+    await watcher
+    assert kills == 20
+    assert watch.polls > 50 and watch.backwards == []
+
+
+async def test_redis_outage_pauses_and_resumes(stack, store: Store, tiny_model, topic, tmp_path) -> None:
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 3, f"{topic}.dlq": 1})
+    env = scorer_env(stack, topic, tiny_model)
+    ref = Reference()
+    producing = asyncio.create_task(produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=900, rate=60))
+    scorer = spawn_scorer(env, tmp_path / "scorer.log")
+    try:
+        await asyncio.sleep(4)
+        # SHUTDOWN SAVE writes the dataset to disk, so the restarted server has it: an outage, not data loss.
+        admin = aioredis.from_url(stack.redis_url)
+        await admin.shutdown(save=True)
+        await admin.aclose()
+        await asyncio.sleep(10)
+        assert scorer.poll() is None, "the scorer died while Redis was away"
+        await asyncio.to_thread(local_stack.start_redis, stack.state_dir)
+        await producing
+        await wait_drained(stack, topic, scorer)
+    finally:
+        assert stop_gracefully(scorer) == 0
+    log = (tmp_path / "scorer.log").read_text()
+    assert "paused, retrying" in log  # it backed off rather than crashing or skipping
+    # The fixture's client still holds connections the restart closed: read through a new one.
+    fresh = Store(aioredis.from_url(stack.redis_url, decode_responses=True), ttl_s=3600)
+    try:
+        await assert_all_reflected(fresh, ref)
+    finally:
+        await fresh.close()
+
+
+async def test_broker_restart_reconnects(stack, store: Store, tiny_model, topic, tmp_path) -> None:
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 3, f"{topic}.dlq": 1})
+    env = scorer_env(stack, topic, tiny_model)
+    ref = Reference()
+    first = asyncio.create_task(produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=300, rate=100))
+    scorer = spawn_scorer(env, tmp_path / "scorer.log")
+    try:
+        await first
+        await asyncio.sleep(2)
+        await asyncio.to_thread(local_stack.restart_kafka, stack.state_dir)
+        await produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=300, rate=100, seed=1)
+        await wait_drained(stack, topic, scorer)
+    finally:
+        assert stop_gracefully(scorer) == 0
+    await assert_all_reflected(store, ref)
+
+
+async def test_two_scorers_one_killed(stack, store: Store, tiny_model, topic, tmp_path) -> None:
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 4, f"{topic}.dlq": 1})
+    env = scorer_env(stack, topic, tiny_model)
+    ref = Reference()
+    producing = asyncio.create_task(produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=1200, rate=80))
+    a = spawn_scorer(env, tmp_path / "a.log")
+    b = spawn_scorer(env, tmp_path / "b.log")
+    try:
+        await asyncio.sleep(6)  # both joined and share the partitions
+        kill9(a)
+        await producing
+        await wait_drained(stack, topic, b)
+    finally:
+        assert stop_gracefully(b) == 0
+    await assert_all_reflected(store, ref)
+
+
+def malformed(rng: random.Random, n: int) -> list[tuple[str, bytes | None]]:
+    """(expected reason, raw value) for n bad events of 13 kinds."""
+    good = {"user_id": "u1", "item_id": ITEMS[0], "ts": "2011-11-01T10:00:00Z", "event": "click"}
+
+    def with_(**kw: object) -> bytes:
+        return json.dumps({**good, **kw}).encode()
+
+    def without(key: str) -> bytes:
+        return json.dumps({k: v for k, v in good.items() if k != key}).encode()
+
+    kinds = [
+        ("invalid_json", lambda: json.dumps(good).encode()[: rng.randrange(1, 40)]),
+        ("invalid_user_id", lambda: with_(user_id=rng.randrange(10**6))),
+        ("invalid_item_id", lambda: without("item_id")),
+        ("invalid_ts", lambda: without("ts")),
+        ("too_large", lambda: with_(padding="x" * 20_000)),
+        ("invalid_utf8", lambda: b'{"user_id": "\xff\xfe"}'),
+        ("unknown_item", lambda: with_(item_id=f"NOPE-{rng.randrange(10**6)}")),
+        ("invalid_ts", lambda: with_(ts=-rng.randrange(1, 10**9))),
+        ("ts_in_future", lambda: with_(ts="2999-01-01T00:00:00Z")),
+        ("not_an_object", lambda: b"[1, 2, 3]"),
+        ("empty", lambda: None),
+        ("invalid_event", lambda: with_(event="hover")),
+        ("invalid_user_id", lambda: with_(user_id="")),
+    ]
+    return [(reason, make()) for reason, make in (kinds[i % len(kinds)] for i in range(n))]
+
+
+async def test_a_thousand_malformed_events_all_land_in_the_dlq(stack, store: Store, tiny_model, topic, tmp_path):  # type: ignore[no-untyped-def]
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 3, f"{topic}.dlq": 1})
+    env = scorer_env(stack, topic, tiny_model)
+    rng = random.Random(3)
+    bad = malformed(rng, 1300)
+    ref = Reference()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", max_request_size=2_000_000)
+    await producer.start()
+    try:
+        t0 = datetime(2011, 11, 1, tzinfo=UTC)
+        for n, (_, value) in enumerate(bad):
+            await producer.send(topic, key=b"bad", value=value)
+            if n % 5 == 0:  # good events around the bad ones
+                user = f"u{n % USERS}"
+                item = ITEMS[n % len(ITEMS)]
+                ev = ClickEvent(user_id=user, item_id=item, ts=t0 + timedelta(seconds=n))
+                meta = await (await producer.send(topic, key=user.encode(), value=ev.to_bytes()))
+                ref.last[user] = (meta.partition, meta.offset)
+                ref.items.setdefault(user, []).append(item)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    scorer = spawn_scorer(env, tmp_path / "scorer.log")
+    started = time.monotonic()
+    try:
+        await wait_drained(stack, topic, scorer, limit_s=180)
+    finally:
+        assert stop_gracefully(scorer) == 0
+    assert time.monotonic() - started < 180
+    await assert_all_reflected(store, ref)
+
+    consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    got: list = []
+    try:
+        async with asyncio.timeout(60):
+            while len(got) < len(bad):
+                for recs in (await consumer.getmany(timeout_ms=500)).values():
+                    got.extend(recs)
+    finally:
+        await consumer.stop()
+    want: dict[str, int] = {}
+    for reason, _ in bad:
+        want[reason] = want.get(reason, 0) + 1
+    have: dict[str, int] = {}
+    for r in got:
+        reason = dict(r.headers)["reason"].decode()
+        have[reason] = have.get(reason, 0) + 1
+    assert have == want
+    assert len(want) >= 10
