@@ -20,6 +20,7 @@ class Valid:
     offset: int
     timestamp_ms: int  # Kafka record time: when the event entered the system
     event: ClickEvent
+    topic: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def group_by_user(events: Iterable[Valid]) -> dict[str, list[Valid]]:
 def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_len: int) -> UserPlan | None:
     """Fold a user's new events into the stored history; None when every event was already applied."""
     history = list(state.items)
-    fresh = [v for v in events if not state.applied(v.partition, v.offset)]
+    fresh = [v for v in events if not state.applied(v.topic, v.partition, v.offset)]
     if not fresh:
         return None
     shown = set(state.shown)

@@ -181,7 +181,7 @@ class Scorer:
                 except Rejected as rej:
                     dlq_sends.append(await self._send_dlq(tp, r, rej))
                     continue
-                valid.append(b.Valid(tp.partition, r.offset, r.timestamp, ev))
+                valid.append(b.Valid(tp.partition, r.offset, r.timestamp, ev, tp.topic))
         m.BATCH_RECORDS.observe(sum(len(r) for r in records.values()))
         by_user = b.group_by_user(valid)
         with m.STAGE_SECONDS.labels("read").time():
@@ -241,6 +241,7 @@ class Scorer:
                 p.last.partition,
                 p.last.offset,
                 p.last.timestamp_ms,
+                p.last.topic,
             )
             for (p, cands, _), s in zip(per_user, scores, strict=True)
         ]

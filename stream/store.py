@@ -30,8 +30,8 @@ TRENDING_KEY = "rs:trending"
 QUALITY_KEY = "rs:quality"
 
 # One atomic step per user: skip if this state is not newer than what is stored (a replayed or late
-# batch), else write history and list together. Same partition: compare offsets. Different partition
-# (the topic was repartitioned): fall back to event time.
+# batch), else write history and list together. Same topic and partition (ARGV[1] = "topic:partition"):
+# compare offsets. Otherwise (the topic was repartitioned or replaced): fall back to event time.
 _WRITE_LUA = """
 local p = redis.call('HGET', KEYS[1], 'p')
 if p then
@@ -63,10 +63,11 @@ class UserState:
     offset: int | None
     shown: tuple[str, ...] = ()  # the list the user sees now
     shown_version: str | None = None  # the model version that wrote it
+    topic: str | None = None
 
-    def applied(self, partition: int, offset: int) -> bool:
-        """True when the event at (partition, offset) is already reflected in this state."""
-        return self.partition == partition and self.offset is not None and offset <= self.offset
+    def applied(self, topic: str, partition: int, offset: int) -> bool:
+        """True when the event at (topic, partition, offset) is already reflected in this state."""
+        return self.topic == topic and self.partition == partition and self.offset is not None and offset <= self.offset
 
 
 EMPTY_STATE = UserState((), None, None)
@@ -81,6 +82,7 @@ class ListWrite:
     partition: int
     offset: int
     event_ts_ms: int
+    topic: str = ""
 
 
 class Store:
@@ -153,7 +155,8 @@ class Store:
                 doc = json.loads(rec)
                 shown = tuple(i["item_id"] for i in doc["items"])
                 version = doc["model_version"]
-            states[u] = UserState(tuple(its.split(",")) if its else (), int(p), int(o), shown, version)
+            topic, _, partition = p.rpartition(":")
+            states[u] = UserState(tuple(its.split(",")) if its else (), int(partition), int(o), shown, version, topic)
         return states
 
     async def read_neighbours(self, items: list[str]) -> dict[str, list[str]]:
@@ -183,6 +186,7 @@ class Store:
                         "user_id": w.user_id,
                         "items": [{"item_id": i, "score": round(s, 5)} for i, s in w.items],
                         "model_version": w.model_version,
+                        "topic": w.topic,
                         "partition": w.partition,
                         "offset": w.offset,
                         "event_ts": w.event_ts_ms,
@@ -190,7 +194,14 @@ class Store:
                     }
                     await self._write(
                         keys=[hist_key(w.user_id), rec_key(w.user_id)],
-                        args=[w.partition, w.offset, w.event_ts_ms, ",".join(w.history), json.dumps(rec), self._ttl_s],
+                        args=[
+                            f"{w.topic}:{w.partition}",
+                            w.offset,
+                            w.event_ts_ms,
+                            ",".join(w.history),
+                            json.dumps(rec),
+                            self._ttl_s,
+                        ],
                         client=pipe,
                     )
                 for version, (checked, hits) in (quality or {}).items():

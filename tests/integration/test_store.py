@@ -20,8 +20,16 @@ async def test_newer_offset_wins_and_older_is_skipped(store: Store) -> None:
     assert [i["item_id"] for i in rec["items"]] == ["new"]
     assert rec["offset"] == 10 and rec["partition"] == 0 and rec["model_version"] == "v1"
     states = await store.read_states(["u1", "nobody"])
-    assert states["u1"].items == ("x", "y") and states["u1"].offset == 10
+    assert states["u1"].items == ("x", "y") and states["u1"].offset == 10 and states["u1"].topic == ""
     assert states["nobody"].partition is None
+
+
+async def test_other_topic_compares_event_time(store: Store) -> None:
+    assert await store.write_lists([write(50, ts=2_000)]) == 1
+    moved = ListWrite("u1", ("x",), (("a", 1.0),), "v1", 0, 3, 2_500, topic="clicks-v2")
+    assert await store.write_lists([moved]) == 1  # a low offset on a new topic is not "old"
+    rec = await store.read_list("u1")
+    assert rec is not None and rec["topic"] == "clicks-v2" and rec["offset"] == 3
 
 
 async def test_other_partition_compares_event_time(store: Store) -> None:

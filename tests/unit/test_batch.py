@@ -14,7 +14,7 @@ def valid(user: str, item: str, offset: int, partition: int = 0) -> b.Valid:
 
 def test_plan_folds_events_newest_first_without_duplicates() -> None:
     evs = [valid("u", "a", 1), valid("u", "b", 2), valid("u", "a", 3)]
-    plan = b.plan_user("u", evs, UserState(("c", "b"), 0, 0), history_len=10)
+    plan = b.plan_user("u", evs, UserState(("c", "b"), 0, 0, topic=""), history_len=10)
     assert plan is not None
     assert plan.history == ("a", "b", "c")
     assert plan.last.offset == 3
@@ -22,16 +22,18 @@ def test_plan_folds_events_newest_first_without_duplicates() -> None:
 
 
 def test_plan_skips_events_already_applied() -> None:
-    state = UserState(("b", "a"), 0, 2)
+    state = UserState(("b", "a"), 0, 2, topic="")
     assert b.plan_user("u", [valid("u", "a", 1), valid("u", "b", 2)], state, 10) is None
     plan = b.plan_user("u", [valid("u", "b", 2), valid("u", "d", 3)], state, 10)
     assert plan is not None and plan.history == ("d", "b", "a") and plan.events == 1
 
 
-def test_other_partition_is_not_mistaken_for_applied() -> None:
-    state = UserState(("a",), 1, 50)
+def test_other_partition_or_topic_is_not_mistaken_for_applied() -> None:
+    state = UserState(("a",), 1, 50, topic="")
     plan = b.plan_user("u", [valid("u", "z", 3, partition=0)], state, 10)
     assert plan is not None and plan.history == ("z", "a")
+    elsewhere = UserState(("a",), 0, 50, topic="clicks-old")
+    assert b.plan_user("u", [valid("u", "z", 3, partition=0)], elsewhere, 10) is not None
 
 
 def test_history_is_capped() -> None:
@@ -69,7 +71,7 @@ def test_covisit_candidates_vote_exclude_seen_and_fill_with_trending() -> None:
 
 
 def test_live_quality_counts_clicks_on_the_list_on_screen_per_version() -> None:
-    shown = UserState(("a",), 0, 1, shown=("x", "y"), shown_version="v1")
+    shown = UserState(("a",), 0, 1, shown=("x", "y"), shown_version="v1", topic="")
     plan = b.plan_user("u", [valid("u", "x", 2), valid("u", "z", 3), valid("u", "y", 4)], shown, 10)
     assert plan is not None and plan.hits == 2 and plan.events == 3
     other = b.plan_user("w", [valid("w", "q", 5)], UserState((), 0, 0, ("q",), "v2"), 10)
