@@ -5,9 +5,11 @@ Offsets are committed only after the batch's Redis writes and dead-letter sends 
 """
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -37,6 +39,7 @@ class Stats:
     batches: int = 0
     pairs: int = 0
     dlq_reasons: dict[str, int] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall time per batch stage, summed
 
 
 class Scorer:
@@ -47,6 +50,8 @@ class Scorer:
         self.ranker = ranker
         self.store = store
         self.stats = Stats()
+        # Event -> Redis latency of the most recent events, for benchmarks; bounded.
+        self.latencies_ms: deque[float] = deque(maxlen=500_000)
         self._stopping = asyncio.Event()
         self._started = False
         self._catalog: dict[str, str] = {}
@@ -107,7 +112,7 @@ class Scorer:
                 continue
             backoff = 0.5
             offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
-            with m.STAGE_SECONDS.labels("commit").time():
+            with self._stage("commit"):
                 await self.commit(offsets)
             self._record_lag(offsets)
         log.info("scorer stopping: %s", self.stats)
@@ -138,6 +143,16 @@ class Scorer:
         finally:
             self._consumer.resume(*[tp for tp in assigned if tp in self._consumer.assignment()])
             m.PAUSED.set(0)
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - t0
+            m.STAGE_SECONDS.labels(name).observe(took)
+            self.stats.stage_s[name] = self.stats.stage_s.get(name, 0.0) + took
 
     def _record_lag(self, committed: Mapping[TopicPartition, int]) -> None:
         for tp, offset in committed.items():
@@ -184,7 +199,7 @@ class Scorer:
                 valid.append(b.Valid(tp.partition, r.offset, r.timestamp, ev, tp.topic))
         m.BATCH_RECORDS.observe(sum(len(r) for r in records.values()))
         by_user = b.group_by_user(valid)
-        with m.STAGE_SECONDS.labels("read").time():
+        with self._stage("read"):
             states = await self.store.read_states(list(by_user))
             plans = [
                 p
@@ -192,16 +207,18 @@ class Scorer:
                 if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None
             ]
             neighbours = await self._neighbours_for(b.recent_items(plans))
-        with m.STAGE_SECONDS.labels("score").time():
+        with self._stage("score"):
             writes, pairs_total = await self._score(plans, neighbours)
         quality = b.live_quality(plans)
-        with m.STAGE_SECONDS.labels("write").time():
+        with self._stage("write"):
             applied = await self.store.write_lists(writes, quality)
             if dlq_sends:
                 await asyncio.gather(*dlq_sends)
         written_at_ms = time.time() * 1000
         for v in valid:
-            m.EVENT_TO_REDIS.observe(max(written_at_ms - v.timestamp_ms, 0) / 1000)
+            latency_ms = max(written_at_ms - v.timestamp_ms, 0.0)
+            m.EVENT_TO_REDIS.observe(latency_ms / 1000)
+            self.latencies_ms.append(latency_ms)
         for version, (checked, hits) in quality.items():
             m.LIVE_EVENTS.labels(version).inc(checked)
             m.LIVE_HITS.labels(version).inc(hits)
