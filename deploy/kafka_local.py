@@ -110,6 +110,8 @@ def write_config(kafka_dir: Path, port: int, controller_port: int) -> Path:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # Let test and demo consumers use short sessions, so a killed replica's partitions move in ~2 s.
+        "group.min.session.timeout.ms": "1000",
         # After a crash (kill -9) the restarted broker cannot register until the old registration's
         # session expires (default 9 s); a shorter session makes crash-restart tests ~6 s faster.
         "broker.heartbeat.interval.ms": "1000",

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.store import Store
@@ -34,7 +36,7 @@ def scorer_env(stack, topic: str, model: Path, **extra: str) -> dict[str, str]: 
         "RANKSTREAM_BATCH_LINGER_MS": "20",
         "RANKSTREAM_REDIS_TIMEOUT_S": "2",
         # Short sessions: a killed replica's partitions move within seconds, not the default 10 s.
-        "RANKSTREAM_KAFKA_CONSUMER_OPTIONS": json.dumps({"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}),
+        "RANKSTREAM_KAFKA_CONSUMER_OPTIONS": json.dumps({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}),
         **extra,
     }
 
@@ -70,9 +72,18 @@ class Reference:
 
 
 async def produce_steadily(
-    bootstrap: str, topic: str, ref: Reference, *, users: int, count: int, rate: float, seed: int = 0
+    bootstrap: str,
+    topic: str,
+    ref: Reference,
+    *,
+    users: int,
+    count: int,
+    rate: float,
+    seed: int = 0,
+    until: asyncio.Event | None = None,
 ) -> None:
-    """Send `count` valid events at about `rate` per second, recording where each landed."""
+    """Send up to `count` valid events at about `rate` per second (stopping early once `until` is set),
+    recording where each landed."""
     rng = random.Random(seed)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
@@ -81,6 +92,8 @@ async def produce_steadily(
     start = loop.time()
     try:
         for n in range(count):
+            if until is not None and until.is_set():
+                break
             user = f"u{rng.randrange(users)}"
             item = rng.choice(ITEMS)
             ev = ClickEvent(user_id=user, item_id=item, ts=t0 + timedelta(seconds=n))
@@ -134,3 +147,18 @@ async def assert_all_reflected(store: Store, ref: Reference) -> None:
         if hist != ref.history(user)[: len(hist)] or len(hist) != min(len(ref.history(user)), 50):
             missing.append(f"{user}: history {hist} != {ref.history(user)}")
     assert not missing, f"{len(missing)} users not reflected: {missing[:5]}"
+
+
+async def committed_total(bootstrap: str, group: str) -> int:
+    """Sum of the group's committed offsets: grows each time a scorer commits a batch."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except KafkaError as exc:
+        if not exc.retriable:
+            raise
+        return 0  # no coordinator yet: a group that has never committed
+    finally:
+        await admin.close()
+    return sum(max(meta.offset, 0) for meta in offsets.values())

@@ -9,6 +9,7 @@ import random
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,6 +26,7 @@ from .faults import (
     Reference,
     Watch,
     assert_all_reflected,
+    committed_total,
     kill9,
     produce_steadily,
     scorer_env,
@@ -49,6 +51,11 @@ async def wait_drained(stack, topic: str, *alive: subprocess.Popen, limit_s: flo
     await wait_for(drained, limit_s=limit_s, every=0.5)
 
 
+async def _advanced(bootstrap: str, group: str, before: int, proc: subprocess.Popen) -> bool:
+    assert proc.poll() is None, f"scorer exited with {proc.returncode}"
+    return await committed_total(bootstrap, group) > before
+
+
 async def finish(stack, topic, env, tmp_path, store, ref) -> None:  # type: ignore[no-untyped-def]
     """A last healthy scorer drains what is left; then everything produced must be reflected."""
     last = spawn_scorer(env, tmp_path / "final.log")
@@ -66,17 +73,25 @@ async def test_kill9_at_random_points_loses_nothing(stack, store: Store, tiny_mo
     watch = Watch(store, USERS)
     stop_watch = asyncio.Event()
     watcher = asyncio.create_task(watch.run(stop_watch))
-    producing = asyncio.create_task(produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=2400, rate=60))
+    kills_done = asyncio.Event()
+    # The stream flows for as long as the kills go on, so every replica dies with work in flight.
+    producing = asyncio.create_task(
+        produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=100_000, rate=60, until=kills_done)
+    )
     rng = random.Random(7)
+    group = f"g-{topic}"
     kills = 0
     while kills < 20:
+        before = await committed_total(stack.bootstrap, group)
         proc = spawn_scorer(env, tmp_path / f"scorer-{kills}.log")
-        await asyncio.sleep(rng.uniform(1.0, 3.5))  # startup is ~1-2 s: some die starting, most mid-batch
+        # Kill only once this replica has committed something, then at a random later point: most kills
+        # land mid-batch (consumed, maybe written, not committed), however slow the machine is today.
+        await wait_for(partial(_advanced, stack.bootstrap, group, before, proc), limit_s=60, every=0.1)
+        await asyncio.sleep(rng.uniform(0.0, 1.5))
         kill9(proc)
         kills += 1
+    kills_done.set()
     await producing
-    left = sum((await group_lag(stack.bootstrap, topic, f"g-{topic}")).values())
-    assert left < ref.sent, "the killed scorers never committed anything: the kills tested nothing"
     await finish(stack, topic, env, tmp_path, store, ref)
     stop_watch.set()
     await watcher
