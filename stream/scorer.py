@@ -179,6 +179,10 @@ class Scorer:
                 if not exc.retriable and not isinstance(exc, KafkaConnectionError):
                     raise
                 m.ERRORS.labels(type(exc).__name__).inc()
+                if self._stopping.is_set():
+                    # Shutting down: an uncommitted batch is replayed by the next owner, harmlessly.
+                    log.warning("commit failed while stopping; the batch will be replayed: %s", exc)
+                    return
                 log.warning("commit failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
