@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RANKSTREAM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "rankstream.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_bad_setting_fails_at_start_naming_the_variable() -> None:
+    done = run_cli("serve", RANKSTREAM_TOP_K="lots")
+    assert done.returncode == 2
+    assert "RANKSTREAM_TOP_K" in done.stderr
+
+
+def test_serve_without_a_model_says_what_to_set() -> None:
+    done = run_cli("serve")
+    assert done.returncode == 2
+    assert "RANKSTREAM_MODEL_DIR" in done.stderr
+
+
+def test_a_folder_without_artifacts_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    done = run_cli("serve", RANKSTREAM_MODEL_DIR=str(tmp_path))
+    assert done.returncode == 2
+    assert "holds no artifact" in done.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for cmd in ("stack", "prepare", "load", "build-model", "serve", "replay", "eval", "recs", "demo"):
+        assert cmd in done.stdout
