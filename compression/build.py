@@ -51,8 +51,8 @@ RECIPES: dict[str, _Recipe] = {
 }
 
 
-def tiny_bert(out_dir: Path, *, seed: int = 0) -> Path:
-    """A random-weight 2-layer BERT (hidden 32, 2 heads) with the MiniLM tokenizer, for fast tests.
+def tiny_bert(out_dir: Path, *, seed: int = 0, num_layers: int = 2) -> Path:
+    """A random-weight BERT (default 2 layers; hidden 32, 2 heads) with the MiniLM tokenizer, for fast tests.
 
     Initialised 10x wider than BERT's default, so that its scores differ between pairs (by ~0.1-1)
     and score comparisons in tests mean something; at 0.02 every pair scores the same to 3 decimals.
@@ -63,7 +63,7 @@ def tiny_bert(out_dir: Path, *, seed: int = 0) -> Path:
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,

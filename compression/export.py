@@ -22,6 +22,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 from transformers import BertForSequenceClassification
 
+from rankstream.compression.model import load_cross_encoder
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.features import PAIR_FORMAT, candidate_text, history_text
@@ -146,6 +147,19 @@ def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[st
     return fused
 
 
+def _layer_nodes(graph: Path, layers: Sequence[int]) -> list[str]:
+    """Nodes INT8 must skip: encoder `layers` (Attention_i + MatMuls) and the position-prior lookup."""
+    names = []
+    for node in onnx.load(str(graph), load_external_data=False).graph.node:
+        # The position prior's table lookup stays fp32: one scalar per token, nothing to gain.
+        if node.op_type == "Gather" and any("position_bias" in x for x in node.input):
+            names.append(node.name)
+        for i in layers:
+            if node.name == f"Attention_{i}" or (node.op_type == "MatMul" and f"/layer.{i}/" in node.name):
+                names.append(node.name)
+    return names
+
+
 def export_onnx(
     hf_dir: Path,
     out_dir: Path,
@@ -159,13 +173,15 @@ def export_onnx(
     reference_pairs: Sequence[tuple[str, str]] = REFERENCE_PAIRS,
     reference_atol: float = 1e-3,
     fp32_atol: float = 1e-3,
+    int8_fp32_layers: Sequence[int] = (),
 ) -> Path:
     """Write artifact `out_dir` (must not exist) from the checkpoint in `hf_dir`; returns `out_dir`.
 
     `method_chain` is what produced `hf_dir` (e.g. ["finetune:minilm-l6"]); the export steps are appended.
     The manifest's metrics gain `export_fp32_max_abs_diff` (torch vs the optimized fp32 graph on the
     reference pairs; above `fp32_atol` the export is refused) and, for INT8, `export_int8_max_abs_diff`
-    (torch vs the served graph).
+    (torch vs the served graph). `int8_fp32_layers` keeps those encoder layers' MatMuls and fused
+    attention in fp32 (the per-layer fallback when INT8 costs too much ranking quality).
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if out_dir.exists():
@@ -173,7 +189,7 @@ def export_onnx(
     if quantize not in ("none", "int8"):
         raise ValueError(f"quantize must be 'none' or 'int8', got {quantize!r}")
     pairs = [(a, b) for a, b in reference_pairs]
-    model = BertForSequenceClassification.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    model = load_cross_encoder(hf_dir).eval()
     cfg = model.config
     encoder = PairEncoder(hf_dir / "tokenizer.json", max_length)
     encoded = encoder.encode(pairs)
@@ -208,10 +224,13 @@ def export_onnx(
                         model_output=str(final),
                         per_channel=True,
                         weight_type=QuantType.QInt8,
+                        nodes_to_exclude=_layer_nodes(fp32, int8_fp32_layers),
                         # The fused graph carries tensors without type info; tell the quantizer they are float.
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                     )
                 chain.append("quantize:int8-dynamic-per-channel")
+                if int8_fp32_layers:
+                    chain.append(f"int8-fallback:fp32-layers:{','.join(map(str, sorted(int8_fp32_layers)))}")
             else:
                 shutil.copyfile(fp32, final)
         shutil.copyfile(hf_dir / "tokenizer.json", partial / "tokenizer.json")

@@ -27,6 +27,43 @@ class LabelledPair(NamedTuple):
     label: float  # 1.0 positive, 0.0 negative
 
 
+def make_groups(
+    instances: Iterable[Instance],
+    catalog: Mapping[str, str],
+    *,
+    neg_per_instance: int = 4,
+    top_negatives: int | None = None,
+    seed: int = 0,
+) -> list[list[LabelledPair]]:
+    """`make_pairs`, kept as one list per instance (positives first): the unit of listwise training."""
+    if neg_per_instance < 0:
+        raise ValueError(f"neg_per_instance must be >= 0, got {neg_per_instance}")
+    n_top = (neg_per_instance + 1) // 2 if top_negatives is None else min(top_negatives, neg_per_instance)
+    rng = random.Random(seed)
+    out: list[list[LabelledPair]] = []
+    skipped = 0
+    for inst in instances:
+        titles = [catalog[i] for i in inst.history if i in catalog]
+        # Positions as the scorer numbers them: de-duplicated, unknown items dropped, order kept.
+        ranked = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
+        positives = [r for r, c in enumerate(ranked) if c in inst.positives]
+        if not titles or not positives:
+            skipped += 1
+            continue
+        query = history_text(titles)
+        negatives = [r for r, c in enumerate(ranked) if c not in inst.positives]
+        chosen = negatives[:n_top]
+        rest = negatives[n_top:]
+        chosen += rng.sample(rest, min(len(rest), neg_per_instance - len(chosen)))
+        group = [LabelledPair(query, candidate_text(catalog[ranked[r]], r), 1.0) for r in positives]
+        group += [LabelledPair(query, candidate_text(catalog[ranked[r]], r), 0.0) for r in chosen]
+        out.append(group)
+    n_pairs = sum(len(g) for g in out)
+    n_pos = sum(1 for g in out for p in g if p.label == 1.0)
+    log.info("made %d pairs (%d positive) in %d groups; %d instances skipped", n_pairs, n_pos, len(out), skipped)
+    return out
+
+
 def make_pairs(
     instances: Iterable[Instance],
     catalog: Mapping[str, str],
@@ -45,27 +82,5 @@ def make_pairs(
     scorer skips them, and instances left without history or positives yield nothing. Same inputs and
     seed, same pairs in the same order.
     """
-    if neg_per_instance < 0:
-        raise ValueError(f"neg_per_instance must be >= 0, got {neg_per_instance}")
-    n_top = (neg_per_instance + 1) // 2 if top_negatives is None else min(top_negatives, neg_per_instance)
-    rng = random.Random(seed)
-    out: list[LabelledPair] = []
-    skipped = 0
-    for inst in instances:
-        titles = [catalog[i] for i in inst.history if i in catalog]
-        # Positions as the scorer numbers them: de-duplicated, unknown items dropped, order kept.
-        ranked = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
-        positives = [r for r, c in enumerate(ranked) if c in inst.positives]
-        if not titles or not positives:
-            skipped += 1
-            continue
-        query = history_text(titles)
-        negatives = [r for r, c in enumerate(ranked) if c not in inst.positives]
-        chosen = negatives[:n_top]
-        rest = negatives[n_top:]
-        chosen += rng.sample(rest, min(len(rest), neg_per_instance - len(chosen)))
-        out.extend(LabelledPair(query, candidate_text(catalog[ranked[r]], r), 1.0) for r in positives)
-        out.extend(LabelledPair(query, candidate_text(catalog[ranked[r]], r), 0.0) for r in chosen)
-    positives = sum(1 for p in out if p.label == 1.0)
-    log.info("made %d pairs (%d positive) from instances; %d instances skipped", len(out), positives, skipped)
-    return out
+    groups = make_groups(instances, catalog, neg_per_instance=neg_per_instance, top_negatives=top_negatives, seed=seed)
+    return [p for g in groups for p in g]

@@ -66,6 +66,36 @@ def _build_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from rankstream.compress import clean, compress
+
+    out = args.out or home() / "compress"
+    if args.restart:
+        clean(out, args.preset)
+    root = compress(args.data or home() / "data", out, args.preset)
+    print(f"report: {root / 'report.md'} (+ report.json, pareto.png)")
+    return 0
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from rankstream.bench_model import bench_model, format_bench
+
+    run = args.run or home() / "compress" / "fast"
+    result = bench_model(run, args.data or home() / "data", split=args.split, max_instances=args.max_instances)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def _bench_stream(args: argparse.Namespace) -> int:
+    from rankstream.bench_stream import bench_stream, format_bench
+    from rankstream.stream.service import resolve_model_dir
+
+    model = resolve_model_dir(args.model or home() / "models")
+    result = asyncio.run(bench_stream(home(), model, events=args.events, share=args.share))
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from rankstream.stream.service import serve
     from rankstream.stream.settings import load_settings
@@ -134,6 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path)
     s.add_argument("--preset", choices=["demo", "tiny"], default="demo")
     s.set_defaults(fn=_build_model)
+
+    s = sub.add_parser("compress", help="teacher -> distilled, layer-dropped, INT8 students; gate; report")
+    s.add_argument("--preset", choices=["fast", "full", "tiny"], default="fast")
+    s.add_argument("--data", type=Path)
+    s.add_argument("--out", type=Path, help="runs go to OUT/<preset> (default: $RANKSTREAM_HOME/compress)")
+    s.add_argument("--restart", action="store_true", help="discard the preset's previous run instead of resuming")
+    s.set_defaults(fn=_compress)
+
+    s = sub.add_parser("bench", help="benchmarks")
+    bench = s.add_subparsers(dest="bench_cmd", required=True)
+    b = bench.add_parser("model", help="every artifact of a compress run vs the baselines on the test split")
+    b.add_argument("--run", type=Path, help="a compress run directory (default: $RANKSTREAM_HOME/compress/fast)")
+    b.add_argument("--data", type=Path)
+    b.add_argument("--split", choices=["valid", "test"], default="test")
+    b.add_argument("--max-instances", type=int, default=500)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_model)
+    b = bench.add_parser("stream", help="the scorer on the real Kafka and Redis: max rate, then a fixed rate")
+    b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
+    b.add_argument("--events", type=int, default=3000, help="events in the max-rate phase")
+    b.add_argument("--share", type=float, default=0.8, help="fixed rate as a share of the max")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_stream)
 
     s = sub.add_parser("serve", help="run one scorer replica (settings from RANKSTREAM_* variables)")
     s.add_argument("--model-dir", type=Path)

@@ -1,0 +1,136 @@
+"""`rankstream bench model`: every artifact of a compress run, the teacher and the non-neural orders,
+measured in one run on the same test lists. Reads artifacts; never trains.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rankstream.evalset import EvalSet, throughput
+from rankstream.stream.errors import ConfigError
+from rankstream.stream.ranker import PairEncoder, Ranker
+
+log = logging.getLogger(__name__)
+
+SPEED_PAIRS = 512  # 16 batches of 32, per round
+SPEED_ROUNDS = 3
+TORCH_SPEED_PAIRS = 256
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def _torch_speed(hf_dir: Path, pairs: list[tuple[str, str]], max_length: int) -> dict[str, float]:
+    """The teacher checkpoint in torch eager mode (fp32, 2 threads), timed like the ONNX graphs."""
+    import torch  # the compression extra; bench model is an offline tool
+
+    from rankstream.compression.model import load_cross_encoder
+
+    torch.set_num_threads(2)
+    model = load_cross_encoder(hf_dir).eval()
+    encoder = PairEncoder(Path(hf_dir) / "tokenizer.json", max_length)
+
+    def score(batch: list[tuple[str, str]]) -> np.ndarray:
+        enc = {k: torch.from_numpy(v) for k, v in encoder.encode(batch).items()}
+        with torch.no_grad():
+            return model(**enc).logits.reshape(-1).numpy()
+
+    return throughput(score, pairs, batch_size=32, warmup=1)
+
+
+def bench_model(
+    run_dir: Path, data_dir: Path, *, split: str = "test", max_instances: int | None = 500, torch_eager: bool = True
+) -> dict[str, Any]:
+    """Quality and speed of every variant in `run_dir/run.json` and of both baselines on `split`."""
+    run_file = Path(run_dir) / "run.json"
+    if not run_file.exists():
+        raise ConfigError(f"{run_file} not found: run `rankstream compress` first (bench model never trains)")
+    state = json.loads(run_file.read_text())
+    variants = state.get("variants", {})
+    if "teacher-fp32" not in variants:
+        raise ConfigError(f"{run_dir}: the compress run has not finished (no evaluated teacher); rerun it to resume")
+    evalset = EvalSet.build(data_dir, split, max_instances=max_instances)
+    speed_pairs = evalset.speed_pairs(SPEED_PAIRS)
+    out: dict[str, Any] = {
+        "split": split,
+        "instances": evalset.instances,
+        "rankable_instances": len(evalset.lists),
+        "candidates_per_instance": 50,
+        "threads": 2,
+        "batch_size": 32,
+        "cpu_count": os.cpu_count(),
+        "teacher": state["preset"]["teacher_note"],
+        "baselines": evalset.baselines(),
+        "variants": {},
+    }
+    rankers = {}
+    for name, v in variants.items():
+        artifact = Path(v["artifact"])
+        ranker = rankers[name] = Ranker.load(artifact, threads=2, batch_size=32)
+        quality = evalset.quality(ranker.score_lists)
+        out["variants"][name] = {
+            "engine": "onnxruntime-cpu",
+            "method_chain": list(ranker.manifest.method_chain),
+            "params": v["params"],
+            "size_bytes": _dir_size(artifact),
+            **quality,
+        }
+        log.info("%s: NDCG@10 %.4f", name, quality["ndcg@10"])
+    # Speed in interleaved rounds, each variant once per round, keeping each one's median round:
+    # a neighbour process slowing the machine for a while then costs every variant alike.
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in rankers}
+    for _ in range(SPEED_ROUNDS):
+        for name, ranker in rankers.items():
+            rounds[name].append(throughput(ranker.score, speed_pairs, batch_size=32))
+    for name, measured in rounds.items():
+        median = sorted(measured, key=lambda m: m["pairs_per_s"])[len(measured) // 2]
+        out["variants"][name] |= median | {"speed_rounds": float(len(measured))}
+        log.info("%s: %.0f pairs/s (median of %d rounds)", name, median["pairs_per_s"], len(measured))
+    teacher_hf = Path(variants["teacher-fp32"]["hf_dir"])
+    if torch_eager and (teacher_hf / "config.json").exists():
+        speed = _torch_speed(teacher_hf, speed_pairs[:TORCH_SPEED_PAIRS], state["preset"]["max_length"])
+        out["teacher_torch_eager"] = {"engine": "torch-eager-fp32", **speed}
+    t = out["variants"]["teacher-fp32"]
+    for v in out["variants"].values():
+        v["speedup_vs_teacher"] = v["pairs_per_s"] / t["pairs_per_s"]
+        v["ndcg_vs_teacher"] = v["ndcg@10"] / t["ndcg@10"] if t["ndcg@10"] else float("nan")
+        v["smaller_than_teacher"] = t["size_bytes"] / v["size_bytes"]
+        v["ndcg_vs_covisit"] = v["ndcg@10"] / out["baselines"]["covisit"]["ndcg@10"] - 1
+    return out
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The bench result as a table a person can read."""
+    head = (
+        f"{'variant':<32} {'params':>7} {'MB':>6} {'NDCG@10':>8} {'R@10':>7} {'MRR':>7} {'pairs/s':>8} "
+        f"{'p50ms':>6} {'p99ms':>6} {'xspeed':>7} {'%teach':>7} {'xsmall':>7}"
+    )
+    rows = [head]
+    for name, m in result["baselines"].items():
+        rows.append(
+            f"{name + ' order':<32} {'-':>7} {'-':>6} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f} {m['mrr']:>7.4f}"
+        )
+    for name, v in result["variants"].items():
+        rows.append(
+            f"{name:<32} {v['params'] / 1e6:>6.1f}M {v['size_bytes'] / 1e6:>6.1f} {v['ndcg@10']:>8.4f} "
+            f"{v['recall@10']:>7.4f} {v['mrr']:>7.4f} {v['pairs_per_s']:>8.0f} {v['p50_batch_ms']:>6.0f} "
+            f"{v['p99_batch_ms']:>6.0f} {v['speedup_vs_teacher']:>6.1f}x {v['ndcg_vs_teacher'] * 100:>6.1f}% "
+            f"{v['smaller_than_teacher']:>6.1f}x"
+        )
+    if "teacher_torch_eager" in result:
+        te = result["teacher_torch_eager"]
+        rows.append(
+            f"{'teacher (torch eager)':<32} {'':>7} {'':>6} {'':>8} {'':>7} {'':>7} {te['pairs_per_s']:>8.0f} "
+            f"{te['p50_batch_ms']:>6.0f} {te['p99_batch_ms']:>6.0f}"
+        )
+    rows.append(
+        f"{result['split']} split: {result['rankable_instances']} of {result['instances']} baskets have a positive "
+        f"among the {result['candidates_per_instance']} candidates; speed: ONNX Runtime CPU, {result['threads']} "
+        f"threads, batch {result['batch_size']}, padded per batch. Teacher: {result['teacher']}."
+    )
+    return "\n".join(rows)

@@ -1,0 +1,114 @@
+"""One held-out candidate set scored by many models: quality (NDCG@10, Recall@10, MRR) and speed.
+
+Every model and both non-neural orders see the same lists, built once; quality scores one batch per
+instance (as the scorer scores one batch per user), speed times fixed batches of 32 pairs.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rankstream.data.instances import build_instances
+from rankstream.data.prepare import Prepared
+from rankstream.ranking_metrics import MetricSums
+from rankstream.stream.features import candidate_text, history_text
+
+log = logging.getLogger(__name__)
+
+N_CANDIDATES = 50
+Pairs = Sequence[tuple[str, str]]
+ScoreLists = Callable[[Sequence[Pairs]], Sequence[np.ndarray]]
+ScoreBatch = Callable[[Pairs], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Rankable instances of one split: each with its candidate pairs, ids and relevant items."""
+
+    split: str
+    instances: int
+    lists: tuple[tuple[tuple[str, str], ...], ...]
+    candidates: tuple[tuple[str, ...], ...]
+    relevant: tuple[frozenset[str], ...]
+    popularity_order: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def build(cls, data_dir: Path, split: str, *, max_instances: int | None, seed: int = 0) -> "EvalSet":
+        prepared = Prepared.load(data_dir)
+        frames = dict(zip(("train", "valid", "test"), prepared.frames, strict=True))
+        catalog = prepared.catalog
+        popularity = frames["train"]["item_id"].value_counts().to_dict()
+        instances = build_instances(
+            prepared.interactions,
+            frames[split],
+            prepared.neighbours,
+            prepared.trending,
+            n_candidates=N_CANDIDATES,
+            max_instances=max_instances,
+            seed=seed,
+        )
+        lists, cands_all, relevant_all, pop = [], [], [], []
+        for inst in instances:
+            cands = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
+            relevant = inst.positives.intersection(cands)
+            if not relevant:
+                continue
+            query = history_text([catalog[i] for i in inst.history if i in catalog])
+            lists.append(tuple((query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)))
+            cands_all.append(tuple(cands))
+            relevant_all.append(frozenset(relevant))
+            pop.append(tuple(sorted(cands, key=lambda c: -popularity.get(c, 0))))
+        return cls(split, len(instances), tuple(lists), tuple(cands_all), tuple(relevant_all), tuple(pop))
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(x) for x in self.lists)
+
+    def baselines(self) -> dict[str, dict[str, float]]:
+        """The co-visitation (candidate) order and the train-popularity order."""
+        cov, pop = MetricSums(), MetricSums()
+        for cands, popular, rel in zip(self.candidates, self.popularity_order, self.relevant, strict=True):
+            cov.add(cands, rel)
+            pop.add(popular, rel)
+        return {"covisit": cov.means(), "popularity": pop.means()}
+
+    def quality(self, score_lists: ScoreLists) -> dict[str, float]:
+        """NDCG@10, Recall@10, MRR of the order by score, plus the scoring rate of one batch per list."""
+        sums = MetricSums()
+        t0 = time.perf_counter()
+        scores = score_lists(self.lists)
+        seconds = time.perf_counter() - t0
+        for cands, rel, s in zip(self.candidates, self.relevant, scores, strict=True):
+            order = np.argsort(-np.asarray(s), kind="stable")
+            sums.add([cands[i] for i in order], rel)
+        return sums.means() | {"per_list_pairs_per_s": self.n_pairs / seconds if seconds else 0.0}
+
+    def speed_pairs(self, n: int) -> list[tuple[str, str]]:
+        """The first `n` pairs over all lists, in order: a fixed mix of users and lengths."""
+        flat = [p for lst in self.lists for p in lst]
+        return flat[:n]
+
+
+def throughput(score_batch: ScoreBatch, pairs: Pairs, *, batch_size: int = 32, warmup: int = 2) -> dict[str, float]:
+    """pairs/s and p50/p99 batch latency (ms) over `pairs` in batches of `batch_size`, after a warmup."""
+    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+    for b in batches[:warmup]:
+        score_batch(b)
+    latencies = []
+    for b in batches:
+        t0 = time.perf_counter()
+        score_batch(b)
+        latencies.append(time.perf_counter() - t0)
+    total = sum(latencies)
+    ms = np.array(latencies) * 1000
+    return {
+        "pairs_per_s": len(pairs) / total if total else 0.0,
+        "p50_batch_ms": float(np.percentile(ms, 50)),
+        "p99_batch_ms": float(np.percentile(ms, 99)),
+        "batches": float(len(batches)),
+        "batch_size": float(batch_size),
+    }

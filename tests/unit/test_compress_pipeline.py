@@ -1,0 +1,268 @@
+"""The compression pipeline: listwise training and distillation, layer dropping, the gate, compress/bench."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rankstream.compression.gate import accuracy_gate
+from rankstream.compression.pairs import LabelledPair, make_groups
+from rankstream.data.split import Split
+from rankstream.evalset import EvalSet, throughput
+
+CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
+
+
+def _groups(n: int = 6, size: int = 5, seed: int = 0) -> list[list[LabelledPair]]:
+    rng = random.Random(seed)
+    out = []
+    for g in range(n):
+        query = f"item {g} title | item {g + 1} title"
+        out.append([LabelledPair(query, f"{r} | item {rng.randint(0, 19)} title", float(r == 0)) for r in range(size)])
+    return out
+
+
+def _byo_data(folder: Path) -> Path:
+    """Six weeks of baskets from 40 users over 30 items with co-bought pairs, in the BYO format."""
+    rng = random.Random(0)
+    folder.mkdir()
+    lines = ["user_id,item_id,ts,event"]
+    for user in range(40):
+        for day in sorted(rng.sample(range(1, 42), 6)):
+            a = rng.randrange(15)
+            for item in {2 * a, 2 * a + 1, rng.randrange(30)}:
+                stamp = f"2024-{1 + (day - 1) // 28:02d}-{1 + (day - 1) % 28:02d}T10:00:00Z"
+                lines.append(f"u{user},i{item},{stamp},purchase")
+    (folder / "interactions.csv").write_text("\n".join(lines) + "\n")
+    (folder / "catalog.csv").write_text(
+        "item_id,title\n" + "".join(f"i{n},Item {n} colour {n % 7}\n" for n in range(30))
+    )
+    return folder
+
+
+def test_groups_keep_one_list_per_instance_positives_first() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Inst:
+        history: tuple[str, ...]
+        candidates: tuple[str, ...]
+        positives: frozenset[str]
+
+    insts = [Inst(("i1",), ("i3", "i4", "i5", "i6"), frozenset({"i5"})), Inst(("i2",), ("i7", "i8"), frozenset({"i8"}))]
+    groups = make_groups(insts, CATALOG, neg_per_instance=2)
+    assert [len(g) for g in groups] == [3, 2]
+    assert [p.label for p in groups[0]] == [1.0, 0.0, 0.0]
+    assert groups[0][0].candidate == "3 | item 5 title"
+
+
+def test_layers_kept_are_spread_and_include_first_and_last() -> None:
+    from rankstream.compression.distil import evenly_spaced
+
+    assert evenly_spaced(6, 4) == [0, 2, 3, 5]
+    assert evenly_spaced(6, 2) == [0, 5]
+    assert evenly_spaced(6, 6) == list(range(6))
+    with pytest.raises(ValueError):
+        evenly_spaced(6, 7)
+
+
+def test_gate_passes_within_tolerance_and_rejects_below() -> None:
+    assert accuracy_gate(0.198, 0.200, tolerance=0.02).passed
+    degraded = accuracy_gate(0.150, 0.200, tolerance=0.02)
+    assert not degraded.passed and "outside" in degraded.reason
+    assert not accuracy_gate(float("nan"), 0.2, tolerance=0.02).passed
+    with pytest.raises(ValueError):
+        accuracy_gate(0.2, 0.2, tolerance=1.5)
+
+
+def test_gate_rejects_a_deliberately_degraded_student_on_measured_ndcg() -> None:
+    """Quality comes from ranking real lists: a student that scores at random fails the gate."""
+    lists = tuple(tuple((f"q{u}", f"{r} | c{r}") for r in range(20)) for u in range(30))
+    cands = tuple(tuple(f"c{r}" for r in range(20)) for _ in range(30))
+    rng = np.random.default_rng(0)
+    relevant = tuple(frozenset({f"c{rng.integers(5, 20)}"}) for _ in range(30))
+    evalset = EvalSet("valid", 30, lists, cands, relevant, cands)
+    truth = {(u, f"c{r}") for u, rel in enumerate(relevant) for r in range(20) if f"c{r}" in rel}
+
+    def teacher(ls: object) -> list[np.ndarray]:
+        return [np.array([float((u, f"c{r}") in truth) for r in range(20)]) for u in range(30)]
+
+    def degraded(ls: object) -> list[np.ndarray]:
+        return [rng.normal(size=20) for _ in range(30)]
+
+    t, d = evalset.quality(teacher)["ndcg@10"], evalset.quality(degraded)["ndcg@10"]
+    assert t == pytest.approx(1.0)
+    assert accuracy_gate(t, t, tolerance=0.02).passed
+    assert not accuracy_gate(d, t, tolerance=0.02).passed
+
+
+def test_throughput_reports_rate_and_percentiles() -> None:
+    got = throughput(lambda b: np.zeros(len(b)), [("a", "b")] * 70, batch_size=32)
+    assert got["batches"] == 3 and got["pairs_per_s"] > 0 and got["p99_batch_ms"] >= got["p50_batch_ms"]
+
+
+@pytest.mark.slow
+def test_distil_drop_layers_export_and_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4-layer tiny teacher -> 2-layer student distilled from its scores -> INT8 artifact the ranker loads;
+    a killed distillation resumes from its checkpoint."""
+    import rankstream.compression.distil as distil
+    from rankstream.compression.build import tiny_bert
+    from rankstream.compression.export import export_onnx
+    from rankstream.stream.ranker import Ranker
+
+    teacher = tiny_bert(tmp_path / "teacher", seed=0, num_layers=4)
+    groups = _groups()
+    config = distil.TrainConfig(steps=4, groups_per_batch=1, lr=1e-3, checkpoint_every=2)
+    init = distil.drop_layers(teacher, tmp_path / "init", distil.evenly_spaced(4, 2))
+    assert json.loads((init / "config.json").read_text())["num_hidden_layers"] == 2
+    scores = [np.linspace(1.0, -1.0, len(g)) for g in groups]
+
+    calls = {"n": 0}
+    real = distil._targets
+
+    def crash_on_third_step(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(distil, "_targets", crash_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        distil.train_listwise(init, tmp_path / "student", groups, config, teacher_scores=scores)
+    assert (tmp_path / "student" / distil.CHECKPOINT / "state.pt").exists()
+    monkeypatch.setattr(distil, "_targets", real)
+    student = distil.train_listwise(init, tmp_path / "student", groups, config, teacher_scores=scores)
+    stats = json.loads((student / "training.json").read_text())
+    assert stats["steps"] == 4 and stats["mode"] == "scores" and not (student / distil.CHECKPOINT).exists()
+    assert distil.count_params(student) < distil.count_params(teacher)
+
+    # export_onnx refuses a graph further than 1e-4 from torch; the INT8 artifact passes the ranker's checks.
+    artifact = export_onnx(student, tmp_path / "art", version="v-student", quantize="int8", fp32_atol=1e-4)
+    ranker = Ranker.load(artifact)
+    got = ranker.score_lists([[(p.query, p.candidate) for p in groups[0]]])[0]
+    assert got.shape == (len(groups[0]),) and np.isfinite(got).all()
+
+
+@pytest.mark.slow
+def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
+    from rankstream.bench_model import bench_model, format_bench
+    from rankstream.compress import compress
+    from rankstream.data.prepare import prepare
+
+    data = tmp_path / "data"
+    prepare(_byo_data(tmp_path / "src"), data, Split("2024-01-22", "2024-02-01"))
+    root = compress(data, tmp_path / "runs", "tiny")
+    for name in ("report.json", "report.md", "pareto.png"):
+        assert (root / name).stat().st_size > 0
+    report = json.loads((root / "report.json").read_text())
+    names = {v["variant"] for v in report["variants"]}
+    assert names >= {
+        "prior-only-fp32",
+        "student-l1-ffn50-int8",
+        "teacher-fp32",
+        "teacher-int8",
+        "student-l2-fp32",
+        "student-l2-int8",
+        "student-l1-fp32",
+        "student-l1-int8",
+    }
+    assert "covisit" in report["baselines_valid"]
+    fallback = next(v for v in report["variants"] if v["variant"] == "student-l2-int8-fallback")
+    assert "int8-fallback:fp32-layers:" in fallback["chain"]
+    assert (root / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A second run resumes: nothing is retrained, the same artifacts are kept.
+    before = json.loads((root / "run.json").read_text())["timings_s"]["teacher_train"]
+    compress(data, tmp_path / "runs", "tiny")
+    assert json.loads((root / "run.json").read_text())["timings_s"]["teacher_train"] < before + 0.5
+
+    result = bench_model(root, data, split="test", max_instances=None, torch_eager=True)
+    assert set(result["variants"]) == names and result["variants"]["teacher-fp32"]["speedup_vs_teacher"] == 1.0
+    assert "teacher_torch_eager" in result and "covisit order" in format_bench(result)
+
+
+def test_compression_public_surface_is_pinned() -> None:
+    import rankstream.compression
+
+    assert sorted(rankstream.compression.__all__) == [
+        "GateResult",
+        "LabelledPair",
+        "PositionPriorBert",
+        "TrainConfig",
+        "accuracy_gate",
+        "build_model",
+        "drop_layers",
+        "export_onnx",
+        "fine_tune",
+        "load_cross_encoder",
+        "make_groups",
+        "make_pairs",
+        "prune_ffn",
+        "train_listwise",
+    ]
+    assert all(hasattr(rankstream.compression, n) for n in rankstream.compression.__all__)
+
+
+def test_cli_has_compress_and_bench_model() -> None:
+    from rankstream.cli import build_parser
+
+    args = build_parser().parse_args(["compress", "--preset", "fast"])
+    assert args.preset == "fast" and not args.restart
+    args = build_parser().parse_args(["bench", "model", "--json", "--split", "valid"])
+    assert args.bench_cmd == "model" and args.json and args.split == "valid"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench"])
+
+
+def test_position_prior_follows_click_rates_and_moves_scores(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    import torch
+
+    from rankstream.compression.model import load_cross_encoder, position_prior, with_position_prior
+    from rankstream.stream.features import candidate_text
+    from rankstream.stream.ranker import PairEncoder
+
+    @dataclass(frozen=True)
+    class Inst:
+        candidates: tuple[str, ...]
+        positives: frozenset[str]
+
+    insts = [Inst(("a", "b", "c"), frozenset({"a"}))] * 9 + [Inst(("a", "b", "c"), frozenset({"c"}))]
+    prior = position_prior(insts, n_candidates=3)
+    assert prior[0] > prior[2] > prior[1]
+
+    out = with_position_prior(tiny_bert_dir, tmp_path / "prior", [5.0, 0.0, -5.0])
+    model = load_cross_encoder(out).eval()
+    enc = PairEncoder(out / "tokenizer.json", 64).encode([("red cake", candidate_text("stand", r)) for r in range(3)])
+    with torch.no_grad():
+        scores = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.reshape(-1)
+    # Same title at three positions: the prior's 5-point steps dominate the tiny model's own spread.
+    assert scores[0] > scores[1] > scores[2] and float(scores[0] - scores[2]) > 8
+
+
+def test_trimmed_vocabulary_scores_catalog_pairs_identically(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from rankstream.compression.model import load_cross_encoder, with_position_prior
+    from rankstream.compression.vocab import catalog_texts, trim_vocab
+    from rankstream.stream.features import candidate_text, history_text
+    from rankstream.stream.ranker import PairEncoder
+
+    titles = ["Red retrospot cake stand", "Jumbo bag pink polkadot", "Regency cakestand 3 tier", "Paper chain kit"]
+    src = with_position_prior(tiny_bert_dir, tmp_path / "prior", [0.5, -0.5, 0.0, 1.0])
+    out = trim_vocab(src, tmp_path / "trimmed", catalog_texts(titles, n_positions=4))
+    pairs = [(history_text(titles[:2]), candidate_text(t, r)) for r, t in enumerate(titles)]
+
+    def scores(d: Path) -> tuple[np.ndarray, int]:
+        enc = PairEncoder(d / "tokenizer.json", 64).encode(pairs)
+        model = load_cross_encoder(d).eval()
+        with torch.no_grad():
+            logits = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.reshape(-1).numpy()
+        return logits, model.config.vocab_size
+
+    (before, n_before), (after, n_after) = scores(src), scores(out)
+    assert n_after < 200 < n_before
+    np.testing.assert_allclose(after, before, atol=1e-5)
