@@ -1,74 +1,29 @@
 """`rankstream eval`: a model against the non-neural orders on the same held-out candidate lists."""
 
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from rankstream.data.instances import build_instances
-from rankstream.data.prepare import Prepared
-from rankstream.ranking_metrics import MetricSums
-from rankstream.stream.features import candidate_text, history_text
+from rankstream.evalset import N_CANDIDATES, EvalSet
 from rankstream.stream.ranker import Ranker
-
-log = logging.getLogger(__name__)
-
-N_CANDIDATES = 50
-_CHUNK = 64  # instances scored together: large enough for full batches, small enough for the bar
 
 
 def evaluate(
     data_dir: Path, model_dir: Path, *, split: str = "test", max_instances: int | None = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """NDCG@10, Recall@10 and MRR of the model, the co-visitation order and popularity order."""
-    prepared = Prepared.load(data_dir)
-    frames = dict(zip(("train", "valid", "test"), prepared.frames, strict=True))
-    catalog = prepared.catalog
-    popularity = frames["train"]["item_id"].value_counts().to_dict()
-    instances = build_instances(
-        prepared.interactions,
-        frames[split],
-        prepared.neighbours,
-        prepared.trending,
-        n_candidates=N_CANDIDATES,
-        max_instances=max_instances,
-        seed=seed,
-    )
+    evalset = EvalSet.build(data_dir, split, max_instances=max_instances, seed=seed)
     ranker = Ranker.load(model_dir)
-    sums = {"model": MetricSums(), "covisit": MetricSums(), "popularity": MetricSums()}
-    rankable = []
-    for inst in instances:
-        cands = [c for c in inst.candidates if c in catalog]
-        relevant = inst.positives.intersection(cands)
-        if relevant:
-            rankable.append((inst, cands, relevant))
-    scoring_s = 0.0
-    n_pairs = 0
-    for start in tqdm(range(0, len(rankable), _CHUNK), desc=f"eval {split}", unit="chunk", leave=False):
-        chunk = rankable[start : start + _CHUNK]
-        lists = []
-        for inst, cands, _ in chunk:
-            query = history_text([catalog[i] for i in inst.history if i in catalog])
-            lists.append([(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)])
-        t0 = time.perf_counter()
-        scores = ranker.score_lists(lists)  # one batch per instance, as the scorer does per user
-        scoring_s += time.perf_counter() - t0
-        n_pairs += sum(len(x) for x in lists)
-        for (_inst, cands, relevant), s in zip(chunk, scores, strict=True):
-            by_model = [cands[i] for i in sorted(range(len(cands)), key=lambda i: -s[i])]
-            sums["model"].add(by_model, relevant)
-            sums["covisit"].add(cands, relevant)
-            sums["popularity"].add(sorted(cands, key=lambda c: -popularity.get(c, 0)), relevant)
+    # One batch per instance, as the scorer scores one batch per user.
+    model = evalset.quality(ranker.score_lists)
     return {
         "split": split,
         "model_version": ranker.version,
-        "instances": len(instances),
-        "rankable_instances": len(rankable),
+        "instances": evalset.instances,
+        "rankable_instances": len(evalset.lists),
         "candidates_per_instance": N_CANDIDATES,
-        "pairs_per_s": n_pairs / scoring_s if scoring_s else 0.0,
-        **{name: s.means() for name, s in sums.items()},
+        "pairs_per_s": model.pop("per_list_pairs_per_s"),
+        "model": model,
+        **evalset.baselines(),
     }
 
 
