@@ -21,6 +21,7 @@ from rankstream.evaluate import evaluate, format_table
 from rankstream.loading import describe, load_tables_and_topics, open_store, split_events
 from rankstream.modelbuild import build_from_prepared
 from rankstream.replay import replay
+from rankstream.stream.errors import ConfigError
 from rankstream.stream.lag import group_lag, topic_size
 from rankstream.stream.service import resolve_model_dir
 from rankstream.stream.settings import load_settings
@@ -54,7 +55,7 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
     try:
         model_dir = resolve_model_dir(models)
         print(f"reusing {model_dir} (delete {models} to rebuild)")
-    except Exception:  # noqa: BLE001 - no usable artifact yet is the normal first run
+    except ConfigError:  # no artifact yet: the normal first run
         model_dir = build_from_prepared(data_dir, models, preset="demo")
     manifest = json.loads((model_dir / "manifest.json").read_text())
     print(f"artifact {model_dir.name}: {' -> '.join(manifest['method_chain'])}")
