@@ -28,21 +28,39 @@ def resolve_model_dir(path: Path | None) -> Path:
 
 
 async def serve(settings: Settings) -> Stats:
-    """Run one scorer until SIGTERM/SIGINT, then finish the batch in flight, commit and exit."""
-    model_dir = resolve_model_dir(settings.model_dir)
-    ranker = Ranker.load(model_dir, threads=settings.threads, batch_size=settings.score_batch_size)
-    store = Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **settings.redis_client_options())
-    await store.ping()
-    serve_metrics(settings.metrics_port)
-    scorer = Scorer(settings, ranker, store)
+    """Run one scorer until SIGTERM/SIGINT, then finish the batch in flight, commit and exit.
+
+    The signal handlers go in first: a SIGTERM that arrives while the model loads still ends in a
+    clean exit (nothing was consumed yet) rather than the default kill.
+    """
     loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    scorer: Scorer | None = None
+
+    def on_signal() -> None:
+        stop_requested.set()
+        if scorer is not None:
+            scorer.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, scorer.stop)
+        loop.add_signal_handler(sig, on_signal)
+    store = None
     try:
+        model_dir = resolve_model_dir(settings.model_dir)
+        ranker = Ranker.load(model_dir, threads=settings.threads, batch_size=settings.score_batch_size)
+        store = Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **settings.redis_client_options())
+        await store.ping()
+        serve_metrics(settings.metrics_port)
+        scorer = Scorer(settings, ranker, store)
+        if stop_requested.is_set():
+            scorer.stop()
         await scorer.start()
-        return await scorer.run()
+        try:
+            return await scorer.run()
+        finally:
+            await scorer.close()
     finally:
-        await scorer.close()
-        await store.close()
+        if store is not None:
+            await store.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -10,6 +10,7 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -56,10 +57,18 @@ async def _advanced(bootstrap: str, group: str, before: int, proc: subprocess.Po
     return await committed_total(bootstrap, group) > before
 
 
+async def _started(log: Path, proc: subprocess.Popen) -> bool:
+    assert proc.poll() is None, f"scorer exited with {proc.returncode}"
+    return "scorer started" in await asyncio.to_thread(log.read_text)
+
+
 async def finish(stack, topic, env, tmp_path, store, ref) -> None:  # type: ignore[no-untyped-def]
     """A last healthy scorer drains what is left; then everything produced must be reflected."""
     last = spawn_scorer(env, tmp_path / "final.log")
     try:
+        # The lag may already be 0 (the last killed replica drained the stream): make sure this replica
+        # is really up, so that what is checked below went through a healthy start as well.
+        await wait_for(partial(_started, tmp_path / "final.log", last), limit_s=60, every=0.2)
         await wait_drained(stack, topic, last)
     finally:
         assert stop_gracefully(last) == 0, (tmp_path / "final.log").read_text()[-3000:]
