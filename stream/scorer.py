@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 
 from rankstream.stream import batch as b
@@ -39,7 +39,31 @@ class Stats:
     batches: int = 0
     pairs: int = 0
     dlq_reasons: dict[str, int] = field(default_factory=dict)
+    events_by_version: dict[str, int] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)  # wall time per batch stage, summed
+
+
+class _FinishBeforeRevoke(ConsumerRebalanceListener):
+    """On a rebalance, the batch in flight finishes and commits before its partitions move.
+
+    The group waits in this callback (up to the rebalance timeout), so the next owner starts from the
+    committed offsets instead of replaying the batch; the write fence would absorb a replay anyway.
+    """
+
+    def __init__(self, batch_lock: asyncio.Lock) -> None:
+        self._batch_lock = batch_lock
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._batch_lock:
+            if revoked:
+                log.info("partitions revoked: %s", _names(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", _names(assigned))
+
+
+def _names(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
 
 
 class Scorer:
@@ -50,22 +74,23 @@ class Scorer:
         self.ranker = ranker
         self.store = store
         self.stats = Stats()
-        # Event -> Redis latency of the most recent events, for benchmarks; bounded.
-        self.latencies_ms: deque[float] = deque(maxlen=500_000)
+        # (written at, unix s; event -> Redis latency, ms) of the most recent events, for benchmarks; bounded.
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=500_000)
         self._stopping = asyncio.Event()
         self._started = False
         self._catalog: dict[str, str] = {}
         self._trending: list[str] = []
         self._neighbours: dict[str, list[str]] = {}
         common = settings.kafka_client_options()
+        self._batch_lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
-            settings.topic,
             group_id=settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **common,
             **settings.kafka_consumer_options,
         )
+        self._consumer.subscribe([settings.topic], listener=_FinishBeforeRevoke(self._batch_lock))
         self._producer = AIOKafkaProducer(acks="all", **common)
 
     async def start(self) -> None:
@@ -86,6 +111,16 @@ class Scorer:
             len(self._catalog),
         )
 
+    def use(self, ranker: Ranker) -> None:
+        """Serve `ranker` from the next batch on; the batch in flight finishes with the version it started with."""
+        old, self.ranker = self.ranker, ranker
+        m.MODEL.labels(old.version).set(0)
+        m.MODEL.labels(ranker.version).set(1)
+
+    def sample_titles(self, n: int = 50) -> list[str]:
+        """Some catalog titles, for warming a new model up at serving shapes."""
+        return [t for _, t in zip(range(n), self._catalog.values(), strict=False)]
+
     def stop(self) -> None:
         """Ask the loop to finish the in-flight batch, commit and return (safe from a signal handler)."""
         self._stopping.set()
@@ -103,18 +138,24 @@ class Scorer:
             )
             if not records:
                 continue
-            try:
-                await self.process(records)
-            except (StoreError, KafkaError) as exc:
-                m.ERRORS.labels(type(exc).__name__).inc()
-                await self._back_off(records, backoff, exc)
+            # Held from processing through the commit: a revocation waits for it (see _FinishBeforeRevoke).
+            async with self._batch_lock:
+                try:
+                    await self.process(records)
+                except (StoreError, KafkaError) as exc:
+                    m.ERRORS.labels(type(exc).__name__).inc()
+                    failed: Exception | None = exc
+                else:
+                    failed = None
+                    offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
+                    with self._stage("commit"):
+                        await self.commit(offsets)
+                    self._record_lag(offsets)
+            if failed is not None:
+                await self._back_off(records, backoff, failed)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.5
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
-            with self._stage("commit"):
-                await self.commit(offsets)
-            self._record_lag(offsets)
         log.info("scorer stopping: %s", self.stats)
         return self.stats
 
@@ -155,7 +196,10 @@ class Scorer:
             self.stats.stage_s[name] = self.stats.stage_s.get(name, 0.0) + took
 
     def _record_lag(self, committed: Mapping[TopicPartition, int]) -> None:
+        assigned = self._consumer.assignment()
         for tp, offset in committed.items():
+            if tp not in assigned:  # revoked while the batch was committed
+                continue
             high = self._consumer.highwater(tp)
             if high is not None:
                 m.LAG.labels(str(tp.partition)).set(max(high - offset, 0))
@@ -212,17 +256,17 @@ class Scorer:
             ]
             neighbours = await self._neighbours_for(b.recent_items(plans))
         with self._stage("score"):
-            writes, pairs_total = await self._score(plans, neighbours)
+            writes, pairs_total, version = await self._score(plans, neighbours)
         quality = b.live_quality(plans)
         with self._stage("write"):
             applied = await self.store.write_lists(writes, quality)
             if dlq_sends:
                 await asyncio.gather(*dlq_sends)
-        written_at_ms = time.time() * 1000
+        written_at = time.time()
         for v in valid:
-            latency_ms = max(written_at_ms - v.timestamp_ms, 0.0)
+            latency_ms = max(written_at * 1000 - v.timestamp_ms, 0.0)
             m.EVENT_TO_REDIS.observe(latency_ms / 1000)
-            self.latencies_ms.append(latency_ms)
+            self.latencies.append((written_at, latency_ms))
         for version, (checked, hits) in quality.items():
             m.LIVE_EVENTS.labels(version).inc(checked)
             m.LIVE_HITS.labels(version).inc(hits)
@@ -239,10 +283,12 @@ class Scorer:
         st.stale_skipped += len(writes) - applied
         st.coalesced += coalesced
         st.pairs += pairs_total
+        if valid:
+            st.events_by_version[version] = st.events_by_version.get(version, 0) + len(valid)
 
     async def _score(
         self, plans: list[b.UserPlan], neighbours: Mapping[str, Sequence[str]]
-    ) -> tuple[list[ListWrite], int]:
+    ) -> tuple[list[ListWrite], int, str]:
         per_user = [
             (p, *b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates))
             for p in plans
@@ -266,7 +312,7 @@ class Scorer:
             )
             for (p, cands, _), s in zip(per_user, scores, strict=True)
         ]
-        return writes, n_pairs
+        return writes, n_pairs, ranker.version
 
     async def _neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
         missing = [it for it in items if it not in self._neighbours]

@@ -41,12 +41,24 @@ def scorer_env(stack, topic: str, model: Path, **extra: str) -> dict[str, str]: 
     }
 
 
+_LOGS: dict[int, Path] = {}
+
+
 def spawn_scorer(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """`rankstream serve` as its own process, as an operator runs it."""
     with log_path.open("ab") as log:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "rankstream.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log
         )
+    _LOGS[proc.pid] = log_path
+    return proc
+
+
+def assert_running(proc: subprocess.Popen) -> None:
+    """Fail with the end of the scorer's log, so a crash in CI says why."""
+    if proc.poll() is not None:
+        tail = "\n".join(_LOGS[proc.pid].read_text(errors="replace").splitlines()[-40:])
+        raise AssertionError(f"scorer exited with {proc.returncode}; its log ends:\n{tail}")
 
 
 def kill9(proc: subprocess.Popen) -> None:
@@ -55,6 +67,7 @@ def kill9(proc: subprocess.Popen) -> None:
 
 
 def stop_gracefully(proc: subprocess.Popen) -> int:
+    assert_running(proc)
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=60)
 

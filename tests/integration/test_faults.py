@@ -27,6 +27,7 @@ from .faults import (
     Reference,
     Watch,
     assert_all_reflected,
+    assert_running,
     committed_total,
     kill9,
     produce_steadily,
@@ -45,7 +46,7 @@ async def wait_drained(stack, topic: str, *alive: subprocess.Popen, limit_s: flo
 
     async def drained() -> bool:
         for proc in alive:
-            assert proc.poll() is None, f"scorer exited with {proc.returncode}"
+            assert_running(proc)
         lag = await group_lag(stack.bootstrap, topic, f"g-{topic}")
         return bool(lag) and sum(lag.values()) == 0
 
@@ -53,12 +54,12 @@ async def wait_drained(stack, topic: str, *alive: subprocess.Popen, limit_s: flo
 
 
 async def _advanced(bootstrap: str, group: str, before: int, proc: subprocess.Popen) -> bool:
-    assert proc.poll() is None, f"scorer exited with {proc.returncode}"
+    assert_running(proc)
     return await committed_total(bootstrap, group) > before
 
 
 async def _started(log: Path, proc: subprocess.Popen) -> bool:
-    assert proc.poll() is None, f"scorer exited with {proc.returncode}"
+    assert_running(proc)
     return "scorer started" in await asyncio.to_thread(log.read_text)
 
 
@@ -121,7 +122,7 @@ async def test_redis_outage_pauses_and_resumes(stack, store: Store, tiny_model, 
         await admin.shutdown(save=True)
         await admin.aclose()
         await asyncio.sleep(10)
-        assert scorer.poll() is None, "the scorer died while Redis was away"
+        assert_running(scorer)  # it must ride out the outage
         await asyncio.to_thread(local_stack.start_redis, stack.state_dir)
         await producing
         await wait_drained(stack, topic, scorer)
