@@ -22,6 +22,14 @@ EVENT_TO_REDIS = Histogram(
 )
 LAG = Gauge("rankstream_lag", "Records behind the partition end, per assigned partition", ["partition"])
 PAUSED = Gauge("rankstream_paused", "1 while partitions are paused for backpressure")
+MODELS_REFUSED = Counter(
+    "rankstream_models_refused_total", "Artifacts refused at swap time (the old version kept serving)", ["version"]
+)
+SWAP_SECONDS = Histogram(
+    "rankstream_swap_seconds",
+    "Load, verify, smoke-test and warm up a new version (off the hot path)",
+    buckets=_LATENCY_BUCKETS,
+)
 MODEL = Gauge("rankstream_model_info", "The model version this process serves (value 1)", ["version"])
 LIVE_EVENTS = Counter(
     "rankstream_live_events_total", "Events checked against the list shown before them", ["model_version"]

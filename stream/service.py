@@ -1,13 +1,20 @@
 """The scorer process: settings -> model -> Redis -> Kafka loop, with a graceful SIGTERM drain."""
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
+from functools import partial
 from pathlib import Path
 
-from rankstream.stream.errors import ConfigError
+from rankstream.stream.artifact import MANIFEST
+from rankstream.stream.errors import ArtifactError, ConfigError
+from rankstream.stream.follow import ModelFollower
 from rankstream.stream.metrics import serve_metrics
 from rankstream.stream.ranker import Ranker
+from rankstream.stream.registry import Registry
 from rankstream.stream.scorer import Scorer, Stats
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -15,16 +22,46 @@ from rankstream.stream.store import Store
 log = logging.getLogger(__name__)
 
 
+def is_artifact(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
 def resolve_model_dir(path: Path | None) -> Path:
-    """An artifact directory, or a folder of versioned artifacts (the newest version is served)."""
+    """An artifact directory, or a folder of versioned artifacts (the newest version)."""
     if path is None:
         raise ConfigError("no model: set RANKSTREAM_MODEL_DIR to an artifact directory (see `rankstream build-model`)")
-    if (path / "manifest.json").is_file():
+    if is_artifact(path):
         return path
-    versions = sorted(p for p in path.glob("*/manifest.json")) if path.is_dir() else []
+    versions = sorted(p for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
     if not versions:
         raise ConfigError(f"RANKSTREAM_MODEL_DIR={path} holds no artifact (no manifest.json in it or below it)")
     return versions[-1].parent
+
+
+async def initial_ranker(registry: Registry, load: "partial[Ranker]") -> Ranker:
+    """The active version; if Redis names none, the newest. If the active one is refused, the most
+    recent earlier active version that loads (logged as an error: this replica then differs from the
+    others until the pointer is fixed)."""
+    active = await registry.active()
+    if active is None:
+        newest = registry.versions()[-1] if registry.versions() else None
+        if newest is None:
+            raise ConfigError(f"RANKSTREAM_MODEL_DIR={registry.root} holds no artifact and Redis names no active one")
+        log.warning("no active model version in Redis; serving the newest, %s (`rankstream models promote`)", newest)
+        return load(registry.path(newest))
+    tried = [active] + [a.version for a in await registry.activations() if a.version != active]
+    errors = []
+    for version in dict.fromkeys(tried):
+        try:
+            ranker = load(registry.path(version))
+        except ArtifactError as exc:
+            errors.append(str(exc))
+            log.error("refused model %s: %s", version, exc)
+            continue
+        if version != active:
+            log.error("serving %s instead of the active %s, which was refused", version, active)
+        return ranker
+    raise ArtifactError(f"no loadable model: {'; '.join(errors)}")
 
 
 async def serve(settings: Settings) -> Stats:
@@ -45,19 +82,37 @@ async def serve(settings: Settings) -> Stats:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     store = None
+    follower_task = None
     try:
-        model_dir = resolve_model_dir(settings.model_dir)
-        ranker = Ranker.load(model_dir, threads=settings.threads, batch_size=settings.score_batch_size)
+        resolve_model_dir(settings.model_dir)  # fails before any connection if there is nothing to serve
+        load = partial(Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size)
         store = Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **settings.redis_client_options())
         await store.ping()
+        registry = None
+        assert settings.model_dir is not None
+        if is_artifact(settings.model_dir):
+            ranker = load(settings.model_dir)  # one fixed artifact: no following
+        else:
+            registry = Registry(settings.model_dir, store.client)
+            ranker = await initial_ranker(registry, load)
         serve_metrics(settings.metrics_port)
         scorer = Scorer(settings, ranker, store)
         if stop_requested.is_set():
             scorer.stop()
         await scorer.start()
+        replica = settings.replica or f"{socket.gethostname()}-{os.getpid()}"
+        if registry is not None:
+            follower = ModelFollower(registry, scorer, load, replica=replica, poll_s=settings.model_poll_s)
+            follower_task = asyncio.create_task(follower.run())
         try:
             return await scorer.run()
         finally:
+            if follower_task is not None:
+                follower_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower_task
+                with contextlib.suppress(Exception):
+                    await registry.forget_replica(replica)  # type: ignore[union-attr]
             await scorer.close()
     finally:
         if store is not None:

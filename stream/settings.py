@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+    # An artifact directory (served as is), or a registry root of `<version>/` directories: then the
+    # version active in Redis is served and followed (hot swap), see stream/registry.py.
     model_dir: Path | None = None
+    model_poll_s: float = Field(default=2.0, gt=0, le=3600)  # how often the active version is re-read
+    replica: str = ""  # this replica's name in the registry's serving report (default: host-pid)
     topic: str = "clicks"
     dlq_topic: str = "clicks.dlq"
     group_id: str = "rankstream-scorer"

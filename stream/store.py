@@ -98,6 +98,11 @@ class Store:
         """`options` go to redis-py (username, password, ssl_ca_certs, …): see Settings.redis_client_options."""
         return cls(aioredis.from_url(url, decode_responses=True, **options), ttl_s)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The underlying client, for other Redis users in the same process (the model registry)."""
+        return self._r
+
     async def close(self) -> None:
         await self._r.aclose()
 

@@ -116,7 +116,7 @@ async def _phase(
         await task
         await scorer.close()
     st = scorer.stats
-    lat = sorted(scorer.latencies_ms)
+    lat = sorted(ms for _, ms in scorer.latencies)
     took = t_end - (t_first if rate is None else produce_started)
     return {
         "events": len(events),

@@ -1,0 +1,114 @@
+"""Hot swap: a replica follows the registry's active version and switches to it between micro-batches.
+
+Everything slow or risky happens off the hot path, in a worker thread, while the old version keeps
+scoring: checksums and input spec (Ranker.load), the smoke test against the manifest's reference
+outputs, a warm-up at serving shapes. Only then does the scorer's ranker reference change; the batch in
+flight finishes with the version it started with (Scorer._score reads the reference once per batch).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from rankstream.stream import metrics as m
+from rankstream.stream.artifact import MANIFEST
+from rankstream.stream.errors import ArtifactError, StoreError
+from rankstream.stream.features import candidate_text, history_text
+from rankstream.stream.ranker import Ranker
+from rankstream.stream.registry import ANNOUNCE_CHANNEL, Registry
+from rankstream.stream.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+LoadRanker = Callable[[Path], Ranker]
+
+
+def warm_up(ranker: Ranker, titles: list[str], lists: int = 3, per_list: int = 50) -> None:
+    """Score a few lists at serving shapes, so the first real batch does not pay for allocations."""
+    if not titles:
+        return
+    query = history_text(titles[:5])
+    pairs = [(query, candidate_text(titles[i % len(titles)], i)) for i in range(per_list)]
+    ranker.score_lists([pairs] * lists)
+
+
+class ModelFollower:
+    """Keeps one scorer on the registry's active version; refuses bad artifacts and keeps serving."""
+
+    def __init__(
+        self, registry: Registry, scorer: Scorer, load: LoadRanker, *, replica: str, poll_s: float = 2.0
+    ) -> None:
+        self.registry = registry
+        self.scorer = scorer
+        self.load = load
+        self.replica = replica
+        self.poll_s = poll_s
+        self.swaps = 0
+        self._since = time.time()
+        # version -> manifest mtime when refused: retried only if the artifact is replaced.
+        self._refused: dict[str, int] = {}
+
+    async def run(self) -> None:
+        """Until cancelled: on each announcement, and every `poll_s` regardless, converge on the active version."""
+        while True:
+            pubsub = self.registry.client.pubsub()
+            try:
+                await pubsub.subscribe(ANNOUNCE_CHANNEL)
+                while True:
+                    await self.check()
+                    # A message only wakes us early; the active key is the truth (pub/sub may drop one).
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_s)
+            except (RedisError, StoreError, OSError) as exc:
+                log.warning("model follower: Redis unavailable, retrying in %.0fs: %s", self.poll_s, exc)
+                await asyncio.sleep(self.poll_s)
+            except Exception:  # noqa: BLE001 - a follower that dies silently would pin the replica forever
+                log.exception("model follower failed; retrying in %.0fs", self.poll_s)
+                await asyncio.sleep(self.poll_s)
+            finally:
+                await pubsub.aclose()
+
+    async def check(self) -> bool:
+        """Swap if the active version differs from the one served; True when a swap happened."""
+        version = await self.registry.active()
+        current = self.scorer.ranker.version
+        swapped = False
+        if version is not None and version != current and not self._still_refused(version):
+            swapped = await self.swap_to(version)
+        await self.registry.report_serving(self.replica, self.scorer.ranker.version, self._since)
+        return swapped
+
+    async def swap_to(self, version: str) -> bool:
+        old = self.scorer.ranker.version
+        t0 = time.perf_counter()
+        try:
+            ranker = await asyncio.to_thread(self._load_and_warm, version)
+        except ArtifactError as exc:
+            self._refused[version] = self._manifest_mtime(version)
+            m.MODELS_REFUSED.labels(version).inc()
+            log.error("refused model %s, still serving %s: %s", version, old, exc)
+            return False
+        self.scorer.use(ranker)
+        took = time.perf_counter() - t0
+        self.swaps += 1
+        self._since = time.time()
+        m.SWAP_SECONDS.observe(took)
+        log.info("swapped model %s -> %s (load, verify, smoke test, warm-up: %.2fs)", old, version, took)
+        return True
+
+    def _load_and_warm(self, version: str) -> Ranker:
+        ranker = self.load(self.registry.path(version))
+        warm_up(ranker, self.scorer.sample_titles())
+        return ranker
+
+    def _still_refused(self, version: str) -> bool:
+        return version in self._refused and self._refused[version] == self._manifest_mtime(version)
+
+    def _manifest_mtime(self, version: str) -> int:
+        try:
+            return (self.registry.root / version / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            return -1
