@@ -51,14 +51,20 @@ class ModelFollower:
         self._since = time.time()
         # version -> manifest mtime when refused: retried only if the artifact is replaced.
         self._refused: dict[str, int] = {}
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """End `run()` at its next wake-up. Cancellation alone is not enough: a cancel that lands as
+        the pub/sub read times out can be swallowed by the client's timeout handling."""
+        self._stopping.set()
 
     async def run(self) -> None:
-        """Until cancelled: on each announcement, and every `poll_s` regardless, converge on the active version."""
-        while True:
+        """Until stopped: on each announcement, and every `poll_s` regardless, converge on the active version."""
+        while not self._stopping.is_set():
             pubsub = self.registry.client.pubsub()
             try:
                 await pubsub.subscribe(ANNOUNCE_CHANNEL)
-                while True:
+                while not self._stopping.is_set():
                     await self.check()
                     # A message only wakes us early; the active key is the truth (pub/sub may drop one).
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_s)

@@ -108,9 +108,10 @@ async def serve(settings: Settings) -> Stats:
             return await scorer.run()
         finally:
             if follower_task is not None:
+                follower.stop()
                 follower_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower_task
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(follower_task, timeout=settings.model_poll_s + 5)
                 with contextlib.suppress(Exception):
                     await registry.forget_replica(replica)  # type: ignore[union-attr]
             await scorer.close()

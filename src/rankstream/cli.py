@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from rankstream import models_cli
 from rankstream.stream.errors import RankstreamError
 
 
@@ -77,6 +78,33 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recompress(args: argparse.Namespace) -> int:
+    from rankstream.recompress import Paths, config_from, format_result, run_job
+    from rankstream.stream.settings import load_settings
+
+    settings = load_settings()
+    paths = Paths(
+        data=args.data or home() / "data",
+        compress_run=args.compress_run or home() / "compress" / "fast",
+        registry=args.registry or settings.model_dir or home() / "models",
+        work=args.work or home() / "recompress",
+    )
+    config = config_from(
+        args.preset,
+        days=args.days,
+        since=args.since,
+        from_kafka=args.from_kafka,
+        steps=args.steps,
+        tolerance=args.tolerance,
+        holdout=args.holdout,
+    )
+    result = run_job(settings, paths, config, every=args.every)
+    if result is None:  # --every runs until the process is stopped
+        return 0
+    print(format_result(result))
+    return 0 if result.published else 1
+
+
 def _bench_model(args: argparse.Namespace) -> int:
     from rankstream.bench_model import bench_model, format_bench
 
@@ -134,6 +162,14 @@ def _recs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from rankstream.models_cli import run_models
+    from rankstream.stream.settings import load_settings
+
+    print(asyncio.run(run_models(args, load_settings(), home() / "models")))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rankstream.demo import run_demo
 
@@ -171,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="runs go to OUT/<preset> (default: $RANKSTREAM_HOME/compress)")
     s.add_argument("--restart", action="store_true", help="discard the preset's previous run instead of resuming")
     s.set_defaults(fn=_compress)
+
+    s = sub.add_parser(
+        "recompress",
+        help="re-distil the served student on recent clicks; gate against the active model; publish",
+        description="Exit status: 0 published, 1 refused by the gate (nothing published), 2 error.",
+    )
+    s.add_argument("--preset", choices=["fast", "tiny"], default="fast")
+    window = s.add_mutually_exclusive_group()
+    window.add_argument("--days", type=float, help="window: the last DAYS days of clicks (fast preset: 28)")
+    window.add_argument("--since", help="window: clicks since this ISO-8601 time (UTC unless it names a zone)")
+    s.add_argument("--from-kafka", action="store_true", help="read the window from the clicks topic, not the files")
+    s.add_argument("--steps", type=int, help="distillation steps (fast preset: 200)")
+    s.add_argument("--tolerance", type=float, help="NDCG@10 the new model may lose vs the active one (default 0.01)")
+    s.add_argument("--holdout", type=float, help="share of the newest baskets held out for the gate (default 0.2)")
+    s.add_argument("--every", metavar="DURATION", help="run a cycle every DURATION (30m, 6h, 1d) until stopped")
+    s.add_argument("--data", type=Path)
+    s.add_argument("--compress-run", type=Path, help="default: $RANKSTREAM_HOME/compress/fast")
+    s.add_argument("--registry", type=Path, help="default: $RANKSTREAM_MODEL_DIR, else $RANKSTREAM_HOME/models")
+    s.add_argument("--work", type=Path, help="per-cycle folders (default: $RANKSTREAM_HOME/recompress)")
+    s.set_defaults(fn=_recompress)
 
     s = sub.add_parser("bench", help="benchmarks")
     bench = s.add_subparsers(dest="bench_cmd", required=True)
@@ -210,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("recs", help="print a user's list as a frontend reads it")
     s.add_argument("user")
     s.set_defaults(fn=_recs)
+
+    models_cli.add_parser(sub, _models)
 
     s = sub.add_parser("demo", help="the whole stream on real data, from nothing to printed recommendations")
     s.add_argument("--events", type=int, default=3000, help="test-period events to replay")
