@@ -124,6 +124,16 @@ def _bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_swap(args: argparse.Namespace) -> int:
+    from rankstream.bench_swap import bench_swap, format_swap
+
+    result = asyncio.run(
+        bench_swap(home(), args.models, rate=args.rate, swaps=args.swaps, every_s=args.every, replicas=args.replicas)
+    )
+    print(json.dumps(result, indent=2) if args.json else format_swap(result))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from rankstream.stream.service import serve
     from rankstream.stream.settings import load_settings
@@ -243,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--share", type=float, default=0.8, help="fixed rate as a share of the max")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_stream)
+    b = bench.add_parser("swap", help="replicas under steady load while the active version flips every N seconds")
+    b.add_argument("--models", type=Path, nargs=2, required=True, help="two artifact directories to alternate")
+    b.add_argument("--rate", type=float, required=True, help="events/s (80%% of `bench stream`'s maximum sustained)")
+    b.add_argument("--swaps", type=int, default=20)
+    b.add_argument("--every", type=float, default=30.0, help="seconds between swaps")
+    b.add_argument("--replicas", type=int, default=2)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_swap)
 
     s = sub.add_parser("serve", help="run one scorer replica (settings from RANKSTREAM_* variables)")
     s.add_argument("--model-dir", type=Path)
