@@ -13,7 +13,9 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from rankstream.compression.export import export_onnx
+from rankstream.compression.model import with_position_prior
 from rankstream.compression.pairs import LabelledPair
+from rankstream.compression.signal_head import SignalHead
 from rankstream.compression.train import TRAINING_LOG, fine_tune, minilm_path
 
 log = logging.getLogger(__name__)
@@ -84,16 +86,23 @@ def build_model(
     metrics: Mapping[str, float] | None = None,
     quantize: Literal["none", "int8"] = "int8",
     seed: int = 0,
+    prior: Sequence[float] = (),
+    head: SignalHead | None = None,
 ) -> Path:
     """Fine-tune per `preset`, export, and return the artifact directory `out_root/version`.
 
     Training runs the preset's `max_steps`, repeating the pairs for up to `max_epochs` passes when
     there are few of them. The fine-tuned checkpoint lives in a temporary folder and is discarded once
-    exported. Training throughput and loss join `metrics` as `train_*`.
+    exported. Training throughput and loss join `metrics` as `train_*`. With `head` (the pairs then carry
+    signals) the model starts as the linear scorer `head` + position `prior` (compression/model.py).
     """
     recipe = RECIPES[preset]
+    chain = recipe.chain
     with tempfile.TemporaryDirectory(prefix=f"rankstream-build-{version}-") as tmp:
         base = tiny_bert(Path(tmp) / "base", seed=seed) if preset == "tiny" else minilm_path()
+        if head is not None or prior:
+            base = with_position_prior(base, Path(tmp) / "init", prior, max_length=recipe.max_length, head=head)
+            chain += "+position-prior" + (f"+signal-head:{head.version}" if head is not None else "")
         epochs = min(recipe.max_epochs, math.ceil(recipe.max_steps * recipe.batch_size / len(pairs_train)))
         checkpoint = fine_tune(
             pairs_train,
@@ -115,7 +124,7 @@ def build_model(
             quantize=quantize,
             max_length=recipe.max_length,
             parent=recipe.parent,
-            method_chain=[recipe.chain],
+            method_chain=[chain],
             metrics=all_metrics,
         )
     log.info("built %s (%s preset) at %s", version, preset, artifact)

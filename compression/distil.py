@@ -18,7 +18,7 @@ from transformers import get_linear_schedule_with_warmup as linear_schedule
 
 from rankstream.compression.model import load_cross_encoder
 from rankstream.compression.pairs import LabelledPair
-from rankstream.compression.train import TRAINING_LOG, apply_step, save_trained
+from rankstream.compression.train import TRAINING_LOG, apply_step, model_inputs, save_trained
 from rankstream.stream.ranker import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     threads: int = 2
+    # Learning rate of the scalar layers on top (classifier, position bias, signal head); None: `lr`.
+    # The classifier starts at zero when a signal head is fitted first, and at BERT's fine-tuning rate
+    # it barely leaves zero in a few hundred steps.
+    head_lr: float | None = None
 
 
 def _targets(values: np.ndarray, mode: Literal["labels", "scores"], temperature: float) -> torch.Tensor:
@@ -95,11 +99,15 @@ def train_listwise(
     model = load_cross_encoder(source)
     model.train()
     no_decay = ("bias", "LayerNorm.weight")
+    top = ("classifier.", "position_bias.", "signal_")
     named = list(model.named_parameters())
+    body = [(n, p) for n, p in named if not n.startswith(top)]
+    head = [p for n, p in named if n.startswith(top)]
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": 0.01},
-            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+            {"params": [p for n, p in body if not n.endswith(no_decay)], "weight_decay": 0.01},
+            {"params": [p for n, p in body if n.endswith(no_decay)], "weight_decay": 0.0},
+            {"params": head, "weight_decay": 0.0, "lr": config.head_lr or config.lr},
         ],
         lr=config.lr,
     )
@@ -120,9 +128,8 @@ def train_listwise(
     with tqdm(total=config.steps, initial=step, desc=desc, unit="step") as bar:
         while step < config.steps:
             chosen = batches[step]
-            pairs = [(p.query, p.candidate) for g in chosen for p in groups[g]]
-            enc = {k: torch.from_numpy(v) for k, v in encoder.encode(pairs).items()}
-            logits = model(**enc).logits.reshape(-1)
+            pairs = [p for g in chosen for p in groups[g]]
+            logits = model(**model_inputs(encoder, pairs)).logits.reshape(-1)
             loss = torch.zeros(())
             at = 0
             for g in chosen:

@@ -1,7 +1,9 @@
 """A fine-tuned Hugging Face cross-encoder to a servable artifact directory (ONNX, tokenizer, manifest).
 
 Legacy ONNX exporter over eager attention, ORT transformer fusions, optional per-channel dynamic INT8,
-then reference scores recorded from the final graph, tokenized exactly as the scorer will.
+then reference scores recorded from the final graph, tokenized exactly as the scorer will. A model with
+a signal head gets a fourth input, `signals` [batch, F] float32; its head (standardisation included)
+stays fp32 in the INT8 graph.
 """
 
 import contextlib
@@ -20,13 +22,13 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
-from transformers import BertForSequenceClassification
 
-from rankstream.compression.model import load_cross_encoder
+from rankstream.compression.model import load_cross_encoder, signal_spec
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.features import PAIR_FORMAT, candidate_text, history_text
-from rankstream.stream.ranker import PairEncoder, run_session, session_options
+from rankstream.stream.ranker import SIGNALS_INPUT, PairEncoder, run_session, session_options
+from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -84,34 +86,65 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 class _Logits(torch.nn.Module):
-    """Positional inputs in INPUTS order, one output tensor: what the ONNX graph exposes."""
+    """Positional inputs in INPUTS order (then `signals` for a model with a head), one output tensor."""
 
-    def __init__(self, model: BertForSequenceClassification) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        signals: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        extra = {} if signals is None else {"signals": signals}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **extra)
         return out.logits
 
 
-def _torch_scores(model: BertForSequenceClassification, encoded: Mapping[str, np.ndarray]) -> np.ndarray:
+def _feed(encoded: Mapping[str, np.ndarray], signals: np.ndarray | None) -> dict[str, torch.Tensor]:
+    feed = {k: torch.from_numpy(v) for k, v in encoded.items()}
+    if signals is not None:
+        feed["signals"] = torch.from_numpy(signals)
+    return feed
+
+
+def _torch_scores(model: torch.nn.Module, encoded: Mapping[str, np.ndarray], signals: np.ndarray | None) -> np.ndarray:
     with torch.no_grad():
-        logits = model(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits
+        logits = model(**_feed(encoded, signals)).logits
     return logits.reshape(-1).numpy().astype(np.float32)
 
 
-def _ort_scores(path: Path, encoder: PairEncoder, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+def _ort_scores(
+    path: Path, encoder: PairEncoder, pairs: Sequence[tuple[str, str]], signals: np.ndarray | None
+) -> np.ndarray:
     session = ort.InferenceSession(str(path), sess_options=session_options(2), providers=["CPUExecutionProvider"])
+    inputs = INPUTS if signals is None else (*INPUTS, SIGNALS_INPUT)
     # One batch, as the scorer's smoke test does (dynamic INT8 depends on the batch).
-    return run_session(session, encoder, pairs, inputs=INPUTS, output=OUTPUT, batch_size=len(pairs))
+    return run_session(session, encoder, pairs, inputs=inputs, output=OUTPUT, batch_size=len(pairs), signals=signals)
 
 
-def _export_legacy(model: BertForSequenceClassification, encoded: Mapping[str, np.ndarray], path: Path) -> None:
-    args = tuple(torch.from_numpy(encoded[name]) for name in INPUTS)
+def reference_signals(model: torch.nn.Module, n: int, seed: int = 0) -> np.ndarray | None:
+    """Smoke-test rows for a model with a head: its training mean plus seeded noise of its training spread."""
+    if not getattr(model, "n_signals", 0):
+        return None
+    mean = model.signal_mean.detach().numpy().astype(np.float64)
+    scale = model.signal_scale.detach().numpy().astype(np.float64)
+    std = np.where(scale > 0, 1.0 / np.maximum(scale, 1e-12), 1.0)
+    z = np.random.default_rng(seed).standard_normal((n, len(mean)))
+    return (mean + z * std).astype(np.float32)
+
+
+def _export_legacy(
+    model: torch.nn.Module, encoded: Mapping[str, np.ndarray], signals: np.ndarray | None, path: Path
+) -> None:
+    names = INPUTS if signals is None else (*INPUTS, SIGNALS_INPUT)
+    args = tuple(_feed(encoded, signals)[name] for name in names)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {OUTPUT: {0: "batch"}}
+    if signals is not None:
+        axes[SIGNALS_INPUT] = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporter is deprecated, but it is the one whose graphs ORT's optimizer fuses.
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
@@ -125,7 +158,7 @@ def _export_legacy(model: BertForSequenceClassification, encoded: Mapping[str, n
             _Logits(model),
             args,
             str(path),
-            input_names=list(INPUTS),
+            input_names=list(names),
             output_names=[OUTPUT],
             dynamic_axes=axes,
             opset_version=OPSET,
@@ -148,11 +181,15 @@ def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[st
 
 
 def _layer_nodes(graph: Path, layers: Sequence[int]) -> list[str]:
-    """Nodes INT8 must skip: encoder `layers` (Attention_i + MatMuls) and the position-prior lookup."""
+    """Nodes INT8 must skip: encoder `layers` (Attention_i + MatMuls), the position-prior lookup and the
+    signal head."""
     names = []
     for node in onnx.load(str(graph), load_external_data=False).graph.node:
         # The position prior's table lookup stays fp32: one scalar per token, nothing to gain.
         if node.op_type == "Gather" and any("position_bias" in x for x in node.input):
+            names.append(node.name)
+        # The signal head reads raw signals spanning orders of magnitude; it is a few flops, keep it exact.
+        if any(x == SIGNALS_INPUT or "signal_" in x for x in node.input):
             names.append(node.name)
         for i in layers:
             if node.name == f"Attention_{i}" or (node.op_type == "MatMul" and f"/layer.{i}/" in node.name):
@@ -191,9 +228,17 @@ def export_onnx(
     pairs = [(a, b) for a, b in reference_pairs]
     model = load_cross_encoder(hf_dir).eval()
     cfg = model.config
+    spec = signal_spec(model)
+    if spec is not None and (spec["version"] != SIGNALS.version or tuple(spec["names"]) != SIGNALS.names):
+        raise ArtifactError(
+            f"{hf_dir} was trained on signal set {spec['version']!r} {spec['names']}, this code computes "
+            f"{SIGNALS.version!r} {list(SIGNALS.names)}; retrain it on the current signals"
+        )
+    inputs = INPUTS if spec is None else (*INPUTS, SIGNALS_INPUT)
     encoder = PairEncoder(hf_dir / "tokenizer.json", max_length)
     encoded = encoder.encode(pairs)
-    torch_scores = _torch_scores(model, encoded)
+    signals = reference_signals(model, len(pairs))
+    torch_scores = _torch_scores(model, encoded, signals)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Built beside its final place and renamed in one step, so a registry watcher never sees half of it.
@@ -202,9 +247,9 @@ def export_onnx(
         partial.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from scorers running as other users
         with tempfile.TemporaryDirectory(prefix="rankstream-export-") as tmp:
             raw, fp32 = Path(tmp) / "raw.onnx", Path(tmp) / "fp32.onnx"
-            _export_legacy(model, encoded, raw)
+            _export_legacy(model, encoded, signals, raw)
             fused = _optimize(raw, fp32, cfg.num_attention_heads, cfg.hidden_size)
-            fp32_diff = float(np.max(np.abs(_ort_scores(fp32, encoder, pairs) - torch_scores)))
+            fp32_diff = float(np.max(np.abs(_ort_scores(fp32, encoder, pairs, signals) - torch_scores)))
             log.info("torch vs fp32 ONNX on %d reference pairs: max abs diff %.3g", len(pairs), fp32_diff)
             if not fp32_diff <= fp32_atol:
                 raise ArtifactError(
@@ -235,7 +280,7 @@ def export_onnx(
                 shutil.copyfile(fp32, final)
         shutil.copyfile(hf_dir / "tokenizer.json", partial / "tokenizer.json")
 
-        scores = _ort_scores(final, encoder, pairs)
+        scores = _ort_scores(final, encoder, pairs, signals)
         all_metrics = dict(metrics or {})
         all_metrics["export_fp32_max_abs_diff"] = fp32_diff
         if quantize == "int8":
@@ -246,8 +291,19 @@ def export_onnx(
             parent=parent,
             method_chain=chain,
             metrics=all_metrics,
-            input_spec=InputSpec(inputs=INPUTS, output=OUTPUT, max_length=max_length, pair_format=PAIR_FORMAT),
-            reference=Reference(pairs=tuple(pairs), scores=tuple(float(s) for s in scores), atol=reference_atol),
+            input_spec=InputSpec(
+                inputs=inputs,
+                output=OUTPUT,
+                max_length=max_length,
+                pair_format=PAIR_FORMAT,
+                signals=None if spec is None else SIGNALS.version,
+            ),
+            reference=Reference(
+                pairs=tuple(pairs),
+                signals=None if signals is None else tuple(tuple(float(v) for v in row) for row in signals),
+                scores=tuple(float(s) for s in scores),
+                atol=reference_atol,
+            ),
         )
         os.rename(partial, out_dir)
     except BaseException:

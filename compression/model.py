@@ -1,11 +1,18 @@
-"""The cross-encoder the pipeline trains: BERT plus an optional learned bias per candidate position.
+"""The cross-encoder the pipeline trains: BERT plus a learned bias per candidate position, plus a linear
+head over the serve-time signals.
+
+logit = BERT(pair text) + position_bias[candidate's first token] + w . (signals - mean) * scale
 
 The pair text already carries the candidate's co-visitation position as its first token ("3 | title").
 A BERT that must learn a monotone score from number tokens learns it slowly (the demo's fine-tune ended
-below the co-visitation order), so the teacher gets the signal directly: a scalar bias looked up by the
-candidate's first token, initialised from the train split's click rate at each position. The network
-then starts at the co-visitation order and learns corrections from the text. The bias is part of the
-ONNX graph (ArgMax + Gather on the existing inputs), so the scorer and the pair format are unchanged.
+below the co-visitation order), so the model gets the signal directly: a scalar bias looked up by the
+candidate's first token (ArgMax + Gather on the existing inputs in the ONNX graph). Text alone still
+ranked no better than co-visitation; what predicts the next basket here is structure the text cannot
+carry (stream/signals.py), so the model also reads those numbers through a linear head. The head's
+standardisation constants (mean, scale) are buffers saved with the weights, so they are baked into the
+exported graph: the scorer feeds raw `candidate_signals` rows. The head is initialised from a convex fit
+(compression/signal_head.py) with the classifier zeroed: training starts at the linear scorer and the
+text learns corrections to it.
 """
 
 import json
@@ -16,30 +23,40 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from rankstream.compression.signal_head import SignalHead
 from rankstream.stream.features import candidate_text
 from rankstream.stream.ranker import PairEncoder
 
 log = logging.getLogger(__name__)
 
 PRIOR_FLAG = "rankstream_position_prior"
+SIGNALS_KEY = "rankstream_signals"  # config: {"version": ..., "names": [...]} of the signal set the head reads
 
 
 class PositionPriorBert(BertForSequenceClassification):
-    """BertForSequenceClassification whose logit adds `position_bias[first candidate token]`."""
+    """BertForSequenceClassification whose logit adds `position_bias[first candidate token]` and, when the
+    config names a signal set, a linear head over standardised signals (`forward(..., signals=...)`)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.position_bias = torch.nn.Embedding(config.vocab_size, 1)
         torch.nn.init.zeros_(self.position_bias.weight)
+        spec = getattr(config, SIGNALS_KEY, None)
+        self.n_signals = len(spec["names"]) if spec else 0
+        if self.n_signals:
+            self.signal_weight = torch.nn.Parameter(torch.zeros(self.n_signals))
+            self.register_buffer("signal_mean", torch.zeros(self.n_signals))
+            self.register_buffer("signal_scale", torch.ones(self.n_signals))
 
     def forward(  # type: ignore[override]
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        signals: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
@@ -47,15 +64,28 @@ class PositionPriorBert(BertForSequenceClassification):
             raise ValueError("PositionPriorBert needs token_type_ids to find the candidate's first token")
         # First token of segment B (argmax returns the first maximum, in torch and in ONNX alike).
         first = torch.argmax(token_type_ids.to(torch.float32), dim=1, keepdim=True)
-        bias = self.position_bias(input_ids.gather(1, first)).reshape(-1, 1)
-        return SequenceClassifierOutput(logits=out.logits + bias)
+        logits = out.logits + self.position_bias(input_ids.gather(1, first)).reshape(-1, 1)
+        if self.n_signals:
+            if signals is None:
+                raise ValueError(f"this model reads {self.n_signals} signals per pair; pass signals=[batch, n]")
+            # Elementwise Mul + ReduceSum rather than a MatMul: dynamic INT8 quantizes MatMuls, and this
+            # head must stay fp32 (its inputs span several orders of magnitude).
+            z = (signals.to(logits.dtype) - self.signal_mean) * self.signal_scale
+            logits = logits + (z * self.signal_weight).sum(dim=-1, keepdim=True)
+        return SequenceClassifierOutput(logits=logits)
+
+
+def signal_spec(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The signal set a loaded cross-encoder reads ({"version", "names"}), or None for a text-only one."""
+    spec: dict[str, Any] | None = getattr(model.config, SIGNALS_KEY, None)
+    return spec
 
 
 def load_cross_encoder(path: Path, **kwargs: Any) -> torch.nn.Module:
-    """The saved cross-encoder at `path`, with its position prior when it has one (one logit per pair)."""
+    """The saved cross-encoder at `path`, with its position prior and signal head when it has them."""
     config = json.loads((Path(path) / "config.json").read_text())
     kwargs.setdefault("attn_implementation", "eager")
-    if config.get(PRIOR_FLAG):
+    if config.get(PRIOR_FLAG) or config.get(SIGNALS_KEY):
         return PositionPriorBert.from_pretrained(path, num_labels=1, **kwargs)
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
 
@@ -70,19 +100,46 @@ def position_prior(instances: Iterable[Any], n_candidates: int = 50) -> list[flo
     return [math.log((h + 0.5) / (n + 1.0)) for h, n in zip(hits, seen, strict=True)]
 
 
-def with_position_prior(base_dir: Path, out_dir: Path, prior: Sequence[float], *, max_length: int = 64) -> Path:
-    """Save `base_dir` as a PositionPriorBert whose bias for position r's token is `prior[r]`."""
+def with_position_prior(
+    base_dir: Path,
+    out_dir: Path,
+    prior: Sequence[float],
+    *,
+    max_length: int = 64,
+    head: SignalHead | None = None,
+) -> Path:
+    """Save `base_dir` as a PositionPriorBert whose bias for position r's token is `prior[r]`.
+
+    With `head`, the model also reads `head.names` through a linear head set to `head` (its prior weight
+    scales `prior`), and the classifier on top of BERT starts at zero: the saved model scores exactly as
+    the fitted linear scorer until training teaches the text its corrections.
+    """
     out_dir = Path(out_dir)
-    model = PositionPriorBert.from_pretrained(base_dir, num_labels=1, attn_implementation="eager")
-    model.config.update({PRIOR_FLAG: True})
+    extra: dict[str, Any] = {PRIOR_FLAG: True}
+    if head is not None:
+        extra[SIGNALS_KEY] = {"version": head.version, "names": list(head.names)}
+    config = AutoConfig.from_pretrained(base_dir, num_labels=1)
+    config.update(extra)  # before the model is built: the head's size comes from the config
+    model = PositionPriorBert.from_pretrained(base_dir, config=config, attn_implementation="eager")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
     encoder = PairEncoder(out_dir / "tokenizer.json", max_length)
+    scale = head.prior_weight if head is not None else 1.0
     with torch.no_grad():
         model.position_bias.weight.zero_()
         for r, value in enumerate(prior):
             enc = encoder.encode([("x", candidate_text("x", r))])
             first = int(enc["token_type_ids"][0].argmax())
-            model.position_bias.weight[int(enc["input_ids"][0][first]), 0] = value
+            model.position_bias.weight[int(enc["input_ids"][0][first]), 0] = value * scale
+        if head is not None:
+            model.signal_weight.copy_(torch.tensor(head.weight))
+            model.signal_mean.copy_(torch.tensor(head.mean))
+            model.signal_scale.copy_(torch.tensor(head.scale))
+            model.classifier.weight.zero_()
+            model.classifier.bias.zero_()
     model.save_pretrained(out_dir)
-    log.info("position prior for %d positions: %.2f (first) .. %.2f (last)", len(prior), prior[0], prior[-1])
+    if prior:
+        log.info("position prior for %d positions: %.2f (first) .. %.2f (last)", len(prior), prior[0], prior[-1])
+    if head is not None:
+        weights = {n: round(w, 3) for n, w in zip(head.names, head.weight, strict=True)}
+        log.info("signal head %s: prior x%.3f, %s", head.version, head.prior_weight, weights)
     return out_dir

@@ -1,9 +1,12 @@
-"""Training instances to labelled (history text, candidate text) pairs for a pointwise cross-encoder."""
+"""Training instances to labelled (history text, candidate text) pairs, each with its candidate's serve-time
+signals when the caller provides them (one `candidate_signals` matrix per instance)."""
 
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
+
+import numpy as np
 
 from rankstream.stream.features import candidate_text, history_text
 
@@ -25,6 +28,14 @@ class LabelledPair(NamedTuple):
     query: str
     candidate: str
     label: float  # 1.0 positive, 0.0 negative
+    signals: tuple[float, ...] = ()  # the candidate's row of stream.signals.SIGNALS; empty for text only
+
+
+def group_signals(group: Sequence[LabelledPair]) -> np.ndarray | None:
+    """float32 [len(group), F] of the pairs' signals, or None when the pairs carry none."""
+    if not group or not group[0].signals:
+        return None
+    return np.asarray([p.signals for p in group], dtype=np.float32)
 
 
 def make_groups(
@@ -34,6 +45,7 @@ def make_groups(
     neg_per_instance: int = 4,
     top_negatives: int | None = None,
     seed: int = 0,
+    signals: Sequence[np.ndarray] | None = None,
 ) -> list[list[LabelledPair]]:
     """`make_pairs`, kept as one list per instance (positives first): the unit of listwise training."""
     if neg_per_instance < 0:
@@ -42,7 +54,10 @@ def make_groups(
     rng = random.Random(seed)
     out: list[list[LabelledPair]] = []
     skipped = 0
-    for inst in instances:
+    instances = list(instances)
+    if signals is not None and len(signals) != len(instances):
+        raise ValueError(f"{len(signals)} signal matrices for {len(instances)} instances")
+    for k, inst in enumerate(instances):
         titles = [catalog[i] for i in inst.history if i in catalog]
         # Positions as the scorer numbers them: de-duplicated, unknown items dropped, order kept.
         ranked = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
@@ -55,9 +70,15 @@ def make_groups(
         chosen = negatives[:n_top]
         rest = negatives[n_top:]
         chosen += rng.sample(rest, min(len(rest), neg_per_instance - len(chosen)))
-        group = [LabelledPair(query, candidate_text(catalog[ranked[r]], r), 1.0) for r in positives]
-        group += [LabelledPair(query, candidate_text(catalog[ranked[r]], r), 0.0) for r in chosen]
-        out.append(group)
+        rows: list[tuple[float, ...]] = [()] * len(ranked)
+        if signals is not None:
+            if len(signals[k]) != len(ranked):
+                raise ValueError(f"instance {k}: {len(signals[k])} signal rows for {len(ranked)} candidates")
+            rows = [tuple(float(v) for v in row) for row in signals[k]]
+        out.append(
+            [LabelledPair(query, candidate_text(catalog[ranked[r]], r), 1.0, rows[r]) for r in positives]
+            + [LabelledPair(query, candidate_text(catalog[ranked[r]], r), 0.0, rows[r]) for r in chosen]
+        )
     n_pairs = sum(len(g) for g in out)
     n_pos = sum(1 for g in out for p in g if p.label == 1.0)
     log.info("made %d pairs (%d positive) in %d groups; %d instances skipped", n_pairs, n_pos, len(out), skipped)
@@ -71,6 +92,7 @@ def make_pairs(
     neg_per_instance: int = 4,
     top_negatives: int | None = None,
     seed: int = 0,
+    signals: Sequence[np.ndarray] | None = None,
 ) -> list[LabelledPair]:
     """Every positive (label 1) and up to `neg_per_instance` hard negatives (label 0) per instance.
 
@@ -80,7 +102,10 @@ def make_pairs(
     not positives: the `top_negatives` highest-ranked (default half of `neg_per_instance`, rounded up),
     the rest drawn at random from the remaining ones. Items without a catalog title are skipped, as the
     scorer skips them, and instances left without history or positives yield nothing. Same inputs and
-    seed, same pairs in the same order.
+    seed, same pairs in the same order. `signals` (one `candidate_signals` matrix per instance, rows in
+    the scorer's candidate order) puts each candidate's row on its pair.
     """
-    groups = make_groups(instances, catalog, neg_per_instance=neg_per_instance, top_negatives=top_negatives, seed=seed)
+    groups = make_groups(
+        instances, catalog, neg_per_instance=neg_per_instance, top_negatives=top_negatives, seed=seed, signals=signals
+    )
     return [p for g in groups for p in g]

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from rankstream.compression.distil import Group, _targets
 from rankstream.compression.model import load_cross_encoder
+from rankstream.compression.train import model_inputs
 from rankstream.stream.ranker import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,8 @@ def ffn_importance(
     rng = np.random.default_rng(seed)
     for _ in range(batches):
         chosen = rng.choice(len(groups), size=min(groups_per_batch, len(groups)), replace=False).tolist()
-        pairs = [(p.query, p.candidate) for g in chosen for p in groups[g]]
-        enc = {k: torch.from_numpy(v) for k, v in encoder.encode(pairs).items()}
-        logits = model(**enc).logits.reshape(-1)
+        pairs = [p for g in chosen for p in groups[g]]
+        logits = model(**model_inputs(encoder, pairs)).logits.reshape(-1)
         loss, at = torch.zeros(()), 0
         for g in chosen:
             n = len(groups[g])

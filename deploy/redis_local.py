@@ -1,11 +1,14 @@
-"""One throwaway redis-server: loopback only, no persistence."""
+"""Throwaway Redis on loopback, no persistence: one redis-server (the stack), or a small Redis Cluster (tests)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -54,3 +57,97 @@ def wait_ready(redis_url: str, timeout: float, alive: Callable[[], bool]) -> Non
                 time.sleep(0.1)
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A throwaway Redis Cluster of masters on loopback, started by `start_cluster`."""
+
+    ports: tuple[int, ...]
+    processes: tuple[subprocess.Popen[bytes], ...]
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node; a cluster client discovers the others from it."""
+        return url(self.ports[0])
+
+
+def start_cluster(data_dir: Path, masters: int = 3, timeout: float = 30.0) -> LocalCluster:
+    """Start `masters` cluster-enabled redis-servers on free ports, join them, wait for cluster_state:ok.
+
+    No replicas and no persistence (a dev cache, like the single server). Stop it with `stop_cluster`.
+    """
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise StackError("redis-cli not found: install it with `apt-get install -y redis-tools`")
+    processes: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    try:
+        for _ in range(masters):
+            # cluster-port: the bus port is picked free too (the default, port + 10000, may be taken).
+            port, bus_port = _free_port(), _free_port()
+            node_dir = data_dir / f"node-{port}"
+            argv = server_argv(port, node_dir) + [
+                "--cluster-enabled", "yes",
+                "--cluster-port", str(bus_port),
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", "5000",
+            ]  # fmt: skip
+            with (node_dir / "redis.out").open("ab") as out:
+                processes.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=node_dir))
+            ports.append(port)
+        cluster = LocalCluster(tuple(ports), tuple(processes), data_dir)
+        for port, proc in zip(ports, processes, strict=True):
+            wait_ready(url(port), timeout, lambda p=proc: p.poll() is None)
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise StackError(f"redis-cli --cluster create failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+        _wait_cluster_ok(ports, timeout)
+    except BaseException:
+        _terminate(processes)
+        raise
+    log.info("redis cluster up on ports %s", ports)
+    return cluster
+
+
+def stop_cluster(cluster: LocalCluster) -> None:
+    """Stop every node of a cluster started by `start_cluster` (its data is gone)."""
+    _terminate(list(cluster.processes))
+
+
+def _wait_cluster_ok(ports: list[int], timeout: float) -> None:
+    """Block until every node reports cluster_state:ok and knows all the others."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True)
+        try:
+            while True:
+                info = client.execute_command("CLUSTER INFO")
+                text = info if isinstance(info, str) else "\n".join(f"{k}:{v}" for k, v in info.items())
+                if "cluster_state:ok" in text and f"cluster_known_nodes:{len(ports)}" in text:
+                    break
+                if time.monotonic() > deadline:
+                    raise StackError(f"Redis Cluster node {port} not ok after {timeout:.0f}s: {text}")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

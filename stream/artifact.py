@@ -28,6 +28,9 @@ class InputSpec(BaseModel):
     output: str = "logits"
     max_length: int = Field(default=64, ge=8, le=512)
     pair_format: str
+    # The serve-time signal set (stream.signals.SIGNALS.version) fed as the float input `signals`
+    # [batch, len(names)]; None for a text-only model, whose inputs do not list `signals`.
+    signals: str | None = None
 
 
 class Reference(BaseModel):
@@ -36,6 +39,7 @@ class Reference(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pairs: tuple[tuple[str, str], ...]
+    signals: tuple[tuple[float, ...], ...] | None = None  # one row per pair, for a model with signals
     scores: tuple[float, ...]
     atol: float = 1e-3
 
@@ -88,7 +92,9 @@ def write_manifest(
         reference=reference,
         files=files,
     )
-    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    # Unset optional fields are left out, so a scorer from before a field existed still reads the manifest
+    # of a model that does not use it (a rolling upgrade keeps old replicas swapping).
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
     return manifest
 
 
@@ -127,5 +133,5 @@ def stamp_metrics(directory: Path, metrics: dict[str, float]) -> Manifest:
     """Add evaluation metrics to a verified artifact's manifest (the files and their hashes are unchanged)."""
     old = load_manifest(directory)
     new = old.model_copy(update={"metrics": {**old.metrics, **metrics}})
-    (Path(directory) / MANIFEST).write_text(new.model_dump_json(indent=2) + "\n")
+    (Path(directory) / MANIFEST).write_text(new.model_dump_json(indent=2, exclude_none=True) + "\n")
     return new

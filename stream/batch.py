@@ -6,9 +6,12 @@ No I/O here, so every rule about ordering, idempotence and coalescing is unit-te
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from rankstream.stream.candidates import covisit_candidates
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.features import HISTORY_ITEMS, candidate_text, history_text
+from rankstream.stream.signals import ItemStats, candidate_signals
 from rankstream.stream.store import UserState
 
 
@@ -91,6 +94,29 @@ def candidate_pairs(
     cands = [c for c in covisit_candidates(plan.history, neighbours, trending, n) if c in catalog]
     query = history_text([catalog[i] for i in plan.history if i in catalog])
     return cands, [(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)]
+
+
+def signal_items(candidate_lists: Iterable[Sequence[str]]) -> list[str]:
+    """Items whose neighbour lists the signals need beyond `recent_items`: every candidate, once."""
+    seen: dict[str, None] = {}
+    for cands in candidate_lists:
+        for c in cands:
+            seen[c] = None
+    return list(seen)
+
+
+def user_signals(
+    plan: UserPlan,
+    cands: Sequence[str],
+    neighbours: Mapping[str, Sequence[str]],
+    item_stats: Mapping[str, ItemStats],
+    catalog: Mapping[str, str],
+) -> np.ndarray:
+    """The signal rows of a user's candidates, for a model that reads them (`stream.signals`).
+
+    `neighbours` must hold the lists of `recent_items` and `signal_items`.
+    """
+    return candidate_signals(plan.history, cands, neighbours, item_stats, catalog)
 
 
 def top_k(cands: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[str, float], ...]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from redis.exceptions import RedisError
 
 from rankstream.stream import metrics as m
@@ -21,6 +22,7 @@ from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.registry import ANNOUNCE_CHANNEL, Registry
 from rankstream.stream.scorer import Scorer
+from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,9 @@ def warm_up(ranker: Ranker, titles: list[str], lists: int = 3, per_list: int = 5
         return
     query = history_text(titles[:5])
     pairs = [(query, candidate_text(titles[i % len(titles)], i)) for i in range(per_list)]
-    ranker.score_lists([pairs] * lists)
+    # A model that reads serve-time signals gets rows of the right width; their values do not matter here.
+    signals = None if ranker.signals is None else [np.zeros((per_list, len(SIGNALS.names)), np.float32)] * lists
+    ranker.score_lists([pairs] * lists, signals)
 
 
 class ModelFollower:
@@ -107,6 +111,8 @@ class ModelFollower:
 
     def _load_and_warm(self, version: str) -> Ranker:
         ranker = self.load(self.registry.path(version))
+        if ranker.signals is not None and not self.scorer.has_item_stats():
+            raise ArtifactError(f"{version} reads serve-time signals; Redis has no item statistics (`rankstream load`)")
         warm_up(ranker, self.scorer.sample_titles())
         return ranker
 

@@ -16,10 +16,12 @@ from tokenizers import Encoding, Tokenizer
 from rankstream.stream import features
 from rankstream.stream.artifact import Manifest, load_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError
+from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
 _PAD_TOKEN = "[PAD]"
+SIGNALS_INPUT = "signals"  # float32 [batch, len(SIGNALS.names)], for models whose input spec names a signal set
 
 
 class PairEncoder:
@@ -82,13 +84,27 @@ def run_session(
     inputs: Sequence[str],
     output: str,
     batch_size: int,
+    signals: np.ndarray | None = None,
 ) -> np.ndarray:
-    """float32 logits, one per pair in input order, scored `batch_size` pairs at a time."""
+    """float32 logits, one per pair in input order, scored `batch_size` pairs at a time.
+
+    `signals` (one row per pair) is fed as the `signals` input when `inputs` lists it, and must then be given.
+    """
+    wants_signals = SIGNALS_INPUT in inputs
+    if wants_signals:
+        if signals is None:
+            raise ValueError("this model reads serve-time signals: pass one row of signals per pair")
+        signals = np.asarray(signals, dtype=np.float32)
+        if signals.shape[0] != len(pairs):
+            raise ValueError(f"{signals.shape[0]} rows of signals for {len(pairs)} pairs")
     scores = np.empty(len(pairs), dtype=np.float32)
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
         encoded = encoder.encode(batch)
-        (logits,) = session.run([output], {name: encoded[name] for name in inputs})
+        feed = {name: encoded[name] for name in inputs if name != SIGNALS_INPUT}
+        if wants_signals:
+            feed[SIGNALS_INPUT] = signals[start : start + len(batch)]  # type: ignore[index]
+        (logits,) = session.run([output], feed)
         scores[start : start + len(batch)] = np.asarray(logits, dtype=np.float32).reshape(len(batch))
     return scores
 
@@ -105,6 +121,8 @@ class Ranker:
     ) -> None:
         self.manifest = manifest
         self.version = manifest.version
+        # The signal set this model reads (None: text only); callers then pass `candidate_signals` rows.
+        self.signals = manifest.input_spec.signals
         self._session = session
         self._encoder = encoder
         self._batch_size = batch_size
@@ -135,6 +153,16 @@ class Ranker:
                 f"{directory}: refused: pair format {spec.pair_format!r}, this scorer builds "
                 f"{features.PAIR_FORMAT!r}; rebuild the model or deploy a scorer that speaks its format"
             )
+        if spec.signals is not None and spec.signals != SIGNALS.version:
+            raise ArtifactError(
+                f"{directory}: refused: signal set {spec.signals!r}, this scorer computes {SIGNALS.version!r}; "
+                "rebuild the model or deploy a scorer that computes its signals"
+            )
+        if (spec.signals is not None) != (SIGNALS_INPUT in spec.inputs):
+            raise ArtifactError(
+                f"{directory}: refused: the input spec names signal set {spec.signals!r} but its inputs are "
+                f"{list(spec.inputs)}; a model reads signals through an input {SIGNALS_INPUT!r} iff it names a set"
+            )
         try:
             session = ort.InferenceSession(
                 str(directory / spec.model_file),
@@ -152,6 +180,9 @@ class Ranker:
             problems.append(f"graph inputs {graph_inputs} differ from the input spec {sorted(spec.inputs)}")
         if spec.output not in graph_outputs:
             problems.append(f"graph outputs {graph_outputs} lack {spec.output!r}")
+        for i in session.get_inputs():
+            if i.name == SIGNALS_INPUT and i.shape[-1] != len(SIGNALS.names):
+                problems.append(f"graph input {SIGNALS_INPUT!r} has shape {i.shape}, not [batch, {len(SIGNALS.names)}]")
         if problems:
             raise ArtifactError(f"{directory}: refused: " + "; ".join(problems))
 
@@ -174,9 +205,14 @@ class Ranker:
                 f"{directory}: refused: reference has {len(ref.pairs)} pairs and {len(ref.scores)} scores"
             )
         pairs = [tuple(p) for p in ref.pairs]
+        signals = None
+        if self.signals is not None:
+            if ref.signals is None or len(ref.signals) != len(pairs):
+                raise ArtifactError(f"{directory}: refused: the reference lacks one row of signals per pair")
+            signals = np.asarray(ref.signals, dtype=np.float32)
         # One batch, as at build time: dynamic INT8 quantizes activations with a scale taken over the
         # whole batch, so a different batch split moves scores by more than a tight tolerance.
-        got = self._score(pairs, batch_size=len(pairs))
+        got = self._score(pairs, batch_size=len(pairs), signals=signals)
         mismatches = [
             f"pair {i}: got {g:.6f}, reference {r:.6f}"
             for i, (g, r) in enumerate(zip(got.tolist(), ref.scores, strict=True))
@@ -188,21 +224,42 @@ class Ranker:
                 f"reference pairs (atol {ref.atol}): " + "; ".join(mismatches)
             )
 
-    def _score(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+    def _score(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int, signals: np.ndarray | None = None
+    ) -> np.ndarray:
         spec = self.manifest.input_spec
         return run_session(
-            self._session, self._encoder, pairs, inputs=spec.inputs, output=spec.output, batch_size=batch_size
+            self._session,
+            self._encoder,
+            pairs,
+            inputs=spec.inputs,
+            output=spec.output,
+            batch_size=batch_size,
+            signals=signals,
         )
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """float32 logits, one per (history text, candidate text) pair, in input order."""
-        return self._score(pairs, self._batch_size)
+    def score(self, pairs: Sequence[tuple[str, str]], signals: np.ndarray | None = None) -> np.ndarray:
+        """float32 logits, one per (history text, candidate text) pair, in input order.
 
-    def score_lists(self, lists: Sequence[Sequence[tuple[str, str]]]) -> list[np.ndarray]:
+        A model with signals (`self.signals` set) needs their rows (`candidate_signals`), one per pair;
+        a text-only model ignores them.
+        """
+        return self._score(pairs, self._batch_size, signals)
+
+    def score_lists(
+        self, lists: Sequence[Sequence[tuple[str, str]]], signals: Sequence[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         """Score each list of pairs as one batch: one user's candidates, compared with each other.
 
         Dynamic INT8 quantizes activations with one scale per batch, so a score depends slightly on
         its batch-mates. Keeping a user's candidates in one batch makes their order independent of
-        which other users happened to share the micro-batch.
+        which other users happened to share the micro-batch. `signals`: one matrix per list (see `score`).
         """
-        return [self._score(pairs, max(len(pairs), 1)) if pairs else np.empty(0, np.float32) for pairs in lists]
+        if signals is not None and len(signals) != len(lists):
+            raise ValueError(f"{len(signals)} signal matrices for {len(lists)} lists")
+        return [
+            self._score(pairs, max(len(pairs), 1), None if signals is None else signals[k])
+            if pairs
+            else np.empty(0, np.float32)
+            for k, pairs in enumerate(lists)
+        ]

@@ -23,11 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from rankstream.stream.artifact import MANIFEST, Manifest, load_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError, StoreError
+from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +48,29 @@ class Activation:
 class Registry:
     """Artifacts on disk plus the active pointer in Redis; used by `rankstream models`, publishers and scorers."""
 
-    def __init__(self, root: Path, client: aioredis.Redis) -> None:
+    def __init__(self, root: Path, client: RedisClient) -> None:
         self.root = Path(root)
         self.client = client
 
     # -- artifacts on disk ---------------------------------------------------------------------------
 
     def versions(self) -> list[str]:
-        """Every version directory under the root, oldest first (versions are named by build time)."""
+        """Every version directory under the root, oldest first by the manifest's build time.
+
+        By time, not name: builds and recompressions name versions with different prefixes.
+        """
         if not self.root.is_dir():
             return []
-        return sorted(p.parent.name for p in self.root.glob(f"*/{MANIFEST}") if not p.parent.name.startswith("."))
+        found = []
+        for path in self.root.glob(f"*/{MANIFEST}"):
+            if path.parent.name.startswith("."):
+                continue
+            try:
+                created = str(json.loads(path.read_text()).get("created_at", ""))
+            except (OSError, ValueError):
+                created = ""  # unreadable: listed (and refused when used), sorted first
+            found.append((created, path.parent.name))
+        return [name for _, name in sorted(found)]
 
     def path(self, version: str) -> Path:
         if not version or "/" in version or version.startswith("."):
@@ -171,5 +181,5 @@ class Registry:
     async def _call(what: str, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"{what} in Redis failed: {exc}") from exc

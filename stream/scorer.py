@@ -21,6 +21,7 @@ from rankstream.stream.errors import RankstreamError, StoreError
 from rankstream.stream.events import Rejected, parse_event
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.settings import Settings
+from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import ListWrite, Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Scorer:
         self._started = False
         self._catalog: dict[str, str] = {}
         self._trending: list[str] = []
+        self._item_stats: dict[str, ItemStats] = {}
         self._neighbours: dict[str, list[str]] = {}
         common = settings.kafka_client_options()
         self._batch_lock = asyncio.Lock()
@@ -101,6 +103,9 @@ class Scorer:
         if not self._catalog:
             raise RankstreamError("the catalog in Redis is empty: run `rankstream load` first")
         self._trending = await self.store.read_trending()
+        self._item_stats = await self.store.read_item_stats()
+        if not self._item_stats and self.ranker.signals is not None:
+            raise RankstreamError("the item statistics in Redis are empty: run `rankstream load` again")
         await self._producer.start()
         await self._consumer.start()
         log.info(
@@ -116,6 +121,10 @@ class Scorer:
         old, self.ranker = self.ranker, ranker
         m.MODEL.labels(old.version).set(0)
         m.MODEL.labels(ranker.version).set(1)
+
+    def has_item_stats(self) -> bool:
+        """Whether a model that reads serve-time signals can be served (the statistics load at start)."""
+        return bool(self._item_stats)
 
     def sample_titles(self, n: int = 50) -> list[str]:
         """Some catalog titles, for warming a new model up at serving shapes."""
@@ -289,14 +298,18 @@ class Scorer:
     async def _score(
         self, plans: list[b.UserPlan], neighbours: Mapping[str, Sequence[str]]
     ) -> tuple[list[ListWrite], int, str]:
+        # One version scores the whole batch: the ranker reference is read once, here.
+        ranker = self.ranker
         per_user = [
             (p, *b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates))
             for p in plans
         ]
-        # One version scores the whole batch: the ranker reference is read once, here.
-        ranker = self.ranker
+        signals = None
+        if ranker.signals is not None:  # the model also reads serve-time signals: candidates' neighbours too
+            tables = {**neighbours, **await self._neighbours_for(b.signal_items(c for _, c, _ in per_user))}
+            signals = [b.user_signals(p, c, tables, self._item_stats, self._catalog) for p, c, _ in per_user]
         t0 = time.perf_counter()
-        scores = await asyncio.to_thread(ranker.score_lists, [pairs for _, _, pairs in per_user])
+        scores = await asyncio.to_thread(ranker.score_lists, [pairs for _, _, pairs in per_user], signals)
         n_pairs = sum(len(pairs) for _, _, pairs in per_user)
         log.debug("scored %d pairs for %d users in %.3fs", n_pairs, len(plans), time.perf_counter() - t0)
         writes = [

@@ -32,10 +32,10 @@ def resolve_model_dir(path: Path | None) -> Path:
         raise ConfigError("no model: set RANKSTREAM_MODEL_DIR to an artifact directory (see `rankstream build-model`)")
     if is_artifact(path):
         return path
-    versions = sorted(p for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
+    versions = Registry(path, client=None).versions()  # type: ignore[arg-type]  # disk only: no Redis needed
     if not versions:
         raise ConfigError(f"RANKSTREAM_MODEL_DIR={path} holds no artifact (no manifest.json in it or below it)")
-    return versions[-1].parent
+    return path / versions[-1]
 
 
 async def initial_ranker(registry: Registry, load: "partial[Ranker]") -> Ranker:
@@ -86,7 +86,8 @@ async def serve(settings: Settings) -> Stats:
     try:
         resolve_model_dir(settings.model_dir)  # fails before any connection if there is nothing to serve
         load = partial(Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size)
-        store = Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **settings.redis_client_options())
+        redis_options = {"cluster": settings.redis_cluster, **settings.redis_client_options()}
+        store = Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **redis_options)
         await store.ping()
         registry = None
         assert settings.model_dir is not None

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     redis_ssl_ca: Path | None = None  # CA bundle for a rediss:// URL
     redis_timeout_s: float = Field(default=5.0, gt=0, le=300)  # a stalled Redis fails the batch, not the loop
+    # RANKSTREAM_REDIS_URL names one node of a Redis Cluster; the client discovers the others and routes
+    # each key to its slot's primary (stream/redis_client.py).
+    redis_cluster: bool = False
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None

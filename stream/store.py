@@ -6,6 +6,7 @@ Key schema (version 1; documented in the README for frontends):
   rs:catalog     hash item_id -> title
   rs:nb          hash item_id -> comma-joined co-visitation neighbours, best first
   rs:trending    comma-joined item ids, best first
+  rs:itemstats   hash item_id -> JSON sales statistics (stream.signals.ItemStats), read by the signals
   rs:quality     hash: <model version>:events / :hits — live hit-rate of the lists each version wrote
 The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write touches live in one slot.
 """
@@ -13,13 +14,13 @@ The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write tou
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from rankstream.stream.errors import StoreError
+from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect, is_cluster
+from rankstream.stream.signals import ItemStats
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ SCHEMA_VERSION = 1
 CATALOG_KEY = "rs:catalog"
 NEIGHBOURS_KEY = "rs:nb"
 TRENDING_KEY = "rs:trending"
+ITEM_STATS_KEY = "rs:itemstats"
 QUALITY_KEY = "rs:quality"
 
 # One atomic step per user: skip if this state is not newer than what is stored (a replayed or late
@@ -88,18 +90,20 @@ class ListWrite:
 class Store:
     """Async Redis access for one scorer. Raises StoreError (retriable) on any Redis failure."""
 
-    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, ttl_s: int) -> None:
         self._r = client
         self._ttl_s = ttl_s
         self._write = client.register_script(_WRITE_LUA)
+        self._cluster = is_cluster(client)
 
     @classmethod
-    def from_url(cls, url: str, *, ttl_s: int = 7 * 86_400, **options: Any) -> "Store":
-        """`options` go to redis-py (username, password, ssl_ca_certs, …): see Settings.redis_client_options."""
-        return cls(aioredis.from_url(url, decode_responses=True, **options), ttl_s)
+    def from_url(cls, url: str, *, ttl_s: int = 7 * 86_400, cluster: bool = False, **options: Any) -> "Store":
+        """`cluster`: the URL names a node of a Redis Cluster. `options` go to redis-py (username, password,
+        ssl_ca_certs, …): see Settings.redis_client_options."""
+        return cls(connect(url, cluster=cluster, **options), ttl_s)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         """The underlying client, for other Redis users in the same process (the model registry)."""
         return self._r
 
@@ -109,33 +113,49 @@ class Store:
     async def ping(self) -> None:
         try:
             await self._r.ping()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis did not answer: {exc}") from exc
 
-    async def load_tables(self, catalog: dict[str, str], neighbours: dict[str, list[str]], trending: list[str]) -> None:
-        """Replace the catalog, co-visitation and trending tables (the `rankstream load` step)."""
+    async def load_tables(
+        self,
+        catalog: dict[str, str],
+        neighbours: dict[str, list[str]],
+        trending: list[str],
+        item_stats: Mapping[str, ItemStats] | None = None,
+    ) -> None:
+        """Replace the catalog, co-visitation, trending and item-statistics tables (`rankstream load`)."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                pipe.delete(CATALOG_KEY, NEIGHBOURS_KEY)
+                pipe.delete(CATALOG_KEY, NEIGHBOURS_KEY, ITEM_STATS_KEY)
                 if catalog:
                     pipe.hset(CATALOG_KEY, mapping=catalog)
                 if neighbours:
                     pipe.hset(NEIGHBOURS_KEY, mapping={k: ",".join(v) for k, v in neighbours.items()})
+                if item_stats:
+                    pipe.hset(ITEM_STATS_KEY, mapping={k: s.to_json() for k, s in item_stats.items()})
                 pipe.set(TRENDING_KEY, ",".join(trending))
                 await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"loading tables into Redis failed: {exc}") from exc
 
     async def read_catalog(self) -> dict[str, str]:
         try:
             return await self._r.hgetall(CATALOG_KEY)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading {CATALOG_KEY} failed: {exc}") from exc
+
+    async def read_item_stats(self) -> dict[str, ItemStats]:
+        """Every item's sales statistics (empty when `rankstream load` predates them)."""
+        try:
+            raw = await self._r.hgetall(ITEM_STATS_KEY)
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"reading {ITEM_STATS_KEY} failed: {exc}") from exc
+        return {k: ItemStats.from_json(v) for k, v in raw.items()}
 
     async def read_trending(self) -> list[str]:
         try:
             raw = await self._r.get(TRENDING_KEY)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading {TRENDING_KEY} failed: {exc}") from exc
         return raw.split(",") if raw else []
 
@@ -147,7 +167,7 @@ class Store:
                     pipe.hmget(hist_key(u), "items", "p", "o")
                     pipe.get(rec_key(u))
                 replies = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading user state failed: {exc}") from exc
         states = {}
         for u, (its, p, o), rec in zip(users, replies[::2], replies[1::2], strict=True):
@@ -170,7 +190,7 @@ class Store:
             return {}
         try:
             raw = await self._r.hmget(NEIGHBOURS_KEY, items)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"reading {NEIGHBOURS_KEY} failed: {exc}") from exc
         return {it: r.split(",") if r else [] for it, r in zip(items, raw, strict=True)}
 
@@ -197,23 +217,20 @@ class Store:
                         "event_ts": w.event_ts_ms,
                         "generated_at": round(now, 3),
                     }
-                    await self._write(
-                        keys=[hist_key(w.user_id), rec_key(w.user_id)],
-                        args=[
-                            f"{w.topic}:{w.partition}",
-                            w.offset,
-                            w.event_ts_ms,
-                            ",".join(w.history),
-                            json.dumps(rec),
-                            self._ttl_s,
-                        ],
-                        client=pipe,
-                    )
+                    keys = [hist_key(w.user_id), rec_key(w.user_id)]
+                    args = [f"{w.topic}:{w.partition}", w.offset, w.event_ts_ms, ",".join(w.history),
+                            json.dumps(rec), self._ttl_s]  # fmt: skip
+                    if self._cluster:
+                        # redis-py refuses EVALSHA in a cluster pipeline, and a node that never saw the
+                        # script would answer NOSCRIPT after part of the batch was applied: send the text.
+                        pipe.eval(_WRITE_LUA, len(keys), *keys, *args)
+                    else:
+                        await self._write(keys=keys, args=args, client=pipe)
                 for version, (checked, hits) in (quality or {}).items():
                     pipe.hincrby(QUALITY_KEY, f"{version}:events", checked)
                     pipe.hincrby(QUALITY_KEY, f"{version}:hits", hits)
                 results = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"writing {len(writes)} lists failed: {exc}") from exc
         return sum(int(r) for r in results[: len(writes)])
 

@@ -25,22 +25,28 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
 
 
-def _torch_speed(hf_dir: Path, pairs: list[tuple[str, str]], max_length: int) -> dict[str, float]:
+def _torch_speed(
+    hf_dir: Path, pairs: list[tuple[str, str]], signals: np.ndarray | None, max_length: int
+) -> dict[str, float]:
     """The teacher checkpoint in torch eager mode (fp32, 2 threads), timed like the ONNX graphs."""
     import torch  # the compression extra; bench model is an offline tool
 
-    from rankstream.compression.model import load_cross_encoder
+    from rankstream.compression.model import load_cross_encoder, signal_spec
 
     torch.set_num_threads(2)
     model = load_cross_encoder(hf_dir).eval()
     encoder = PairEncoder(Path(hf_dir) / "tokenizer.json", max_length)
+    if signal_spec(model) is None:
+        signals = None
 
-    def score(batch: list[tuple[str, str]]) -> np.ndarray:
+    def score(batch: list[tuple[str, str]], rows: np.ndarray | None = None) -> np.ndarray:
         enc = {k: torch.from_numpy(v) for k, v in encoder.encode(batch).items()}
+        if rows is not None:
+            enc["signals"] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
         with torch.no_grad():
             return model(**enc).logits.reshape(-1).numpy()
 
-    return throughput(score, pairs, batch_size=32, warmup=1)
+    return throughput(score, pairs, signals=signals, batch_size=32, warmup=1)
 
 
 def bench_model(
@@ -56,6 +62,7 @@ def bench_model(
         raise ConfigError(f"{run_dir}: the compress run has not finished (no evaluated teacher); rerun it to resume")
     evalset = EvalSet.build(data_dir, split, max_instances=max_instances)
     speed_pairs = evalset.speed_pairs(SPEED_PAIRS)
+    speed_signals = evalset.speed_signals(SPEED_PAIRS)
     out: dict[str, Any] = {
         "split": split,
         "instances": evalset.instances,
@@ -86,14 +93,16 @@ def bench_model(
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in rankers}
     for _ in range(SPEED_ROUNDS):
         for name, ranker in rankers.items():
-            rounds[name].append(throughput(ranker.score, speed_pairs, batch_size=32))
+            sig = speed_signals if ranker.signals is not None else None
+            rounds[name].append(throughput(ranker.score, speed_pairs, signals=sig, batch_size=32))
     for name, measured in rounds.items():
         median = sorted(measured, key=lambda m: m["pairs_per_s"])[len(measured) // 2]
         out["variants"][name] |= median | {"speed_rounds": float(len(measured))}
         log.info("%s: %.0f pairs/s (median of %d rounds)", name, median["pairs_per_s"], len(measured))
     teacher_hf = Path(variants["teacher-fp32"]["hf_dir"])
     if torch_eager and (teacher_hf / "config.json").exists():
-        speed = _torch_speed(teacher_hf, speed_pairs[:TORCH_SPEED_PAIRS], state["preset"]["max_length"])
+        sig = None if speed_signals is None else speed_signals[:TORCH_SPEED_PAIRS]
+        speed = _torch_speed(teacher_hf, speed_pairs[:TORCH_SPEED_PAIRS], sig, state["preset"]["max_length"])
         out["teacher_torch_eager"] = {"engine": "torch-eager-fp32", **speed}
     t = out["variants"]["teacher-fp32"]
     for v in out["variants"].values():

@@ -50,7 +50,7 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
     data_dir = home / "data"
     print(describe(prepare(None, data_dir)))
 
-    _banner("model: MiniLM-L6 cross-encoder, fine-tuned on the train split, ONNX, INT8 per-channel")
+    _banner("model: MiniLM-L6 cross-encoder + serve-time signal head, fine-tuned on train windows, ONNX, INT8")
     models = home / "models"
     try:
         model_dir = resolve_model_dir(models)

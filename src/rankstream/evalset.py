@@ -1,28 +1,32 @@
 """One held-out candidate set scored by many models: quality (NDCG@10, Recall@10, MRR) and speed.
 
 Every model and both non-neural orders see the same lists, built once; quality scores one batch per
-instance (as the scorer scores one batch per user), speed times fixed batches of 32 pairs.
+instance (as the scorer scores one batch per user), speed times fixed batches of 32 pairs. Each list
+carries its candidates' serve-time signals (`stream.signals.candidate_signals`, the scorer's function,
+on the train split's tables), which models with a signal head read.
 """
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rankstream.data.instances import build_instances
+from rankstream.data.instances import Instance, build_instances
 from rankstream.data.prepare import Prepared
 from rankstream.ranking_metrics import MetricSums
 from rankstream.stream.features import candidate_text, history_text
+from rankstream.stream.signals import ItemStats, candidate_signals
 
 log = logging.getLogger(__name__)
 
 N_CANDIDATES = 50
 Pairs = Sequence[tuple[str, str]]
-ScoreLists = Callable[[Sequence[Pairs]], Sequence[np.ndarray]]
-ScoreBatch = Callable[[Pairs], np.ndarray]
+# Called as f(lists) for an EvalSet without signals, f(lists, signals) with them (Ranker.score_lists).
+ScoreLists = Callable[..., Sequence[np.ndarray]]
+ScoreBatch = Callable[..., np.ndarray]  # f(pairs) or f(pairs, signals) (Ranker.score)
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,12 @@ class EvalSet:
     candidates: tuple[tuple[str, ...], ...]
     relevant: tuple[frozenset[str], ...]
     popularity_order: tuple[tuple[str, ...], ...]
+    signals: tuple[np.ndarray, ...] | None = None  # one [len(list), F] matrix per list
 
     @classmethod
     def build(cls, data_dir: Path, split: str, *, max_instances: int | None, seed: int = 0) -> "EvalSet":
         prepared = Prepared.load(data_dir)
         frames = dict(zip(("train", "valid", "test"), prepared.frames, strict=True))
-        catalog = prepared.catalog
-        popularity = frames["train"]["item_id"].value_counts().to_dict()
         instances = build_instances(
             prepared.interactions,
             frames[split],
@@ -51,7 +54,34 @@ class EvalSet:
             max_instances=max_instances,
             seed=seed,
         )
+        popularity = frames["train"]["item_id"].value_counts().to_dict()
+        return cls.from_instances(
+            split,
+            instances,
+            prepared.catalog,
+            popularity,
+            neighbours=prepared.neighbours,
+            item_stats=prepared.item_stats,
+        )
+
+    @classmethod
+    def from_instances(
+        cls,
+        split: str,
+        instances: Sequence[Instance],
+        catalog: Mapping[str, str],
+        popularity: Mapping[str, int],
+        *,
+        neighbours: Mapping[str, Sequence[str]] | None = None,
+        item_stats: Mapping[str, ItemStats] | None = None,
+    ) -> "EvalSet":
+        """The rankable ones of `instances` (a positive among the candidates); `popularity`: item -> count.
+
+        With `neighbours` (the tables the candidates were built from) and `item_stats`, every list also
+        carries its signals.
+        """
         lists, cands_all, relevant_all, pop = [], [], [], []
+        signals: list[np.ndarray] | None = [] if neighbours is not None else None
         for inst in instances:
             cands = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
             relevant = inst.positives.intersection(cands)
@@ -62,7 +92,17 @@ class EvalSet:
             cands_all.append(tuple(cands))
             relevant_all.append(frozenset(relevant))
             pop.append(tuple(sorted(cands, key=lambda c: -popularity.get(c, 0))))
-        return cls(split, len(instances), tuple(lists), tuple(cands_all), tuple(relevant_all), tuple(pop))
+            if signals is not None and neighbours is not None:
+                signals.append(candidate_signals(inst.history, cands, neighbours, item_stats or {}, catalog))
+        return cls(
+            split,
+            len(instances),
+            tuple(lists),
+            tuple(cands_all),
+            tuple(relevant_all),
+            tuple(pop),
+            None if signals is None else tuple(signals),
+        )
 
     @property
     def n_pairs(self) -> int:
@@ -80,7 +120,7 @@ class EvalSet:
         """NDCG@10, Recall@10, MRR of the order by score, plus the scoring rate of one batch per list."""
         sums = MetricSums()
         t0 = time.perf_counter()
-        scores = score_lists(self.lists)
+        scores = score_lists(self.lists) if self.signals is None else score_lists(self.lists, self.signals)
         seconds = time.perf_counter() - t0
         for cands, rel, s in zip(self.candidates, self.relevant, scores, strict=True):
             order = np.argsort(-np.asarray(s), kind="stable")
@@ -92,16 +132,37 @@ class EvalSet:
         flat = [p for lst in self.lists for p in lst]
         return flat[:n]
 
+    def speed_signals(self, n: int) -> np.ndarray | None:
+        """The signal rows of `speed_pairs(n)`, or None when the lists carry none."""
+        if self.signals is None:
+            return None
+        rows = np.concatenate(self.signals) if self.signals else np.zeros((0, 0), np.float32)
+        return rows[:n]
 
-def throughput(score_batch: ScoreBatch, pairs: Pairs, *, batch_size: int = 32, warmup: int = 2) -> dict[str, float]:
-    """pairs/s and p50/p99 batch latency (ms) over `pairs` in batches of `batch_size`, after a warmup."""
-    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+
+def throughput(
+    score_batch: ScoreBatch,
+    pairs: Pairs,
+    *,
+    signals: np.ndarray | None = None,
+    batch_size: int = 32,
+    warmup: int = 2,
+) -> dict[str, float]:
+    """pairs/s and p50/p99 batch latency (ms) over `pairs` in batches of `batch_size`, after a warmup.
+
+    With `signals` (one row per pair), each batch is scored as `score_batch(pairs, signals)`.
+    """
+    starts = range(0, len(pairs), batch_size)
+    batches = [
+        (pairs[i : i + batch_size],) if signals is None else (pairs[i : i + batch_size], signals[i : i + batch_size])
+        for i in starts
+    ]
     for b in batches[:warmup]:
-        score_batch(b)
+        score_batch(*b)
     latencies = []
     for b in batches:
         t0 = time.perf_counter()
-        score_batch(b)
+        score_batch(*b)
         latencies.append(time.perf_counter() - t0)
     total = sum(latencies)
     ms = np.array(latencies) * 1000

@@ -13,7 +13,9 @@ from rankstream.stream.store import Store
 
 def open_store(settings: Settings) -> Store:
     """A Store with the settings' Redis URL, credentials and TLS."""
-    return Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **settings.redis_client_options())
+    return Store.from_url(
+        settings.redis_url, ttl_s=settings.rec_ttl_s, cluster=settings.redis_cluster, **settings.redis_client_options()
+    )
 
 
 async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions: int = 4) -> str:
@@ -24,12 +26,13 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
     )
     store = open_store(settings)
     try:
-        await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending)
+        await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending, prepared.item_stats)
     finally:
         await store.close()
     return (
         f"loaded {len(prepared.catalog)} catalog items, {len(prepared.neighbours)} neighbour lists, "
-        f"{len(prepared.trending)} trending items; topics {settings.topic} ({partitions} partitions), "
+        f"{len(prepared.trending)} trending items, {len(prepared.item_stats)} item statistics; "
+        f"topics {settings.topic} ({partitions} partitions), "
         f"{settings.dlq_topic}"
     )
 

@@ -11,9 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from rankstream.stream.errors import ArtifactError
+from rankstream.stream.redis_client import connect
 from rankstream.stream.registry import Registry
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -21,7 +20,7 @@ from rankstream.stream.store import Store
 
 def open_registry(settings: Settings, default_root: Path) -> Registry:
     root = settings.model_dir or default_root
-    client = aioredis.from_url(settings.redis_url, decode_responses=True, **settings.redis_client_options())
+    client = connect(settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_options())
     return Registry(root, client)
 
 
@@ -53,13 +52,13 @@ async def describe_versions(registry: Registry) -> dict[str, Any]:
 
 def format_versions(state: dict[str, Any]) -> str:
     lines = [f"registry {state['root']}  active: {state['active']}  pinned: {state['pinned'] or '-'}"]
-    lines.append(f"  {'':2} {'version':<40} {'valid NDCG@10':>13} {'live hit@k':>10}  chain")
+    lines.append(f"  {'':2} {'version':<40} {'NDCG@10':>13} {'live hit@k':>10}  chain")
     for row in state["versions"]:
         mark = ("*" if row["active"] else " ") + ("P" if row["pinned"] else " ")
         if not row["ok"]:
             lines.append(f"  {mark} {row['version']:<40} REFUSED: {row['problem']}")
             continue
-        ndcg = row["metrics"].get("valid_ndcg@10")
+        ndcg = row["metrics"].get("valid_ndcg@10", row["metrics"].get("holdout_ndcg@10"))
         live = row["live"].get("hit_rate")
         lines.append(
             f"  {mark} {row['version']:<40} {'-' if ndcg is None else f'{ndcg:.4f}':>13} "

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from rankstream.deploy import stack as local_stack
+from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import Store
 
 CATALOG = {
@@ -23,6 +24,10 @@ ITEMS = sorted(CATALOG)
 # Each item's neighbours: the next few items, so every user gets candidates.
 NEIGHBOURS = {it: [ITEMS[(i + d) % len(ITEMS)] for d in range(1, 8)] for i, it in enumerate(ITEMS)}
 TRENDING = ITEMS[:10]
+ITEM_STATS = {
+    it: ItemStats(baskets=10 + i, baskets_7d=i % 3, baskets_30d=i % 7, buyers=5 + i, age_days=30 + i)
+    for i, it in enumerate(ITEMS)
+}
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +40,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real artifact (tiny random-weight BERT, briefly trained, exported, INT8) built once per session."""
+    """A real artifact (tiny random-weight BERT with a signal head, briefly trained, exported, INT8) built
+    once per session: the scorer serves it with the signals it computes from the tables in Redis."""
     from rankstream.compression.build import build_model
     from rankstream.compression.pairs import LabelledPair
+    from rankstream.compression.signal_head import SignalHead
+    from rankstream.stream.signals import SIGNALS, candidate_signals
+
+    def row(history: list[str], item: str) -> tuple[float, ...]:
+        return tuple(float(v) for v in candidate_signals(history, [item], NEIGHBOURS, ITEM_STATS, CATALOG)[0])
 
     pairs = [
-        LabelledPair(f"{CATALOG[a]} ; {CATALOG[b]}", CATALOG[c], float(k % 2))
+        LabelledPair(f"{CATALOG[a]} ; {CATALOG[b]}", CATALOG[c], float(k % 2), row([a, b], c))
         for k, (a, b, c) in enumerate(zip(ITEMS, ITEMS[3:], ITEMS[7:], strict=False))
     ]
-    return build_model(pairs, tmp_path_factory.mktemp("models"), version="vtest-tiny", preset="tiny")
+    n = len(SIGNALS.names)
+    head = SignalHead(SIGNALS.version, SIGNALS.names, (0.0,) * n, (1.0,) * n, tuple(0.1 * (i + 1) for i in range(n)))
+    return build_model(
+        pairs, tmp_path_factory.mktemp("models"), version="vtest-tiny", preset="tiny", prior=[0.5, 0.0], head=head
+    )
 
 
 @pytest.fixture
@@ -52,7 +67,7 @@ async def store(stack: local_stack.StackInfo) -> AsyncIterator[Store]:
     client = aioredis.from_url(stack.redis_url, decode_responses=True)
     await client.flushdb()
     s = Store(client, ttl_s=3600)
-    await s.load_tables(CATALOG, NEIGHBOURS, TRENDING)
+    await s.load_tables(CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
     yield s
     await s.close()
 

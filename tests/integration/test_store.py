@@ -2,7 +2,10 @@
 
 import pytest
 
+from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import ListWrite, Store, rec_key
+
+from .conftest import CATALOG, ITEM_STATS, NEIGHBOURS, TRENDING
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +57,11 @@ async def test_quality_counters_accumulate_per_version(store: Store) -> None:
     assert q["v2"]["hit_rate"] == 0.0
     states = await store.read_states(["u1"])
     assert states["u1"].shown == ("a",) and states["u1"].shown_version == "v1"
+
+
+async def test_item_stats_are_loaded_and_replaced_with_the_tables(store: Store) -> None:
+    assert await store.read_item_stats() == ITEM_STATS
+    await store.load_tables(CATALOG, NEIGHBOURS, TRENDING, {"I000": ItemStats(baskets=1)})
+    assert await store.read_item_stats() == {"I000": ItemStats(baskets=1)}
+    await store.load_tables(CATALOG, NEIGHBOURS, TRENDING)  # tables without statistics leave none behind
+    assert await store.read_item_stats() == {}

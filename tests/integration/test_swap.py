@@ -157,17 +157,20 @@ async def test_a_tampered_or_wrong_spec_artifact_is_refused_while_the_old_serves
     assert set(scorer.stats.events_by_version) == {a}
 
 
-async def test_rollback_restores_the_previous_version(store, registry) -> None:  # type: ignore[no-untyped-def]
+async def test_rollback_restores_the_previous_version(stack, store, registry, topic) -> None:  # type: ignore[no-untyped-def]
     a, b = registry.versions()
     await registry.activate(a, "publish")
     await registry.promote(b)
-    scorer = Scorer(Settings(), load(registry.path(b)), store)
-    follower = ModelFollower(registry, scorer, load, replica="r1")
-    record = await registry.rollback()
-    assert (record.previous, record.version, await registry.active()) == (b, a, a)
-    assert await follower.check()
-    assert scorer.ranker.version == a
-    await scorer.close()
+    scorer = Scorer(settings_for(stack, topic), load(registry.path(b)), store)
+    await scorer.start()  # reads the catalog and item statistics a new version is checked against
+    try:
+        follower = ModelFollower(registry, scorer, load, replica="r1")
+        record = await registry.rollback()
+        assert (record.previous, record.version, await registry.active()) == (b, a, a)
+        assert await follower.check()
+        assert scorer.ranker.version == a
+    finally:
+        await scorer.close()
 
     await registry.pin(b)
     with pytest.raises(ConfigError, match="pinned to"):

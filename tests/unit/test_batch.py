@@ -56,6 +56,19 @@ def test_candidate_pairs_use_shared_text_and_skip_unknown_items() -> None:
     assert pairs == [("red mug", "1 | blue mug")]
 
 
+def test_signals_need_the_candidates_neighbour_lists_and_use_the_shared_function() -> None:
+    from rankstream.stream.signals import ItemStats, candidate_signals
+
+    plan = b.UserPlan("u", ("a", "c"), valid("u", "a", 1), 1)
+    assert b.signal_items([["b", "x"], ["x", "y"]]) == ["b", "x", "y"]
+    nb = {"a": ["b", "x"], "b": ["c"], "x": []}
+    stats = {"b": ItemStats(baskets=3, buyers=2)}
+    catalog = {"a": "Red Mug", "b": "Blue Mug", "c": "Tea", "x": "Box"}
+    rows = b.user_signals(plan, ["b", "x"], nb, stats, catalog)
+    assert rows.shape == (2, 8)
+    assert (rows == candidate_signals(("a", "c"), ["b", "x"], nb, stats, catalog)).all()
+
+
 def test_top_k_orders_by_score_and_breaks_ties_by_candidate_order() -> None:
     assert b.top_k(["x", "y", "z"], [0.1, 0.5, 0.5], 2) == (("y", 0.5), ("z", 0.5))
 

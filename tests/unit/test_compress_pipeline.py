@@ -101,6 +101,58 @@ def test_gate_rejects_a_deliberately_degraded_student_on_measured_ndcg() -> None
 def test_throughput_reports_rate_and_percentiles() -> None:
     got = throughput(lambda b: np.zeros(len(b)), [("a", "b")] * 70, batch_size=32)
     assert got["batches"] == 3 and got["pairs_per_s"] > 0 and got["p99_batch_ms"] >= got["p50_batch_ms"]
+    seen = []
+    rows = np.arange(70, dtype=np.float32)[:, None]
+    throughput(lambda b, s: seen.append((len(b), s[0, 0])) or np.zeros(len(b)), [("a", "b")] * 70, signals=rows)
+    assert seen[-3:] == [(32, 0.0), (32, 32.0), (6, 64.0)]  # each batch with its own rows
+
+
+def test_evalset_lists_carry_the_scorers_signals_and_pass_them_to_the_model() -> None:
+    from dataclasses import dataclass
+
+    from rankstream.stream.signals import ItemStats, candidate_signals
+
+    @dataclass(frozen=True)
+    class Inst:
+        history: tuple[str, ...]
+        candidates: tuple[str, ...]
+        positives: frozenset[str]
+
+    insts = [Inst(("i1", "i2"), ("i3", "ghost", "i4"), frozenset({"i4"})), Inst(("i5",), ("i6",), frozenset({"x"}))]
+    nb = {"i1": ["i3", "i4"], "i4": ["i2"]}
+    stats = {"i3": ItemStats(baskets=5, buyers=2)}
+    evalset = EvalSet.from_instances("valid", insts, CATALOG, {}, neighbours=nb, item_stats=stats)
+    assert evalset.signals is not None and len(evalset.signals) == 1  # the second one is not rankable
+    np.testing.assert_array_equal(evalset.signals[0], candidate_signals(("i1", "i2"), ["i3", "i4"], nb, stats, CATALOG))
+    got: list[object] = []
+
+    def score_lists(lists: object, signals: object) -> list[np.ndarray]:
+        got.append(signals)
+        return [np.array([0.0, 1.0])]
+
+    assert evalset.quality(score_lists)["ndcg@10"] == pytest.approx(1.0)
+    assert got == [evalset.signals]
+    speed_rows = evalset.speed_signals(1)
+    assert speed_rows is not None and speed_rows.shape == (1, 8)
+    assert EvalSet.from_instances("valid", insts, CATALOG, {}).signals is None
+
+
+def test_signal_head_fit_finds_the_signal_that_ranks_positives() -> None:
+    from rankstream.compression.signal_head import fit_signal_head
+
+    rng = np.random.default_rng(0)
+    lists = []
+    for _ in range(200):
+        x = rng.normal(size=(10, 3)) * [1.0, 5.0, 1.0] + [0.0, 10.0, 0.0]
+        y = np.zeros(10)
+        y[int(np.argmax(x[:, 1] + rng.normal(size=10)))] = 1.0  # signal 1 (wide, offset) decides
+        lists.append((x, y, np.zeros(10)))
+    lists.append((rng.normal(size=(4, 3)), np.zeros(4), np.zeros(4)))  # no positive: skipped
+    head = fit_signal_head(lists, version="v", names=("a", "b", "c"), l2=1e-3)
+    assert head.mean[1] == pytest.approx(10.0, abs=0.5) and head.scale[1] == pytest.approx(0.2, rel=0.1)
+    assert head.weight[1] > 1.0 and abs(head.weight[0]) < 0.3 and abs(head.weight[2]) < 0.3
+    x, y, _ = lists[0]
+    assert int(np.argmax(head.score(x))) == int(np.argmax(x[:, 1]))
 
 
 @pytest.mark.slow
@@ -159,7 +211,7 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     report = json.loads((root / "report.json").read_text())
     names = {v["variant"] for v in report["variants"]}
     assert names >= {
-        "prior-only-fp32",
+        "signals-linear-fp32",
         "student-l1-ffn50-int8",
         "teacher-fp32",
         "teacher-int8",
@@ -190,12 +242,14 @@ def test_compression_public_surface_is_pinned() -> None:
         "GateResult",
         "LabelledPair",
         "PositionPriorBert",
+        "SignalHead",
         "TrainConfig",
         "accuracy_gate",
         "build_model",
         "drop_layers",
         "export_onnx",
         "fine_tune",
+        "fit_signal_head",
         "load_cross_encoder",
         "make_groups",
         "make_pairs",

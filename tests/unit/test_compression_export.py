@@ -86,6 +86,19 @@ def test_pairs_skip_untitled_items_and_empty_instances() -> None:
     ]
 
 
+def test_pairs_carry_their_candidates_signal_rows_in_scorer_order() -> None:
+    inst = Inst(("i1",), ("i2", "x", "i3", "i4"), frozenset({"i3"}))
+    rows = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], dtype=np.float32)  # i2, i3, i4 ("x" has no title)
+    pairs = make_pairs([inst], CATALOG, neg_per_instance=2, signals=[rows])
+    assert {p.candidate: p.signals for p in pairs} == {
+        "2 | item 3 title": (2.0, 3.0),
+        "1 | item 2 title": (0.0, 1.0),
+        "3 | item 4 title": (4.0, 5.0),
+    }
+    with pytest.raises(ValueError, match="signal rows"):
+        make_pairs([inst], CATALOG, signals=[rows[:2]])
+
+
 # --- export ----------------------------------------------------------------------------------------
 
 
@@ -105,6 +118,52 @@ def test_int8_export_stays_close_to_fp32(fp32_artifact: Path, int8_artifact: Pat
     fp32 = Ranker.load(fp32_artifact).score(pairs)
     int8 = Ranker.load(int8_artifact).score(pairs)
     np.testing.assert_allclose(int8, fp32, rtol=0, atol=INT8_ATOL)
+
+
+def _rows(n: int, seed: int = 3) -> np.ndarray:
+    from rankstream.stream.signals import SIGNALS
+
+    return (np.random.default_rng(seed).normal(size=(n, len(SIGNALS.names))) * 3).astype(np.float32)
+
+
+def test_fp32_export_with_signals_matches_torch(signal_bert_dir: Path, signal_fp32_artifact: Path) -> None:
+    from rankstream.compression.model import load_cross_encoder
+
+    pairs, rows = _fresh_pairs(), _rows(24)
+    model = load_cross_encoder(signal_bert_dir).eval()
+    encoded = PairEncoder(signal_bert_dir / "tokenizer.json", 64).encode(pairs)
+    with torch.no_grad():
+        feed = {k: torch.from_numpy(v) for k, v in encoded.items()} | {"signals": torch.from_numpy(rows)}
+        expected = model(**feed).logits.reshape(-1).numpy()
+        text_only = model(**(feed | {"signals": model.signal_mean.expand(24, -1)})).logits.reshape(-1).numpy()
+    got = Ranker.load(signal_fp32_artifact, batch_size=7).score(pairs, rows)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=FP32_ATOL)
+    assert np.ptp(expected - text_only) > 1.0  # the head moves scores
+    assert np.ptp(text_only) > 0.1  # and so does the text
+
+
+def test_int8_export_with_signals_keeps_the_head_fp32(signal_fp32_artifact: Path, signal_int8_artifact: Path) -> None:
+    import onnx
+
+    pairs, rows = _fresh_pairs(), _rows(24)
+    fp32 = Ranker.load(signal_fp32_artifact).score(pairs, rows)
+    int8 = Ranker.load(signal_int8_artifact).score(pairs, rows)
+    np.testing.assert_allclose(int8, fp32, rtol=0, atol=INT8_ATOL)
+    graph = onnx.load(str(signal_int8_artifact / "model.onnx")).graph
+    head = [n for n in graph.node if any(x == "signals" or "signal_" in x for x in n.input)]
+    assert {n.op_type for n in head} == {"Sub", "Mul"}  # no quantize/dequantize on the head's path
+    assert any(n.op_type == "MatMulInteger" or n.op_type == "DynamicQuantizeMatMul" for n in graph.node)
+
+
+def test_export_refuses_a_model_trained_on_another_signal_set(signal_bert_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    d = Path(shutil.copytree(signal_bert_dir, tmp_path / "old"))
+    config = json.loads((d / "config.json").read_text())
+    config["rankstream_signals"]["version"] = "covisit-pop-8-v0"
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="trained on signal set 'covisit-pop-8-v0'"):
+        export_onnx(d, tmp_path / "art", version="x", quantize="none")
 
 
 def test_manifest_records_the_export(fp32_artifact: Path, int8_artifact: Path) -> None:
@@ -143,6 +202,33 @@ def test_fine_tune_updates_weights_and_saves_a_checkpoint(tiny_bert_dir: Path, t
     after = BertForSequenceClassification.from_pretrained(out).classifier.weight
     assert not torch.equal(before, after)
     assert (out / "tokenizer.json").is_file()
+
+
+def test_fine_tune_trains_a_model_with_signals(signal_bert_dir: Path, tmp_path: Path) -> None:
+    from rankstream.compression.model import load_cross_encoder
+
+    rows = _rows(64)
+    pairs = [p._replace(signals=tuple(float(v) for v in r)) for p, r in zip(_labelled(), rows, strict=True)]
+    out = fine_tune(pairs, signal_bert_dir, tmp_path / "ft", batch_size=16, lr=1e-2, max_steps=2)
+    before, after = load_cross_encoder(signal_bert_dir), load_cross_encoder(out)
+    assert not torch.equal(before.signal_weight, after.signal_weight)
+    assert torch.equal(before.signal_mean, after.signal_mean)  # standardisation is fixed, not trained
+
+
+@pytest.mark.slow
+def test_build_model_tiny_preset_with_a_signal_head(tmp_path: Path) -> None:
+    from rankstream.compression.signal_head import SignalHead
+    from rankstream.stream.signals import SIGNALS
+
+    n = len(SIGNALS.names)
+    head = SignalHead(SIGNALS.version, SIGNALS.names, (0.0,) * n, (1.0,) * n, (0.5,) * n)
+    rows = _rows(64)
+    pairs = [p._replace(signals=tuple(float(v) for v in r)) for p, r in zip(_labelled(), rows, strict=True)]
+    artifact = build_model(pairs, tmp_path / "registry", version="v-sig", preset="tiny", prior=[0.1, 0.0], head=head)
+    ranker = Ranker.load(artifact)
+    assert ranker.signals == SIGNALS.version
+    assert ranker.manifest.method_chain[0] == f"finetune:tiny-random-bert+position-prior+signal-head:{SIGNALS.version}"
+    assert ranker.score(_fresh_pairs(5), rows[:5]).shape == (5,)
 
 
 @pytest.mark.slow

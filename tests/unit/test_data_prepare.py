@@ -7,6 +7,7 @@ import pytest
 from rankstream.data.prepare import OUTPUTS, Prepared, default_retail_path, prepare
 from rankstream.data.split import Split
 from rankstream.stream.errors import ConfigError
+from rankstream.stream.signals import ItemStats
 
 SPLIT = Split("2024-01-10", "2024-01-20")
 
@@ -33,6 +34,12 @@ def test_prepare_writes_everything_and_reuses_it(tmp_path: Path) -> None:
     assert first.catalog["i3"] == "Item 3"
     assert set(first.neighbours) <= {f"i{n}" for n in range(5)} and first.trending
     assert first.summary["train_rows"] == 18
+    # Item statistics for the signals, from the train split only (up to 2024-01-09 10:00).
+    assert set(first.item_stats) == {f"i{n}" for n in range(5)}
+    # i1 is in the baskets of days 1 (u1), 5 (u2) and 6 (u0).
+    assert first.item_stats["i1"] == ItemStats(baskets=3, baskets_7d=2, baskets_30d=3, buyers=3, age_days=8)
+    assert sum(s.baskets for s in first.item_stats.values()) == 18
+    assert Prepared.load(out).item_stats == first.item_stats
 
     stamp = (out / "neighbours.json").stat().st_mtime_ns
     again = prepare(src, out, SPLIT)
@@ -46,6 +53,13 @@ def test_prepare_writes_everything_and_reuses_it(tmp_path: Path) -> None:
         f.write("i9,Item 9\n")
     redone = prepare(src, out, Split("2024-01-05", "2024-01-20"))
     assert not redone.reused and redone.catalog["i9"] == "Item 9"
+
+
+def test_a_folder_prepared_before_item_stats_computes_them_from_train(tmp_path: Path) -> None:
+    first = prepare(_byo(tmp_path / "src"), tmp_path / "out", SPLIT)
+    expected = first.item_stats
+    (tmp_path / "out" / "item_stats.json").unlink()
+    assert Prepared.load(tmp_path / "out").item_stats == expected
 
 
 def test_prepare_refuses_unusable_sources(tmp_path: Path) -> None:

@@ -161,3 +161,73 @@ def test_unavailable_provider_is_a_config_error(int8_artifact: Path) -> None:
 def test_manifest_of_an_artifact_is_plain_json(int8_artifact: Path) -> None:
     manifest = json.loads((int8_artifact / MANIFEST).read_text())
     assert set(manifest["files"]) == {"model.onnx", "tokenizer.json"}
+
+
+# --- models that read serve-time signals -------------------------------------------------------------
+
+
+def _signals(n: int, seed: int = 0) -> np.ndarray:
+    from rankstream.stream.signals import SIGNALS
+
+    return np.random.default_rng(seed).normal(size=(n, len(SIGNALS.names))).astype(np.float32)
+
+
+def test_signal_artifact_declares_its_signal_set_and_reads_the_rows(signal_int8_artifact: Path) -> None:
+    from rankstream.stream.signals import SIGNALS
+
+    ranker = Ranker.load(signal_int8_artifact)
+    spec = ranker.manifest.input_spec
+    assert ranker.signals == spec.signals == SIGNALS.version and "signals" in spec.inputs
+    rows = _signals(len(PAIRS))
+    scores = ranker.score(PAIRS, rows)
+    assert scores.shape == (len(PAIRS),) and np.isfinite(scores).all()
+    moved = rows.copy()
+    moved[:, 0] += 1.0  # one signal moves by one unit: every score moves by that signal's weight
+    assert not np.allclose(ranker.score(PAIRS, moved), scores)
+    with pytest.raises(ValueError, match="reads serve-time signals"):
+        ranker.score(PAIRS)
+    with pytest.raises(ValueError, match="rows of signals"):
+        ranker.score(PAIRS, rows[:2])
+
+
+def test_signal_lists_are_scored_one_batch_each_with_their_rows(signal_fp32_artifact: Path) -> None:
+    ranker = Ranker.load(signal_fp32_artifact)
+    rows = _signals(len(PAIRS))
+    lists = ranker.score_lists([PAIRS[:2], PAIRS[2:], []], [rows[:2], rows[2:], rows[:0]])
+    np.testing.assert_allclose(np.concatenate(lists), ranker.score(PAIRS, rows), rtol=0, atol=FP32_BATCH_ATOL)
+    with pytest.raises(ValueError, match="signal matrices"):
+        ranker.score_lists([PAIRS], [rows, rows])
+
+
+def test_text_only_model_ignores_signals(fp32_artifact: Path) -> None:
+    ranker = Ranker.load(fp32_artifact)
+    assert ranker.signals is None
+    np.testing.assert_array_equal(ranker.score(PAIRS, _signals(len(PAIRS))), ranker.score(PAIRS))
+
+
+def test_unknown_signal_set_is_refused(signal_int8_artifact: Path, artifact_copy: Callable[[Path], Path]) -> None:
+    d = artifact_copy(signal_int8_artifact)
+    _rewrite(d, input_spec=load_manifest(d).input_spec.model_copy(update={"signals": "covisit-pop-3-v0"}))
+    with pytest.raises(ArtifactError, match="signal set 'covisit-pop-3-v0', this scorer computes"):
+        Ranker.load(d)
+
+
+def test_signals_input_without_a_signal_set_is_refused(
+    signal_int8_artifact: Path, artifact_copy: Callable[[Path], Path]
+) -> None:
+    d = artifact_copy(signal_int8_artifact)
+    _rewrite(d, input_spec=load_manifest(d).input_spec.model_copy(update={"signals": None}))
+    with pytest.raises(ArtifactError, match="names signal set None but its inputs"):
+        Ranker.load(d)
+
+
+def test_signal_reference_is_part_of_the_smoke_test(
+    signal_int8_artifact: Path, artifact_copy: Callable[[Path], Path]
+) -> None:
+    d = artifact_copy(signal_int8_artifact)
+    ref = load_manifest(d).reference
+    assert ref.signals is not None and len(ref.signals) == len(ref.pairs)
+    shifted = tuple(tuple(v + 3.0 for v in row) for row in ref.signals)
+    _rewrite(d, reference=ref.model_copy(update={"signals": shifted}))
+    with pytest.raises(ArtifactError, match="smoke test failed"):
+        Ranker.load(d)

@@ -1,6 +1,8 @@
 import pytest
+from redis.asyncio import Redis, RedisCluster
 
 from rankstream.stream.errors import ConfigError
+from rankstream.stream.redis_client import connect
 from rankstream.stream.settings import load_settings
 
 
@@ -66,3 +68,13 @@ def test_redis_credentials_are_passed_through() -> None:
         "socket_timeout": 5.0,
         "socket_connect_timeout": 5.0,
     }
+
+
+def test_redis_cluster_switches_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().redis_cluster is False
+    monkeypatch.setenv("RANKSTREAM_REDIS_CLUSTER", "true")
+    s = load_settings(redis_url="redis://10.0.0.5:7000")
+    assert s.redis_cluster is True
+    # Nothing connects until the first command, so no server is needed here.
+    assert isinstance(connect(s.redis_url, cluster=s.redis_cluster, **s.redis_client_options()), RedisCluster)
+    assert type(connect(s.redis_url, **s.redis_client_options())) is Redis

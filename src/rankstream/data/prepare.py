@@ -4,6 +4,7 @@ out_dir receives
     interactions.parquet, catalog.parquet   the data in the bring-your-own format (rankstream.data.formats)
     split.json                              the time split's boundaries
     neighbours.json, trending.json          co-visitation and trending, from the train split only
+    item_stats.json                         per-item sales statistics for the signals, train split only
     prepared.json                           fingerprint of the inputs plus counts; written last
 Rerunning with the same source files and settings finds a matching prepared.json and does nothing.
 """
@@ -21,17 +22,26 @@ import pandas as pd
 
 from rankstream.data.covisit import covisitation, trending
 from rankstream.data.formats import read_catalog, read_interactions, write_catalog, write_interactions
+from rankstream.data.itemstats import item_stats, stats_from_json, stats_to_json
 from rankstream.data.retail import ConvertReport, convert_online_retail
 from rankstream.data.split import DEFAULT_SPLIT, Split, split_frame
 from rankstream.stream.errors import ConfigError
+from rankstream.stream.signals import ItemStats
 
 log = logging.getLogger(__name__)
 
 RETAIL_ENV = "RANKSTREAM_RETAIL_CSV"
 # Bump when the outputs change meaning, so old out_dirs are rebuilt rather than trusted.
-OUTPUT_VERSION = 1
+OUTPUT_VERSION = 2  # 2: item_stats.json
 MANIFEST = "prepared.json"
-OUTPUTS = ("interactions.parquet", "catalog.parquet", "split.json", "neighbours.json", "trending.json")
+OUTPUTS = (
+    "interactions.parquet",
+    "catalog.parquet",
+    "split.json",
+    "neighbours.json",
+    "trending.json",
+    "item_stats.json",
+)
 _SUFFIXES = (".parquet", ".csv", ".csv.gz")
 
 
@@ -93,6 +103,23 @@ class Prepared:
     def trending(self) -> list[str]:
         result: list[str] = json.loads(self.path("trending.json").read_text())
         return result
+
+    @cached_property
+    def item_stats(self) -> dict[str, ItemStats]:
+        """item_id -> sales statistics on the train split (what the signals read)."""
+        path = self.path("item_stats.json")
+        if not path.is_file():
+            # A folder prepared before the statistics existed: they are a pure function of the train split.
+            log.warning("%s has no item_stats.json (prepared by an older version); computing it", self.out_dir)
+            return item_stats(self.frames[0])
+        return stats_from_json(json.loads(path.read_text()))
+
+    @property
+    def params(self) -> dict[str, int]:
+        """The co-visitation and trending settings the folder was prepared with."""
+        manifest = _read_manifest(self.out_dir) or {}
+        params: dict[str, int] = manifest.get("fingerprint", {}).get("params", {})
+        return params
 
     @cached_property
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -228,6 +255,7 @@ def prepare(
     timings["covisit_s"] = time.perf_counter() - started
     _write_json(out_dir / "neighbours.json", neighbours)
     _write_json(out_dir / "trending.json", trending(train, days=trending_days, n=n_trending))
+    _write_json(out_dir / "item_stats.json", stats_to_json(item_stats(train)))
 
     counts = {
         "rows": len(interactions),

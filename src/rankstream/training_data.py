@@ -1,0 +1,75 @@
+"""Training data for a model with signals, shared by `rankstream compress` and `rankstream build-model`:
+instances from the train split's last windows (rankstream.data.windows), each candidate's signals from
+its window's tables, the position prior, and the linear signal head fitted on all of them.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rankstream.compression.model import position_prior
+from rankstream.compression.signal_head import SignalHead, fit_signal_head
+from rankstream.data.instances import Instance
+from rankstream.data.prepare import Prepared
+from rankstream.data.windows import instance_signals, ranked_candidates, training_windows
+from rankstream.stream.signals import SIGNALS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SignalTrainingData:
+    instances: list[Instance]  # the (sampled) training instances
+    signals: list[np.ndarray]  # one candidate_signals matrix per instance, in ranked_candidates order
+    prior: list[float]  # log P(positive | position), from every window instance
+    head: SignalHead  # fitted on every window instance, not only the sampled ones
+    windows: list[dict[str, Any]]  # what each window held, for the run record
+
+
+def signal_training_data(
+    prepared: Prepared,
+    *,
+    windows: int = 4,
+    days: int = 30,
+    max_instances: int | None = None,
+    l2: float = 1e-2,
+    seed: int = 0,
+) -> SignalTrainingData:
+    """Window instances with their signals, the position prior and the fitted head (see module doc)."""
+    params = prepared.params
+    found = training_windows(
+        prepared.interactions,
+        prepared.split.train_end,
+        windows=windows,
+        days=days,
+        k=params.get("k", 30),
+        trending_days=params.get("trending_days", 30),
+        n_trending=params.get("n_trending", 100),
+    )
+    pool = [(inst, w) for w in found for inst in w.instances]
+    if not pool:
+        raise ValueError(
+            f"no training instances in {windows} windows of {days} days before {prepared.split.train_end}; "
+            "the train split is too short for them (use fewer or shorter windows)"
+        )
+    catalog = prepared.catalog
+    prior = position_prior([inst for inst, _ in pool])
+    signals = [instance_signals(inst, w.neighbours, w.item_stats, catalog) for inst, w in pool]
+    lists = []
+    for (inst, _), rows in zip(pool, signals, strict=True):
+        ranked = ranked_candidates(inst, catalog)
+        labels = np.array([c in inst.positives for c in ranked], dtype=np.float64)
+        lists.append((rows, labels, np.array([prior[min(r, len(prior) - 1)] for r in range(len(ranked))])))
+    head = fit_signal_head(lists, version=SIGNALS.version, names=SIGNALS.names, l2=l2)
+    picked: list[int] = list(range(len(pool)))
+    if max_instances is not None and len(pool) > max_instances:
+        picked = sorted(np.random.default_rng(seed).choice(len(pool), size=max_instances, replace=False).tolist())
+    return SignalTrainingData(
+        instances=[pool[i][0] for i in picked],
+        signals=[signals[i] for i in picked],
+        prior=prior,
+        head=head,
+        windows=[{"start": str(w.start), "end": str(w.end), "instances": len(w.instances)} for w in found],
+    )

@@ -1,0 +1,36 @@
+"""The one place an async Redis client is made: a single server, or a Redis Cluster.
+
+Everything rankstream does works on both. The differences a caller sees on a cluster:
+- a pipeline with transaction=False is split by node (one round trip per node, sent in parallel);
+- a MULTI pipeline must touch one slot only (the registry's `{model}` keys share a hash tag);
+- EVALSHA cannot be pipelined (redis-py blocks it), so pipelined scripts go as EVAL (see Store);
+- FLUSHDB, SCRIPT LOAD and similar go to every primary; PUBLISH reaches subscribers on every node.
+"""
+
+from typing import Any, TypeAlias
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+RedisClient: TypeAlias = Redis | RedisCluster
+
+
+def connect(url: str, *, cluster: bool = False, **options: Any) -> RedisClient:
+    """A decoding async client for `url`; with cluster=True the URL names any one node of the cluster.
+
+    `options` go to redis-py (username, password, ssl_ca_certs, socket_timeout, …): see
+    Settings.redis_client_options. Nothing connects until the first command.
+    """
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=True, **options)
+    return Redis.from_url(url, decode_responses=True, **options)
+
+
+def is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+# What a Redis failure can raise. A cluster none of whose nodes answers raises RedisClusterException
+# ("Redis Cluster cannot be connected"), which is not a RedisError: catch both, so a cluster outage is
+# retried like a single server's.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)

@@ -1,0 +1,127 @@
+"""Serve-time signals: a few numbers per candidate that the pair text cannot carry.
+
+The cross-encoder reads titles; what predicts the next basket on this data is mostly structure
+(co-visitation in both directions, recency and breadth of an item's sales). One function computes these
+numbers for one user's candidate list, and training, evaluation and the scorer all call it, so a model
+is fed at serving time exactly what it learned from. Pure Python and numpy: the scorer image has no torch.
+
+Inputs: the user's history (newest first), the candidate list, co-visitation neighbour lists (at least
+those of the 5 newest history items and of every candidate), per-item sales statistics computed on the
+training data (`ItemStats`) and the catalog titles. A model artifact records `SIGNALS.version`; the
+scorer refuses one built on another signal set, so any change to the list below must bump the version.
+"""
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SignalSet:
+    version: str
+    names: tuple[str, ...]
+
+
+SIGNALS = SignalSet(
+    version="covisit-pop-8-v1",
+    names=(
+        "vote5_log",  # log(co-visitation vote of the 5 newest items + 1e-3): the candidate order's own score
+        "rev_log",  # log(reverse vote + 1e-3): history items found in the candidate's neighbour list
+        "nrev50",  # how many of the 50 newest history items are in the candidate's neighbour list
+        "tokcov",  # share of the candidate's title words (3+ letters) found in the history's titles
+        "trend_ratio",  # log((baskets in the last 30 days + 1) / (all baskets + 30) * 10)
+        "pop7_log",  # log1p(baskets in the last 7 days of the statistics window)
+        "buyers_log",  # log1p(distinct buyers)
+        "age_log",  # log1p(days from the item's first sale to the end of the statistics window)
+    ),
+)
+HISTORY_ITEMS = 50  # history items the signals read (newest first); the scorer keeps 50 by default
+RECENT_ITEMS = 5  # items whose votes make the co-visitation order (stream.candidates)
+_EPS = 1e-3
+_WORD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    """An item's sales in the statistics window (the train split): counts of baskets holding it."""
+
+    baskets: int = 0
+    baskets_7d: int = 0  # in the last 7 days of the window
+    baskets_30d: int = 0  # in the last 30 days of the window
+    buyers: int = 0
+    age_days: int = 0  # whole days from its first sale to the window's last event (0: never sold)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> "ItemStats":
+        return cls(**json.loads(raw))
+
+
+NO_STATS = ItemStats()
+
+
+@lru_cache(maxsize=200_000)
+def title_words(title: str) -> frozenset[str]:
+    """The words a title is compared by: lower-case letter runs of 3 or more."""
+    return frozenset(w for w in _WORD.findall(title.lower()) if len(w) > 2)
+
+
+def candidate_signals(
+    history: Sequence[str],
+    candidates: Sequence[str],
+    neighbours: Mapping[str, Sequence[str]],
+    item_stats: Mapping[str, ItemStats],
+    titles: Mapping[str, str],
+) -> np.ndarray:
+    """float32 [len(candidates), len(SIGNALS.names)]: one row per candidate, columns in SIGNALS order.
+
+    `history` is newest first; only its `HISTORY_ITEMS` newest items are read. `neighbours` must hold
+    the lists of the `RECENT_ITEMS` newest history items and of every candidate (missing ones count as
+    empty). Items without statistics get `NO_STATS`; items without a title have no words.
+    """
+    hist = list(history[:HISTORY_ITEMS])
+    index = {c: k for k, c in enumerate(candidates)}
+    vote = [0.0] * len(candidates)
+    for pos, item in enumerate(hist[:RECENT_ITEMS]):
+        for rank, nb in enumerate(neighbours.get(item, ())):
+            k = index.get(nb)
+            if k is not None:
+                vote[k] += 1.0 / ((1 + pos) * (1 + rank))
+    position: dict[str, int] = {}
+    for pos, item in enumerate(hist):
+        position.setdefault(item, pos)
+    words: set[str] = set()
+    for item in hist:
+        title = titles.get(item)
+        if title is not None:
+            words.update(title_words(title))
+    out = np.zeros((len(candidates), len(SIGNALS.names)), dtype=np.float32)
+    for k, cand in enumerate(candidates):
+        rev, nrev = 0.0, 0
+        for rank, nb in enumerate(neighbours.get(cand, ())):
+            pos = position.get(nb)
+            if pos is not None:
+                rev += 1.0 / ((1 + pos) * (1 + rank))
+                nrev += 1
+        title = titles.get(cand)
+        own = title_words(title) if title is not None else frozenset()
+        cover = len(own & words) / len(own) if own else 0.0
+        s = item_stats.get(cand, NO_STATS)
+        out[k] = (
+            math.log(vote[k] + _EPS),
+            math.log(rev + _EPS),
+            nrev,
+            cover,
+            math.log((s.baskets_30d + 1) / (s.baskets + 30) * 10),
+            math.log1p(s.baskets_7d),
+            math.log1p(s.buyers),
+            math.log1p(s.age_days),
+        )
+    return out
