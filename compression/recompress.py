@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from rankstream.compression.distil import Group, TrainConfig, train_listwise
 from rankstream.compression.export import export_onnx
+from rankstream.compression.pairs import group_signals
 from rankstream.compression.train import TRAINING_LOG
 from rankstream.stream.ranker import Ranker
 
@@ -36,10 +37,12 @@ class StudentSource:
 def teacher_scores(teacher_artifact: Path, groups: Sequence[Group], *, threads: int = 1) -> list[np.ndarray]:
     """The teacher artifact's scores for every group, one ONNX Runtime batch per group (as it scored in compress)."""
     ranker = Ranker.load(teacher_artifact, threads=threads)
-    return [
-        ranker.score_lists([[(p.query, p.candidate) for p in group]])[0]
-        for group in tqdm(groups, desc="teacher scores", unit="list")
-    ]
+    out = []
+    for group in tqdm(groups, desc="teacher scores", unit="list"):
+        signals = group_signals(group)
+        pairs = [(p.query, p.candidate) for p in group]
+        out.append(ranker.score_lists([pairs], None if signals is None else [signals])[0])
+    return out
 
 
 def recompress_chain(source_chain: Sequence[str], source_version: str, teacher_version: str, window: str) -> list[str]:

@@ -70,13 +70,14 @@ def _names(tps: set[TopicPartition]) -> str:
 class Scorer:
     """One scorer replica. `run()` until `stop()`; owns its Kafka clients, not the store or ranker."""
 
-    def __init__(self, settings: Settings, ranker: Ranker, store: Store) -> None:
+    def __init__(self, settings: Settings, ranker: Ranker, store: Store, *, latency_samples: int = 0) -> None:
         self.settings = settings
         self.ranker = ranker
         self.store = store
         self.stats = Stats()
         # (written at, unix s; event -> Redis latency, ms) of the most recent events, for benchmarks; bounded.
-        self.latencies: deque[tuple[float, float]] = deque(maxlen=500_000)
+        # Benchmarks ask for samples; a served replica keeps none (the histogram metric has the latencies).
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=latency_samples)
         self._stopping = asyncio.Event()
         self._started = False
         self._catalog: dict[str, str] = {}

@@ -118,7 +118,7 @@ async def _phase(
         last = await _produce(settings.kafka_bootstrap, topic, events, None)
     else:
         producing = asyncio.create_task(_produce(settings.kafka_bootstrap, topic, events, rate))
-    scorer = Scorer(settings, ranker, store)
+    scorer = Scorer(settings, ranker, store, latency_samples=1_000_000)
     await scorer.start()
     task = asyncio.create_task(scorer.run())
     t_first = None
@@ -184,16 +184,11 @@ async def bench_stream(
     ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
     client = aioredis.from_url(redis_url, decode_responses=True, **base.redis_client_options())
     evs = split_events(home / "data", "test", None)
-    cursor = events
 
     def take(n: int) -> list[ClickEvent]:
-        # Consecutive slices of the test period, so each phase sees fresh, realistic traffic.
-        nonlocal cursor
-        if cursor + n > len(evs):
-            cursor = events
-        out = evs[cursor : cursor + n]
-        cursor += n
-        return out
+        # Every live phase replays the same stretch of the test period (the one after the backlog's), so
+        # rates are compared on the same traffic; a later stretch has other users and basket sizes.
+        return (evs[events:] * (n // max(len(evs) - events, 1) + 1))[:n]
 
     try:
         backlog = await _phase("max", base, ranker, client, tables, evs[:events], None)

@@ -66,7 +66,7 @@ async def bench_swap(
     client = aioredis.from_url(redis_url, decode_responses=True, **settings.redis_client_options())
     await client.flushdb()
     store = Store(client, ttl_s=settings.rec_ttl_s)
-    await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending)
+    await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending, prepared.item_stats)
     root = home / "bench-swap" / "registry"
     shutil.rmtree(root, ignore_errors=True)
     registry = Registry(root, client)
@@ -83,7 +83,9 @@ async def bench_swap(
     needed = int(rate * duration)
     events = (evs * (needed // len(evs) + 1))[:needed]  # the test period again if the run outlasts it
 
-    scorers = [Scorer(settings, load(registry.path(versions[0])), store) for _ in range(replicas)]
+    scorers = [
+        Scorer(settings, load(registry.path(versions[0])), store, latency_samples=1_000_000) for _ in range(replicas)
+    ]
     followers = [ModelFollower(registry, s, load, replica=f"bench-{i}", poll_s=1.0) for i, s in enumerate(scorers)]
     for s in scorers:
         await s.start()
@@ -93,6 +95,7 @@ async def bench_swap(
     windows: list[tuple[float, float]] = []
     converge_s: list[float] = []
     rss: dict[str, float] = {"start": rss_mib()}
+    rss_series: list[float] = []  # after each swap: a leak grows steadily, a warm-up settles
     try:
         for k in range(swaps):
             await asyncio.sleep(every_s)
@@ -106,8 +109,9 @@ async def bench_swap(
             converge_s.append(t1 - t0)
             windows.append((t0, t1 + _WINDOW_TAIL_S))
             log.info("swap %d/%d -> %s: all %d replicas serving after %.2fs", k + 1, swaps, target, replicas, t1 - t0)
+            rss_series.append(round(rss_mib(), 1))
             if k == 0:
-                rss["after_first_swap"] = rss_mib()
+                rss["after_first_swap"] = rss_series[-1]
         rss["after_last_swap"] = rss_mib()
         last = await producing
         while True:
@@ -149,7 +153,9 @@ async def bench_swap(
         "events_by_version": by_version,
         "latency_p99_ms": {"steady": _p99(steady), "swap_windows": _p99(in_window)},
         "latency_samples": {"steady": len(steady), "swap_windows": len(in_window)},
-        "rss_mib": {k: round(v, 1) for k, v in rss.items()},
+        "rss_mib": {k: round(v, 1) for k, v in rss.items()} | {"after_each_swap": rss_series},
+        # The benchmark's own latency samples live in the same process: (time, ms) per event.
+        "latency_samples_mib": round(sum(len(s.latencies) for s in scorers) * 120 / 2**20, 1),
         "publish_to_all_serving_s": {
             "max": round(max(converge_s), 3) if converge_s else None,
             "median": round(statistics.median(converge_s), 3) if converge_s else None,

@@ -96,9 +96,10 @@ PRESETS: dict[str, Preset] = {
         window_days=7,
         int8_budget=-1.0,  # forces the per-layer INT8 fallback on every student, so tests exercise it
     ),
-    # Measured 740 s on 2 shared cores (2026-11-28; teacher 218 s, students 209 s, evaluation 225 s). The
-    # teacher is all-MiniLM-L6-v2 + position prior fine-tuned listwise (NOT the 12-layer mpnet teacher,
-    # which trains at ~1/4 the speed); students keep 4 and 2 of its 6 layers; the 2-layer one is pruned.
+    # Measured 713 s and 886 s on 2 shared cores (2026-11-28, with signals; the second run shared the cores
+    # with other jobs: teacher 155 s, students 475 s, evaluation 186 s). The teacher is all-MiniLM-L6-v2 +
+    # position prior + signal head fine-tuned listwise (NOT the 12-layer mpnet teacher, which trains at
+    # ~1/4 the speed); students keep 4 and 2 of its 6 layers; the 2-layer one is pruned.
     "fast": Preset(
         name="fast",
         teacher_base="minilm",

@@ -47,6 +47,7 @@ from rankstream.compression.pairs import make_groups
 from rankstream.compression.recompress import StudentSource, recompress_chain, redistil, teacher_scores
 from rankstream.data.instances import Instance, build_instances
 from rankstream.data.prepare import Prepared
+from rankstream.data.windows import instance_signals
 from rankstream.evalset import N_CANDIDATES, EvalSet, ScoreLists
 from rankstream.stream.artifact import MANIFEST, stamp_metrics
 from rankstream.stream.errors import ConfigError, RankstreamError
@@ -352,8 +353,13 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 def _progress(ranker: Ranker, desc: str) -> ScoreLists:
     """Score lists one batch each (as the scorer does), with a progress bar."""
 
-    def score(lists: Sequence[Sequence[tuple[str, str]]]) -> list[np.ndarray]:
-        return [ranker.score_lists([pairs])[0] for pairs in tqdm(lists, desc=desc, unit="list")]
+    def score(
+        lists: Sequence[Sequence[tuple[str, str]]], signals: Sequence[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
+        return [
+            ranker.score_lists([pairs], None if signals is None else [signals[i]])[0]
+            for i, pairs in enumerate(tqdm(lists, desc=desc, unit="list"))
+        ]
 
     return score
 
@@ -406,10 +412,20 @@ def build_and_judge(
         if config.max_eval_instances is not None and len(held) > config.max_eval_instances:
             keep = np.sort(np.random.default_rng(0).choice(len(held), config.max_eval_instances, replace=False))
             held = [held[i] for i in keep]
-        evalset = EvalSet.from_instances("holdout", held, catalog, popularity)
+        # A teacher that reads serve-time signals: every list carries them, from the tables the scorer serves with.
+        with_signals = _manifest(run.teacher_artifact)["input_spec"].get("signals") is not None
+        tables = {"neighbours": prepared.neighbours, "item_stats": prepared.item_stats} if with_signals else {}
+        evalset = EvalSet.from_instances("holdout", held, catalog, popularity, **tables)
         if not evalset.lists:
             raise ConfigError(f"none of the {len(held)} held-out baskets has a positive among its candidates")
-        groups = make_groups(train, catalog, neg_per_instance=config.neg_per_instance, top_negatives=0, seed=0)
+        signals = (
+            [instance_signals(inst, prepared.neighbours, prepared.item_stats, catalog) for inst in train]
+            if with_signals
+            else None
+        )
+        groups = make_groups(
+            train, catalog, neg_per_instance=config.neg_per_instance, top_negatives=0, seed=0, signals=signals
+        )
         n_lists = len(groups)
         want = config.train.steps * config.train.groups_per_batch
         if len(groups) > want:

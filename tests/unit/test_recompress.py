@@ -292,6 +292,40 @@ async def test_a_passing_cycle_publishes_and_the_next_warm_starts_from_it(
     assert len(registry.verify(second.version).method_chain) == len(manifest.method_chain)
 
 
+def tiny_signal_compress_run(root: Path, signal_bert_dir: Path) -> Path:
+    """A compress run whose teacher and student read serve-time signals (as every real preset's do)."""
+    from rankstream.compression.distil import drop_layers
+    from rankstream.compression.export import export_onnx
+
+    work, artifacts = root / "work", root / "artifacts"
+    student = drop_layers(signal_bert_dir, work / "l1", [0])
+    t_art = export_onnx(signal_bert_dir, artifacts / "teacher-fp32", version="c-sig-teacher-fp32", quantize="none")
+    s_art = export_onnx(
+        student, artifacts / "student-l1-int8", version="c-sig-student-l1-int8", parent="c-sig-teacher-fp32"
+    )
+    variants = {
+        "teacher-fp32": {"artifact": str(t_art), "hf_dir": str(signal_bert_dir), "gate": {"passed": True}},
+        "student-l1-int8": {"artifact": str(s_art), "hf_dir": str(student), "gate": {"passed": True}},
+    }
+    (root / "run.json").write_text(json.dumps({"variants": variants}))
+    return root
+
+
+@pytest.mark.slow
+async def test_a_cycle_from_a_signal_teacher_keeps_the_signals(
+    tiny: tuple[Path, Path], signal_bert_dir: Path, tmp_path: Path
+) -> None:
+    from rankstream.stream.signals import SIGNALS
+
+    run_root = tiny_signal_compress_run(tmp_path / "compress", signal_bert_dir)
+    registry = Registry(tmp_path / "models", FakeRedis())  # type: ignore[arg-type]
+    paths = Paths(data=tiny[0], compress_run=run_root, registry=tmp_path / "models", work=tmp_path / "work")
+    result = await recompress_cycle(registry, paths, replace(PRESETS["tiny"], tolerance=1.0))
+    assert result.published
+    spec = registry.verify(result.version).input_spec
+    assert spec.signals == SIGNALS.version and "signals" in spec.inputs
+
+
 def test_compose_and_kubernetes_run_recompression() -> None:
     import yaml
 
