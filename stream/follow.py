@@ -7,6 +7,8 @@ flight finishes with the version it started with (Scorer._score reads the refere
 """
 
 import asyncio
+import ctypes
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +29,16 @@ from rankstream.stream.signals import SIGNALS
 log = logging.getLogger(__name__)
 
 LoadRanker = Callable[[Path], Ranker]
+_RELEASE_AFTER_S = 2.0
+
+
+def release_memory() -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc's malloc_trim; a no-op elsewhere)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def warm_up(ranker: Ranker, titles: list[str], lists: int = 3, per_list: int = 50) -> None:
@@ -102,6 +114,9 @@ class ModelFollower:
             log.error("refused model %s, still serving %s: %s", version, old, exc)
             return False
         self.scorer.use(ranker)
+        # The old session goes once the batch in flight (which may hold it) is written; then hand its
+        # memory back to the OS, or every swap would leave the process a little larger.
+        asyncio.get_running_loop().call_later(_RELEASE_AFTER_S, release_memory)
         took = time.perf_counter() - t0
         self.swaps += 1
         self._since = time.time()
