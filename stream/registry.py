@@ -37,6 +37,25 @@ ANNOUNCE_CHANNEL = "rs:model:announce"
 _LOG_MAX = 200
 
 
+def list_versions(root: Path) -> list[str]:
+    """Every version directory under `root`, oldest first by the manifest's build time.
+
+    By time, not name: builds and recompressions name versions with different prefixes.
+    """
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.glob(f"*/{MANIFEST}"):
+        if path.parent.name.startswith("."):
+            continue
+        try:
+            created = str(json.loads(path.read_text()).get("created_at", ""))
+        except (OSError, ValueError):
+            created = ""  # unreadable: listed (and refused when used), sorted first
+        found.append((created, path.parent.name))
+    return [name for _, name in sorted(found)]
+
+
 @dataclass(frozen=True)
 class Activation:
     version: str
@@ -55,22 +74,7 @@ class Registry:
     # -- artifacts on disk ---------------------------------------------------------------------------
 
     def versions(self) -> list[str]:
-        """Every version directory under the root, oldest first by the manifest's build time.
-
-        By time, not name: builds and recompressions name versions with different prefixes.
-        """
-        if not self.root.is_dir():
-            return []
-        found = []
-        for path in self.root.glob(f"*/{MANIFEST}"):
-            if path.parent.name.startswith("."):
-                continue
-            try:
-                created = str(json.loads(path.read_text()).get("created_at", ""))
-            except (OSError, ValueError):
-                created = ""  # unreadable: listed (and refused when used), sorted first
-            found.append((created, path.parent.name))
-        return [name for _, name in sorted(found)]
+        return list_versions(self.root)
 
     def path(self, version: str) -> Path:
         if not version or "/" in version or version.startswith("."):

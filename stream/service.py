@@ -14,7 +14,7 @@ from rankstream.stream.errors import ArtifactError, ConfigError
 from rankstream.stream.follow import ModelFollower
 from rankstream.stream.metrics import serve_metrics
 from rankstream.stream.ranker import Ranker
-from rankstream.stream.registry import Registry
+from rankstream.stream.registry import Registry, list_versions
 from rankstream.stream.scorer import Scorer, Stats
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -32,7 +32,7 @@ def resolve_model_dir(path: Path | None) -> Path:
         raise ConfigError("no model: set RANKSTREAM_MODEL_DIR to an artifact directory (see `rankstream build-model`)")
     if is_artifact(path):
         return path
-    versions = Registry(path, client=None).versions()  # type: ignore[arg-type]  # disk only: no Redis needed
+    versions = list_versions(path)
     if not versions:
         raise ConfigError(f"RANKSTREAM_MODEL_DIR={path} holds no artifact (no manifest.json in it or below it)")
     return path / versions[-1]

@@ -45,7 +45,7 @@ _P99_LIMIT_MS = 1000.0
 Tables = tuple[dict[str, str], dict[str, list[str]], list[str], dict[str, ItemStats]]
 
 
-async def _produce(
+async def produce_events(
     bootstrap: str, topic: str, events: list[ClickEvent], rate: float | None
 ) -> dict[str, tuple[int, int]]:
     """Send events from a separate process (a producer sharing the scorer's interpreter would steal its
@@ -89,7 +89,7 @@ async def _send_all(
     return last
 
 
-async def _not_reflected(store: Store, topic: str, last: dict[str, tuple[int, int]]) -> int:
+async def count_not_reflected(store: Store, topic: str, last: dict[str, tuple[int, int]]) -> int:
     missing = 0
     for user, (partition, offset) in last.items():
         rec = await store.read_list(user)
@@ -115,9 +115,9 @@ async def _phase(
     await store.load_tables(*tables)
     producing = None
     if rate is None:
-        last = await _produce(settings.kafka_bootstrap, topic, events, None)
+        last = await produce_events(settings.kafka_bootstrap, topic, events, None)
     else:
-        producing = asyncio.create_task(_produce(settings.kafka_bootstrap, topic, events, rate))
+        producing = asyncio.create_task(produce_events(settings.kafka_bootstrap, topic, events, rate))
     scorer = Scorer(settings, ranker, store, latency_samples=1_000_000)
     await scorer.start()
     task = asyncio.create_task(scorer.run())
@@ -160,7 +160,7 @@ async def _phase(
         "coalesced": st.coalesced,
         "dlq": st.dlq,
         "lost": len(events) - st.events - st.dlq,
-        "users_not_reflected": await _not_reflected(store, topic, last),
+        "users_not_reflected": await count_not_reflected(store, topic, last),
         "latency_ms": {
             "p50": round(statistics.quantiles(lat, n=100)[49], 1) if len(lat) > 100 else None,
             "p99": p99,

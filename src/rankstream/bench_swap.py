@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from rankstream.bench_stream import _not_reflected, _produce
+from rankstream.bench_stream import count_not_reflected, produce_events
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.kafka_local import create_topics
@@ -91,7 +91,7 @@ async def bench_swap(
         await s.start()
     running = [asyncio.create_task(s.run()) for s in scorers]
     following = [asyncio.create_task(f.run()) for f in followers]
-    producing = asyncio.create_task(_produce(settings.kafka_bootstrap, topic, events, rate))
+    producing = asyncio.create_task(produce_events(settings.kafka_bootstrap, topic, events, rate))
     windows: list[tuple[float, float]] = []
     converge_s: list[float] = []
     rss: dict[str, float] = {"start": rss_mib()}
@@ -149,7 +149,7 @@ async def bench_swap(
         "events": len(events),
         # Replays after a rebalance may score an event twice; lost counts events never scored.
         "lost": max(len(events) - scored, 0),
-        "users_not_reflected": await _not_reflected(store, topic, last),
+        "users_not_reflected": await count_not_reflected(store, topic, last),
         "events_by_version": by_version,
         "latency_p99_ms": {"steady": _p99(steady), "swap_windows": _p99(in_window)},
         "latency_samples": {"steady": len(steady), "swap_windows": len(in_window)},
