@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    MPNetConfig,
+    MPNetForSequenceClassification,
+)
 
 from rankstream.compression.export import export_onnx
 from rankstream.compression.model import with_position_prior
@@ -73,6 +79,28 @@ def tiny_bert(out_dir: Path, *, seed: int = 0, num_layers: int = 2) -> Path:
         initializer_range=0.2,
     )
     BertForSequenceClassification(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_mpnet(out_dir: Path, *, seed: int = 0, num_layers: int = 4) -> Path:
+    """A random-weight MPNet (hidden 32, 2 heads) with the MiniLM tokenizer: the tiny stand-in for the
+    all-mpnet-base-v2 teacher, so tests run the path where teacher and students differ in architecture."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = MPNetConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,  # MPNet's positions start after the pad id
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+        initializer_range=0.2,
+    )
+    MPNetForSequenceClassification(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 

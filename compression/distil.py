@@ -13,10 +13,9 @@ from typing import Literal
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer
 from transformers import get_linear_schedule_with_warmup as linear_schedule
 
-from rankstream.compression.model import load_cross_encoder
+from rankstream.compression.model import load_cross_encoder, save_tokenizer
 from rankstream.compression.pairs import LabelledPair
 from rankstream.compression.train import TRAINING_LOG, apply_step, model_inputs, save_trained
 from rankstream.stream.ranker import PairEncoder
@@ -94,7 +93,7 @@ def train_listwise(
     resume = state_file.exists()
     source = ckpt if resume else Path(base_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    save_tokenizer(base_dir, out_dir)
     encoder = PairEncoder(out_dir / "tokenizer.json", config.max_length)
     model = load_cross_encoder(source)
     model.train()
@@ -217,7 +216,7 @@ def drop_layers(src_dir: Path, out_dir: Path, keep: Sequence[int]) -> Path:
     model.config.num_hidden_layers = len(keep)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(src_dir).save_pretrained(out_dir)
+    save_tokenizer(src_dir, out_dir)
     log.info("kept layers %s of %d from %s", list(keep), len(layers), src_dir)
     return out_dir
 

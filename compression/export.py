@@ -23,7 +23,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 
-from rankstream.compression.model import load_cross_encoder, signal_spec
+from rankstream.compression.model import linear_part, load_cross_encoder, signal_spec
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.features import PAIR_FORMAT, candidate_text, history_text
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "logits"
 OPSET = 17
+LINEAR_FILE = "linear.json"
 
 # Fixed smoke-test pairs: short and long histories (the longest is truncated at max_length 64),
 # a one-word candidate, punctuation and digits.
@@ -154,6 +155,9 @@ def _export_legacy(
         # Tracing freezes transformers' Python branches on shapes (e.g. "mask shorter than the keys?");
         # both sides are the same sequence length at any size, so the frozen branch holds for every input.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.")
+        # MPNet's embeddings pass a padding index: F.embedding range-checks it against the table size, both
+        # fixed for a given model, so the frozen branch is the same for every input.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.functional")
         torch.onnx.export(
             _Logits(model),
             args,
@@ -279,6 +283,9 @@ def export_onnx(
             else:
                 shutil.copyfile(fp32, final)
         shutil.copyfile(hf_dir / "tokenizer.json", partial / "tokenizer.json")
+        linear = linear_part(model, encoder)
+        if linear is not None:
+            (partial / LINEAR_FILE).write_text(linear.to_json() + "\n")
 
         scores = _ort_scores(final, encoder, pairs, signals)
         all_metrics = dict(metrics or {})
@@ -297,6 +304,7 @@ def export_onnx(
                 max_length=max_length,
                 pair_format=PAIR_FORMAT,
                 signals=None if spec is None else SIGNALS.version,
+                linear_file=None if linear is None else LINEAR_FILE,
             ),
             reference=Reference(
                 pairs=tuple(pairs),

@@ -22,13 +22,20 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertForSequenceClassification,
+    MPNetForSequenceClassification,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from rankstream.compression.signal_head import SignalHead
 from rankstream.stream.features import candidate_text
-from rankstream.stream.ranker import PairEncoder
+from rankstream.stream.ranker import LinearPart, PairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +43,50 @@ PRIOR_FLAG = "rankstream_position_prior"
 SIGNALS_KEY = "rankstream_signals"  # config: {"version": ..., "names": [...]} of the signal set the head reads
 
 
-class PositionPriorBert(BertForSequenceClassification):
-    """BertForSequenceClassification whose logit adds `position_bias[first candidate token]` and, when the
-    config names a signal set, a linear head over standardised signals (`forward(..., signals=...)`)."""
+class _PriorAndSignals:
+    """The position bias and signal head, shared by the BERT and MPNet cross-encoders below."""
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
+    config: Any
+
+    def _init_prior(self, config: Any) -> None:
         self.position_bias = torch.nn.Embedding(config.vocab_size, 1)
         torch.nn.init.zeros_(self.position_bias.weight)
         spec = getattr(config, SIGNALS_KEY, None)
         self.n_signals = len(spec["names"]) if spec else 0
         if self.n_signals:
             self.signal_weight = torch.nn.Parameter(torch.zeros(self.n_signals))
-            self.register_buffer("signal_mean", torch.zeros(self.n_signals))
-            self.register_buffer("signal_scale", torch.ones(self.n_signals))
+            self.register_buffer("signal_mean", torch.zeros(self.n_signals))  # type: ignore[attr-defined]
+            self.register_buffer("signal_scale", torch.ones(self.n_signals))  # type: ignore[attr-defined]
+
+    def _add_prior(
+        self,
+        logits: torch.Tensor,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        signals: torch.Tensor | None,
+    ) -> SequenceClassifierOutput:
+        if token_type_ids is None:
+            raise ValueError(f"{type(self).__name__} needs token_type_ids to find the candidate's first token")
+        # First token of segment B (argmax returns the first maximum, in torch and in ONNX alike).
+        first = torch.argmax(token_type_ids.to(torch.float32), dim=1, keepdim=True)
+        logits = logits + self.position_bias(input_ids.gather(1, first)).reshape(-1, 1)
+        if self.n_signals:
+            if signals is None:
+                raise ValueError(f"this model reads {self.n_signals} signals per pair; pass signals=[batch, n]")
+            # Elementwise Mul + ReduceSum rather than a MatMul: dynamic INT8 quantizes MatMuls, and this
+            # head must stay fp32 (its inputs span several orders of magnitude).
+            z = (signals.to(logits.dtype) - self.signal_mean) * self.signal_scale
+            logits = logits + (z * self.signal_weight).sum(dim=-1, keepdim=True)
+        return SequenceClassifierOutput(logits=logits)
+
+
+class PositionPriorBert(_PriorAndSignals, BertForSequenceClassification):
+    """BertForSequenceClassification whose logit adds `position_bias[first candidate token]` and, when the
+    config names a signal set, a linear head over standardised signals (`forward(..., signals=...)`)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._init_prior(config)
 
     def forward(  # type: ignore[override]
         self,
@@ -60,19 +97,81 @@ class PositionPriorBert(BertForSequenceClassification):
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        if token_type_ids is None:
-            raise ValueError("PositionPriorBert needs token_type_ids to find the candidate's first token")
-        # First token of segment B (argmax returns the first maximum, in torch and in ONNX alike).
-        first = torch.argmax(token_type_ids.to(torch.float32), dim=1, keepdim=True)
-        logits = out.logits + self.position_bias(input_ids.gather(1, first)).reshape(-1, 1)
-        if self.n_signals:
-            if signals is None:
-                raise ValueError(f"this model reads {self.n_signals} signals per pair; pass signals=[batch, n]")
-            # Elementwise Mul + ReduceSum rather than a MatMul: dynamic INT8 quantizes MatMuls, and this
-            # head must stay fp32 (its inputs span several orders of magnitude).
-            z = (signals.to(logits.dtype) - self.signal_mean) * self.signal_scale
-            logits = logits + (z * self.signal_weight).sum(dim=-1, keepdim=True)
-        return SequenceClassifierOutput(logits=logits)
+        return self._add_prior(out.logits, input_ids, token_type_ids, signals)
+
+
+class PositionPriorMPNet(_PriorAndSignals, MPNetForSequenceClassification):
+    """The same on MPNet (the teacher's architecture). MPNet has no segment embeddings: `token_type_ids`
+    only locate the candidate's first token for the prior (the tokenizer marks segment B, see
+    `mark_pair_segments`) and never reach the encoder."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._init_prior(config)
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        signals: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput:
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask)
+        return self._add_prior(out.logits, input_ids, token_type_ids, signals)
+
+
+_PRIOR_CLASSES: dict[str, type[torch.nn.Module]] = {"bert": PositionPriorBert, "mpnet": PositionPriorMPNet}
+
+
+def _prior_class(model_type: str) -> Any:
+    try:
+        return _PRIOR_CLASSES[model_type]
+    except KeyError:
+        known = list(_PRIOR_CLASSES)
+        raise ValueError(f"no position-prior cross-encoder for model type {model_type!r}; known: {known}") from None
+
+
+def output_layer(model: torch.nn.Module) -> torch.nn.Linear:
+    """The last linear layer of the classifier (BERT: `classifier`; MPNet: `classifier.out_proj`)."""
+    head = model.classifier
+    return head.out_proj if hasattr(head, "out_proj") else head  # type: ignore[return-value]
+
+
+def save_tokenizer(src_dir: Path, out_dir: Path) -> None:
+    """Save `src_dir`'s tokenizer into `out_dir`, segment B marked (transformers rebuilds MPNet's template
+    on load, so the mark is re-applied on every save)."""
+    AutoTokenizer.from_pretrained(src_dir).save_pretrained(out_dir)
+    mark_pair_segments(Path(out_dir) / "tokenizer.json")
+
+
+def mark_pair_segments(tokenizer_json: Path) -> None:
+    """Rewrite a RoBERTa-style pair template (`<s> A </s></s> B </s>`, every type id 0) so that segment B's
+    tokens carry type id 1, as BERT's do: the position prior finds the candidate's first token that way."""
+    path = Path(tokenizer_json)
+    data = json.loads(path.read_text())
+    post = data.get("post_processor") or {}
+    if post.get("type") != "RobertaProcessing":
+        return
+    cls, sep = post["cls"][0], post["sep"][0]
+
+    def piece(kind: str, type_id: int, name: str) -> dict[str, Any]:
+        return {kind: {"id": name, "type_id": type_id}}
+
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [piece("SpecialToken", 0, cls), piece("Sequence", 0, "A"), piece("SpecialToken", 0, sep)],
+        "pair": [
+            piece("SpecialToken", 0, cls),
+            piece("Sequence", 0, "A"),
+            piece("SpecialToken", 0, sep),
+            piece("SpecialToken", 0, sep),
+            piece("Sequence", 1, "B"),
+            piece("SpecialToken", 1, sep),
+        ],
+        "special_tokens": {t: {"id": t, "ids": [i], "tokens": [t]} for t, i in (post["cls"], post["sep"])},
+    }
+    path.write_text(json.dumps(data, ensure_ascii=False))
 
 
 def signal_spec(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -86,8 +185,24 @@ def load_cross_encoder(path: Path, **kwargs: Any) -> torch.nn.Module:
     config = json.loads((Path(path) / "config.json").read_text())
     kwargs.setdefault("attn_implementation", "eager")
     if config.get(PRIOR_FLAG) or config.get(SIGNALS_KEY):
-        return PositionPriorBert.from_pretrained(path, num_labels=1, **kwargs)
+        return _prior_class(config["model_type"]).from_pretrained(path, num_labels=1, **kwargs)
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+
+
+def linear_part(model: torch.nn.Module, encoder: PairEncoder, ranks: int = 200) -> LinearPart | None:
+    """The model's non-text part (position bias per candidate rank, signal head), or None without one."""
+    if not isinstance(model, _PriorAndSignals):
+        return None
+    bias = []
+    with torch.no_grad():
+        for r in range(ranks):
+            enc = encoder.encode([("x", candidate_text("x", r))])
+            first = int(enc["token_type_ids"][0].argmax())
+            bias.append(float(model.position_bias.weight[int(enc["input_ids"][0][first]), 0]))
+        if not model.n_signals:
+            return LinearPart(np.asarray(bias))
+        head = (model.signal_mean, model.signal_scale, model.signal_weight)
+        return LinearPart(np.asarray(bias), *(x.detach().double().numpy() for x in head))
 
 
 def position_prior(instances: Iterable[Any], n_candidates: int = 50) -> list[float]:
@@ -120,8 +235,8 @@ def with_position_prior(
         extra[SIGNALS_KEY] = {"version": head.version, "names": list(head.names)}
     config = AutoConfig.from_pretrained(base_dir, num_labels=1)
     config.update(extra)  # before the model is built: the head's size comes from the config
-    model = PositionPriorBert.from_pretrained(base_dir, config=config, attn_implementation="eager")
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    model = _prior_class(config.model_type).from_pretrained(base_dir, config=config, attn_implementation="eager")
+    save_tokenizer(base_dir, out_dir)
     encoder = PairEncoder(out_dir / "tokenizer.json", max_length)
     scale = head.prior_weight if head is not None else 1.0
     with torch.no_grad():
@@ -134,8 +249,8 @@ def with_position_prior(
             model.signal_weight.copy_(torch.tensor(head.weight))
             model.signal_mean.copy_(torch.tensor(head.mean))
             model.signal_scale.copy_(torch.tensor(head.scale))
-            model.classifier.weight.zero_()
-            model.classifier.bias.zero_()
+            output_layer(model).weight.zero_()
+            output_layer(model).bias.zero_()
     model.save_pretrained(out_dir)
     if prior:
         log.info("position prior for %d positions: %.2f (first) .. %.2f (last)", len(prior), prior[0], prior[-1])

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 from rankstream.compression.distil import Group, _targets
-from rankstream.compression.model import load_cross_encoder
+from rankstream.compression.model import load_cross_encoder, save_tokenizer
 from rankstream.compression.train import model_inputs
 from rankstream.stream.ranker import PairEncoder
 
@@ -90,6 +89,6 @@ def prune_ffn(
     model.eval()
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(src_dir).save_pretrained(out_dir)
+    save_tokenizer(src_dir, out_dir)
     log.info("pruned FFN %d -> %d neurons per layer (%s)", size, keep, src_dir)
     return out_dir

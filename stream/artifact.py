@@ -31,6 +31,9 @@ class InputSpec(BaseModel):
     # The serve-time signal set (stream.signals.SIGNALS.version) fed as the float input `signals`
     # [batch, len(names)]; None for a text-only model, whose inputs do not list `signals`.
     signals: str | None = None
+    # The model's non-text part as JSON (`stream.ranker.LinearPart`): the position prior per candidate rank
+    # and the signal head. Lets a scorer cross-encode only the candidates this cheap part ranks highest.
+    linear_file: str | None = None
 
 
 class Reference(BaseModel):

@@ -36,6 +36,7 @@ class UserPlan:
     events: int  # new events folded into this one scoring (coalescing)
     hits: int = 0  # of those, events whose item was in the list the user was shown
     shown_version: str | None = None  # the model version that wrote that list
+    since_ms: int = 0  # Kafka time of the oldest of those events: how long this user has been waiting
 
 
 def group_by_user(events: Iterable[Valid]) -> dict[str, list[Valid]]:
@@ -61,7 +62,22 @@ def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_l
         if item in history:
             history.remove(item)
         history.insert(0, item)
-    return UserPlan(user_id, tuple(history[:history_len]), fresh[-1], len(fresh), hits, state.shown_version)
+    return UserPlan(
+        user_id,
+        tuple(history[:history_len]),
+        fresh[-1],
+        len(fresh),
+        hits,
+        state.shown_version,
+        min(v.timestamp_ms for v in fresh),
+    )
+
+
+def oldest_first_chunks(plans: Sequence[UserPlan], size: int) -> list[list[UserPlan]]:
+    """Plans in chunks of `size`, the longest-waiting users first: each chunk is written as soon as it is
+    scored, so a batch's latency is spread by waiting time rather than by arrival in the batch."""
+    ordered = sorted(plans, key=lambda p: p.since_ms)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def live_quality(plans: Iterable[UserPlan]) -> dict[str, tuple[int, int]]:

@@ -5,8 +5,10 @@ is tokenized the same way when the model learns it, when its reference scores ar
 is served.
 """
 
+import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
-_PAD_TOKEN = "[PAD]"
+_PAD_TOKENS = ("[PAD]", "<pad>")
 SIGNALS_INPUT = "signals"  # float32 [batch, len(SIGNALS.names)], for models whose input spec names a signal set
 
 
@@ -34,13 +36,16 @@ class PairEncoder:
     def __init__(self, path: Path, max_length: int) -> None:
         self.max_length = max_length
         self._tokenizer = Tokenizer.from_file(str(path))
+        # The pad id the model was trained with (BERT's [PAD] is 0, MPNet's <pad> is 1: position ids skip it).
+        stored = self._tokenizer.padding
+        ids = [self._tokenizer.token_to_id(t) for t in _PAD_TOKENS]
+        self._pad_id: int = stored["pad_id"] if stored else next((i for i in ids if i is not None), 0)
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length, strategy="only_first")
         # For a candidate so long that cutting the history alone cannot fit it: cut both sides.
         self._fallback = Tokenizer.from_file(str(path))
         self._fallback.no_padding()
         self._fallback.enable_truncation(max_length, strategy="longest_first")
-        self._pad_id = self._tokenizer.token_to_id(_PAD_TOKEN) or 0
 
     def _encode_one(self, pair: tuple[str, str]) -> Encoding:
         try:
@@ -109,6 +114,59 @@ def run_session(
     return scores
 
 
+@dataclass(frozen=True)
+class LinearPart:
+    """The non-text part of a model's logit: `position_bias[r]` for the candidate at co-visitation rank r,
+    plus `weight . (signals - mean) * scale`. The graph adds the text's score to it; alone it is a cheap
+    ranking used to choose which candidates are worth cross-encoding."""
+
+    position_bias: np.ndarray  # [ranks]
+    signal_mean: np.ndarray | None = None  # [signals], with scale and weight; None for a text-only model
+    signal_scale: np.ndarray | None = None
+    signal_weight: np.ndarray | None = None
+
+    @classmethod
+    def read(cls, path: Path, n_signals: int | None) -> "LinearPart":
+        data = json.loads(Path(path).read_text())
+        bias = np.asarray(data["position_bias"], dtype=np.float64)
+        if data.get("signal_weight") is None:
+            return cls(bias)
+        parts = [np.asarray(data[k], dtype=np.float64) for k in ("signal_mean", "signal_scale", "signal_weight")]
+        if n_signals is None or any(x.shape != (n_signals,) for x in parts):
+            raise ValueError(f"its signal head has {[x.shape for x in parts]} weights, the model reads {n_signals}")
+        return cls(bias, *parts)
+
+    def to_json(self) -> str:
+        def listed(x: np.ndarray | None) -> list[float] | None:
+            return None if x is None else [float(v) for v in x]
+
+        return json.dumps(
+            {
+                "position_bias": listed(self.position_bias),
+                "signal_mean": listed(self.signal_mean),
+                "signal_scale": listed(self.signal_scale),
+                "signal_weight": listed(self.signal_weight),
+            }
+        )
+
+    def scores(self, n: int, signals: np.ndarray | None) -> np.ndarray:
+        """The linear part's score of the first `n` candidates (in co-visitation order)."""
+        if n > len(self.position_bias):
+            raise ValueError(f"the position prior covers {len(self.position_bias)} ranks, not {n}")
+        out = self.position_bias[:n].copy()
+        if self.signal_weight is not None:
+            if signals is None:
+                raise ValueError("this model's linear part reads signals; pass them")
+            z = (np.asarray(signals, dtype=np.float64) - self.signal_mean) * self.signal_scale
+            out += z @ self.signal_weight
+        return out
+
+
+def rerank_top(linear: np.ndarray, top: int) -> np.ndarray:
+    """Indices of the `top` candidates the linear part ranks highest (ties: co-visitation order)."""
+    return np.sort(np.argsort(-linear, kind="stable")[:top])
+
+
 class Ranker:
     """A cross-encoder loaded from an artifact directory, checked before it may score anything."""
 
@@ -126,6 +184,7 @@ class Ranker:
         self._session = session
         self._encoder = encoder
         self._batch_size = batch_size
+        self.linear: LinearPart | None = None  # set by `load` when the artifact carries it
 
     @classmethod
     def load(
@@ -187,6 +246,13 @@ class Ranker:
             raise ArtifactError(f"{directory}: refused: " + "; ".join(problems))
 
         ranker = cls(manifest, session, encoder, batch_size)
+        if spec.linear_file is not None:
+            try:
+                ranker.linear = LinearPart.read(
+                    directory / spec.linear_file, len(SIGNALS.names) if spec.signals else None
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                raise ArtifactError(f"{directory}: refused: unreadable {spec.linear_file}: {exc}") from exc
         ranker._smoke_test(directory)
         log.info(
             "loaded ranker %s from %s (providers %s, threads %d, batch %d)",
@@ -247,19 +313,44 @@ class Ranker:
         return self._score(pairs, self._batch_size, signals)
 
     def score_lists(
-        self, lists: Sequence[Sequence[tuple[str, str]]], signals: Sequence[np.ndarray] | None = None
+        self,
+        lists: Sequence[Sequence[tuple[str, str]]],
+        signals: Sequence[np.ndarray] | None = None,
+        *,
+        top: int = 0,
     ) -> list[np.ndarray]:
         """Score each list of pairs as one batch: one user's candidates, compared with each other.
 
         Dynamic INT8 quantizes activations with one scale per batch, so a score depends slightly on
         its batch-mates. Keeping a user's candidates in one batch makes their order independent of
         which other users happened to share the micro-batch. `signals`: one matrix per list (see `score`).
+
+        `top` > 0 (needs `self.linear`): cross-encode only the `top` candidates of each list that the
+        model's linear part ranks highest; the others are scored below all of them, in that part's order.
         """
         if signals is not None and len(signals) != len(lists):
             raise ValueError(f"{len(signals)} signal matrices for {len(lists)} lists")
-        return [
-            self._score(pairs, max(len(pairs), 1), None if signals is None else signals[k])
-            if pairs
-            else np.empty(0, np.float32)
-            for k, pairs in enumerate(lists)
-        ]
+        if top and self.linear is None:
+            raise ValueError(f"model {self.version} has no linear part; it cannot pre-select candidates")
+        out = []
+        for k, pairs in enumerate(lists):
+            rows = None if signals is None else signals[k]
+            if not pairs:
+                out.append(np.empty(0, np.float32))
+            elif not top or len(pairs) <= top:
+                out.append(self._score(pairs, len(pairs), rows))
+            else:
+                out.append(self._score_top(pairs, rows, top))
+        return out
+
+    def _score_top(self, pairs: Sequence[tuple[str, str]], rows: np.ndarray | None, top: int) -> np.ndarray:
+        linear = self.linear.scores(len(pairs), rows)  # type: ignore[union-attr]
+        chosen = rerank_top(linear, top)
+        scores = self._score([pairs[i] for i in chosen], len(chosen), None if rows is None else rows[chosen])
+        rest = np.ones(len(pairs), dtype=bool)
+        rest[chosen] = False
+        out = np.empty(len(pairs), dtype=np.float32)
+        out[chosen] = scores
+        # Below every cross-encoded candidate, keeping the linear part's order among themselves.
+        out[rest] = scores.min() - 1.0 + (linear[rest] - linear[rest].max())
+        return out

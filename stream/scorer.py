@@ -17,7 +17,7 @@ from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 
 from rankstream.stream import batch as b
 from rankstream.stream import metrics as m
-from rankstream.stream.errors import RankstreamError, StoreError
+from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError, StoreError
 from rankstream.stream.events import Rejected, parse_event
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.settings import Settings
@@ -72,6 +72,10 @@ class Scorer:
 
     def __init__(self, settings: Settings, ranker: Ranker, store: Store, *, latency_samples: int = 0) -> None:
         self.settings = settings
+        try:
+            self.check_servable(ranker)
+        except ArtifactError as exc:
+            raise ConfigError(str(exc)) from exc
         self.ranker = ranker
         self.store = store
         self.stats = Stats()
@@ -122,6 +126,14 @@ class Scorer:
         old, self.ranker = self.ranker, ranker
         m.MODEL.labels(old.version).set(0)
         m.MODEL.labels(ranker.version).set(1)
+
+    def check_servable(self, ranker: Ranker) -> None:
+        """ArtifactError when this scorer's settings cannot serve `ranker`."""
+        if self.settings.rerank_top and ranker.linear is None:
+            raise ArtifactError(
+                f"model {ranker.version} carries no linear part (linear.json), which RANKSTREAM_RERANK_TOP="
+                f"{self.settings.rerank_top} needs; re-export it with this version, or set RANKSTREAM_RERANK_TOP=0"
+            )
 
     def has_item_stats(self) -> bool:
         """Whether a model that reads serve-time signals can be served (the statistics load at start)."""
@@ -265,42 +277,51 @@ class Scorer:
                 if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None
             ]
             neighbours = await self._neighbours_for(b.recent_items(plans))
-        with self._stage("score"):
-            writes, pairs_total, version = await self._score(plans, neighbours)
-        quality = b.live_quality(plans)
-        with self._stage("write"):
-            applied = await self.store.write_lists(writes, quality)
-            if dlq_sends:
-                await asyncio.gather(*dlq_sends)
-        written_at = time.time()
-        for v in valid:
-            latency_ms = max(written_at * 1000 - v.timestamp_ms, 0.0)
-            m.EVENT_TO_REDIS.observe(latency_ms / 1000)
-            self.latencies.append((written_at, latency_ms))
-        for version, (checked, hits) in quality.items():
-            m.LIVE_EVENTS.labels(version).inc(checked)
-            m.LIVE_HITS.labels(version).inc(hits)
-        coalesced = sum(p.events - 1 for p in plans)
-        m.EVENTS.inc(len(valid))
-        m.LISTS_WRITTEN.inc(applied)
-        m.STALE_SKIPPED.inc(len(writes) - applied)
-        m.COALESCED.inc(coalesced)
-        m.PAIRS.inc(pairs_total)
-        st = self.stats
-        st.batches += 1
-        st.events += len(valid)
-        st.lists_written += applied
-        st.stale_skipped += len(writes) - applied
-        st.coalesced += coalesced
-        st.pairs += pairs_total
-        if valid:
-            st.events_by_version[version] = st.events_by_version.get(version, 0) + len(valid)
-
-    async def _score(
-        self, plans: list[b.UserPlan], neighbours: Mapping[str, Sequence[str]]
-    ) -> tuple[list[ListWrite], int, str]:
         # One version scores the whole batch: the ranker reference is read once, here.
         ranker = self.ranker
+        st = self.stats
+        for chunk in b.oldest_first_chunks(plans, self.settings.score_chunk_users):
+            with self._stage("score"):
+                writes, n_pairs = await self._score(ranker, chunk, neighbours)
+            quality = b.live_quality(chunk)
+            with self._stage("write"):
+                applied = await self.store.write_lists(writes, quality)
+            self._observe_written([v for p in chunk for v in by_user[p.user_id]])
+            for version, (checked, hits) in quality.items():
+                m.LIVE_EVENTS.labels(version).inc(checked)
+                m.LIVE_HITS.labels(version).inc(hits)
+            m.LISTS_WRITTEN.inc(applied)
+            m.STALE_SKIPPED.inc(len(writes) - applied)
+            m.PAIRS.inc(n_pairs)
+            st.lists_written += applied
+            st.stale_skipped += len(writes) - applied
+            st.pairs += n_pairs
+        if dlq_sends:
+            with self._stage("write"):
+                await asyncio.gather(*dlq_sends)
+        planned = {p.user_id for p in plans}
+        # Events already reflected (a replayed batch): their lists were written before.
+        self._observe_written([v for u, evs in by_user.items() if u not in planned for v in evs])
+        coalesced = sum(p.events - 1 for p in plans)
+        m.EVENTS.inc(len(valid))
+        m.COALESCED.inc(coalesced)
+        st.batches += 1
+        st.events += len(valid)
+        st.coalesced += coalesced
+        if valid:
+            st.events_by_version[ranker.version] = st.events_by_version.get(ranker.version, 0) + len(valid)
+
+    def _observe_written(self, events: Sequence[b.Valid]) -> None:
+        """Event -> Redis latency of events whose lists are written now."""
+        written_ms = time.time() * 1000
+        for v in events:
+            latency_ms = max(written_ms - v.timestamp_ms, 0.0)
+            m.EVENT_TO_REDIS.observe(latency_ms / 1000)
+            self.latencies.append((written_ms / 1000, latency_ms))
+
+    async def _score(
+        self, ranker: Ranker, plans: list[b.UserPlan], neighbours: Mapping[str, Sequence[str]]
+    ) -> tuple[list[ListWrite], int]:
         per_user = [
             (p, *b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates))
             for p in plans
@@ -310,8 +331,10 @@ class Scorer:
             tables = {**neighbours, **await self._neighbours_for(b.signal_items(c for _, c, _ in per_user))}
             signals = [b.user_signals(p, c, tables, self._item_stats, self._catalog) for p, c, _ in per_user]
         t0 = time.perf_counter()
-        scores = await asyncio.to_thread(ranker.score_lists, [pairs for _, _, pairs in per_user], signals)
-        n_pairs = sum(len(pairs) for _, _, pairs in per_user)
+        lists = [pairs for _, _, pairs in per_user]
+        scores = await asyncio.to_thread(ranker.score_lists, lists, signals, top=self.settings.rerank_top)
+        top = self.settings.rerank_top
+        n_pairs = sum(min(len(pairs), top) if top else len(pairs) for pairs in lists)  # pairs cross-encoded
         log.debug("scored %d pairs for %d users in %.3fs", n_pairs, len(plans), time.perf_counter() - t0)
         writes = [
             ListWrite(
@@ -326,7 +349,7 @@ class Scorer:
             )
             for (p, cands, _), s in zip(per_user, scores, strict=True)
         ]
-        return writes, n_pairs, ranker.version
+        return writes, n_pairs
 
     async def _neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
         missing = [it for it in items if it not in self._neighbours]

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_linger_ms: int = Field(default=100, ge=0, le=60_000)
     score_batch_size: int = Field(default=32, ge=1, le=4096)
+    # Users scored per Redis write inside a batch: a list is written as soon as its chunk is scored, so
+    # the first users of a large batch do not wait for the last (one extra round trip per chunk).
+    score_chunk_users: int = Field(default=2, ge=1, le=100_000)
+    # > 0: cross-encode only the candidates the model's linear part (position prior + signal head) ranks
+    # highest; the rest follow in that part's order. Needs a model exported with that part (linear.json).
+    rerank_top: int = Field(default=0, ge=0, le=1000)
     threads: int = Field(default=2, ge=1, le=256)
     max_event_bytes: int = Field(default=16_384, ge=64, le=1_048_576)
     rec_ttl_s: int = Field(default=7 * 86_400, ge=60)
@@ -58,6 +64,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"top_k ({self.top_k}) is larger than candidates ({self.candidates}); "
                 "raise RANKSTREAM_CANDIDATES or lower RANKSTREAM_TOP_K"
+            )
+        if self.rerank_top and self.rerank_top < self.top_k:
+            raise ValueError(
+                f"rerank_top ({self.rerank_top}) is below top_k ({self.top_k}): the written list would hold "
+                "candidates that were never cross-encoded; raise RANKSTREAM_RERANK_TOP or set it to 0"
             )
         if self.topic == self.dlq_topic:
             raise ValueError("RANKSTREAM_DLQ_TOPIC must differ from RANKSTREAM_TOPIC")

@@ -50,9 +50,17 @@ def _torch_speed(
 
 
 def bench_model(
-    run_dir: Path, data_dir: Path, *, split: str = "test", max_instances: int | None = 500, torch_eager: bool = True
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    split: str = "test",
+    max_instances: int | None = 500,
+    torch_eager: bool = True,
+    rerank_top: int = 20,
 ) -> dict[str, Any]:
-    """Quality and speed of every variant in `run_dir/run.json` and of both baselines on `split`."""
+    """Quality and speed of every variant in `run_dir/run.json` and of both baselines on `split`; with
+    `rerank_top`, also each student that carries a linear part when it cross-encodes only that many
+    candidates per list (what `RANKSTREAM_RERANK_TOP` does in the scorer)."""
     run_file = Path(run_dir) / "run.json"
     if not run_file.exists():
         raise ConfigError(f"{run_file} not found: run `rankstream compress` first (bench model never trains)")
@@ -104,12 +112,34 @@ def bench_model(
         sig = None if speed_signals is None else speed_signals[:TORCH_SPEED_PAIRS]
         speed = _torch_speed(teacher_hf, speed_pairs[:TORCH_SPEED_PAIRS], sig, state["preset"]["max_length"])
         out["teacher_torch_eager"] = {"engine": "torch-eager-fp32", **speed}
+    if rerank_top:
+        out["rerank_top"] = {"top": rerank_top, "variants": _rerank(evalset, rankers, rerank_top)}
     t = out["variants"]["teacher-fp32"]
+    for name, r in out.get("rerank_top", {}).get("variants", {}).items():
+        full = out["variants"][name]
+        r["ndcg_vs_full"] = r["ndcg@10"] / full["ndcg@10"] if full["ndcg@10"] else float("nan")
+        r["ndcg_vs_teacher"] = r["ndcg@10"] / t["ndcg@10"] if t["ndcg@10"] else float("nan")
+        # Whole lists per second, both ways, measured in the same run: what pre-selection buys per user.
+        r["lists_speedup"] = r["per_list_pairs_per_s"] / full["per_list_pairs_per_s"]
     for v in out["variants"].values():
         v["speedup_vs_teacher"] = v["pairs_per_s"] / t["pairs_per_s"]
         v["ndcg_vs_teacher"] = v["ndcg@10"] / t["ndcg@10"] if t["ndcg@10"] else float("nan")
         v["smaller_than_teacher"] = t["size_bytes"] / v["size_bytes"]
         v["ndcg_vs_covisit"] = v["ndcg@10"] / out["baselines"]["covisit"]["ndcg@10"] - 1
+    return out
+
+
+def _rerank(evalset: EvalSet, rankers: dict[str, Ranker], top: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, ranker in rankers.items():
+        if ranker.linear is None or not name.startswith("student-"):
+            continue
+
+        def score_lists(lists: Any, signals: Any = None, ranker: Ranker = ranker) -> list[np.ndarray]:
+            return ranker.score_lists(lists, signals, top=top)
+
+        out[name] = evalset.quality(score_lists)
+        log.info("%s, cross-encoding the top %d: NDCG@10 %.4f", name, top, out[name]["ndcg@10"])
     return out
 
 
@@ -137,6 +167,15 @@ def format_bench(result: dict[str, Any]) -> str:
             f"{'teacher (torch eager)':<32} {'':>7} {'':>6} {'':>8} {'':>7} {'':>7} {te['pairs_per_s']:>8.0f} "
             f"{te['p50_batch_ms']:>6.0f} {te['p99_batch_ms']:>6.0f}"
         )
+    if result.get("rerank_top"):
+        top = result["rerank_top"]["top"]
+        rows.append(f"students cross-encoding only the top {top} candidates of their linear part:")
+        for name, r in result["rerank_top"]["variants"].items():
+            rows.append(
+                f"  {name + f' @top{top}':<30} NDCG@10 {r['ndcg@10']:.4f} ({r['ndcg_vs_full'] * 100:.1f}% of the "
+                f"full list, {r['ndcg_vs_teacher'] * 100:.1f}% of the teacher), whole lists {r['lists_speedup']:.2f}x "
+                "as fast"
+            )
     rows.append(
         f"{result['split']} split: {result['rankable_instances']} of {result['instances']} baskets have a positive "
         f"among the {result['candidates_per_instance']} candidates; speed: ONNX Runtime CPU, {result['threads']} "

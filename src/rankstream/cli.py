@@ -109,7 +109,13 @@ def _bench_model(args: argparse.Namespace) -> int:
     from rankstream.bench_model import bench_model, format_bench
 
     run = args.run or home() / "compress" / "fast"
-    result = bench_model(run, args.data or home() / "data", split=args.split, max_instances=args.max_instances)
+    result = bench_model(
+        run,
+        args.data or home() / "data",
+        split=args.split,
+        max_instances=args.max_instances,
+        rerank_top=args.rerank_top,
+    )
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
@@ -245,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", type=Path)
     b.add_argument("--split", choices=["valid", "test"], default="test")
     b.add_argument("--max-instances", type=int, default=500)
+    b.add_argument(
+        "--rerank-top", type=int, default=20, help="also score students cross-encoding only this many candidates"
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_model)
     b = bench.add_parser("stream", help="the scorer on the real Kafka and Redis: max rate, then a fixed rate")

@@ -21,11 +21,12 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from rankstream.compression.build import tiny_bert
+from rankstream.compression.build import tiny_bert, tiny_mpnet
 from rankstream.compression.distil import TrainConfig, count_params, drop_layers, train_listwise
 from rankstream.compression.export import export_onnx
 from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.model import position_prior, with_position_prior
+from rankstream.compression.mpnet import mpnet_path
 from rankstream.compression.pairs import group_signals, make_groups
 from rankstream.compression.prune import prune_ffn
 from rankstream.compression.report import write_report
@@ -43,6 +44,13 @@ from rankstream.training_data import signal_training_data
 log = logging.getLogger(__name__)
 
 PresetName = Literal["tiny", "fast", "full"]
+Base = Literal["minilm", "mpnet", "tiny", "tiny-mpnet"]
+PARENTS: dict[str, str] = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "mpnet": "sentence-transformers/all-mpnet-base-v2",
+    "tiny": "tiny-random-bert",
+    "tiny-mpnet": "tiny-random-mpnet",
+}
 RUN_FILE = "run.json"
 T = TypeVar("T")
 
@@ -50,12 +58,16 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Preset:
     name: str
-    teacher_base: Literal["minilm", "tiny"]
+    teacher_base: Base
     teacher_note: str
     train_instances: int | None
     teacher: TrainConfig
-    students: dict[str, tuple[int, ...]]  # name -> teacher layers it keeps
+    students: dict[str, tuple[int, ...]]  # name -> layers it keeps of the model students start from
     student: TrainConfig
+    # What students start from: None = the fine-tuned teacher's own layers (teacher and students share an
+    # architecture); otherwise that pretrained BERT (with the same position prior and signal head).
+    student_base: Base | None = None
+    teacher_int8: bool = True  # also export and evaluate an INT8 teacher
     # Uniform negatives: a uniform sample keeps each list's position mix, so the listwise loss on it
     # agrees with ranking the full list; always adding the top candidates taught "top = negative".
     neg_per_instance: int = 15
@@ -79,12 +91,14 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # For tests: a random-weight 4-layer hidden-32 BERT stands in for the teacher; seconds.
+    # Its teacher is a random MPNet and its students a random BERT, as in the full preset.
     "tiny": Preset(
         name="tiny",
-        teacher_base="tiny",
-        teacher_note="random-weight 4-layer hidden-32 BERT (test preset: the numbers mean nothing)",
+        teacher_base="tiny-mpnet",
+        teacher_note="random-weight 4-layer hidden-32 MPNet (test preset: the numbers mean nothing)",
         train_instances=120,
         teacher=TrainConfig(steps=6, groups_per_batch=2, lr=1e-3, checkpoint_every=3),
+        student_base="tiny",
         students={"l2": (0, 3), "l1": (3,)},
         prune={"l1": 0.5},
         student=TrainConfig(steps=6, groups_per_batch=2, lr=1e-3, checkpoint_every=3),
@@ -112,17 +126,22 @@ PRESETS: dict[str, Preset] = {
         student=TrainConfig(steps=200, groups_per_batch=2, lr=1e-4),
         prune={"l2": 0.5},
     ),
-    # Longer training on every train instance; resumable (checkpoints every 50 steps).
+    # The issue's teacher: all-mpnet-base-v2 (12 layers, hidden 768, 109M parameters) + position prior +
+    # signal head, fine-tuned listwise; students start from all-MiniLM-L6-v2 (with the same prior and head)
+    # and learn from its scores only. MPNet trains at ~8 pairs/s and scores at ~43 pairs/s (ORT fp32) on
+    # 2 cores, so this takes about half an hour: every step is resumable (rerun the same command).
     "full": Preset(
         name="full",
-        teacher_base="minilm",
-        teacher_note="all-MiniLM-L6-v2 fine-tuned listwise, 3000 steps (the mpnet teacher is not wired in yet)",
-        train_instances=None,
-        teacher=TrainConfig(steps=3000, groups_per_batch=2, lr=5e-5),
+        teacher_base="mpnet",
+        teacher_note="all-mpnet-base-v2 (MPNet, 12 layers, hidden 768) + position prior + linear head over the 8 "
+        "serve-time signals, fine-tuned listwise on click data; students start from all-MiniLM-L6-v2",
+        train_instances=4000,
+        teacher=TrainConfig(steps=150, groups_per_batch=2, lr=3e-5, checkpoint_every=25),
+        student_base="minilm",
         students={"l4": (0, 2, 3, 5), "l2": (0, 5)},
-        student=TrainConfig(steps=2000, groups_per_batch=2, lr=1e-4),
-        prune={"l4": 0.5, "l2": 0.5},
-        valid_instances=None,
+        student=TrainConfig(steps=200, groups_per_batch=2, lr=1e-4),
+        prune={"l2": 0.5},
+        teacher_int8=False,
     ),
 }
 
@@ -229,6 +248,18 @@ def _add_student(
         }
 
 
+def _pretrained(run: _Run, kind: Base) -> Path:
+    """The folder of pretrained model `kind` (the tiny ones are built, seeded, under the run)."""
+    if kind == "minilm":
+        return minilm_path()
+    if kind == "mpnet":
+        return mpnet_path(run.work)
+    out = run.work / f"{kind}-base"
+    if not (out / "config.json").exists():
+        (tiny_bert if kind == "tiny" else tiny_mpnet)(out, seed=0, num_layers=4)
+    return out
+
+
 def _fp32_twin(key: str) -> str:
     return key.split("-int8")[0] + "-fp32"
 
@@ -329,28 +360,35 @@ def compress(data_dir: Path, out_root: Path, preset_name: PresetName = "fast") -
     run.state["train_groups"] = len(groups)
     run.state["train_pairs"] = sum(len(g) for g in groups)
 
-    # Teacher.
-    if preset.teacher_base == "tiny":
-        base = run.work / "tiny-base"
-        if not base.exists():
-            tiny_bert(base, seed=0, num_layers=4)
-        parent = "tiny-random-bert"
-    else:
-        base, parent = minilm_path(), "sentence-transformers/all-MiniLM-L6-v2"
-    if preset.position_prior or head is not None:
-        init = run.work / "teacher-init"
+    with_prior = preset.position_prior or head is not None
+    if preset.position_prior:
+        run.state["position_prior"] = prior
+
+    def init_from(kind: Base, name: str) -> Path:
+        """The pretrained `kind` with the position prior and the fitted signal head (classifier at zero)."""
+        base = _pretrained(run, kind)
+        if not with_prior:
+            return base
+        init = run.work / name
         if not (init / "config.json").exists():
             used = prior if preset.position_prior else []
             with_position_prior(base, init, used, max_length=preset.max_length, head=head)
-        base = init
-        run.state["position_prior"] = prior
+        return init
+
+    additions = ("+position-prior" if preset.position_prior else "") + (
+        f"+signal-head:{SIGNALS.version}" if head is not None else ""
+    )
+    # Teacher.
+    parent = PARENTS[preset.teacher_base]
+    teacher_init = init_from(preset.teacher_base, "teacher-init")
     teacher_dir = run.work / "teacher"
-    run.step("teacher_train", lambda: train_listwise(base, teacher_dir, groups, preset.teacher, desc="teacher"))
-    chain = [
-        f"finetune-listwise:{parent}"
-        + ("+position-prior" if preset.position_prior else "")
-        + (f"+signal-head:{SIGNALS.version}" if head is not None else "")
-    ]
+    run.step("teacher_train", lambda: train_listwise(teacher_init, teacher_dir, groups, preset.teacher, desc="teacher"))
+    chain = [f"finetune-listwise:{parent}{additions}"]
+    if preset.student_base is None:
+        student_source, student_chain = teacher_dir, chain
+    else:
+        student_source = init_from(preset.student_base, "student-init")
+        student_chain = [f"init:{PARENTS[preset.student_base]}{additions}"]
     variants: dict[str, dict[str, Any]] = {}
     variants["teacher-fp32"] = {
         "hf_dir": teacher_dir,
@@ -360,31 +398,34 @@ def compress(data_dir: Path, out_root: Path, preset_name: PresetName = "fast") -
         "chain": chain,
         "role": "teacher",
     }
-    if preset.position_prior or head is not None:
-        # Ablation: the teacher before training = MiniLM + position prior (+ the fitted signal head, with the
-        # classifier at zero: exactly the non-neural linear scorer); shows what the text adds.
+    if with_prior:
+        # Ablation: a model before training = position prior (+ the fitted signal head, with the classifier
+        # at zero: exactly the non-neural linear scorer); shows what the text adds. Exported from the
+        # students' start when it differs from the teacher's: the same scores, at the smaller model's cost.
+        ablation_src = run.work / ("teacher-init" if preset.student_base is None else "student-init")
         name, a_chain = (
             ("prior-only-fp32", ["position-prior-only"])
             if head is None
             else ("signals-linear-fp32", [f"linear:position-prior+signal-head:{SIGNALS.version}"])
         )
         variants[name] = {
-            "hf_dir": run.work / "teacher-init",
+            "hf_dir": ablation_src,
             "artifact": run.step(
-                "export_prior_only",
-                lambda: _export(run, preset, run.work / "teacher-init", name, "none", a_chain, parent),
+                "export_prior_only", lambda: _export(run, preset, ablation_src, name, "none", a_chain, parent)
             ),
             "chain": a_chain,
             "role": "ablation",
         }
-    variants["teacher-int8"] = {
-        "hf_dir": teacher_dir,
-        "artifact": run.step(
-            "export_teacher_int8", lambda: _export(run, preset, teacher_dir, "teacher-int8", "int8", chain, parent)
-        ),
-        "chain": chain,
-        "role": "quantized teacher",
-    }
+    if preset.teacher_int8:
+        variants["teacher-int8"] = {
+            "hf_dir": teacher_dir,
+            "artifact": run.step(
+                "export_teacher_int8",
+                lambda: _export(run, preset, teacher_dir, "teacher-int8", "int8", chain, parent),
+            ),
+            "chain": chain,
+            "role": "quantized teacher",
+        }
 
     # Students: the groups they train on, scored once by the teacher (fp32 ONNX, one batch per group).
     rng = np.random.default_rng(1)
@@ -398,7 +439,7 @@ def compress(data_dir: Path, out_root: Path, preset_name: PresetName = "fast") -
     for name, keep in preset.students.items():
         init = run.work / f"{name}-init"
         if not init.exists():
-            drop_layers(teacher_dir, init, keep)
+            drop_layers(student_source, init, keep)
         student_dir = run.work / name
         run.step(
             f"{name}_distil",
@@ -406,7 +447,7 @@ def compress(data_dir: Path, out_root: Path, preset_name: PresetName = "fast") -
                 init, student_dir, distil_groups, preset.student, teacher_scores=scores, desc=f"distil {name}"
             ),
         )
-        s_chain = [*chain, f"drop-layers:{','.join(map(str, keep))}", "distil:listwise-kl"]
+        s_chain = [*student_chain, f"drop-layers:{','.join(map(str, keep))}", "distil:listwise-kl"]
         _add_student(run, preset, variants, name, student_dir, s_chain, teacher_version)
         ratio = preset.prune.get(name)
         if ratio is not None:

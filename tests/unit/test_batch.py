@@ -90,3 +90,12 @@ def test_live_quality_counts_clicks_on_the_list_on_screen_per_version() -> None:
     other = b.plan_user("w", [valid("w", "q", 5)], UserState((), 0, 0, ("q",), "v2"), 10)
     first = b.plan_user("n", [valid("n", "q", 6)], EMPTY_STATE, 10)  # nothing shown yet: not counted
     assert b.live_quality([plan, other, first]) == {"v1": (3, 2), "v2": (1, 1)}
+
+
+def test_chunks_put_the_longest_waiting_users_first() -> None:
+    evs = [valid("late", "a", 9), valid("early", "b", 2), valid("mid", "c", 5), valid("early", "d", 7)]
+    plans = [p for u, e in b.group_by_user(evs).items() if (p := b.plan_user(u, e, EMPTY_STATE, 10)) is not None]
+    assert {p.user_id: p.since_ms for p in plans} == {"late": 1009, "early": 1002, "mid": 1005}
+    chunks = b.oldest_first_chunks(plans, 2)
+    assert [[p.user_id for p in c] for c in chunks] == [["early", "mid"], ["late"]]
+    assert b.oldest_first_chunks([], 2) == []

@@ -233,6 +233,11 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     result = bench_model(root, data, split="test", max_instances=None, torch_eager=True)
     assert set(result["variants"]) == names and result["variants"]["teacher-fp32"]["speedup_vs_teacher"] == 1.0
     assert "teacher_torch_eager" in result and "covisit order" in format_bench(result)
+    # Students carry their linear part, so the bench also ranks with only its top candidates cross-encoded.
+    reranked = result["rerank_top"]["variants"]
+    assert set(reranked) == {n for n in names if n.startswith("student-")}
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 and r["lists_speedup"] > 0 for r in reranked.values())
+    assert "cross-encoding only the top 20" in format_bench(result)
 
 
 def test_compression_public_surface_is_pinned() -> None:
@@ -320,3 +325,27 @@ def test_trimmed_vocabulary_scores_catalog_pairs_identically(tiny_bert_dir: Path
     (before, n_before), (after, n_after) = scores(src), scores(out)
     assert n_after < 200 < n_before
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_roberta_style_pair_template_gets_segment_b_marked(tmp_path: Path) -> None:
+    """MPNet's tokenizer gives every token type 0; the position prior needs segment B marked, ids unchanged."""
+    from tokenizers import Tokenizer, processors
+
+    from rankstream.compression.model import mark_pair_segments
+    from rankstream.compression.train import minilm_path
+    from rankstream.stream.ranker import PairEncoder
+
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tok.post_processor = processors.RobertaProcessing(("[SEP]", 102), ("[CLS]", 101))
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    pairs = [("red cake stand", "3 | blue mug"), ("a", "17 | b")]
+    before = PairEncoder(path, 64).encode(pairs)
+    assert before["token_type_ids"].max() == 0
+    mark_pair_segments(path)
+    after = PairEncoder(path, 64).encode(pairs)
+    np.testing.assert_array_equal(after["input_ids"], before["input_ids"])
+    first = after["token_type_ids"].argmax(axis=1)
+    assert [tok.id_to_token(int(after["input_ids"][i, f])) for i, f in enumerate(first)] == ["3", "17"]
+    mark_pair_segments(path)  # idempotent: a template is left alone
+    np.testing.assert_array_equal(PairEncoder(path, 64).encode(pairs)["token_type_ids"], after["token_type_ids"])

@@ -1,6 +1,7 @@
 """The serving ranker: artifact checks before serving, tokenization, batching."""
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -231,3 +232,54 @@ def test_signal_reference_is_part_of_the_smoke_test(
     _rewrite(d, reference=ref.model_copy(update={"signals": shifted}))
     with pytest.raises(ArtifactError, match="smoke test failed"):
         Ranker.load(d)
+
+
+def _ranked_pairs(n: int) -> list[tuple[str, str]]:
+    """One user's candidate list: candidate r carries its co-visitation rank r, as the scorer builds it."""
+    query = history_text(["jumbo bag red retrospot", "heart t-light holder"])
+    return [(query, candidate_text(f"item number {r} colour {r % 4}", r)) for r in range(n)]
+
+
+def test_linear_part_is_the_model_without_its_text(signal_bert_dir: Path, tmp_path: Path) -> None:
+    """With the text's classifier at zero the graph computes the linear part alone: the file must agree."""
+    import torch
+
+    from rankstream.compression.export import LINEAR_FILE, export_onnx
+    from rankstream.compression.model import load_cross_encoder
+
+    model = load_cross_encoder(signal_bert_dir)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    model.save_pretrained(tmp_path / "hf")
+    shutil.copyfile(signal_bert_dir / "tokenizer.json", tmp_path / "hf" / "tokenizer.json")
+    art = export_onnx(tmp_path / "hf", tmp_path / "art", version="v-linear", quantize="none")
+    assert load_manifest(art).input_spec.linear_file == LINEAR_FILE
+    ranker = Ranker.load(art)
+    assert ranker.linear is not None
+    pairs, rows = _ranked_pairs(6), _signals(6)
+    np.testing.assert_allclose(ranker.linear.scores(6, rows), ranker.score(pairs, rows), atol=1e-4)
+    assert ranker.linear.position_bias[0] != ranker.linear.position_bias[1]  # the fixture's prior is there
+
+
+def test_rerank_top_cross_encodes_only_the_linear_parts_best(signal_fp32_artifact: Path) -> None:
+    ranker = Ranker.load(signal_fp32_artifact)
+    assert ranker.linear is not None
+    pairs, rows = _ranked_pairs(8), _signals(8)
+    full = ranker.score_lists([pairs], [rows])[0]
+    got = ranker.score_lists([pairs], [rows], top=3)[0]
+    linear = ranker.linear.scores(8, rows)
+    chosen = np.argsort(-linear, kind="stable")[:3]
+    rest = np.setdiff1d(np.arange(8), chosen)
+    np.testing.assert_allclose(got[chosen], full[chosen], atol=FP32_BATCH_ATOL)  # the model's own scores
+    assert got[rest].max() < got[chosen].min()  # the others rank below every cross-encoded one
+    assert list(rest[np.argsort(-got[rest])]) == list(rest[np.argsort(-linear[rest], kind="stable")])
+    # A list no longer than `top` is scored whole.
+    np.testing.assert_allclose(ranker.score_lists([pairs[:3]], [rows[:3]], top=3)[0], full[:3], atol=1e-5)
+
+
+def test_rerank_needs_a_model_with_a_linear_part(fp32_artifact: Path) -> None:
+    ranker = Ranker.load(fp32_artifact)
+    assert ranker.linear is None
+    with pytest.raises(ValueError, match="no linear part"):
+        ranker.score_lists([PAIRS], top=2)

@@ -78,3 +78,18 @@ def test_redis_cluster_switches_the_client(monkeypatch: pytest.MonkeyPatch) -> N
     # Nothing connects until the first command, so no server is needed here.
     assert isinstance(connect(s.redis_url, cluster=s.redis_cluster, **s.redis_client_options()), RedisCluster)
     assert type(connect(s.redis_url, **s.redis_client_options())) is Redis
+
+
+def test_rerank_top_must_cover_the_written_list() -> None:
+    with pytest.raises(ConfigError, match="raise RANKSTREAM_RERANK_TOP or set it to 0"):
+        load_settings(top_k=10, rerank_top=5)
+    assert load_settings(top_k=10, rerank_top=20).rerank_top == 20
+
+
+def test_rerank_top_refuses_a_model_without_a_linear_part_at_start(fp32_artifact) -> None:  # type: ignore[no-untyped-def]
+    from rankstream.stream.ranker import Ranker
+    from rankstream.stream.scorer import Scorer
+
+    ranker = Ranker.load(fp32_artifact)
+    with pytest.raises(ConfigError, match="set RANKSTREAM_RERANK_TOP=0"):
+        Scorer(load_settings(rerank_top=20), ranker, store=None)  # type: ignore[arg-type]
