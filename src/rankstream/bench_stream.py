@@ -173,14 +173,22 @@ async def _phase(
 
 
 async def bench_stream(
-    home: Path, model_dir: Path, *, events: int = 3000, share: float = 0.8, step_s: float = 15.0, steps: int = 8
+    home: Path,
+    model_dir: Path,
+    *,
+    events: int = 3000,
+    share: float = 0.8,
+    step_s: float = 15.0,
+    steps: int = 8,
+    **scorer_settings: Any,
 ) -> dict[str, Any]:
-    """Run the phases and return the figures (see the module docstring)."""
+    """Run the phases and return the figures (see the module docstring). `scorer_settings` override the
+    scorer's settings (e.g. rerank_top=20); the environment's RANKSTREAM_* apply otherwise."""
     info = stack.up(home / "stack")
     prepared = prepare(None, home / "data")
     tables = (prepared.catalog, prepared.neighbours, prepared.trending, prepared.item_stats)
     redis_url = info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
-    base = Settings(kafka_bootstrap=info.bootstrap, redis_url=redis_url, model_dir=model_dir)
+    base = Settings(kafka_bootstrap=info.bootstrap, redis_url=redis_url, model_dir=model_dir, **scorer_settings)
     ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
     client = aioredis.from_url(redis_url, decode_responses=True, **base.redis_client_options())
     evs = split_events(home / "data", "test", None)
@@ -215,6 +223,9 @@ async def bench_stream(
         "method_chain": list(ranker.manifest.method_chain),
         "candidates_per_user": base.candidates,
         "batch": {"max_records": base.batch_max_records, "linger_ms": base.batch_linger_ms},
+        "score_chunk_users": base.score_chunk_users,
+        "rerank_top": base.rerank_top,
+        "threads": base.threads,
         "max": backlog,
         "ladder": ladder,
         "max_sustained_events_per_s": sustained if passed else None,
@@ -225,6 +236,11 @@ async def bench_stream(
 
 def format_bench(result: dict[str, Any]) -> str:
     rows = [f"model {result['model_version']} ({' -> '.join(result['method_chain'])})"]
+    top = result["rerank_top"] or result["candidates_per_user"]
+    rows.append(
+        f"{result['candidates_per_user']} candidates per user, {top} cross-encoded; lists written every "
+        f"{result['score_chunk_users']} users; {result['threads']} ORT threads"
+    )
     rows.append(
         f"{'phase':<12} {'events':>7} {'ev/s':>8} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'coalesced':>9} {'lost':>5} {'dlq':>4}"

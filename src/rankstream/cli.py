@@ -125,7 +125,8 @@ def _bench_stream(args: argparse.Namespace) -> int:
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
-    result = asyncio.run(bench_stream(home(), model, events=args.events, share=args.share))
+    overrides = {k: v for k, v in (("rerank_top", args.rerank_top), ("score_chunk_users", args.chunk_users)) if v}
+    result = asyncio.run(bench_stream(home(), model, events=args.events, share=args.share, **overrides))
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
@@ -260,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
     b.add_argument("--events", type=int, default=3000, help="events in the max-rate phase")
     b.add_argument("--share", type=float, default=0.8, help="fixed rate as a share of the max")
+    b.add_argument("--rerank-top", type=int, help="RANKSTREAM_RERANK_TOP for this run")
+    b.add_argument("--chunk-users", type=int, help="RANKSTREAM_SCORE_CHUNK_USERS for this run")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_stream)
     b = bench.add_parser("swap", help="replicas under steady load while the active version flips every N seconds")
