@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -51,11 +51,13 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):
     committed offsets instead of replaying the batch; the write fence would absorb a replay anyway.
     """
 
-    def __init__(self, batch_lock: asyncio.Lock) -> None:
+    def __init__(self, batch_lock: asyncio.Lock, committed: Callable[[], Awaitable[None]]) -> None:
         self._batch_lock = batch_lock
+        self._committed = committed
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._batch_lock:
+            await self._committed()
             if revoked:
                 log.info("partitions revoked: %s", _names(revoked))
 
@@ -97,7 +99,9 @@ class Scorer:
             **common,
             **settings.kafka_consumer_options,
         )
-        self._consumer.subscribe([settings.topic], listener=_FinishBeforeRevoke(self._batch_lock))
+        # The last batch's commit, running while the next batch is processed (see `run`).
+        self._committing: asyncio.Task[None] | None = None
+        self._consumer.subscribe([settings.topic], listener=_FinishBeforeRevoke(self._batch_lock, self._committed))
         self._producer = AIOKafkaProducer(acks="all", **common)
 
     async def start(self) -> None:
@@ -160,7 +164,8 @@ class Scorer:
             )
             if not records:
                 continue
-            # Held from processing through the commit: a revocation waits for it (see _FinishBeforeRevoke).
+            # Held while a batch is processed; a revocation takes it, then waits for the batch's commit
+            # (see _FinishBeforeRevoke).
             async with self._batch_lock:
                 try:
                     await self.process(records)
@@ -170,16 +175,29 @@ class Scorer:
                 else:
                     failed = None
                     offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
-                    with self._stage("commit"):
-                        await self.commit(offsets)
-                    self._record_lag(offsets)
+                    # The commit round trip overlaps the next batch instead of delaying it; commits stay
+                    # in order (one at a time) and still follow the writes they cover.
+                    await self._committed()
+                    self._committing = asyncio.create_task(self._commit_batch(offsets))
             if failed is not None:
                 await self._back_off(records, backoff, failed)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.5
+        await self._committed()
         log.info("scorer stopping: %s", self.stats)
         return self.stats
+
+    async def _commit_batch(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with self._stage("commit"):
+            await self.commit(offsets)
+        self._record_lag(offsets)
+
+    async def _committed(self) -> None:
+        """Wait for the last batch's commit (raises what it raised)."""
+        task, self._committing = self._committing, None
+        if task is not None:
+            await task
 
     async def _back_off(
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], delay: float, exc: Exception
