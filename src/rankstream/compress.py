@@ -118,15 +118,15 @@ PRESETS: dict[str, Preset] = {
         name="fast",
         teacher_base="minilm",
         teacher_note="all-MiniLM-L6-v2 (6 layers, hidden 384) + position prior + linear head over the 8 serve-time "
-        "signals, fine-tuned listwise on click data; NOT the 12-layer all-mpnet-base-v2 teacher issue 3 asks for "
-        "(chosen to fit 2 CPU cores)",
+        "signals, fine-tuned listwise on click data; not the 12-layer all-mpnet-base-v2 teacher of the full preset "
+        "(chosen to finish within 15 minutes on 2 CPU cores)",
         train_instances=4000,
         teacher=TrainConfig(steps=200, groups_per_batch=2, lr=5e-5),
         students={"l4": (0, 2, 3, 5), "l2": (0, 5)},
         student=TrainConfig(steps=200, groups_per_batch=2, lr=1e-4),
         prune={"l2": 0.5},
     ),
-    # The issue's teacher: all-mpnet-base-v2 (12 layers, hidden 768, 109M parameters) + position prior +
+    # The reference teacher: all-mpnet-base-v2 (12 layers, hidden 768, 109M parameters) + position prior +
     # signal head, fine-tuned listwise; students start from all-MiniLM-L6-v2 (with the same prior and head)
     # and learn from its scores only. MPNet trains at ~8 pairs/s and scores at ~43 pairs/s (ORT fp32) on
     # 2 cores, so this takes about half an hour: every step is resumable (rerun the same command).
