@@ -568,6 +568,20 @@ def _signal_data(prepared: Prepared, preset: Preset, run: _Run) -> tuple[list[An
     return groups, data.prior, data.head
 
 
+def best_student(run_root: Path) -> Path:
+    """The artifact of a finished run's fastest student that passed the accuracy gate."""
+    run_file = Path(run_root) / RUN_FILE
+    variants = json.loads(run_file.read_text()).get("variants", {}) if run_file.exists() else {}
+    passed = [
+        v
+        for v in variants.values()
+        if v.get("role", "").startswith("student") and v.get("gate", {}).get("passed") and "speed" in v
+    ]
+    if not passed:
+        raise ValueError(f"{run_root}: no student passed the accuracy gate (see its report.md)")
+    return Path(max(passed, key=lambda v: v["speed"]["pairs_per_s"])["artifact"])
+
+
 def clean(out_root: Path, preset_name: PresetName) -> None:
     """Remove a preset's run directory (start over instead of resuming)."""
     shutil.rmtree(Path(out_root) / preset_name, ignore_errors=True)

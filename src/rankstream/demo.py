@@ -1,12 +1,13 @@
 """`rankstream demo`: the whole stream on real data, from nothing to recommendations a person can read.
 
-stack up -> prepare data -> build a model (once) -> load tables -> start a scorer process -> replay the
+stack up -> prepare data -> compress a model (fast preset, once) -> load tables -> start a scorer process -> replay the
 start of the test period (plus a few malformed events) -> wait for lag 0 -> print lists from Redis.
 """
 
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rankstream.compress import best_student, compress
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.evaluate import evaluate, format_table
 from rankstream.loading import describe, load_tables_and_topics, open_store, split_events
-from rankstream.modelbuild import build_from_prepared
 from rankstream.replay import replay
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.lag import group_lag, topic_size
@@ -36,6 +37,18 @@ MALFORMED = [
 ]
 
 
+def _install(artifact: Path, models: Path) -> Path:
+    """Copy an artifact into the models folder under its version (built beside it, then renamed)."""
+    version = json.loads((artifact / "manifest.json").read_text())["version"]
+    out = models / version
+    models.mkdir(parents=True, exist_ok=True)
+    partial = models / f".{version}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(artifact, partial)
+    os.rename(partial, out)
+    return out
+
+
 def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
@@ -50,13 +63,15 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
     data_dir = home / "data"
     print(describe(prepare(None, data_dir)))
 
-    _banner("model: MiniLM-L6 cross-encoder + serve-time signal head, fine-tuned on train windows, ONNX, INT8")
+    _banner("model: `rankstream compress --preset fast`: teacher -> distilled, pruned, INT8 students (~10 min)")
     models = home / "models"
     try:
         model_dir = resolve_model_dir(models)
         print(f"reusing {model_dir} (delete {models} to rebuild)")
     except ConfigError:  # no artifact yet: the normal first run
-        model_dir = build_from_prepared(data_dir, models, preset="demo")
+        run_root = compress(data_dir, home / "compress", "fast")
+        model_dir = _install(best_student(run_root), models)
+        print(f"compression report: {run_root / 'report.md'}")
     manifest = json.loads((model_dir / "manifest.json").read_text())
     print(f"artifact {model_dir.name}: {' -> '.join(manifest['method_chain'])}")
 

@@ -349,3 +349,28 @@ def test_roberta_style_pair_template_gets_segment_b_marked(tmp_path: Path) -> No
     assert [tok.id_to_token(int(after["input_ids"][i, f])) for i, f in enumerate(first)] == ["3", "17"]
     mark_pair_segments(path)  # idempotent: a template is left alone
     np.testing.assert_array_equal(PairEncoder(path, 64).encode(pairs)["token_type_ids"], after["token_type_ids"])
+
+
+def test_best_student_is_the_fastest_that_passed_the_gate(tmp_path: Path) -> None:
+    from rankstream.compress import RUN_FILE, best_student
+
+    def variant(role: str, passed: bool, speed: float) -> dict[str, object]:
+        name = f"{role}-{speed}"
+        return {
+            "artifact": str(tmp_path / name),
+            "role": role,
+            "gate": {"passed": passed},
+            "speed": {"pairs_per_s": speed},
+        }
+
+    variants = {
+        "teacher-fp32": variant("teacher", True, 50.0),
+        "a": variant("student", True, 900.0),
+        "b": variant("student (int8 per-layer fallback)", True, 1200.0),
+        "c": variant("student", False, 2000.0),
+    }
+    (tmp_path / RUN_FILE).write_text(json.dumps({"variants": variants}))
+    assert best_student(tmp_path) == tmp_path / "student (int8 per-layer fallback)-1200.0"
+    (tmp_path / RUN_FILE).write_text(json.dumps({"variants": {"c": variants["c"]}}))
+    with pytest.raises(ValueError, match="no student passed the accuracy gate"):
+        best_student(tmp_path)
