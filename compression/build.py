@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import (
@@ -59,8 +59,8 @@ RECIPES: dict[str, _Recipe] = {
 }
 
 
-def tiny_bert(out_dir: Path, *, seed: int = 0, num_layers: int = 2) -> Path:
-    """A random-weight BERT (default 2 layers; hidden 32, 2 heads) with the MiniLM tokenizer, for fast tests.
+def _tiny(out_dir: Path, seed: int, config_cls: Any, model_cls: Any, **config: Any) -> Path:
+    """A random-weight classifier of `model_cls` (hidden 32, 2 heads) with the MiniLM tokenizer.
 
     Initialised 10x wider than BERT's default, so that its scores differ between pairs (by ~0.1-1)
     and score comparisons in tests mean something; at 0.02 every pair scores the same to 3 decimals.
@@ -68,41 +68,44 @@ def tiny_bert(out_dir: Path, *, seed: int = 0, num_layers: int = 2) -> Path:
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = BertConfig(
+    cfg = config_cls(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
-        num_hidden_layers=num_layers,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,  # BERT's default already; MPNet's would be 1
         num_labels=1,
         initializer_range=0.2,
+        **config,
     )
-    BertForSequenceClassification(config).save_pretrained(out_dir)
+    model_cls(cfg).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def tiny_bert(out_dir: Path, *, seed: int = 0, num_layers: int = 2) -> Path:
+    """A random-weight BERT (default 2 layers) for fast tests."""
+    return _tiny(
+        out_dir,
+        seed,
+        BertConfig,
+        BertForSequenceClassification,
+        num_hidden_layers=num_layers,
+        max_position_embeddings=128,
+    )
 
 
 def tiny_mpnet(out_dir: Path, *, seed: int = 0, num_layers: int = 4) -> Path:
-    """A random-weight MPNet (hidden 32, 2 heads) with the MiniLM tokenizer: the tiny stand-in for the
-    all-mpnet-base-v2 teacher, so tests run the path where teacher and students differ in architecture."""
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = MPNetConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
+    """A random-weight MPNet: the tiny stand-in for the all-mpnet-base-v2 teacher, so tests run the path
+    where teacher and students differ in architecture."""
+    return _tiny(
+        out_dir,
+        seed,
+        MPNetConfig,
+        MPNetForSequenceClassification,
         num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        intermediate_size=64,
         max_position_embeddings=130,  # MPNet's positions start after the pad id
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=1,
-        initializer_range=0.2,
     )
-    MPNetForSequenceClassification(config).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
 
 
 def build_model(

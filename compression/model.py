@@ -44,9 +44,30 @@ SIGNALS_KEY = "rankstream_signals"  # config: {"version": ..., "names": [...]} o
 
 
 class _PriorAndSignals:
-    """The position bias and signal head, shared by the BERT and MPNet cross-encoders below."""
+    """The position bias and signal head, shared by the BERT and MPNet cross-encoders below; each of them
+    says only how its encoder turns the pair into the text's logit (`_text_logits`)."""
 
     config: Any
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)  # type: ignore[call-arg]
+        self._init_prior(config)
+
+    def _text_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        signals: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput:
+        logits = self._text_logits(input_ids, attention_mask, token_type_ids)
+        return self._add_prior(logits, input_ids, token_type_ids, signals)
 
     def _init_prior(self, config: Any) -> None:
         self.position_bias = torch.nn.Embedding(config.vocab_size, 1)
@@ -84,20 +105,12 @@ class PositionPriorBert(_PriorAndSignals, BertForSequenceClassification):
     """BertForSequenceClassification whose logit adds `position_bias[first candidate token]` and, when the
     config names a signal set, a linear head over standardised signals (`forward(..., signals=...)`)."""
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self._init_prior(config)
-
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        signals: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> SequenceClassifierOutput:
-        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return self._add_prior(out.logits, input_ids, token_type_ids, signals)
+    def _text_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        # The encoder's own forward, named: `super()` here would resolve to the mixin's forward.
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return BertForSequenceClassification.forward(self, **kwargs).logits
 
 
 class PositionPriorMPNet(_PriorAndSignals, MPNetForSequenceClassification):
@@ -105,20 +118,10 @@ class PositionPriorMPNet(_PriorAndSignals, MPNetForSequenceClassification):
     only locate the candidate's first token for the prior (the tokenizer marks segment B, see
     `mark_pair_segments`) and never reach the encoder."""
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self._init_prior(config)
-
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        signals: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> SequenceClassifierOutput:
-        out = super().forward(input_ids=input_ids, attention_mask=attention_mask)
-        return self._add_prior(out.logits, input_ids, token_type_ids, signals)
+    def _text_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        return MPNetForSequenceClassification.forward(self, input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 _PRIOR_CLASSES: dict[str, type[torch.nn.Module]] = {"bert": PositionPriorBert, "mpnet": PositionPriorMPNet}

@@ -4,11 +4,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from rankstream.deploy import stack as local_stack
+from rankstream.stream.settings import Settings
 from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import Store
 
@@ -70,6 +72,20 @@ async def store(stack: local_stack.StackInfo) -> AsyncIterator[Store]:
     await s.load_tables(CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
     yield s
     await s.close()
+
+
+def scorer_settings(stack: local_stack.StackInfo, topic: str, **overrides: Any) -> Settings:
+    """Scorer settings on the session stack for `topic` (its own DLQ topic and group, short lists)."""
+    base: dict[str, Any] = {
+        "kafka_bootstrap": stack.bootstrap,
+        "redis_url": stack.redis_url,
+        "topic": topic,
+        "dlq_topic": f"{topic}.dlq",
+        "group_id": f"g-{topic}",
+        "top_k": 5,
+        "candidates": 10,
+    }
+    return Settings(**(base | overrides))
 
 
 @pytest.fixture

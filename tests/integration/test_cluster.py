@@ -16,10 +16,10 @@ from rankstream.stream.ranker import Ranker
 from rankstream.stream.redis_client import connect
 from rankstream.stream.registry import ACTIVE_KEY, ANNOUNCE_CHANNEL, LOG_KEY, SERVING_KEY, Registry
 from rankstream.stream.scorer import Scorer
-from rankstream.stream.settings import Settings, load_settings
+from rankstream.stream.settings import load_settings
 from rankstream.stream.store import ListWrite, Store, hist_key, rec_key
 
-from .conftest import CATALOG, ITEM_STATS, ITEMS, NEIGHBOURS, TRENDING
+from .conftest import CATALOG, ITEM_STATS, ITEMS, NEIGHBOURS, TRENDING, scorer_settings
 from .test_scorer import events_for, produce, run_until_drained, setup_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -195,16 +195,12 @@ async def test_a_cluster_outage_is_a_retriable_store_error(tmp_path: Path) -> No
 async def test_the_scorer_serves_from_kafka_into_the_cluster(
     stack, cluster: redis_local.LocalCluster, tiny_model: Path, topic: str
 ) -> None:  # type: ignore[no-untyped-def]
-    s = Settings(
-        kafka_bootstrap=stack.bootstrap,
+    s = scorer_settings(
+        stack,
+        topic,
         redis_url=cluster.url,
         redis_cluster=True,
         model_dir=tiny_model,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        group_id=f"g-{topic}",
-        top_k=5,
-        candidates=10,
         batch_max_records=20,
         batch_linger_ms=50,
         threads=1,

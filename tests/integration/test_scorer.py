@@ -15,7 +15,7 @@ from rankstream.stream.scorer import Scorer
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
-from .conftest import ITEMS, wait_for
+from .conftest import ITEMS, scorer_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,20 +49,8 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes |
         await producer.stop()
 
 
-def settings_for(stack, topic: str, model_dir, **kw) -> Settings:  # type: ignore[no-untyped-def]
-    return Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        model_dir=model_dir,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        group_id=f"g-{topic}",
-        top_k=5,
-        candidates=10,
-        batch_max_records=kw.pop("batch_max_records", 50),
-        batch_linger_ms=50,
-        **kw,
-    )
+def settings_for(stack, topic: str, model_dir, batch_max_records: int = 50) -> Settings:  # type: ignore[no-untyped-def]
+    return scorer_settings(stack, topic, model_dir=model_dir, batch_max_records=batch_max_records, batch_linger_ms=50)
 
 
 async def run_until_drained(scorer: Scorer, s: Settings) -> None:

@@ -18,7 +18,7 @@ from rankstream.stream.scorer import Scorer
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
-from .conftest import CATALOG, ITEMS, wait_for
+from .conftest import CATALOG, ITEMS, scorer_settings, wait_for
 from .faults import Reference, assert_all_reflected, produce_steadily, scorer_env, spawn_scorer, stop_gracefully
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,18 +49,7 @@ def registry(store: Store, tiny_model: Path, second_model: Path, tmp_path: Path)
 
 
 def settings_for(stack, topic: str) -> Settings:  # type: ignore[no-untyped-def]
-    return Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        group_id=f"g-{topic}",
-        top_k=5,
-        candidates=10,
-        batch_max_records=30,
-        batch_linger_ms=20,
-        threads=1,
-    )
+    return scorer_settings(stack, topic, batch_max_records=30, batch_linger_ms=20, threads=1)
 
 
 class RecordingStore(Store):

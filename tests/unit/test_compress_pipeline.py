@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,15 @@ from rankstream.data.split import Split
 from rankstream.evalset import EvalSet, throughput
 
 CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
+
+
+@dataclass(frozen=True)
+class Inst:
+    """A training/evaluation instance, as the data module builds them."""
+
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    positives: frozenset[str]
 
 
 def _groups(n: int = 6, size: int = 5, seed: int = 0) -> list[list[LabelledPair]]:
@@ -43,14 +53,6 @@ def _byo_data(folder: Path) -> Path:
 
 
 def test_groups_keep_one_list_per_instance_positives_first() -> None:
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Inst:
-        history: tuple[str, ...]
-        candidates: tuple[str, ...]
-        positives: frozenset[str]
-
     insts = [Inst(("i1",), ("i3", "i4", "i5", "i6"), frozenset({"i5"})), Inst(("i2",), ("i7", "i8"), frozenset({"i8"}))]
     groups = make_groups(insts, CATALOG, neg_per_instance=2)
     assert [len(g) for g in groups] == [3, 2]
@@ -108,15 +110,7 @@ def test_throughput_reports_rate_and_percentiles() -> None:
 
 
 def test_evalset_lists_carry_the_scorers_signals_and_pass_them_to_the_model() -> None:
-    from dataclasses import dataclass
-
     from rankstream.stream.signals import ItemStats, candidate_signals
-
-    @dataclass(frozen=True)
-    class Inst:
-        history: tuple[str, ...]
-        candidates: tuple[str, ...]
-        positives: frozenset[str]
 
     insts = [Inst(("i1", "i2"), ("i3", "ghost", "i4"), frozenset({"i4"})), Inst(("i5",), ("i6",), frozenset({"x"}))]
     nb = {"i1": ["i3", "i4"], "i4": ["i2"]}
@@ -276,20 +270,13 @@ def test_cli_has_compress_and_bench_model() -> None:
 
 
 def test_position_prior_follows_click_rates_and_moves_scores(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    from dataclasses import dataclass
-
     import torch
 
     from rankstream.compression.model import load_cross_encoder, position_prior, with_position_prior
     from rankstream.stream.features import candidate_text
     from rankstream.stream.ranker import PairEncoder
 
-    @dataclass(frozen=True)
-    class Inst:
-        candidates: tuple[str, ...]
-        positives: frozenset[str]
-
-    insts = [Inst(("a", "b", "c"), frozenset({"a"}))] * 9 + [Inst(("a", "b", "c"), frozenset({"c"}))]
+    insts = [Inst((), ("a", "b", "c"), frozenset({"a"}))] * 9 + [Inst((), ("a", "b", "c"), frozenset({"c"}))]
     prior = position_prior(insts, n_candidates=3)
     assert prior[0] > prior[2] > prior[1]
 
