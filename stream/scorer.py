@@ -159,9 +159,7 @@ class Scorer:
         backoff = 0.5
         m.MODEL.labels(self.ranker.version).set(1)
         while not self._stopping.is_set():
-            records = await self._consumer.getmany(
-                timeout_ms=self.settings.batch_linger_ms, max_records=self.settings.batch_max_records
-            )
+            records = await self._poll()
             if not records:
                 continue
             # Held while a batch is processed; a revocation takes it, then waits for the batch's commit
@@ -187,6 +185,21 @@ class Scorer:
         await self._committed()
         log.info("scorer stopping: %s", self.stats)
         return self.stats
+
+    async def _poll(self) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """The next batch: the records the consumer holds, then what the broker has beyond them.
+
+        Without the second fetch an event that arrives while a batch is scored waits for the batch after
+        next: the consumer had already buffered its partition, so it fetched nothing more meanwhile.
+        """
+        cap = self.settings.batch_max_records
+        records = await self._consumer.getmany(timeout_ms=self.settings.batch_linger_ms, max_records=cap)
+        room = cap - sum(len(r) for r in records.values())
+        if records and room > 0 and self.settings.batch_topup_ms:
+            more = await self._consumer.getmany(timeout_ms=self.settings.batch_topup_ms, max_records=room)
+            for tp, recs in more.items():
+                records.setdefault(tp, []).extend(recs)  # later offsets of the same partition
+        return records
 
     async def _commit_batch(self, offsets: Mapping[TopicPartition, int]) -> None:
         with self._stage("commit"):

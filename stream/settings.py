@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     history_len: int = Field(default=50, ge=1, le=1000)
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_linger_ms: int = Field(default=100, ge=0, le=60_000)
+    # After taking the consumer's buffered records, wait up to this long for what the broker holds now
+    # (0: don't). aiokafka fetches a partition again only once its buffered records are taken, so events
+    # that arrived during the last batch are still on the broker when the next one starts.
+    batch_topup_ms: int = Field(default=3, ge=0, le=1_000)
     score_batch_size: int = Field(default=32, ge=1, le=4096)
     # Users scored per Redis write inside a batch: a list is written as soon as its chunk is scored, so
     # the first users of a large batch do not wait for the last (one extra round trip per chunk).

@@ -187,3 +187,29 @@ async def test_crash_before_commit_loses_nothing(stack, store: Store, tiny_model
         assert hist == list(dict.fromkeys(e.item_id for e in reversed(mine)))
     # The replayed first batch was recognised as already applied (fenced), not applied twice.
     assert survivor.stats.events == len(evs)
+
+
+@pytest.mark.parametrize(("topup_ms", "expected"), [(500, [1, 2]), (0, [1])])
+async def test_a_batch_takes_what_reached_the_broker_during_the_last_one(
+    stack, store: Store, tiny_model, topic: str, topup_ms: int, expected: list[int]
+) -> None:
+    """The consumer buffers the first record that arrives after a batch is taken and fetches that
+    partition no further until it is taken; with the top-up the next batch also takes the records that
+    arrived after it (without, they wait a whole batch more)."""
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
+    evs = [(e.user_id.encode(), e.to_bytes()) for e in events_for(users=1, per_user=3)]
+    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=5_000, batch_topup_ms=topup_ms)
+    scorer = Scorer(s, Ranker.load(tiny_model), store)
+    await scorer.start()
+    try:
+        await produce(stack.bootstrap, topic, evs[:1])
+        first = await scorer._poll()
+        assert [r.offset for recs in first.values() for r in recs] == [0]
+        await produce(stack.bootstrap, topic, evs[1:2])
+        await asyncio.sleep(1.0)  # the consumer's waiting fetch brings record 1 into its buffer
+        await produce(stack.bootstrap, topic, evs[2:])
+        await asyncio.sleep(1.0)  # record 2 stays on the broker: its partition has buffered data
+        batch = await scorer._poll()
+        assert [r.offset for recs in batch.values() for r in recs] == expected
+    finally:
+        await scorer.close()
