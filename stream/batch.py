@@ -73,11 +73,25 @@ def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_l
     )
 
 
-def oldest_first_chunks(plans: Sequence[UserPlan], size: int) -> list[list[UserPlan]]:
-    """Plans in chunks of `size`, the longest-waiting users first: each chunk is written as soon as it is
-    scored, so a batch's latency is spread by waiting time rather than by arrival in the batch."""
+def hold_back(plans: Sequence[UserPlan], now_ms: float, quiet_ms: int) -> tuple[list[UserPlan], list[UserPlan]]:
+    """(due, held): users still clicking (last event younger than `quiet_ms`) are held for a later batch,
+    unless their oldest waiting event is already 3x that old. Times are Kafka record times: a producer
+    whose clock runs ahead of ours (an event "from the future") holds nobody back."""
+    if not quiet_ms:
+        return list(plans), []
+    due, held = [], []
+    for p in plans:
+        since_last = now_ms - p.last.timestamp_ms
+        still_clicking = 0 <= since_last < quiet_ms and now_ms - p.since_ms < 3 * quiet_ms
+        (held if still_clicking else due).append(p)
+    return due, held
+
+
+def take_oldest(plans: Sequence[UserPlan], size: int) -> tuple[list[UserPlan], list[UserPlan]]:
+    """(the `size` longest-waiting users, the rest): each chunk is written as soon as it is scored, so a
+    batch's latency is spread by waiting time rather than by arrival in the batch."""
     ordered = sorted(plans, key=lambda p: p.since_ms)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    return ordered[:size], ordered[size:]
 
 
 def live_quality(plans: Iterable[UserPlan]) -> dict[str, tuple[int, int]]:

@@ -6,6 +6,7 @@ Offsets are committed only after the batch's Redis writes and dead-letter sends 
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import deque
@@ -51,13 +52,20 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):
     committed offsets instead of replaying the batch; the write fence would absorb a replay anyway.
     """
 
-    def __init__(self, batch_lock: asyncio.Lock, committed: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        batch_lock: asyncio.Lock,
+        committed: Callable[[], Awaitable[None]],
+        forget: Callable[[set[TopicPartition]], None],
+    ) -> None:
         self._batch_lock = batch_lock
         self._committed = committed
+        self._forget = forget
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._batch_lock:
             await self._committed()
+            self._forget(revoked)
             if revoked:
                 log.info("partitions revoked: %s", _names(revoked))
 
@@ -101,7 +109,12 @@ class Scorer:
         )
         # The last batch's commit, running while the next batch is processed (see `run`).
         self._committing: asyncio.Task[None] | None = None
-        self._consumer.subscribe([settings.topic], listener=_FinishBeforeRevoke(self._batch_lock, self._committed))
+        # Events of users held back for a later batch (Settings.user_quiet_ms): consumed, not yet written,
+        # so no commit passes them; and per partition, the offset after the last record processed.
+        self._held: list[b.Valid] = []
+        self._fetched: dict[TopicPartition, int] = {}
+        listener = _FinishBeforeRevoke(self._batch_lock, self._committed, self._forget)
+        self._consumer.subscribe([settings.topic], listener=listener)
         self._producer = AIOKafkaProducer(acks="all", **common)
 
     async def start(self) -> None:
@@ -117,6 +130,11 @@ class Scorer:
             raise RankstreamError("the item statistics in Redis are empty: run `rankstream load` again")
         await self._producer.start()
         await self._consumer.start()
+        # What is loaded by now (tables, model, clients) lives as long as the process: out of the cyclic
+        # collector's reach, a full collection no longer walks it (measured: a 110-130 ms pause mid-stream
+        # otherwise, every few tens of seconds under load).
+        gc.collect()
+        gc.freeze()
         log.info(
             "scorer started: topic=%s group=%s model=%s catalog=%d items",
             self.settings.topic,
@@ -160,31 +178,45 @@ class Scorer:
         m.MODEL.labels(self.ranker.version).set(1)
         while not self._stopping.is_set():
             records = await self._poll()
-            if not records:
+            if not records and not self._held:
                 continue
-            # Held while a batch is processed; a revocation takes it, then waits for the batch's commit
-            # (see _FinishBeforeRevoke).
-            async with self._batch_lock:
-                try:
-                    await self.process(records)
-                except (StoreError, KafkaError) as exc:
-                    m.ERRORS.labels(type(exc).__name__).inc()
-                    failed: Exception | None = exc
-                else:
-                    failed = None
-                    offsets = {tp: recs[-1].offset + 1 for tp, recs in records.items()}
-                    # The commit round trip overlaps the next batch instead of delaying it; commits stay
-                    # in order (one at a time) and still follow the writes they cover.
-                    await self._committed()
-                    self._committing = asyncio.create_task(self._commit_batch(offsets))
+            failed = await self._process_and_commit(records, hold=True)
             if failed is not None:
                 await self._back_off(records, backoff, failed)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.5
+        if self._held:  # score the users held back now rather than leave them to the next owner
+            if (failed := await self._process_and_commit({}, hold=False)) is not None:
+                log.warning("users held back not scored while stopping; the next owner replays them: %s", failed)
         await self._committed()
         log.info("scorer stopping: %s", self.stats)
         return self.stats
+
+    async def _process_and_commit(
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], *, hold: bool
+    ) -> Exception | None:
+        """Process a batch and start its commit; the store or Kafka error that failed it, if one did."""
+        # Held while a batch is processed; a revocation takes it, then waits for the batch's commit
+        # (see _FinishBeforeRevoke).
+        async with self._batch_lock:
+            try:
+                offsets = await self.process(records, hold=hold)
+            except (StoreError, KafkaError) as exc:
+                m.ERRORS.labels(type(exc).__name__).inc()
+                return exc
+            # The commit round trip overlaps the next batch instead of delaying it; commits stay in order
+            # (one at a time) and still follow the writes they cover.
+            await self._committed()
+            if offsets:
+                self._committing = asyncio.create_task(self._commit_batch(offsets))
+        return None
+
+    def _forget(self, revoked: set[TopicPartition]) -> None:
+        """Drop what this replica holds of revoked partitions: uncommitted, their next owner replays it."""
+        self._held = [v for v in self._held if TopicPartition(v.topic, v.partition) not in revoked]
+        for tp in revoked:
+            self._fetched.pop(tp, None)
 
     async def _poll(self) -> dict[TopicPartition, list[ConsumerRecord]]:
         """The next batch: the records the consumer holds, then what the broker has beyond them.
@@ -193,7 +225,10 @@ class Scorer:
         next: the consumer had already buffered its partition, so it fetched nothing more meanwhile.
         """
         cap = self.settings.batch_max_records
-        records = await self._consumer.getmany(timeout_ms=self.settings.batch_linger_ms, max_records=cap)
+        linger = self.settings.batch_linger_ms
+        if self._held:  # come back for them once they may have stopped clicking
+            linger = min(linger, self.settings.user_quiet_ms)
+        records = await self._consumer.getmany(timeout_ms=linger, max_records=cap)
         room = cap - sum(len(r) for r in records.values())
         if records and room > 0 and self.settings.batch_topup_ms:
             more = await self._consumer.getmany(timeout_ms=self.settings.batch_topup_ms, max_records=room)
@@ -284,9 +319,13 @@ class Scorer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
-    async def process(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
-        """Validate, dead-letter, plan, score, write: everything for one batch except the commit."""
-        valid: list[b.Valid] = []
+    async def process(
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], *, hold: bool = True
+    ) -> dict[TopicPartition, int]:
+        """Validate, dead-letter, plan, score, write: everything for one batch except the commit, whose
+        offsets it returns. With `hold`, users still clicking wait for a later batch (`user_quiet_ms`)."""
+        held_before = self._held
+        valid: list[b.Valid] = list(held_before)  # older than the batch's events of the same users
         dlq_sends = []
         for tp, recs in records.items():
             for r in recs:
@@ -298,6 +337,7 @@ class Scorer:
                     dlq_sends.append(await self._send_dlq(tp, r, rej))
                     continue
                 valid.append(b.Valid(tp.partition, r.offset, r.timestamp, ev, tp.topic))
+        new = len(valid) - len(held_before)
         m.BATCH_RECORDS.observe(sum(len(r) for r in records.values()))
         by_user = b.group_by_user(valid)
         with self._stage("read"):
@@ -307,11 +347,16 @@ class Scorer:
                 for u, evs in by_user.items()
                 if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None
             ]
+            quiet = self.settings.user_quiet_ms if hold else 0
+            due, held = b.hold_back(plans, time.time() * 1000, quiet)
             neighbours = await self._neighbours_for(b.recent_items(plans))
         # One version scores the whole batch: the ranker reference is read once, here.
         ranker = self.ranker
         st = self.stats
-        for chunk in b.oldest_first_chunks(plans, self.settings.score_chunk_users):
+        scored: list[b.UserPlan] = []
+        while due:
+            chunk, due = b.take_oldest(due, self.settings.score_chunk_users)
+            scored += chunk
             with self._stage("score"):
                 writes, n_pairs = await self._score(ranker, chunk, neighbours)
             quality = b.live_quality(chunk)
@@ -333,14 +378,31 @@ class Scorer:
         planned = {p.user_id for p in plans}
         # Events already reflected (a replayed batch): their lists were written before.
         self._observe_written([v for u, evs in by_user.items() if u not in planned for v in evs])
-        coalesced = sum(p.events - 1 for p in plans)
-        m.EVENTS.inc(len(valid))
+        coalesced = sum(p.events - 1 for p in scored)
+        m.EVENTS.inc(new)
         m.COALESCED.inc(coalesced)
         st.batches += 1
-        st.events += len(valid)
+        st.events += new
         st.coalesced += coalesced
-        if valid:
-            st.events_by_version[ranker.version] = st.events_by_version.get(ranker.version, 0) + len(valid)
+        if new:
+            st.events_by_version[ranker.version] = st.events_by_version.get(ranker.version, 0) + new
+        # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
+        # with the users held before it).
+        self._held = [v for p in held for v in by_user[p.user_id]]
+        for tp, recs in records.items():
+            self._fetched[tp] = recs[-1].offset + 1
+        return self._commit_offsets(records, held_before)
+
+    def _commit_offsets(
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], held_before: Sequence[b.Valid]
+    ) -> dict[TopicPartition, int]:
+        """Per partition this batch touched: past every record processed, but not past a held event."""
+        touched = {*records, *(TopicPartition(v.topic, v.partition) for v in (*held_before, *self._held))}
+        offsets = {tp: self._fetched[tp] for tp in touched}
+        for v in self._held:
+            tp = TopicPartition(v.topic, v.partition)
+            offsets[tp] = min(offsets[tp], v.offset)
+        return offsets
 
     def _observe_written(self, events: Sequence[b.Valid]) -> None:
         """Event -> Redis latency of events whose lists are written now."""

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # (0: don't). aiokafka fetches a partition again only once its buffered records are taken, so events
     # that arrived during the last batch are still on the broker when the next one starts.
     batch_topup_ms: int = Field(default=3, ge=0, le=1_000)
+    # A user whose last event is younger than this is scored in a later batch, with what they click
+    # meanwhile (0: score every user in the batch their events arrive in). A basket's lines arrive one
+    # after another; scoring after each part of it is work that the next part throws away. A user is held
+    # back at most 3x this long from their first waiting event.
+    user_quiet_ms: int = Field(default=0, ge=0, le=10_000)
     score_batch_size: int = Field(default=32, ge=1, le=4096)
     # Users scored per Redis write inside a batch: a list is written as soon as its chunk is scored, so
     # the first users of a large batch do not wait for the last (one extra round trip per chunk).

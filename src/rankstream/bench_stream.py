@@ -8,7 +8,7 @@ Phases on fresh topics, with a scorer in this process (one replica, as one `rank
   while the first rate fails); a rate is sustained when the scorer keeps up (lag gone within
   `_DRAIN_LIMIT_S` of the last send) and p99 event -> Redis stays under `_P99_LIMIT_MS`. The maximum
   sustained rate is the highest one that passed;
-- fixed: a fixed share (80%) of the maximum sustained rate, for about 30 s.
+- fixed: a fixed share (80%) of the maximum sustained rate, for about a minute.
 Event -> Redis latency runs from each Kafka record's time to the moment its list was written. Lost
 events are checked against a reference: every user's list must reflect their last produced event.
 """
@@ -178,8 +178,9 @@ async def bench_stream(
     *,
     events: int = 3000,
     share: float = 0.8,
-    step_s: float = 15.0,
+    step_s: float = 30.0,
     steps: int = 8,
+    fixed_s: float = 60.0,
     **scorer_settings: Any,
 ) -> dict[str, Any]:
     """Run the phases and return the figures (see the module docstring). `scorer_settings` override the
@@ -214,7 +215,8 @@ async def bench_stream(
         passed = [s["rate_target"] for s in ladder if s["kept_up"]]
         sustained = max(passed) if passed else ladder[0]["rate_target"]
         fixed_rate = round(sustained * share, 1)
-        fixed = await _phase("fixed", base, ranker, client, tables, take(max(int(fixed_rate * 30), 500)), fixed_rate)
+        fixed_events = take(max(int(fixed_rate * fixed_s), 500))
+        fixed = await _phase("fixed", base, ranker, client, tables, fixed_events, fixed_rate)
     finally:
         await client.aclose()
     return {
@@ -225,6 +227,8 @@ async def bench_stream(
         "batch": {"max_records": base.batch_max_records, "linger_ms": base.batch_linger_ms},
         "score_chunk_users": base.score_chunk_users,
         "rerank_top": base.rerank_top,
+        "user_quiet_ms": base.user_quiet_ms,
+        "step_s": step_s,
         "threads": base.threads,
         "max": backlog,
         "ladder": ladder,
@@ -239,7 +243,8 @@ def format_bench(result: dict[str, Any]) -> str:
     top = result["rerank_top"] or result["candidates_per_user"]
     rows.append(
         f"{result['candidates_per_user']} candidates per user, {top} cross-encoded; lists written every "
-        f"{result['score_chunk_users']} users; {result['threads']} ORT threads"
+        f"{result['score_chunk_users']} users; users held until quiet for {result['user_quiet_ms']} ms; "
+        f"{result['threads']} ORT threads; {result['step_s']:.0f} s per ladder step"
     )
     rows.append(
         f"{'phase':<12} {'events':>7} {'ev/s':>8} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "

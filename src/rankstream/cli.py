@@ -125,7 +125,8 @@ def _bench_stream(args: argparse.Namespace) -> int:
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
-    overrides = {k: v for k, v in (("rerank_top", args.rerank_top), ("score_chunk_users", args.chunk_users)) if v}
+    given = (("rerank_top", args.rerank_top), ("score_chunk_users", args.chunk_users), ("user_quiet_ms", args.quiet_ms))
+    overrides = {k: v for k, v in given if v is not None}
     result = asyncio.run(bench_stream(home(), model, events=args.events, share=args.share, **overrides))
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--share", type=float, default=0.8, help="fixed rate as a share of the max")
     b.add_argument("--rerank-top", type=int, help="RANKSTREAM_RERANK_TOP for this run")
     b.add_argument("--chunk-users", type=int, help="RANKSTREAM_SCORE_CHUNK_USERS for this run")
+    b.add_argument("--quiet-ms", type=int, help="RANKSTREAM_USER_QUIET_MS for this run")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_stream)
     b = bench.add_parser("swap", help="replicas under steady load while the active version flips every N seconds")

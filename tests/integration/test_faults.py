@@ -111,7 +111,8 @@ async def test_kill9_at_random_points_loses_nothing(stack, store: Store, tiny_mo
 
 async def test_redis_outage_pauses_and_resumes(stack, store: Store, tiny_model, topic, tmp_path) -> None:
     await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 3, f"{topic}.dlq": 1})
-    env = scorer_env(stack, topic, tiny_model)
+    # Users held back for a later batch (RANKSTREAM_USER_QUIET_MS) must survive the failed, retried batches.
+    env = scorer_env(stack, topic, tiny_model, RANKSTREAM_USER_QUIET_MS="50")
     ref = Reference()
     producing = asyncio.create_task(produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=900, rate=60))
     scorer = spawn_scorer(env, tmp_path / "scorer.log")
@@ -157,7 +158,8 @@ async def test_broker_restart_reconnects(stack, store: Store, tiny_model, topic,
 
 async def test_two_scorers_one_killed(stack, store: Store, tiny_model, topic, tmp_path) -> None:
     await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 4, f"{topic}.dlq": 1})
-    env = scorer_env(stack, topic, tiny_model)
+    # With users held back for a later batch: a revocation drops them uncommitted, the new owner replays them.
+    env = scorer_env(stack, topic, tiny_model, RANKSTREAM_USER_QUIET_MS="50")
     ref = Reference()
     producing = asyncio.create_task(produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=1200, rate=80))
     a = spawn_scorer(env, tmp_path / "a.log")

@@ -213,3 +213,55 @@ async def test_a_batch_takes_what_reached_the_broker_during_the_last_one(
         assert [r.offset for recs in batch.values() for r in recs] == expected
     finally:
         await scorer.close()
+
+
+async def _assigned(scorer: Scorer) -> bool:
+    return bool(scorer._consumer.assignment())
+
+
+async def test_a_user_still_clicking_is_scored_once_when_they_pause(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
+    await setup_topics(stack, topic)
+    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, user_quiet_ms=1_000)
+    scorer = Scorer(s, Ranker.load(tiny_model), store)
+    await scorer.start()
+    task = asyncio.create_task(scorer.run())
+    try:
+        await wait_for(lambda: _assigned(scorer), limit_s=60)
+        evs = events_for(users=1, per_user=3)
+        await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])
+        rec = await wait_for(lambda: store.read_list("u0"), limit_s=30)
+        assert scorer.stats.lists_written == 1 and scorer.stats.coalesced == 2  # one scoring for the three
+        assert await store.read_history("u0") == [e.item_id for e in reversed(evs)]
+        assert rec["model_version"] == "vtest-tiny"
+    finally:
+        scorer.stop()
+        await task
+        await scorer.close()
+    assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == 0
+
+
+async def test_users_held_back_are_not_committed_and_are_scored_at_stop(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
+    await setup_topics(stack, topic)
+    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, user_quiet_ms=10_000)
+    scorer = Scorer(s, Ranker.load(tiny_model), store)
+    await scorer.start()
+    task = asyncio.create_task(scorer.run())
+    evs = events_for(users=2, per_user=2)
+    try:
+        await wait_for(lambda: _assigned(scorer), limit_s=60)
+        await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])
+
+        async def all_held() -> bool:
+            return len(scorer._held) == len(evs)
+
+        await wait_for(all_held, limit_s=30)
+        assert await store.read_list("u0") is None and await store.read_list("u1") is None
+        await asyncio.sleep(1.0)  # the batches' commits have run: none passed a held event
+        assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == len(evs)
+    finally:
+        scorer.stop()
+        await task
+        await scorer.close()
+    for u in ("u0", "u1"):
+        assert await store.read_history(u) == [e.item_id for e in reversed(evs) if e.user_id == u]
+    assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == 0

@@ -63,9 +63,9 @@ class RecordingStore(Store):
     def watch(self, scorer: Scorer) -> None:
         process = scorer.process
 
-        async def recorded(records):  # type: ignore[no-untyped-def]
+        async def recorded(records, **kw):  # type: ignore[no-untyped-def]
             self.batch_versions.append(set())
-            await process(records)
+            return await process(records, **kw)
 
         scorer.process = recorded  # type: ignore[method-assign]
 
