@@ -131,8 +131,8 @@ class Scorer:
         await self._producer.start()
         await self._consumer.start()
         # What is loaded by now (tables, model, clients) lives as long as the process: out of the cyclic
-        # collector's reach, a full collection no longer walks it (measured: a 110-130 ms pause mid-stream
-        # otherwise, every few tens of seconds under load).
+        # collector's reach, a full collection no longer walks it (measured in the stream benchmark's
+        # process: a full collection paused it for 110-130 ms before, 3-8 ms after).
         gc.collect()
         gc.freeze()
         log.info(
