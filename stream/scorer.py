@@ -157,6 +157,10 @@ class Scorer:
                 f"{self.settings.rerank_top} needs; re-export it with this version, or set RANKSTREAM_RERANK_TOP=0"
             )
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this replica owns now (empty until the group has assigned them)."""
+        return set(self._consumer.assignment())
+
     def has_item_stats(self) -> bool:
         """Whether a model that reads serve-time signals can be served (the statistics load at start)."""
         return bool(self._item_stats)

@@ -4,11 +4,14 @@ Phases on fresh topics, with a scorer in this process (one replica, as one `rank
 - backlog: the first N test-period events are produced up front and drained: the drain rate. It
   overstates what the scorer sustains live, because a backlog lets it fold a user's many events into
   one scoring;
-- ladder: events produced live at rising rates (from half the drain rate, x1.25 per step, or x0.8 down
-  while the first rate fails); a rate is sustained when the scorer keeps up (lag gone within
-  `_DRAIN_LIMIT_S` of the last send) and p99 event -> Redis stays under `_P99_LIMIT_MS`. The maximum
-  sustained rate is the highest one that passed;
-- fixed: a fixed share (80%) of the maximum sustained rate, for about a minute.
+- ladder: the rest of the test period (or its first `live_events`) produced live at rising rates (from
+  half the drain rate, x1.25 per step, or x0.8 down while the first rate fails); a rate is sustained
+  when the scorer keeps up (lag gone within `_DRAIN_LIMIT_S` of the last send) and p99 event -> Redis
+  stays under `_P99_LIMIT_MS`. The maximum sustained rate is the highest one that passed;
+- fixed: the same events at a fixed share (80%) of the maximum sustained rate.
+Every live phase replays the same events, so each rate meets the same traffic (stretches of the period
+differ: more users with small baskets mean more scorings per event). A live phase starts producing once
+its scorer owns its partitions, after a few idle seconds.
 Event -> Redis latency runs from each Kafka record's time to the moment its list was written. Lost
 events are checked against a reference: every user's list must reflect their last produced event.
 """
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 BENCH_DB = 1  # a Redis database of its own, flushed per phase: the demo's lists are left alone
 _DRAIN_LIMIT_S = 2.0
 _P99_LIMIT_MS = 1000.0
+_SETTLE_S = 3.0  # idle time before each phase, so one phase's aftermath (flushes, collections) is not the next's
 Tables = tuple[dict[str, str], dict[str, list[str]], list[str], dict[str, ItemStats]]
 
 
@@ -114,17 +118,25 @@ async def _phase(
     store = Store(client, ttl_s=base.rec_ttl_s)
     await store.load_tables(*tables)
     producing = None
+    await asyncio.sleep(_SETTLE_S)
     if rate is None:
         last = await produce_events(settings.kafka_bootstrap, topic, events, None)
-    else:
-        producing = asyncio.create_task(produce_events(settings.kafka_bootstrap, topic, events, rate))
     scorer = Scorer(settings, ranker, store, latency_samples=1_000_000)
     await scorer.start()
     task = asyncio.create_task(scorer.run())
     t_first = None
     t_produced = None
-    produce_started = time.perf_counter()
     try:
+        if rate is not None:
+            # A serving replica is measured, not its start: events flow once it owns its partitions.
+            for _ in range(1200):
+                if scorer.assignment():
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"the scorer got no partitions of {topic} within 60 s")
+            producing = asyncio.create_task(produce_events(settings.kafka_bootstrap, topic, events, rate))
+        produce_started = time.perf_counter()
         while True:
             await asyncio.sleep(0.25)
             if task.done():
@@ -178,9 +190,8 @@ async def bench_stream(
     *,
     events: int = 3000,
     share: float = 0.8,
-    step_s: float = 30.0,
+    live_events: int | None = None,
     steps: int = 8,
-    fixed_s: float = 60.0,
     **scorer_settings: Any,
 ) -> dict[str, Any]:
     """Run the phases and return the figures (see the module docstring). `scorer_settings` override the
@@ -194,10 +205,7 @@ async def bench_stream(
     client = aioredis.from_url(redis_url, decode_responses=True, **base.redis_client_options())
     evs = split_events(home / "data", "test", None)
 
-    def take(n: int) -> list[ClickEvent]:
-        # Every live phase replays the same stretch of the test period (the one after the backlog's), so
-        # rates are compared on the same traffic; a later stretch has other users and basket sizes.
-        return (evs[events:] * (n // max(len(evs) - events, 1) + 1))[:n]
+    live = evs[events:][:live_events]
 
     try:
         backlog = await _phase("max", base, ranker, client, tables, evs[:events], None)
@@ -205,7 +213,7 @@ async def bench_stream(
         rate = round(backlog["events_per_s"] * 0.5, 1)
         # Up by 1.25x while the scorer keeps up; if the first rate already fails, down by 0.8x until one passes.
         for _ in range(steps):
-            step = await _phase("step", base, ranker, client, tables, take(max(int(rate * step_s), 200)), rate)
+            step = await _phase("step", base, ranker, client, tables, live, rate)
             ladder.append(step)
             log.info("ladder %.1f ev/s: p99 %s ms, kept up: %s", rate, step["latency_ms"]["p99"], step["kept_up"])
             going_up = ladder[0]["kept_up"]
@@ -215,8 +223,7 @@ async def bench_stream(
         passed = [s["rate_target"] for s in ladder if s["kept_up"]]
         sustained = max(passed) if passed else ladder[0]["rate_target"]
         fixed_rate = round(sustained * share, 1)
-        fixed_events = take(max(int(fixed_rate * fixed_s), 500))
-        fixed = await _phase("fixed", base, ranker, client, tables, fixed_events, fixed_rate)
+        fixed = await _phase("fixed", base, ranker, client, tables, live, fixed_rate)
     finally:
         await client.aclose()
     return {
@@ -228,7 +235,7 @@ async def bench_stream(
         "score_chunk_users": base.score_chunk_users,
         "rerank_top": base.rerank_top,
         "user_quiet_ms": base.user_quiet_ms,
-        "step_s": step_s,
+        "live_events": len(live),
         "threads": base.threads,
         "max": backlog,
         "ladder": ladder,
@@ -244,7 +251,7 @@ def format_bench(result: dict[str, Any]) -> str:
     rows.append(
         f"{result['candidates_per_user']} candidates per user, {top} cross-encoded; lists written every "
         f"{result['score_chunk_users']} users; users held until quiet for {result['user_quiet_ms']} ms; "
-        f"{result['threads']} ORT threads; {result['step_s']:.0f} s per ladder step"
+        f"{result['threads']} ORT threads; {result['live_events']} events per live phase"
     )
     rows.append(
         f"{'phase':<12} {'events':>7} {'ev/s':>8} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "

@@ -127,7 +127,9 @@ def _bench_stream(args: argparse.Namespace) -> int:
     model = resolve_model_dir(args.model or home() / "models")
     given = (("rerank_top", args.rerank_top), ("score_chunk_users", args.chunk_users), ("user_quiet_ms", args.quiet_ms))
     overrides = {k: v for k, v in given if v is not None}
-    result = asyncio.run(bench_stream(home(), model, events=args.events, share=args.share, **overrides))
+    result = asyncio.run(
+        bench_stream(home(), model, events=args.events, share=args.share, live_events=args.live_events, **overrides)
+    )
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
@@ -262,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
     b.add_argument("--events", type=int, default=3000, help="events in the max-rate phase")
     b.add_argument("--share", type=float, default=0.8, help="fixed rate as a share of the max")
+    b.add_argument("--live-events", type=int, help="replay only this many events in each live phase (default: all)")
     b.add_argument("--rerank-top", type=int, help="RANKSTREAM_RERANK_TOP for this run")
     b.add_argument("--chunk-users", type=int, help="RANKSTREAM_SCORE_CHUNK_USERS for this run")
     b.add_argument("--quiet-ms", type=int, help="RANKSTREAM_USER_QUIET_MS for this run")
