@@ -87,11 +87,11 @@ def hold_back(plans: Sequence[UserPlan], now_ms: float, quiet_ms: int) -> tuple[
     return due, held
 
 
-def take_oldest(plans: Sequence[UserPlan], size: int) -> tuple[list[UserPlan], list[UserPlan]]:
-    """(the `size` longest-waiting users, the rest): each chunk is written as soon as it is scored, so a
-    batch's latency is spread by waiting time rather than by arrival in the batch."""
+def oldest_first_chunks(plans: Sequence[UserPlan], size: int) -> list[list[UserPlan]]:
+    """Plans in chunks of `size`, the longest-waiting users first: each chunk is written as soon as it is
+    scored, so a batch's latency is spread by waiting time rather than by arrival in the batch."""
     ordered = sorted(plans, key=lambda p: p.since_ms)
-    return ordered[:size], ordered[size:]
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def live_quality(plans: Iterable[UserPlan]) -> dict[str, tuple[int, int]]:

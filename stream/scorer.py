@@ -353,14 +353,11 @@ class Scorer:
             ]
             quiet = self.settings.user_quiet_ms if hold else 0
             due, held = b.hold_back(plans, time.time() * 1000, quiet)
-            neighbours = await self._neighbours_for(b.recent_items(plans))
+            neighbours = await self._neighbours_for(b.recent_items(due))
         # One version scores the whole batch: the ranker reference is read once, here.
         ranker = self.ranker
         st = self.stats
-        scored: list[b.UserPlan] = []
-        while due:
-            chunk, due = b.take_oldest(due, self.settings.score_chunk_users)
-            scored += chunk
+        for chunk in b.oldest_first_chunks(due, self.settings.score_chunk_users):
             with self._stage("score"):
                 writes, n_pairs = await self._score(ranker, chunk, neighbours)
             quality = b.live_quality(chunk)
@@ -382,7 +379,7 @@ class Scorer:
         planned = {p.user_id for p in plans}
         # Events already reflected (a replayed batch): their lists were written before.
         self._observe_written([v for u, evs in by_user.items() if u not in planned for v in evs])
-        coalesced = sum(p.events - 1 for p in scored)
+        coalesced = sum(p.events - 1 for p in due)
         m.EVENTS.inc(new)
         m.COALESCED.inc(coalesced)
         st.batches += 1

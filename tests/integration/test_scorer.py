@@ -1,7 +1,9 @@
 """The scorer on the real Kafka and Redis: events in -> lists out; bad events -> DLQ; no loss on a crash."""
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -53,23 +55,30 @@ def settings_for(stack, topic: str, model_dir, batch_max_records: int = 50) -> S
     return scorer_settings(stack, topic, model_dir=model_dir, batch_max_records=batch_max_records, batch_linger_ms=50)
 
 
-async def run_until_drained(scorer: Scorer, s: Settings) -> None:
-    """Run the scorer until its group's lag is 0, then stop it gracefully."""
+@contextlib.asynccontextmanager
+async def serving(scorer: Scorer) -> AsyncIterator["asyncio.Task[object]"]:
+    """Start the scorer and run it while the block runs; then stop it gracefully and close it."""
     await scorer.start()
     task = asyncio.create_task(scorer.run())
-
-    async def drained() -> bool:
-        if task.done():
-            task.result()  # surface a crash instead of timing out
-        lag = await group_lag(s.kafka_bootstrap, s.topic, s.group_id)
-        return bool(lag) and sum(lag.values()) == 0
-
     try:
-        await wait_for(drained, limit_s=120, every=0.5)
+        yield task
     finally:
         scorer.stop()
         await task
         await scorer.close()
+
+
+async def run_until_drained(scorer: Scorer, s: Settings) -> None:
+    """Run the scorer until its group's lag is 0, then stop it gracefully."""
+    async with serving(scorer) as task:
+
+        async def drained() -> bool:
+            if task.done():
+                task.result()  # surface a crash instead of timing out
+            lag = await group_lag(s.kafka_bootstrap, s.topic, s.group_id)
+            return bool(lag) and sum(lag.values()) == 0
+
+        await wait_for(drained, limit_s=120, every=0.5)
 
 
 async def setup_topics(stack, topic: str) -> None:  # type: ignore[no-untyped-def]
@@ -216,16 +225,14 @@ async def test_a_batch_takes_what_reached_the_broker_during_the_last_one(
 
 
 async def _assigned(scorer: Scorer) -> bool:
-    return bool(scorer._consumer.assignment())
+    return bool(scorer.assignment())
 
 
 async def test_a_user_still_clicking_is_scored_once_when_they_pause(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
     await setup_topics(stack, topic)
     s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, user_quiet_ms=1_000)
     scorer = Scorer(s, Ranker.load(tiny_model), store)
-    await scorer.start()
-    task = asyncio.create_task(scorer.run())
-    try:
+    async with serving(scorer):
         await wait_for(lambda: _assigned(scorer), limit_s=60)
         evs = events_for(users=1, per_user=3)
         await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])
@@ -233,10 +240,6 @@ async def test_a_user_still_clicking_is_scored_once_when_they_pause(stack, store
         assert scorer.stats.lists_written == 1 and scorer.stats.coalesced == 2  # one scoring for the three
         assert await store.read_history("u0") == [e.item_id for e in reversed(evs)]
         assert rec["model_version"] == "vtest-tiny"
-    finally:
-        scorer.stop()
-        await task
-        await scorer.close()
     assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == 0
 
 
@@ -244,10 +247,8 @@ async def test_users_held_back_are_not_committed_and_are_scored_at_stop(stack, s
     await setup_topics(stack, topic)
     s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, user_quiet_ms=10_000)
     scorer = Scorer(s, Ranker.load(tiny_model), store)
-    await scorer.start()
-    task = asyncio.create_task(scorer.run())
     evs = events_for(users=2, per_user=2)
-    try:
+    async with serving(scorer):
         await wait_for(lambda: _assigned(scorer), limit_s=60)
         await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])
 
@@ -258,10 +259,6 @@ async def test_users_held_back_are_not_committed_and_are_scored_at_stop(stack, s
         assert await store.read_list("u0") is None and await store.read_list("u1") is None
         await asyncio.sleep(1.0)  # the batches' commits have run: none passed a held event
         assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == len(evs)
-    finally:
-        scorer.stop()
-        await task
-        await scorer.close()
     for u in ("u0", "u1"):
         assert await store.read_history(u) == [e.item_id for e in reversed(evs) if e.user_id == u]
     assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == 0

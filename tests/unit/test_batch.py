@@ -96,10 +96,9 @@ def test_chunks_put_the_longest_waiting_users_first() -> None:
     evs = [valid("late", "a", 9), valid("early", "b", 2), valid("mid", "c", 5), valid("early", "d", 7)]
     plans = [p for u, e in b.group_by_user(evs).items() if (p := b.plan_user(u, e, EMPTY_STATE, 10)) is not None]
     assert {p.user_id: p.since_ms for p in plans} == {"late": 1009, "early": 1002, "mid": 1005}
-    chunk, rest = b.take_oldest(plans, 2)
-    assert [p.user_id for p in chunk] == ["early", "mid"] and [p.user_id for p in rest] == ["late"]
-    assert b.take_oldest(rest, 2) == (rest, [])
-    assert b.take_oldest([], 2) == ([], [])
+    chunks = b.oldest_first_chunks(plans, 2)
+    assert [[p.user_id for p in c] for c in chunks] == [["early", "mid"], ["late"]]
+    assert b.oldest_first_chunks([], 2) == []
 
 
 def test_users_still_clicking_are_held_back_but_not_for_ever() -> None:
