@@ -24,6 +24,8 @@ class Valid:
     timestamp_ms: int  # Kafka record time: when the event entered the system
     event: ClickEvent
     topic: str = ""
+    key: bytes | None = None  # the record as it came, for the dead-letter topic if this user's state is bad
+    value: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,12 @@
-"""The click event contract and its validation. Every rejection carries a short machine-readable reason."""
+"""The click event contract and its validation. Every rejection carries a short machine-readable reason.
+
+`parse_event` is total: whatever bytes a producer sends, it returns a ClickEvent or raises Rejected,
+so one record can never stop a partition (see docs/dead-letters.md for every reason).
+"""
 
 import json
+import math
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -9,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 EventType = Literal["click", "view", "add_to_cart", "purchase"]
 
 # Clocks drift; an event a little ahead of ours is still believable, one a day ahead is not.
-_FUTURE_SLACK = timedelta(minutes=5)
+FUTURE_SLACK = timedelta(minutes=5)
+# No shop's click log starts before the web did; an older time is a unit mistake (seconds read as
+# milliseconds, a zero date) and would age every table the event touches.
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
+# Epoch milliseconds beyond any datetime Python can hold; checked before conversion, which overflows.
+_MAX_EPOCH_MS = (datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1000
 
 
 class ClickEvent(BaseModel):
@@ -22,6 +33,24 @@ class ClickEvent(BaseModel):
     ts: datetime
     event: EventType = "click"
 
+    @field_validator("user_id", "item_id")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        # Ids become Redis keys and Kafka headers: a control character or a lone surrogate (valid
+        # JSON, not encodable as UTF-8) would break the write of a whole batch.
+        for ch in v:
+            if unicodedata.category(ch) in ("Cc", "Cs"):
+                raise ValueError(f"must not contain control characters or lone surrogates (U+{ord(ch):04X})")
+        return v
+
+    @field_validator("item_id")
+    @classmethod
+    def _no_comma(cls, v: str) -> str:
+        # Histories and neighbour lists are stored comma-joined.
+        if "," in v:
+            raise ValueError("must not contain a comma")
+        return v
+
     @field_validator("ts", mode="before")
     @classmethod
     def _epoch_ms(cls, v: object) -> object:
@@ -29,8 +58,8 @@ class ClickEvent(BaseModel):
         if isinstance(v, bool):
             raise ValueError("ts must be RFC 3339 text or epoch milliseconds")
         if isinstance(v, int | float):
-            if v < 0:
-                raise ValueError("ts is negative")
+            if not math.isfinite(v) or not 0 <= v <= _MAX_EPOCH_MS:
+                raise ValueError("ts in epoch milliseconds must be a finite number from 0 to year 9999")
             return datetime.fromtimestamp(v / 1000, UTC)
         return v
 
@@ -54,8 +83,26 @@ class Rejected(Exception):
         self.detail = detail
 
 
+def internal_error(exc: BaseException) -> Rejected:
+    """The rejection for a failure nobody planned for: the exception's type and message are the detail."""
+    return Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_event(value: bytes | None, max_bytes: int, now: datetime | None = None) -> ClickEvent:
-    """Decode and validate one Kafka record value, or raise Rejected with the reason."""
+    """Decode and validate one Kafka record value, or raise Rejected with the reason. Raises nothing else."""
+    try:
+        return _parse(value, max_bytes, now or datetime.now(UTC))
+    except Rejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: any record ends as an event or a rejection
+        raise internal_error(exc) from exc
+
+
+def _parse(value: bytes | None, max_bytes: int, now: datetime) -> ClickEvent:
     if value is None:
         raise Rejected("empty", "record has no value")
     if len(value) > max_bytes:
@@ -65,8 +112,10 @@ def parse_event(value: bytes | None, max_bytes: int, now: datetime | None = None
     except UnicodeDecodeError as exc:
         raise Rejected("invalid_utf8", str(exc)) from None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+        raw = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise Rejected("invalid_json", "nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, integers beyond int's digit limit
         raise Rejected("invalid_json", str(exc)) from None
     if not isinstance(raw, dict):
         raise Rejected("not_an_object", type(raw).__name__)
@@ -76,6 +125,8 @@ def parse_event(value: bytes | None, max_bytes: int, now: datetime | None = None
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "event"
         raise Rejected(f"invalid_{field}", err["msg"]) from None
-    if event.ts > (now or datetime.now(UTC)) + _FUTURE_SLACK:
+    if event.ts > now + FUTURE_SLACK:
         raise Rejected("ts_in_future", event.ts.isoformat())
+    if event.ts < EARLIEST_TS:
+        raise Rejected("ts_too_old", f"{event.ts.isoformat()} is before {EARLIEST_TS.date()}")
     return event

@@ -9,21 +9,24 @@ import contextlib
 import gc
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 
 from rankstream.stream import batch as b
 from rankstream.stream import metrics as m
+from rankstream.stream.deadletter import DeadLetters, Source
 from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError, StoreError
-from rankstream.stream.events import Rejected, parse_event
+from rankstream.stream.events import Rejected, internal_error, parse_event
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.settings import Settings
 from rankstream.stream.signals import ItemStats
-from rankstream.stream.store import ListWrite, Store
+from rankstream.stream.store import ListWrite, Store, UserState
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,10 @@ class Scorer:
         listener = _FinishBeforeRevoke(self._batch_lock, self._committed, self._forget)
         self._consumer.subscribe([settings.topic], listener=listener)
         self._producer = AIOKafkaProducer(acks="all", **common)
+        self._dlq = DeadLetters(self._producer, settings.dlq_topic, settings.max_event_bytes)
+        # Names this process to the crash-loop guard: a batch started by another owner and never
+        # followed by a later one means that owner stopped inside it.
+        self._owner = uuid.uuid4().hex[:12]
 
     async def start(self) -> None:
         if self._started:
@@ -327,72 +334,156 @@ class Scorer:
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], *, hold: bool = True
     ) -> dict[TopicPartition, int]:
         """Validate, dead-letter, plan, score, write: everything for one batch except the commit, whose
-        offsets it returns. With `hold`, users still clicking wait for a later batch (`user_quiet_ms`)."""
+        offsets it returns. With `hold`, users still clicking wait for a later batch (`user_quiet_ms`).
+
+        Every record ends scored or dead-lettered: a failure that belongs to one record or one user's
+        stored state is that record's or user's dead letter; only Redis or Kafka being away fails the batch.
+        """
+        try:
+            return await self._process(records, hold)
+        except BaseException:
+            self._dlq.discard()
+            raise
+
+    async def _process(
+        self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord]], hold: bool
+    ) -> dict[TopicPartition, int]:
+        records, doomed = await self._guarded(fetched)
         held_before = self._held
         valid: list[b.Valid] = list(held_before)  # older than the batch's events of the same users
-        dlq_sends = []
         for tp, recs in records.items():
             for r in recs:
                 try:
-                    ev = parse_event(r.value, self.settings.max_event_bytes)
-                    if ev.item_id not in self._catalog:
-                        raise Rejected("unknown_item", ev.item_id[:64])
+                    if (rej := doomed.get((tp, r.offset))) is not None:
+                        raise rej
+                    valid.append(self._validate(tp, r))
                 except Rejected as rej:
-                    dlq_sends.append(await self._send_dlq(tp, r, rej))
-                    continue
-                valid.append(b.Valid(tp.partition, r.offset, r.timestamp, ev, tp.topic))
-        new = len(valid) - len(held_before)
+                    await self._reject(Source(tp.topic, tp.partition, r.offset, r.key, r.value), rej)
         m.BATCH_RECORDS.observe(sum(len(r) for r in records.values()))
         by_user = b.group_by_user(valid)
         with self._stage("read"):
-            states = await self.store.read_states(list(by_user))
-            plans = [
-                p
-                for u, evs in by_user.items()
-                if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None
-            ]
+            states, bad = await self.store.read_states(list(by_user))
+            for user, detail in bad.items():
+                await self._reject_user(by_user.pop(user), Rejected("bad_state", detail))
+            plans = self._plans(by_user, states)
             quiet = self.settings.user_quiet_ms if hold else 0
             due, held = b.hold_back(plans, time.time() * 1000, quiet)
             neighbours = await self._neighbours_for(b.recent_items(due))
         # One version scores the whole batch: the ranker reference is read once, here.
         ranker = self.ranker
-        st = self.stats
+        rejected = 0
         for chunk in b.oldest_first_chunks(due, self.settings.score_chunk_users):
-            with self._stage("score"):
-                writes, n_pairs = await self._score(ranker, chunk, neighbours)
-            quality = b.live_quality(chunk)
+            rejected += await self._score_and_write(ranker, chunk, by_user, neighbours)
+        if self._dlq.pending:
             with self._stage("write"):
-                applied = await self.store.write_lists(writes, quality)
-            self._observe_written([v for p in chunk for v in by_user[p.user_id]])
-            for version, (checked, hits) in quality.items():
-                m.LIVE_EVENTS.labels(version).inc(checked)
-                m.LIVE_HITS.labels(version).inc(hits)
-            m.LISTS_WRITTEN.inc(applied)
-            m.STALE_SKIPPED.inc(len(writes) - applied)
-            m.PAIRS.inc(n_pairs)
-            st.lists_written += applied
-            st.stale_skipped += len(writes) - applied
-            st.pairs += n_pairs
-        if dlq_sends:
-            with self._stage("write"):
-                await asyncio.gather(*dlq_sends)
+                await self._dlq.flush()
         planned = {p.user_id for p in plans}
         # Events already reflected (a replayed batch): their lists were written before.
         self._observe_written([v for u, evs in by_user.items() if u not in planned for v in evs])
-        coalesced = sum(p.events - 1 for p in due)
-        m.EVENTS.inc(new)
-        m.COALESCED.inc(coalesced)
-        st.batches += 1
-        st.events += new
-        st.coalesced += coalesced
-        if new:
-            st.events_by_version[ranker.version] = st.events_by_version.get(ranker.version, 0) + new
+        waiting = {p.user_id for p in held}
+        scored = sum(len(evs) for u, evs in by_user.items() if u not in waiting) - rejected
+        self._count_batch(ranker.version, scored, due)
         # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
         # with the users held before it).
         self._held = [v for p in held for v in by_user[p.user_id]]
         for tp, recs in records.items():
             self._fetched[tp] = recs[-1].offset + 1
+            if len(recs) < len(fetched[tp]):  # the guard took one record: fetch the rest again
+                self._consumer.seek(tp, recs[-1].offset + 1)
         return self._commit_offsets(records, held_before)
+
+    def _validate(self, tp: TopicPartition, r: ConsumerRecord) -> b.Valid:
+        """The record as a valid event, or Rejected: any failure here is this record's, never the batch's."""
+        try:
+            ev = parse_event(r.value, self.settings.max_event_bytes)
+            if ev.item_id not in self._catalog:
+                raise Rejected("unknown_item", ev.item_id[:64])
+            return b.Valid(tp.partition, r.offset, r.timestamp, ev, tp.topic, r.key, r.value)
+        except Rejected:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            raise internal_error(exc) from exc
+
+    def _plans(self, by_user: Mapping[str, list[b.Valid]], states: Mapping[str, UserState]) -> list[b.UserPlan]:
+        plans = []
+        for u, evs in by_user.items():
+            if (p := b.plan_user(u, evs, states[u], self.settings.history_len)) is not None:
+                plans.append(p)
+        return plans
+
+    async def _guarded(
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]
+    ) -> tuple[dict[TopicPartition, Sequence[ConsumerRecord]], dict[tuple[TopicPartition, int], Rejected]]:
+        """The crash-loop guard: the records to process now, and those to dead-letter unprocessed.
+
+        Where a previous owner stopped inside a batch (kill -9, out of memory, a native crash), that batch's
+        range is taken one record at a time, so the record that stops replicas is found; once it has
+        stopped `crash_loop_limit` replicas in a row it is dead-lettered and the partition moves on.
+        """
+        ranges = {f"{tp.topic}:{tp.partition}": (recs[0].offset, recs[-1].offset) for tp, recs in records.items()}
+        attempts = await self.store.guard(self.settings.group_id, self._owner, ranges)
+        kept: dict[TopicPartition, Sequence[ConsumerRecord]] = {}
+        doomed: dict[tuple[TopicPartition, int], Rejected] = {}
+        for tp, recs in records.items():
+            attempt = attempts[f"{tp.topic}:{tp.partition}"]
+            kept[tp] = recs[:1] if attempt.careful else recs
+            if attempt.starts > self.settings.crash_loop_limit:
+                stopped = attempt.starts - 1
+                doomed[(tp, recs[0].offset)] = Rejected("crash_loop", f"{stopped} replicas stopped processing it")
+        return kept, doomed
+
+    async def _score_and_write(
+        self,
+        ranker: Ranker,
+        chunk: list[b.UserPlan],
+        by_user: Mapping[str, list[b.Valid]],
+        neighbours: Mapping[str, Sequence[str]],
+    ) -> int:
+        """Score one chunk of users and write their lists; how many events were dead-lettered instead."""
+        with self._stage("score"):
+            writes, n_pairs, failed = await self._score(ranker, chunk, neighbours)
+        chunk = [p for p in chunk if p.user_id not in failed]
+        quality = b.live_quality(chunk)
+        with self._stage("write"):
+            written = await self.store.write_lists(writes, quality)
+        failed |= {u: Rejected("bad_state", detail) for u, detail in written.bad.items()}
+        for user, rej in failed.items():
+            await self._reject_user(by_user[user], rej)
+        self._observe_written([v for p in chunk if p.user_id not in failed for v in by_user[p.user_id]])
+        for version, (checked, hits) in quality.items():
+            m.LIVE_EVENTS.labels(version).inc(checked)
+            m.LIVE_HITS.labels(version).inc(hits)
+        m.LISTS_WRITTEN.inc(written.applied)
+        m.STALE_SKIPPED.inc(len(writes) - written.applied - len(written.bad))
+        m.PAIRS.inc(n_pairs)
+        st = self.stats
+        st.lists_written += written.applied
+        st.stale_skipped += len(writes) - written.applied - len(written.bad)
+        st.pairs += n_pairs
+        return sum(len(by_user[u]) for u in failed)
+
+    def _count_batch(self, version: str, new: int, due: Sequence[b.UserPlan]) -> None:
+        """Batch counters; `new`: events whose lists are written now (or were already), not dead-lettered."""
+        coalesced = sum(p.events - 1 for p in due)
+        m.EVENTS.inc(new)
+        m.COALESCED.inc(coalesced)
+        st = self.stats
+        st.batches += 1
+        st.events += new
+        st.coalesced += coalesced
+        if new:
+            st.events_by_version[version] = st.events_by_version.get(version, 0) + new
+
+    async def _reject(self, source: Source, rejected: Rejected) -> None:
+        st = self.stats
+        st.dlq += 1
+        st.dlq_reasons[rejected.reason] = st.dlq_reasons.get(rejected.reason, 0) + 1
+        await self._dlq.send(source, rejected)
+
+    async def _reject_user(self, events: Sequence[b.Valid], rejected: Rejected) -> None:
+        """Dead-letter every event of one user in this batch (their state or scoring failed, not the batch's)."""
+        for v in events:
+            await self._reject(Source(v.topic, v.partition, v.offset, v.key, v.value), rejected)
 
     def _commit_offsets(
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], held_before: Sequence[b.Valid]
@@ -415,19 +506,38 @@ class Scorer:
 
     async def _score(
         self, ranker: Ranker, plans: list[b.UserPlan], neighbours: Mapping[str, Sequence[str]]
-    ) -> tuple[list[ListWrite], int]:
-        per_user = [
-            (p, *b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates))
-            for p in plans
-        ]
+    ) -> tuple[list[ListWrite], int, dict[str, Rejected]]:
+        """Each user's list; users whose candidates, signals or scoring raised are returned apart, with
+        the error as their dead-letter reason, so one user's input never fails the others."""
+        failed: dict[str, Rejected] = {}
+        per_user: list[tuple[b.UserPlan, list[str], list[tuple[str, str]]]] = []
+        for p in plans:
+            try:
+                per_user.append(
+                    (p, *b.candidate_pairs(p, neighbours, self._trending, self._catalog, self.settings.candidates))
+                )
+            except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+                failed[p.user_id] = internal_error(exc)
         signals = None
         if ranker.signals is not None:  # the model also reads serve-time signals: candidates' neighbours too
             tables = {**neighbours, **await self._neighbours_for(b.signal_items(c for _, c, _ in per_user))}
-            signals = [b.user_signals(p, c, tables, self._item_stats, self._catalog) for p, c, _ in per_user]
+            kept, signals = [], []
+            for p, cands, pairs in per_user:
+                try:
+                    signals.append(b.user_signals(p, cands, tables, self._item_stats, self._catalog))
+                    kept.append((p, cands, pairs))
+                except Exception as exc:  # noqa: BLE001 - as above
+                    failed[p.user_id] = internal_error(exc)
+            per_user = kept
         t0 = time.perf_counter()
         lists = [pairs for _, _, pairs in per_user]
-        scores = await asyncio.to_thread(ranker.score_lists, lists, signals, top=self.settings.rerank_top)
         top = self.settings.rerank_top
+        try:
+            scores = await asyncio.to_thread(ranker.score_lists, lists, signals, top=top)
+        except Exception:  # noqa: BLE001 - find the user whose input the model cannot take
+            scores = await self._score_one_by_one(ranker, per_user, signals, failed)
+            per_user = [u for u in per_user if u[0].user_id not in failed]
+            lists = [pairs for _, _, pairs in per_user]
         n_pairs = sum(min(len(pairs), top) if top else len(pairs) for pairs in lists)  # pairs cross-encoded
         log.debug("scored %d pairs for %d users in %.3fs", n_pairs, len(plans), time.perf_counter() - t0)
         writes = [
@@ -443,7 +553,24 @@ class Scorer:
             )
             for (p, cands, _), s in zip(per_user, scores, strict=True)
         ]
-        return writes, n_pairs
+        return writes, n_pairs, failed
+
+    async def _score_one_by_one(
+        self,
+        ranker: Ranker,
+        per_user: Sequence[tuple[b.UserPlan, list[str], list[tuple[str, str]]]],
+        signals: Sequence[np.ndarray] | None,
+        failed: dict[str, Rejected],
+    ) -> list[np.ndarray]:
+        """Score users one at a time after a batch raised; those that raise again join `failed`."""
+        scores = []
+        for i, (p, _, pairs) in enumerate(per_user):
+            sig = None if signals is None else [signals[i]]
+            try:
+                scores += await asyncio.to_thread(ranker.score_lists, [pairs], sig, top=self.settings.rerank_top)
+            except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+                failed[p.user_id] = internal_error(exc)
+        return scores
 
     async def _neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
         missing = [it for it in items if it not in self._neighbours]
@@ -452,18 +579,3 @@ class Scorer:
                 self._neighbours.clear()  # bounded memory; the tables are cheap to re-read
             self._neighbours.update(await self.store.read_neighbours(missing))
         return {it: self._neighbours.get(it, []) for it in items}
-
-    async def _send_dlq(self, tp: TopicPartition, r: ConsumerRecord, rej: Rejected) -> "asyncio.Future[object]":
-        st = self.stats
-        st.dlq += 1
-        st.dlq_reasons[rej.reason] = st.dlq_reasons.get(rej.reason, 0) + 1
-        m.DLQ.labels(rej.reason).inc()
-        log.info("dead-lettered %s[%d]@%d: %s", tp.topic, tp.partition, r.offset, rej.reason)
-        headers = [
-            ("reason", rej.reason.encode()),
-            ("detail", rej.detail[:500].encode("utf-8", "replace")),
-            ("source_topic", tp.topic.encode()),
-            ("source_partition", str(tp.partition).encode()),
-            ("source_offset", str(r.offset).encode()),
-        ]
-        return await self._producer.send(self.settings.dlq_topic, value=r.value, key=r.key, headers=headers)

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     rerank_top: int = Field(default=0, ge=0, le=1000)
     threads: int = Field(default=2, ge=1, le=256)
     max_event_bytes: int = Field(default=16_384, ge=64, le=1_048_576)
+    # A record whose processing stopped this many replicas in a row (a crash the code could not catch:
+    # out of memory, a native fault, kill -9 mid-batch) is dead-lettered as `crash_loop` on the next try.
+    crash_loop_limit: int = Field(default=3, ge=1, le=1_000)
     rec_ttl_s: int = Field(default=7 * 86_400, ge=60)
     metrics_port: int = Field(default=0, ge=0, le=65_535)  # 0: no /metrics endpoint
     # Passed to aiokafka unchanged (security_protocol, sasl_*, ssl_context is not settable this way).

@@ -8,6 +8,7 @@ Key schema (version 1; documented in the README for frontends):
   rs:trending    comma-joined item ids, best first
   rs:itemstats   hash item_id -> JSON sales statistics (stream.signals.ItemStats), read by the signals
   rs:quality     hash: <model version>:events / :hits — live hit-rate of the lists each version wrote
+  rs:guard:{<group>}  hash topic:partition -> the batch each partition's owner is processing (crash-loop guard)
 The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write touches live in one slot.
 """
 
@@ -17,6 +18,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from rankstream.stream.errors import StoreError
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect, is_cluster
@@ -50,6 +53,34 @@ return 1
 """
 
 
+# The crash-loop guard, one step per partition of a batch (ARGV: owner, then topic:partition, first
+# offset, last offset per partition). A stored batch of another owner that was never followed by a
+# later one died in flight: its range is suspect and is retried one record at a time. `count` is how
+# many owners in a row started a batch at the same offset; the caller dead-letters the record once it
+# passes the limit. The same owner retrying its own batch (a Redis outage) counts nothing.
+_GUARD_LUA = """
+local out = {}
+for i = 2, #ARGV, 3 do
+  local field, first, last = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local s, e, owner, count, suspect = -1, -1, '', 0, -1
+  local old = redis.call('HGET', KEYS[1], field)
+  if old then
+    local a, b, o, c, sus = string.match(old, '^(-?%d+),(-?%d+),([^,]*),(%d+),(-?%d+)$')
+    if a then s, e, owner, count, suspect = tonumber(a), tonumber(b), o, tonumber(c), tonumber(sus) end
+  end
+  if owner ~= '' and owner ~= ARGV[1] and e > suspect then suspect = e end
+  local n = 1
+  if s == first then n = (owner == ARGV[1]) and count or count + 1 end
+  local careful = first <= suspect
+  if careful then last = first end
+  redis.call('HSET', KEYS[1], field, first .. ',' .. last .. ',' .. ARGV[1] .. ',' .. n .. ',' .. suspect)
+  out[#out + 1] = n
+  out[#out + 1] = careful and 1 or 0
+end
+return out
+"""
+
+
 def rec_key(user_id: str) -> str:
     return f"rec:{{{user_id}}}"
 
@@ -76,6 +107,33 @@ EMPTY_STATE = UserState((), None, None)
 
 
 @dataclass(frozen=True)
+class Written:
+    """The outcome of `Store.write_lists`."""
+
+    applied: int  # lists newer than the stored ones, written
+    bad: dict[str, str]  # users whose stored state refused the write (`user_fault`) -> the key and the error
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What the crash-loop guard knows of a partition's next batch."""
+
+    starts: int  # owners in a row that started a batch at this offset, this one included
+    careful: bool  # the offset lies in a batch a previous owner never finished: take one record only
+
+
+def guard_key(group_id: str) -> str:
+    return f"rs:guard:{{{group_id}}}"
+
+
+def user_fault(exc: Exception) -> bool:
+    """Whether a Redis reply error belongs to the keys of one command (a key of the wrong type, a value
+    the script cannot use), rather than to the server (out of memory, read-only replica, a failover)."""
+    msg = str(exc)
+    return isinstance(exc, ResponseError) and (msg.startswith("WRONGTYPE") or msg.startswith("user_script:"))
+
+
+@dataclass(frozen=True)
 class ListWrite:
     user_id: str
     history: tuple[str, ...]
@@ -94,6 +152,7 @@ class Store:
         self._r = client
         self._ttl_s = ttl_s
         self._write = client.register_script(_WRITE_LUA)
+        self._guard = client.register_script(_GUARD_LUA)
         self._cluster = is_cluster(client)
 
     @classmethod
@@ -145,81 +204,93 @@ class Store:
             raise StoreError(f"reading {CATALOG_KEY} failed: {exc}") from exc
 
     async def read_item_stats(self) -> dict[str, ItemStats]:
-        """Every item's sales statistics (empty when `rankstream load` predates them)."""
+        """Every item's sales statistics (empty when `rankstream load` predates them).
+
+        An entry that does not parse is left out and logged (its item gets no statistics), so a stray
+        value cannot keep scorers from starting.
+        """
         try:
             raw = await self._r.hgetall(ITEM_STATS_KEY)
         except REDIS_ERRORS as exc:
-            raise StoreError(f"reading {ITEM_STATS_KEY} failed: {exc}") from exc
-        return {k: ItemStats.from_json(v) for k, v in raw.items()}
+            raise StoreError(f"reading {ITEM_STATS_KEY} failed: {exc}; run `rankstream load` if it persists") from exc
+        stats = {}
+        for item, value in raw.items():
+            try:
+                stats[item] = ItemStats.from_json(value)
+            except Exception as exc:  # noqa: BLE001 - any garbage is the same fault
+                log.error("%s[%s] is unusable and left out (run `rankstream load`): %r", ITEM_STATS_KEY, item, exc)
+        return stats
 
     async def read_trending(self) -> list[str]:
         try:
             raw = await self._r.get(TRENDING_KEY)
         except REDIS_ERRORS as exc:
+            if user_fault(exc):
+                log.error("%s is unusable, serving no trending items; run `rankstream load`: %s", TRENDING_KEY, exc)
+                return []
             raise StoreError(f"reading {TRENDING_KEY} failed: {exc}") from exc
         return raw.split(",") if raw else []
 
-    async def read_states(self, users: list[str]) -> dict[str, UserState]:
-        """Each user's stored history and fence, in one round trip."""
+    async def read_states(self, users: list[str]) -> tuple[dict[str, UserState], dict[str, str]]:
+        """Each user's stored history and fence, in one round trip; and the users whose stored state is
+        unusable (a key of the wrong type, a value that does not parse), each with what is wrong."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 for u in users:
                     pipe.hmget(hist_key(u), "items", "p", "o")
                     pipe.get(rec_key(u))
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             raise StoreError(f"reading user state failed: {exc}") from exc
-        states = {}
-        for u, (its, p, o), rec in zip(users, replies[::2], replies[1::2], strict=True):
-            if p is None:
-                states[u] = EMPTY_STATE
-                continue
-            shown: tuple[str, ...] = ()
-            version = None
-            if rec:
-                doc = json.loads(rec)
-                shown = tuple(i["item_id"] for i in doc["items"])
-                version = doc["model_version"]
-            topic, _, partition = p.rpartition(":")
-            states[u] = UserState(tuple(its.split(",")) if its else (), int(partition), int(o), shown, version, topic)
-        return states
+        states: dict[str, UserState] = {}
+        bad: dict[str, str] = {}
+        for u, hist, rec in zip(users, replies[::2], replies[1::2], strict=True):
+            try:
+                states[u] = _user_state(u, hist, rec)
+            except BadState as exc:
+                bad[u] = str(exc)
+        return states, bad
 
     async def read_neighbours(self, items: list[str]) -> dict[str, list[str]]:
-        """Co-visitation neighbours of `items` (absent items map to nothing)."""
+        """Co-visitation neighbours of `items` (absent items map to nothing).
+
+        A table of the wrong type serves no neighbours (lists fall back to trending items) rather than
+        stopping every partition; it is logged so an operator reloads it with `rankstream load`.
+        """
         if not items:
             return {}
         try:
             raw = await self._r.hmget(NEIGHBOURS_KEY, items)
         except REDIS_ERRORS as exc:
+            if user_fault(exc):
+                log.error("%s is unusable, serving without neighbours; run `rankstream load`: %s", NEIGHBOURS_KEY, exc)
+                return {it: [] for it in items}
             raise StoreError(f"reading {NEIGHBOURS_KEY} failed: {exc}") from exc
         return {it: r.split(",") if r else [] for it, r in zip(items, raw, strict=True)}
 
-    async def write_lists(self, writes: list[ListWrite], quality: dict[str, tuple[int, int]] | None = None) -> int:
-        """Write every user's history and list, fenced; returns how many were newer and applied.
+    async def write_lists(
+        self, writes: list[ListWrite], quality: dict[str, tuple[int, int]] | None = None
+    ) -> "Written":
+        """Write every user's history and list, fenced (see Written for what comes back).
 
         `quality` (model version -> (events checked, hits)) is added to the live hit-rate counters in
         the same round trip.
         """
         if not writes and not quality:
-            return 0
+            return Written(0, {})
         now = time.time()
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 for w in writes:
-                    rec = {
-                        "v": SCHEMA_VERSION,
-                        "user_id": w.user_id,
-                        "items": [{"item_id": i, "score": round(s, 5)} for i, s in w.items],
-                        "model_version": w.model_version,
-                        "topic": w.topic,
-                        "partition": w.partition,
-                        "offset": w.offset,
-                        "event_ts": w.event_ts_ms,
-                        "generated_at": round(now, 3),
-                    }
                     keys = [hist_key(w.user_id), rec_key(w.user_id)]
-                    args = [f"{w.topic}:{w.partition}", w.offset, w.event_ts_ms, ",".join(w.history),
-                            json.dumps(rec), self._ttl_s]  # fmt: skip
+                    args = [
+                        f"{w.topic}:{w.partition}",
+                        w.offset,
+                        w.event_ts_ms,
+                        ",".join(w.history),
+                        json.dumps(_rec_doc(w, now)),
+                        self._ttl_s,
+                    ]
                     if self._cluster:
                         # redis-py refuses EVALSHA in a cluster pipeline, and a node that never saw the
                         # script would answer NOSCRIPT after part of the batch was applied: send the text.
@@ -229,10 +300,41 @@ class Store:
                 for version, (checked, hits) in (quality or {}).items():
                     pipe.hincrby(QUALITY_KEY, f"{version}:events", checked)
                     pipe.hincrby(QUALITY_KEY, f"{version}:hits", hits)
-                results = await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             raise StoreError(f"writing {len(writes)} lists failed: {exc}") from exc
-        return sum(int(r) for r in results[: len(writes)])
+        applied, bad = 0, {}
+        for w, r in zip(writes, results, strict=False):
+            if isinstance(r, Exception):
+                if not user_fault(r):
+                    raise StoreError(f"writing {len(writes)} lists failed: {r}") from r
+                bad[w.user_id] = f"{hist_key(w.user_id)} or {rec_key(w.user_id)}: {r}"
+            else:
+                applied += int(r)
+        for r in results[len(writes) :]:
+            if isinstance(r, Exception):
+                # The live hit-rate is a metric: a broken counter must not stop the lists.
+                log.error("updating %s failed; lists are written, the live hit-rate is not: %s", QUALITY_KEY, r)
+                break
+        return Written(applied, bad)
+
+    async def guard(self, group_id: str, owner: str, ranges: Mapping[str, tuple[int, int]]) -> dict[str, Attempt]:
+        """Record that `owner` starts a batch over `ranges` (topic:partition -> first, last offset) and say,
+        per partition, how many owners in a row started there and whether to take one record only."""
+        if not ranges:
+            return {}
+        args: list[str | int] = [owner]
+        for field, (first, last) in ranges.items():
+            args += [field, first, last]
+        try:
+            reply = await self._guard(keys=[guard_key(group_id)], args=args)
+        except REDIS_ERRORS as exc:
+            if user_fault(exc):  # a stray value under the guard's key: start it over
+                log.error("%s was unusable and is reset: %s", guard_key(group_id), exc)
+                await self._r.delete(guard_key(group_id))
+                return await self.guard(group_id, owner, ranges)
+            raise StoreError(f"recording the batch in {guard_key(group_id)} failed: {exc}") from exc
+        return {field: Attempt(int(reply[2 * i]), bool(reply[2 * i + 1])) for i, field in enumerate(ranges)}
 
     async def read_quality(self) -> dict[str, dict[str, float]]:
         """Live hit-rate per model version: events checked, hits, and their ratio."""
@@ -254,3 +356,48 @@ class Store:
         """The user's items as the scorer last saw them, newest first."""
         raw = await self._r.hget(hist_key(user_id), "items")
         return raw.split(",") if raw else []
+
+
+class BadState(Exception):
+    """A user's stored state that cannot be used; the message names the key."""
+
+
+def _user_state(user: str, hist: object, rec: object) -> UserState:
+    """Parse one user's stored hash and list (the replies of HMGET hist and GET rec), or raise BadState."""
+    if isinstance(hist, Exception):
+        raise BadState(f"{hist_key(user)}: {hist}")
+    if isinstance(rec, Exception):
+        raise BadState(f"{rec_key(user)}: {rec}")
+    its, p, o = hist  # type: ignore[misc]
+    if p is None:
+        return EMPTY_STATE
+    try:
+        topic, _, partition = p.rpartition(":")
+        fence = int(partition), int(o)
+    except (TypeError, ValueError) as exc:
+        raise BadState(f"{hist_key(user)}: fields p/o do not hold topic:partition and an offset ({exc})") from None
+    shown: tuple[str, ...] = ()
+    version = None
+    if rec:
+        try:
+            doc = json.loads(rec)  # type: ignore[arg-type]
+            shown = tuple(str(i["item_id"]) for i in doc["items"])
+            version = str(doc["model_version"])
+        except Exception as exc:  # noqa: BLE001 - any shape of garbage is the same fault
+            raise BadState(f"{rec_key(user)}: not a rankstream list ({type(exc).__name__}: {exc})"[:300]) from None
+    return UserState(tuple(its.split(",")) if its else (), fence[0], fence[1], shown, version, topic)
+
+
+def _rec_doc(w: ListWrite, now: float) -> dict[str, Any]:
+    """The `rec:{user}` document frontends read (schema version SCHEMA_VERSION)."""
+    return {
+        "v": SCHEMA_VERSION,
+        "user_id": w.user_id,
+        "items": [{"item_id": i, "score": round(s, 5)} for i, s in w.items],
+        "model_version": w.model_version,
+        "topic": w.topic,
+        "partition": w.partition,
+        "offset": w.offset,
+        "event_ts": w.event_ts_ms,
+        "generated_at": round(now, 3),
+    }

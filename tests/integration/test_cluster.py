@@ -78,7 +78,7 @@ async def test_tables_round_trip_on_the_cluster(cstore: Store, cluster: redis_lo
 
 
 async def test_fenced_lists_spread_over_all_masters(cstore: Store, cluster: redis_local.LocalCluster) -> None:
-    applied = await cstore.write_lists([write(u, 10, ITEMS[i]) for i, u in enumerate(USERS)], {"v1": (30, 7)})
+    applied = (await cstore.write_lists([write(u, 10, ITEMS[i]) for i, u in enumerate(USERS)], {"v1": (30, 7)})).applied
     assert applied == len(USERS)
 
     recs, hists = node_keys(cluster, "rec:*"), node_keys(cluster, "hist:*")
@@ -88,14 +88,15 @@ async def test_fenced_lists_spread_over_all_masters(cstore: Store, cluster: redi
         assert {k.replace("rec:", "hist:") for k in recs[port]} == hists[port]
 
     # A replayed older batch and a replay of the same offsets are fenced on every node; a newer one applies.
-    assert await cstore.write_lists([write(u, 9, "I029") for u in USERS], {"v1": (30, 0)}) == 0
-    assert await cstore.write_lists([write(u, 10, "I029") for u in USERS]) == 0
-    assert await cstore.write_lists([write(u, 11, "I028") for u in USERS[:5]]) == 5
+    assert (await cstore.write_lists([write(u, 9, "I029") for u in USERS], {"v1": (30, 0)})).applied == 0
+    assert (await cstore.write_lists([write(u, 10, "I029") for u in USERS])).applied == 0
+    assert (await cstore.write_lists([write(u, 11, "I028") for u in USERS[:5]])).applied == 5
     for i, u in enumerate(USERS):
         rec = await cstore.read_list(u)
         assert rec is not None and rec["items"][0]["item_id"] == ("I028" if i < 5 else ITEMS[i])
 
-    states = await cstore.read_states([*USERS, "nobody"])
+    states, bad = await cstore.read_states([*USERS, "nobody"])
+    assert bad == {}
     assert states["nobody"].partition is None
     for i, u in enumerate(USERS):
         s = states[u]
