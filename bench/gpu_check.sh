@@ -8,10 +8,10 @@
 #        bash bench/gpu_check.sh prepare [RUN_DIR] [BUNDLE_DIR]
 #      RUN_DIR defaults to var/compress/fast; BUNDLE_DIR to var/gpu-bundle. Copies the teacher's fp32
 #      graph, writes fp16 graphs of the teacher and of the best gated fp32 student (fastest that passed
-#      the accuracy gate), plus bundle.json. About 150 MB for the fast preset.
+#      the accuracy gate), plus bundle.json.
 #   2. on the GPU machine (python3 with numpy and onnxruntime-gpu installed; no torch, no rankstream):
 #        bash bench/gpu_check.sh run [BUNDLE_DIR]
-#      Runs in well under 5 minutes: per model, 20 warm-up batches, then 200 timed batches of 32 pairs
+#      Kept short: per model, 20 warm-up batches, then 200 timed batches of 32 pairs
 #      at 64 tokens (the serving max length; per-batch padding reaches it on long histories), random
 #      token ids (speed depends on shapes only). Prints one JSON object and writes BUNDLE_DIR/gpu_result.json.
 set -euo pipefail

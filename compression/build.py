@@ -40,9 +40,8 @@ class _Recipe:
     parent: str | None
 
 
-# demo: MiniLM-L6 fine-tunes at ~43 pairs/s on 2 idle cores (21-24 when shared; batch 32, ~43 tokens
-# a pair, batches padded to <=60): 300 steps x 32 = 9600 pairs is about 4 minutes. Short and honest,
-# not converged.
+# demo: few enough steps that a quick model builds on a small CPU machine while someone waits (its speed
+# and duration are in docs/results.md). Short and honest, not converged.
 RECIPES: dict[str, _Recipe] = {
     "demo": _Recipe(
         max_steps=300,

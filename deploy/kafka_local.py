@@ -49,7 +49,7 @@ def cache_dir() -> Path:
 
 
 def ensure_kafka_jars() -> Path:
-    """The folder of Kafka jars, fetched with Maven into the user cache the first time (~1 min, 54 MB)."""
+    """The folder of Kafka jars, fetched with Maven into the user cache the first time, reused after."""
     pom = packaged_file("pom.xml")
     home = cache_dir() / f"kafka-{KAFKA_VERSION}"
     libs, marker = home / "libs", home / "libs.complete"
@@ -110,10 +110,10 @@ def write_config(kafka_dir: Path, port: int, controller_port: int) -> Path:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        # Let test and demo consumers use short sessions, so a killed replica's partitions move in ~2 s.
+        # Let test and demo consumers use short sessions, so a killed replica's partitions move on quickly.
         "group.min.session.timeout.ms": "1000",
         # After a crash (kill -9) the restarted broker cannot register until the old registration's
-        # session expires (default 9 s); a shorter session makes crash-restart tests ~6 s faster.
+        # session expires; a session shorter than Kafka's default lets crash-restart tests go on sooner.
         "broker.heartbeat.interval.ms": "1000",
         "broker.session.timeout.ms": "4000",
     }

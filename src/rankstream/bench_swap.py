@@ -102,7 +102,7 @@ async def bench_swap(
             target = versions[(k + 1) % 2]
             t0 = time.time()
             await registry.promote(target)
-            # Polling is the measurement here: it sees each replica switch within 20 ms.
+            # Polling is the measurement here, so its interval bounds the error of each switch time.
             while any(s.ranker.version != target for s in scorers):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             t1 = time.time()

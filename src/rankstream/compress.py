@@ -110,10 +110,10 @@ PRESETS: dict[str, Preset] = {
         window_days=7,
         int8_budget=-1.0,  # forces the per-layer INT8 fallback on every student, so tests exercise it
     ),
-    # Measured 713 s and 886 s on 2 shared cores (2026-11-28, with signals; the second run shared the cores
-    # with other jobs: teacher 155 s, students 475 s, evaluation 186 s). The teacher is all-MiniLM-L6-v2 +
-    # position prior + signal head fine-tuned listwise (NOT the 12-layer mpnet teacher, which trains at
-    # ~1/4 the speed); students keep 4 and 2 of its 6 layers; the 2-layer one is pruned.
+    # The demo builds its model with this preset, so it must finish while someone waits: the teacher is
+    # all-MiniLM-L6-v2 + position prior + signal head fine-tuned listwise (NOT the 12-layer mpnet teacher,
+    # which trains several times slower); students keep 4 and 2 of its 6 layers; the 2-layer one is
+    # pruned. Run times are in docs/results.md.
     "fast": Preset(
         name="fast",
         teacher_base="minilm",
@@ -128,8 +128,8 @@ PRESETS: dict[str, Preset] = {
     ),
     # The reference teacher: all-mpnet-base-v2 (12 layers, hidden 768, 109M parameters) + position prior +
     # signal head, fine-tuned listwise; students start from all-MiniLM-L6-v2 (with the same prior and head)
-    # and learn from its scores only. MPNet trains at ~8 pairs/s and scores at ~43 pairs/s (ORT fp32) on
-    # 2 cores, so this takes about half an hour: every step is resumable (rerun the same command).
+    # and learn from its scores only. MPNet is slow to train and to score on a CPU, so every step is
+    # resumable (rerun the same command); run times are in docs/results.md.
     "full": Preset(
         name="full",
         teacher_base="mpnet",
