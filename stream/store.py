@@ -1,6 +1,6 @@
 """Redis: the catalog and candidate tables the scorer reads, and the per-user lists it writes.
 
-Key schema (version 1; documented in the README for frontends):
+Key schema (version 1; documented for frontends in docs/operations.md):
   rec:{<user>}   JSON top-k list, with TTL         — what frontends read
   hist:{<user>}  hash: items (newest first), p, o, ts — the scorer's own per-user state and write fence
   rs:catalog     hash item_id -> title

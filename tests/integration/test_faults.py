@@ -7,7 +7,7 @@ import asyncio
 import json
 import random
 import subprocess
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -174,12 +174,16 @@ async def test_two_scorers_one_killed(stack, store: Store, tiny_model, topic, tm
     await assert_all_reflected(store, ref)
 
 
-def malformed(rng: random.Random, n: int) -> list[tuple[str, bytes | None]]:
-    """(expected reason, raw value) for n bad events of 13 kinds."""
+def bad_kinds(rng: random.Random) -> list[tuple[str, Callable[[], bytes | None]]]:
+    """(expected reason, maker of a raw value) for 24 kinds of bad record: every family a producer can get
+    wrong, including the values that once escaped the validators (1e999, year 1, NaN, deep nesting)."""
     good = {"user_id": "u1", "item_id": ITEMS[0], "ts": "2011-11-01T10:00:00Z", "event": "click"}
 
     def with_(**kw: object) -> bytes:
         return json.dumps({**good, **kw}).encode()
+
+    def raw_ts(text: str) -> bytes:
+        return with_(ts=0).replace(b'"ts": 0', b'"ts": ' + text.encode())
 
     def without(key: str) -> bytes:
         return json.dumps({k: v for k, v in good.items() if k != key}).encode()
@@ -198,39 +202,82 @@ def malformed(rng: random.Random, n: int) -> list[tuple[str, bytes | None]]:
         ("empty", lambda: None),
         ("invalid_event", lambda: with_(event="hover")),
         ("invalid_user_id", lambda: with_(user_id="")),
+        ("invalid_ts", lambda: raw_ts(rng.choice(["1e999", "-1e999", "1e308"]))),
+        ("ts_too_old", lambda: with_(ts=rng.choice(["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z"]))),
+        ("invalid_json", lambda: raw_ts(rng.choice(["NaN", "Infinity", "-Infinity"]))),
+        ("invalid_json", lambda: b"[" * rng.randrange(2_000, 8_000)),
+        ("invalid_json", lambda: raw_ts("9" * rng.randrange(4_400, 9_000))),
+        ("invalid_user_id", lambda: with_(user_id="\ud800x")),
+        ("invalid_item_id", lambda: with_(item_id=ITEMS[1] + "\u0000")),
+        ("invalid_item_id", lambda: with_(item_id=f"{ITEMS[0]},{ITEMS[1]}")),
+        ("invalid_user_id", lambda: with_(user_id="x" * 129)),
+        ("invalid_ts", lambda: with_(ts=rng.choice([True, [], {}, "soon"]))),
+        ("invalid_event", lambda: with_(event=None)),
     ]
+    return kinds
+
+
+def malformed(rng: random.Random, n: int) -> list[tuple[str, bytes | None]]:
+    """(expected reason, raw value) for n bad events, the kinds in turn."""
+    kinds = bad_kinds(rng)
     return [(reason, make()) for reason, make in (kinds[i % len(kinds)] for i in range(n))]
 
 
-async def test_a_thousand_malformed_events_all_land_in_the_dlq(stack, store: Store, tiny_model, topic, tmp_path):  # type: ignore[no-untyped-def]
+# Stored state a stray tool could leave, one kind per poisoned user: each makes that user's events
+# dead letters (`bad_state`), never the batch's failure.
+POISON = {
+    "p0": ("set", "hist:{p0}", "garbage"),
+    "p1": ("hset", "hist:{p1}", {"items": "a", "p": "nowhere", "o": "x"}),
+    "p2": ("hset", "hist:{p2}", {"items": "a", "p": "t:0", "o": "1", "ts": "1"}),
+    "p3": ("lpush", "rec:{p3}", "x"),
+    "p4": ("sadd", "hist:{p4}", "x"),
+}
+
+
+async def poison(client: aioredis.Redis) -> None:
+    await client.hset("hist:{p2}", mapping={"items": "a", "p": "t:0", "o": "1", "ts": "1"})
+    await client.set("rec:{p2}", "{not json")
+    for _, (op, key, value) in POISON.items():
+        if key != "hist:{p2}":
+            await getattr(client, op)(
+                key, *([value] if op != "hset" else []), **({"mapping": value} if op == "hset" else {})
+            )
+
+
+async def test_five_thousand_bad_records_and_poisoned_users_all_land_in_the_dlq(
+    stack, store: Store, tiny_model, topic, tmp_path
+):  # type: ignore[no-untyped-def]
     await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 3, f"{topic}.dlq": 1})
+    await poison(store.client)
     env = scorer_env(stack, topic, tiny_model)
     rng = random.Random(3)
-    bad = malformed(rng, 1300)
+    bad = malformed(rng, 5_000)
     ref = Reference()
+    poisoned = 0
+    scorer = spawn_scorer(env, tmp_path / "scorer.log")  # running while the stream arrives
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", max_request_size=2_000_000)
     await producer.start()
     try:
         t0 = datetime(2011, 11, 1, tzinfo=UTC)
         for n, (_, value) in enumerate(bad):
             await producer.send(topic, key=b"bad", value=value)
-            if n % 5 == 0:  # good events around the bad ones
-                user = f"u{n % USERS}"
+            if n % 5 == 0:  # good events around the bad ones, some of them from users whose state is poisoned
+                user = f"p{n % len(POISON)}" if n % 25 == 0 else f"u{n % USERS}"
                 item = ITEMS[n % len(ITEMS)]
                 ev = ClickEvent(user_id=user, item_id=item, ts=t0 + timedelta(seconds=n))
                 meta = await (await producer.send(topic, key=user.encode(), value=ev.to_bytes()))
+                if user in POISON:
+                    poisoned += 1
+                    continue
                 ref.last[user] = (meta.partition, meta.offset)
                 ref.items.setdefault(user, []).append(item)
+            if n % 500 == 0:
+                assert_running(scorer)
         await producer.flush()
+        await wait_drained(stack, topic, scorer, limit_s=240)
     finally:
         await producer.stop()
-    scorer = spawn_scorer(env, tmp_path / "scorer.log")
-    started = time.monotonic()
-    try:
-        await wait_drained(stack, topic, scorer, limit_s=180)
-    finally:
         assert stop_gracefully(scorer) == 0
-    assert time.monotonic() - started < 180
     await assert_all_reflected(store, ref)
 
     consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest")
@@ -238,17 +285,23 @@ async def test_a_thousand_malformed_events_all_land_in_the_dlq(stack, store: Sto
     got: list = []
     try:
         async with asyncio.timeout(60):
-            while len(got) < len(bad):
+            while len(got) < len(bad) + poisoned:
                 for recs in (await consumer.getmany(timeout_ms=500)).values():
                     got.extend(recs)
     finally:
         await consumer.stop()
-    want: dict[str, int] = {}
+    want: dict[str, int] = {"bad_state": poisoned}
     for reason, _ in bad:
         want[reason] = want.get(reason, 0) + 1
     have: dict[str, int] = {}
     for r in got:
-        reason = dict(r.headers)["reason"].decode()
+        headers = dict(r.headers)
+        reason = headers["reason"].decode()
         have[reason] = have.get(reason, 0) + 1
+        assert headers["detail"] and headers["source_topic"] == topic.encode()
+        if reason == "bad_state":  # the key an operator has to repair is named
+            assert headers["detail"].decode().split(": ")[0] in {
+                f"{k}:{{p{i}}}" for i in range(5) for k in ("hist", "rec")
+            }
     assert have == want
-    assert len(want) >= 10
+    assert len(bad) >= 5_000 and len(bad_kinds(rng)) >= 20 and poisoned >= 40
