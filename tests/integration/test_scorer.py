@@ -119,7 +119,7 @@ async def test_malformed_events_go_to_dlq_with_reason(stack, store: Store, tiny_
         (b"x", b'{"user_id": "u1", "item_id": '),  # truncated JSON
         (b"x", b'{"user_id": "u1", "ts": 1}'),  # missing item_id
         (b"x", b"\xff\xfe not utf-8"),
-        (b"x", json.dumps({"user_id": "u1", "item_id": "NOPE", "ts": 1}).encode()),  # unknown item
+        (b"x", json.dumps({"user_id": "u1", "item_id": "NOPE", "ts": 1320138000000}).encode()),  # unknown item
         (b"x", json.dumps({"user_id": "u1", "item_id": ITEMS[0], "ts": -5}).encode()),
         (b"x", b"[1, 2]"),
     ]
