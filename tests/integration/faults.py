@@ -48,7 +48,7 @@ def spawn_scorer(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """`rankstream serve` as its own process, as an operator runs it."""
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rankstream.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log
+            [sys.executable, "-m", "rankstream.cli.main", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log
         )
     _LOGS[proc.pid] = log_path
     return proc

@@ -9,7 +9,7 @@ import redis
 import redis.asyncio as aioredis
 
 from rankstream.deploy import redis_local
-from rankstream.loading import open_store
+from rankstream.ops.load import open_store
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import StoreError
 from rankstream.stream.ranker import Ranker

@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaProducer
 
 from rankstream.data.prepare import Prepared
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.recompress import PRESETS, CompressRun, Paths, recompress_cycle
-from rankstream.replay import replay
+from rankstream.jobs.recompress import PRESETS, CompressRun, Paths, recompress_cycle
+from rankstream.ops.replay import replay
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.registry import ANNOUNCE_CHANNEL, Registry
 from rankstream.stream.settings import Settings

@@ -6,7 +6,7 @@ import sys
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RANKSTREAM_")}
     return subprocess.run(
-        [sys.executable, "-m", "rankstream.cli", *args],
+        [sys.executable, "-m", "rankstream.cli.main", *args],
         env={**clean, **env},
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ import pytest
 from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.pairs import LabelledPair, make_groups
 from rankstream.data.split import Split
-from rankstream.evalset import EvalSet, throughput
+from rankstream.evaluation.evalset import EvalSet, throughput
 
 CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
 
@@ -193,9 +193,9 @@ def test_distil_drop_layers_export_and_serve(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.slow
 def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
-    from rankstream.bench_model import bench_model, format_bench
-    from rankstream.compress import compress
+    from rankstream.bench.model import bench_model, format_bench
     from rankstream.data.prepare import prepare
+    from rankstream.jobs.compress import compress
 
     data = tmp_path / "data"
     prepare(_byo_data(tmp_path / "src"), data, Split("2024-01-22", "2024-02-01"))
@@ -259,7 +259,7 @@ def test_compression_public_surface_is_pinned() -> None:
 
 
 def test_cli_has_compress_and_bench_model() -> None:
-    from rankstream.cli import build_parser
+    from rankstream.cli.main import build_parser
 
     args = build_parser().parse_args(["compress", "--preset", "fast"])
     assert args.preset == "fast" and not args.restart
@@ -339,7 +339,7 @@ def test_roberta_style_pair_template_gets_segment_b_marked(tmp_path: Path) -> No
 
 
 def test_best_student_is_the_fastest_that_passed_the_gate(tmp_path: Path) -> None:
-    from rankstream.compress import RUN_FILE, best_student
+    from rankstream.jobs.compress import RUN_FILE, best_student
 
     def variant(role: str, passed: bool, speed: float) -> dict[str, object]:
         name = f"{role}-{speed}"

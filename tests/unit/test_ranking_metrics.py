@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from rankstream.ranking_metrics import MetricSums, ndcg_at, recall_at, reciprocal_rank
+from rankstream.evaluation.metrics import MetricSums, ndcg_at, recall_at, reciprocal_rank
 
 
 def test_perfect_and_empty_rankings() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from rankstream.data.prepare import Prepared, prepare
 from rankstream.data.split import Split
-from rankstream.recompress import (
+from rankstream.jobs.recompress import (
     PRESETS,
     CompressRun,
     CycleResult,
@@ -229,7 +229,7 @@ async def test_a_failed_cycle_is_logged_and_the_schedule_goes_on(caplog: pytest.
 
 
 def test_cli_parses_recompress() -> None:
-    from rankstream.cli import build_parser
+    from rankstream.cli.main import build_parser
 
     args = build_parser().parse_args(["recompress", "--every", "6h", "--days", "7", "--tolerance", "0.02"])
     assert args.every == "6h" and args.days == 7 and args.tolerance == 0.02 and not args.from_kafka

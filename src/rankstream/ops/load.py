@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rankstream.data.prepare import Prepared
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.replay import replay
+from rankstream.ops.replay import replay
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rankstream.evalset import EvalSet, throughput
+from rankstream.evaluation.evalset import EvalSet, throughput
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.ranker import PairEncoder, Ranker
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from rankstream.bench_stream import count_not_reflected, produce_events
+from rankstream.bench.stream import count_not_reflected, produce_events
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.loading import split_events
+from rankstream.ops.load import split_events
 from rankstream.stream.follow import ModelFollower
 from rankstream.stream.lag import group_lag
 from rankstream.stream.ranker import Ranker

@@ -35,11 +35,11 @@ from rankstream.compression.train import minilm_path
 from rankstream.compression.vocab import catalog_texts, trim_vocab
 from rankstream.data.instances import build_instances
 from rankstream.data.prepare import Prepared
-from rankstream.evalset import EvalSet, throughput
+from rankstream.evaluation.evalset import EvalSet, throughput
+from rankstream.jobs.training_data import signal_training_data
 from rankstream.stream.artifact import load_manifest, stamp_metrics
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.signals import SIGNALS
-from rankstream.training_data import signal_training_data
 
 log = logging.getLogger(__name__)
 

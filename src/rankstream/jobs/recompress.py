@@ -48,7 +48,7 @@ from rankstream.compression.recompress import StudentSource, recompress_chain, r
 from rankstream.data.instances import Instance, build_instances
 from rankstream.data.prepare import Prepared
 from rankstream.data.windows import instance_signals
-from rankstream.evalset import N_CANDIDATES, EvalSet, ScoreLists
+from rankstream.evaluation.evalset import N_CANDIDATES, EvalSet, ScoreLists
 from rankstream.stream.artifact import MANIFEST, stamp_metrics
 from rankstream.stream.errors import ConfigError, RankstreamError
 from rankstream.stream.events import ClickEvent, Rejected, parse_event

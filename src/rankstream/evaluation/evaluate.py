@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from rankstream.evalset import N_CANDIDATES, EvalSet
+from rankstream.evaluation.evalset import N_CANDIDATES, EvalSet
 from rankstream.stream.ranker import Ranker
 
 

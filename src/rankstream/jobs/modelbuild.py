@@ -8,9 +8,9 @@ from pathlib import Path
 from rankstream.compression.build import Preset, build_model
 from rankstream.compression.pairs import make_pairs
 from rankstream.data.prepare import Prepared
-from rankstream.evaluate import evaluate
+from rankstream.evaluation.evaluate import evaluate
+from rankstream.jobs.training_data import signal_training_data
 from rankstream.stream.artifact import stamp_metrics
-from rankstream.training_data import signal_training_data
 
 log = logging.getLogger(__name__)
 

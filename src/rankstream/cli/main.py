@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from rankstream import models_cli
+from rankstream.cli import models as models_cli
 from rankstream.stream.errors import RankstreamError
 
 
@@ -43,7 +43,7 @@ def _stack(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from rankstream.data.prepare import prepare
-    from rankstream.loading import describe
+    from rankstream.ops.load import describe
 
     prepared = prepare(args.source, args.out or home() / "data")
     print(describe(prepared))
@@ -51,7 +51,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from rankstream.loading import load_tables_and_topics
+    from rankstream.ops.load import load_tables_and_topics
     from rankstream.stream.settings import load_settings
 
     settings = load_settings()
@@ -60,7 +60,7 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _build_model(args: argparse.Namespace) -> int:
-    from rankstream.modelbuild import build_from_prepared
+    from rankstream.jobs.modelbuild import build_from_prepared
 
     path = build_from_prepared(args.data or home() / "data", args.out or home() / "models", preset=args.preset)
     print(f"model artifact: {path}")
@@ -68,7 +68,7 @@ def _build_model(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from rankstream.compress import clean, compress
+    from rankstream.jobs.compress import clean, compress
 
     out = args.out or home() / "compress"
     if args.restart:
@@ -79,7 +79,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _recompress(args: argparse.Namespace) -> int:
-    from rankstream.recompress import Paths, config_from, format_result, run_job
+    from rankstream.jobs.recompress import Paths, config_from, format_result, run_job
     from rankstream.stream.settings import load_settings
 
     settings = load_settings()
@@ -106,7 +106,7 @@ def _recompress(args: argparse.Namespace) -> int:
 
 
 def _bench_model(args: argparse.Namespace) -> int:
-    from rankstream.bench_model import bench_model, format_bench
+    from rankstream.bench.model import bench_model, format_bench
 
     run = args.run or home() / "compress" / "fast"
     result = bench_model(
@@ -121,7 +121,7 @@ def _bench_model(args: argparse.Namespace) -> int:
 
 
 def _bench_stream(args: argparse.Namespace) -> int:
-    from rankstream.bench_stream import bench_stream, format_bench
+    from rankstream.bench.stream import bench_stream, format_bench
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
@@ -135,7 +135,7 @@ def _bench_stream(args: argparse.Namespace) -> int:
 
 
 def _bench_swap(args: argparse.Namespace) -> int:
-    from rankstream.bench_swap import bench_swap, format_swap
+    from rankstream.bench.swap import bench_swap, format_swap
 
     result = asyncio.run(
         bench_swap(home(), args.models, rate=args.rate, swaps=args.swaps, every_s=args.every, replicas=args.replicas)
@@ -155,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from rankstream.loading import replay_split
+    from rankstream.ops.load import replay_split
     from rankstream.stream.settings import load_settings
 
     settings = load_settings()
@@ -165,7 +165,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rankstream.evaluate import evaluate, format_table
+    from rankstream.evaluation.evaluate import evaluate, format_table
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
@@ -175,7 +175,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _recs(args: argparse.Namespace) -> int:
-    from rankstream.loading import read_recs
+    from rankstream.ops.load import read_recs
     from rankstream.stream.settings import load_settings
 
     print(json.dumps(asyncio.run(read_recs(load_settings(), args.user)), indent=2))
@@ -183,7 +183,7 @@ def _recs(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from rankstream.models_cli import run_models
+    from rankstream.cli.models import run_models
     from rankstream.stream.settings import load_settings
 
     print(asyncio.run(run_models(args, load_settings(), home() / "models")))
@@ -191,7 +191,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rankstream.demo import run_demo
+    from rankstream.ops.demo import run_demo
 
     return run_demo(home(), events=args.events)
 

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.loading import split_events
+from rankstream.ops.load import split_events
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag
 from rankstream.stream.ranker import Ranker

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rankstream.compress import best_student, compress
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
-from rankstream.evaluate import evaluate, format_table
-from rankstream.loading import describe, load_tables_and_topics, open_store, split_events
-from rankstream.replay import replay
+from rankstream.evaluation.evaluate import evaluate, format_table
+from rankstream.jobs.compress import best_student, compress
+from rankstream.ops.load import describe, load_tables_and_topics, open_store, split_events
+from rankstream.ops.replay import replay
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.lag import group_lag, topic_size
 from rankstream.stream.service import resolve_model_dir
@@ -89,7 +89,7 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
     log_path = home / "demo-scorer.log"
     with log_path.open("w") as log_file:
         scorer = subprocess.Popen(
-            [sys.executable, "-m", "rankstream.cli", "serve"],
+            [sys.executable, "-m", "rankstream.cli.main", "serve"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=log_file,

@@ -16,7 +16,7 @@ import numpy as np
 
 from rankstream.data.instances import Instance, build_instances
 from rankstream.data.prepare import Prepared
-from rankstream.ranking_metrics import MetricSums
+from rankstream.evaluation.metrics import MetricSums
 from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.signals import ItemStats, candidate_signals
 

@@ -1,0 +1,1 @@
+"""Benchmarks (`rankstream bench ...`): model quality and speed, the stream, hot swap. Run on demand."""

@@ -1,0 +1,3 @@
+from rankstream.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Offline evaluation: the evaluation set built like the scorer builds candidates, and ranking metrics."""

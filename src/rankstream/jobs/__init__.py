@@ -1,0 +1,1 @@
+"""Offline jobs: compress (build and gate models), recompress (rebuild the served model from recent clicks)."""
