@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rankstream.stream.candidates import covisit_candidates
+from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.features import HISTORY_ITEMS, candidate_text, history_text
 from rankstream.stream.signals import ItemStats, candidate_signals
@@ -123,7 +123,7 @@ def candidate_pairs(
     n: int,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The user's candidates (co-visitation order) and their (history, candidate) text pairs."""
-    cands = [c for c in covisit_candidates(plan.history, neighbours, trending, n) if c in catalog]
+    cands = in_catalog(covisit_candidates(plan.history, neighbours, trending, n), catalog)
     query = history_text([catalog[i] for i in plan.history if i in catalog])
     return cands, [(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)]
 

@@ -20,6 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from rankstream.stream.candidates import covisit_votes
+
 
 @dataclass(frozen=True)
 class SignalSet:
@@ -87,13 +89,7 @@ def candidate_signals(
     empty). Items without statistics get `NO_STATS`; items without a title have no words.
     """
     hist = list(history[:HISTORY_ITEMS])
-    index = {c: k for k, c in enumerate(candidates)}
-    vote = [0.0] * len(candidates)
-    for pos, item in enumerate(hist[:RECENT_ITEMS]):
-        for rank, nb in enumerate(neighbours.get(item, ())):
-            k = index.get(nb)
-            if k is not None:
-                vote[k] += 1.0 / ((1 + pos) * (1 + rank))
+    votes = covisit_votes(hist, neighbours, RECENT_ITEMS)
     position: dict[str, int] = {}
     for pos, item in enumerate(hist):
         position.setdefault(item, pos)
@@ -115,7 +111,7 @@ def candidate_signals(
         cover = len(own & words) / len(own) if own else 0.0
         s = item_stats.get(cand, NO_STATS)
         out[k] = (
-            math.log(vote[k] + _EPS),
+            math.log(votes.get(cand, 0.0) + _EPS),
             math.log(rev + _EPS),
             nrev,
             cover,
