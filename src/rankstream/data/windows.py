@@ -18,6 +18,7 @@ import pandas as pd
 from rankstream.data.covisit import covisitation, trending
 from rankstream.data.instances import Instance, build_instances
 from rankstream.data.itemstats import item_stats
+from rankstream.stream.candidates import in_catalog
 from rankstream.stream.signals import ItemStats, candidate_signals
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ class Window:
 
 
 def ranked_candidates(inst: Instance, catalog: Mapping[str, str]) -> list[str]:
-    """The candidates as the scorer ranks them: de-duplicated, items without a title dropped, order kept."""
-    return [c for c in dict.fromkeys(inst.candidates) if c in catalog]
+    """An instance's candidates as the scorer ranks them (`stream.candidates.in_catalog`)."""
+    return in_catalog(inst.candidates, catalog)
 
 
 def instance_signals(

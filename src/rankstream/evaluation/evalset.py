@@ -17,6 +17,7 @@ import numpy as np
 from rankstream.data.instances import Instance, build_instances
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.metrics import MetricSums
+from rankstream.stream.candidates import in_catalog
 from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.signals import ItemStats, candidate_signals
 
@@ -83,7 +84,7 @@ class EvalSet:
         lists, cands_all, relevant_all, pop = [], [], [], []
         signals: list[np.ndarray] | None = [] if neighbours is not None else None
         for inst in instances:
-            cands = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
+            cands = in_catalog(inst.candidates, catalog)
             relevant = inst.positives.intersection(cands)
             if not relevant:
                 continue
