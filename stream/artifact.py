@@ -6,6 +6,8 @@ the model it is about to serve is the model that was evaluated before it serves 
 
 import hashlib
 import json
+import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -109,7 +111,7 @@ def load_manifest(directory: Path) -> Manifest:
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{directory}: no {MANIFEST}; an artifact is a directory built by `rankstream build-model`")
+        raise ArtifactError(f"{directory}: no {MANIFEST}; an artifact is a directory built by `rankstream compress`")
     try:
         manifest = Manifest.model_validate(json.loads(path.read_text()))
     except (ValueError, ValidationError) as exc:
@@ -138,3 +140,19 @@ def stamp_metrics(directory: Path, metrics: dict[str, float]) -> Manifest:
     new = old.model_copy(update={"metrics": {**old.metrics, **metrics}})
     (Path(directory) / MANIFEST).write_text(new.model_dump_json(indent=2, exclude_none=True) + "\n")
     return new
+
+
+def copy_artifact(src: Path, dst: Path) -> Manifest:
+    """Copy a verified artifact to `dst`: into a hidden sibling first, verified, then renamed into place,
+    so that a reader of `dst`'s folder never sees a half-copied artifact. Returns the copy's manifest."""
+    src, dst = Path(src), Path(dst)
+    load_manifest(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = dst.parent / f".incoming-{dst.name}-{time.time_ns()}"
+    try:
+        shutil.copytree(src, staging)
+        manifest = load_manifest(staging)  # the copy is whole
+        staging.rename(dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

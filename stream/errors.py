@@ -15,6 +15,10 @@ class ArtifactError(RankstreamError):
     """A model artifact that must not be served: missing files, bad checksum, wrong spec, failed smoke test."""
 
 
+class JobError(RankstreamError):
+    """An offline job (compress, recompress, bench) cannot go on with the inputs it was given."""
+
+
 class StoreError(RankstreamError):
     """Redis refused or failed a write; the batch is retried, its offsets stay uncommitted."""
 

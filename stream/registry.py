@@ -16,14 +16,13 @@ transaction.
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rankstream.stream.artifact import MANIFEST, Manifest, load_manifest
+from rankstream.stream.artifact import MANIFEST, Manifest, copy_artifact, load_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError, StoreError
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient
 
@@ -100,11 +99,7 @@ class Registry:
             if load_manifest(target).files != manifest.files:
                 raise ArtifactError(f"version {manifest.version} already exists in {self.root} with other files")
             return manifest.version
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.root / f".incoming-{manifest.version}-{time.time_ns()}"
-        shutil.copytree(artifact_dir, staging)
-        load_manifest(staging)  # the copy is whole
-        staging.rename(target)
+        copy_artifact(artifact_dir, target)
         return manifest.version
 
     # -- decisions in Redis ---------------------------------------------------------------------------

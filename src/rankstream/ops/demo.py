@@ -7,7 +7,6 @@ start of the test period (plus a few malformed events) -> wait for lag 0 -> prin
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from rankstream.evaluation.evaluate import evaluate, format_table
 from rankstream.jobs.compress import best_student, compress
 from rankstream.ops.load import describe, load_tables_and_topics, open_store, split_events
 from rankstream.ops.replay import replay
+from rankstream.stream.artifact import copy_artifact, load_manifest
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.lag import group_lag, topic_size
 from rankstream.stream.service import resolve_model_dir
@@ -38,14 +38,9 @@ MALFORMED = [
 
 
 def _install(artifact: Path, models: Path) -> Path:
-    """Copy an artifact into the models folder under its version (built beside it, then renamed)."""
-    version = json.loads((artifact / "manifest.json").read_text())["version"]
-    out = models / version
-    models.mkdir(parents=True, exist_ok=True)
-    partial = models / f".{version}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(artifact, partial)
-    os.rename(partial, out)
+    """Copy an artifact into the models folder under its version."""
+    out = models / load_manifest(artifact).version
+    copy_artifact(artifact, out)
     return out
 
 
@@ -72,8 +67,8 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
         run_root = compress(data_dir, home / "compress", "fast")
         model_dir = _install(best_student(run_root), models)
         print(f"compression report: {run_root / 'report.md'}")
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    print(f"artifact {model_dir.name}: {' -> '.join(manifest['method_chain'])}")
+    manifest = load_manifest(model_dir)
+    print(f"artifact {model_dir.name}: {' -> '.join(manifest.method_chain)}")
 
     env = {
         **os.environ,
