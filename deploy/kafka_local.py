@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,8 @@ from typing import Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from rankstream.stream.errors import StackError
+from rankstream.deploy.errors import StackError
+from rankstream.deploy.probe import wait_ready as probe_ready
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,8 +69,8 @@ def ensure_kafka_jars() -> Path:
         shutil.rmtree(libs, ignore_errors=True)
         (home / "pom.xml").write_bytes(pom)
         log.info("fetching Kafka %s jars into %s (once; about a minute)", KAFKA_VERSION, libs)
-        argv = [mvn, "-q", "-B", "-f", str(home / "pom.xml"), "dependency:copy-dependencies",
-                f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]  # fmt: skip
+        argv = [mvn, "-q", "-B", "-f", str(home / "pom.xml"), "dependency:copy-dependencies"]
+        argv += [f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
         if done.returncode != 0:
             raise StackError(
@@ -173,22 +173,23 @@ async def _describe(bootstrap: str) -> dict[str, Any]:
 
 def wait_ready(bootstrap: str, timeout: float, alive: Callable[[], bool]) -> None:
     """Block until the broker answers a metadata request; StackError if it dies or the timeout passes."""
-    deadline = time.monotonic() + timeout
     host, _, port = bootstrap.rpartition(":")
-    while True:
-        try:
-            # A plain connect first: aiokafka logs every refused connection at ERROR level.
-            socket.create_connection((host, int(port)), timeout=1).close()
-            cluster = run_sync(lambda: _describe(bootstrap))
-        except (KafkaError, OSError, TimeoutError) as exc:
-            if not alive():
-                raise StackError("Kafka exited while starting; see kafka/kafka.out in the state dir") from exc
-            if time.monotonic() > deadline:
-                raise StackError(f"Kafka on {bootstrap} not ready after {timeout:.0f}s") from exc
-            time.sleep(0.5)
-        else:
-            log.debug("kafka cluster %s answers on %s", cluster.get("cluster_id"), bootstrap)
-            return
+
+    def probe() -> dict[str, Any]:
+        # A plain connect first: aiokafka logs every refused connection at ERROR level.
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return run_sync(lambda: _describe(bootstrap))
+
+    cluster = probe_ready(
+        probe,
+        (KafkaError, OSError, TimeoutError),
+        alive=alive,
+        timeout=timeout,
+        interval=0.5,
+        exited="Kafka exited while starting; see kafka/kafka.out in the state dir",
+        late=f"Kafka on {bootstrap} not ready after {timeout:.0f}s; see kafka/kafka.out in the state dir",
+    )
+    log.debug("kafka cluster %s answers on %s", cluster.get("cluster_id"), bootstrap)
 
 
 async def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:

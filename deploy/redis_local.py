@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -13,7 +12,9 @@ from pathlib import Path
 
 import redis
 
-from rankstream.stream.errors import StackError
+from rankstream.deploy.errors import StackError
+from rankstream.deploy.probe import free_port
+from rankstream.deploy.probe import wait_ready as probe_ready
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +26,13 @@ def server_argv(port: int, data_dir: Path) -> list[str]:
         raise StackError("redis-server not found: install it with `apt-get install -y redis-server`")
     data_dir.mkdir(parents=True, exist_ok=True)
     # --save '' and --appendonly no: a dev cache; a restart starts empty, as after a Redis failover.
-    return [
-        binary,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(data_dir),
-        "--daemonize", "no",
-    ]  # fmt: skip
+    options = {"--port": port, "--bind": "127.0.0.1", "--save": "", "--appendonly": "no", "--dir": data_dir}
+    return [binary, *_flags(options | {"--daemonize": "no"})]
+
+
+def _flags(options: dict[str, object]) -> list[str]:
+    """`{"--port": 6379}` -> `["--port", "6379"]`: redis-server's command-line form of its options."""
+    return [str(part) for pair in options.items() for part in pair]
 
 
 def url(port: int) -> str:
@@ -42,19 +41,17 @@ def url(port: int) -> str:
 
 def wait_ready(redis_url: str, timeout: float, alive: Callable[[], bool]) -> None:
     """Block until PING answers; StackError if the server dies or the timeout passes."""
-    deadline = time.monotonic() + timeout
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
     try:
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError as exc:
-                if not alive():
-                    raise StackError("redis-server exited; see redis/redis.out in the state dir") from exc
-                if time.monotonic() > deadline:
-                    raise StackError(f"Redis on {redis_url} not ready after {timeout:.0f}s") from exc
-                time.sleep(0.1)
+        probe_ready(
+            client.ping,
+            (redis.ConnectionError,),
+            alive=alive,
+            timeout=timeout,
+            interval=0.1,
+            exited="redis-server exited; see redis/redis.out in the state dir",
+            late=f"Redis on {redis_url} not ready after {timeout:.0f}s; see redis/redis.out in the state dir",
+        )
     finally:
         client.close()
 
@@ -86,14 +83,15 @@ def start_cluster(data_dir: Path, masters: int = 3, timeout: float = 30.0) -> Lo
     try:
         for _ in range(masters):
             # cluster-port: the bus port is picked free too (the default, port + 10000, may be taken).
-            port, bus_port = _free_port(), _free_port()
+            port, bus_port = free_port(), free_port()
             node_dir = data_dir / f"node-{port}"
-            argv = server_argv(port, node_dir) + [
-                "--cluster-enabled", "yes",
-                "--cluster-port", str(bus_port),
-                "--cluster-config-file", str(node_dir / "nodes.conf"),
-                "--cluster-node-timeout", "5000",
-            ]  # fmt: skip
+            cluster_flags = {
+                "--cluster-enabled": "yes",
+                "--cluster-port": bus_port,
+                "--cluster-config-file": node_dir / "nodes.conf",
+                "--cluster-node-timeout": 5000,
+            }
+            argv = server_argv(port, node_dir) + _flags(cluster_flags)
             with (node_dir / "redis.out").open("ab") as out:
                 processes.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=node_dir))
             ports.append(port)
@@ -145,9 +143,3 @@ def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

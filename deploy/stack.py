@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,13 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from rankstream.deploy import kafka_local, redis_local
+from rankstream.deploy.errors import StackError
 from rankstream.deploy.kafka_local import create_topics, ensure_kafka_jars
-from rankstream.stream.errors import StackError
+from rankstream.deploy.probe import answers, free_port, port_free
+from rankstream.stream.errors import ConfigError
 
 __all__ = [
-    "LocalStack", "StackInfo", "create_topics", "down", "ensure_kafka_jars", "restart_kafka",
-    "start_redis", "status", "stop_redis", "up",
-]  # fmt: skip
+    "LocalStack",
+    "StackError",
+    "StackInfo",
+    "create_topics",
+    "down",
+    "ensure_kafka_jars",
+    "restart_kafka",
+    "start_redis",
+    "status",
+    "stop_redis",
+    "up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,41 +82,23 @@ def _alive(pid: int | None, started: int | None) -> bool:
     return pid is not None and _start_time(pid) == started
 
 
-def _answers(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        # Both servers set SO_REUSEADDR, so TIME_WAIT leftovers of a previous run do not block them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _spawn(argv: list[str], out: Path) -> tuple[int, int]:
     """Start argv detached (own session, reparented to init, stdout+stderr appended to out)."""
     # A shell that backgrounds the server and exits: the server is never our child, so stopping it
     # leaves no zombie in this process and no still-running Popen object behind.
     script = 'out=$1; shift; "$@" >>"$out" 2>&1 </dev/null & echo $!'
-    done = subprocess.run(["sh", "-c", script, "sh", str(out), *argv], capture_output=True, text=True,
-                          check=True, cwd=out.parent, start_new_session=True)  # fmt: skip
+    command = ["sh", "-c", script, "sh", str(out), *argv]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=out.parent, start_new_session=True)
     pid = int(done.stdout)
     started = _start_time(pid)
     if started is None:
         raise StackError(f"{argv[0]} exited at once; see {out}")
     return pid, started
+
+
+def _check_service(name: str) -> None:
+    if name not in STOP_GRACE_S:
+        raise ConfigError(f"service must be 'kafka' or 'redis', not {name!r}")
 
 
 class LocalStack:
@@ -169,7 +161,7 @@ class LocalStack:
 
     def _running(self, state: dict[str, Any], name: str) -> bool:
         entry = state.get(name) or {}
-        return _alive(entry.get("pid"), entry.get("started")) and _answers(entry["port"])
+        return _alive(entry.get("pid"), entry.get("started")) and answers(entry["port"])
 
     def _info(self, state: dict[str, Any]) -> StackInfo:
         kafka, redis = state.get("kafka") or {}, state.get("redis") or {}
@@ -184,22 +176,21 @@ class LocalStack:
     @staticmethod
     def _pick_port(wanted: int | None, recorded: int | None) -> int:
         if wanted is not None:
-            if not _port_free(wanted):
+            if not port_free(wanted):
                 raise StackError(f"port {wanted} is in use; pick another or pass none for a free one")
             return wanted
         if recorded is not None:
             # Clients hold this address: wait out a previous server's last moments before giving it up.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                if _port_free(recorded):
+                if port_free(recorded):
                     return recorded
                 time.sleep(0.2)
             log.warning("recorded port %s is taken by another program; using a new one", recorded)
-        return _free_port()
+        return free_port()
 
     def _ensure(self, state: dict[str, Any], name: str, port: int | None) -> None:
-        if name not in STOP_GRACE_S:
-            raise ValueError(f"service must be 'kafka' or 'redis', not {name!r}")
+        _check_service(name)
         entry = state.setdefault(name, {})
         if self._running(state, name):
             if port is not None and port != entry["port"]:
@@ -227,8 +218,8 @@ class LocalStack:
         except BaseException:
             self._stop(state, name, kill=True)
             raise
-        log.info("%s up on port %s (pid %s) in %.1fs", name, entry["port"], entry["pid"],
-                 time.monotonic() - started_at)  # fmt: skip
+        took = time.monotonic() - started_at
+        log.info("%s up on port %s (pid %s) in %.1fs", name, entry["port"], entry["pid"], took)
 
     def _kafka_argv(self, state: dict[str, Any], entry: dict[str, Any]) -> list[str]:
         libs = ensure_kafka_jars()
@@ -245,8 +236,7 @@ class LocalStack:
             os.kill(pid, sig)
 
     def _stop(self, state: dict[str, Any], name: str, *, kill: bool) -> None:
-        if name not in STOP_GRACE_S:
-            raise ValueError(f"service must be 'kafka' or 'redis', not {name!r}")
+        _check_service(name)
         entry = state.get(name)
         if not entry or entry.get("pid") is None:
             return

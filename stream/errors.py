@@ -23,7 +23,3 @@ class StoreError(RankstreamError):
     """Redis refused or failed a write; the batch is retried, its offsets stay uncommitted."""
 
     retriable = True
-
-
-class StackError(RankstreamError):
-    """The local Kafka/Redis stack could not be started or found."""

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from rankstream.deploy import kafka_local, redis_local
 from rankstream.deploy import stack as local_stack
-from rankstream.stream.errors import StackError
+from rankstream.deploy.errors import StackError
 
 
 def _gone(pid: int) -> bool:
