@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from rankstream.stream import metrics as m
 from rankstream.stream.events import Rejected
 
 log = logging.getLogger(__name__)
@@ -58,8 +57,7 @@ class DeadLetters:
         return len(self._pending)
 
     async def send(self, source: Source, rejected: Rejected) -> None:
-        """Queue one dead letter; an internal error is logged (once, here) with its exception."""
-        m.DLQ.labels(rejected.reason).inc()
+        """Queue one dead letter (the caller counts it); an internal error is logged once, here."""
         where = f"{source.topic}[{source.partition}]@{source.offset}"
         if rejected.reason in ("internal_error", "crash_loop", "bad_state"):
             log.warning("dead-lettered %s: %s: %s", where, rejected.reason, rejected.detail)

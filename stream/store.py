@@ -8,7 +8,7 @@ Key schema (version 1; documented for frontends in docs/operations.md):
   rs:trending    comma-joined item ids, best first
   rs:itemstats   hash item_id -> JSON sales statistics (stream.signals.ItemStats), read by the signals
   rs:quality     hash: <model version>:events / :hits — live hit-rate of the lists each version wrote
-  rs:guard:{<group>}  hash topic:partition -> the batch each partition's owner is processing (crash-loop guard)
+  rs:guard:{<group>}  hash topic:partition -> the batch each partition's owner is processing (stream/guard.py)
 The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write touches live in one slot.
 """
 
@@ -22,7 +22,8 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from rankstream.stream.errors import StoreError
-from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect, is_cluster
+from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect, connect_from_settings, is_cluster
+from rankstream.stream.settings import Settings
 from rankstream.stream.signals import ItemStats
 
 log = logging.getLogger(__name__)
@@ -50,34 +51,6 @@ redis.call('HSET', KEYS[1], 'items', ARGV[4], 'p', ARGV[1], 'o', ARGV[2], 'ts', 
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 return 1
-"""
-
-
-# The crash-loop guard, one step per partition of a batch (ARGV: owner, then topic:partition, first
-# offset, last offset per partition). A stored batch of another owner that was never followed by a
-# later one died in flight: its range is suspect and is retried one record at a time. `count` is how
-# many owners in a row started a batch at the same offset; the caller dead-letters the record once it
-# passes the limit. The same owner retrying its own batch (a Redis outage) counts nothing.
-_GUARD_LUA = """
-local out = {}
-for i = 2, #ARGV, 3 do
-  local field, first, last = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local s, e, owner, count, suspect = -1, -1, '', 0, -1
-  local old = redis.call('HGET', KEYS[1], field)
-  if old then
-    local a, b, o, c, sus = string.match(old, '^(-?%d+),(-?%d+),([^,]*),(%d+),(-?%d+)$')
-    if a then s, e, owner, count, suspect = tonumber(a), tonumber(b), o, tonumber(c), tonumber(sus) end
-  end
-  if owner ~= '' and owner ~= ARGV[1] and e > suspect then suspect = e end
-  local n = 1
-  if s == first then n = (owner == ARGV[1]) and count or count + 1 end
-  local careful = first <= suspect
-  if careful then last = first end
-  redis.call('HSET', KEYS[1], field, first .. ',' .. last .. ',' .. ARGV[1] .. ',' .. n .. ',' .. suspect)
-  out[#out + 1] = n
-  out[#out + 1] = careful and 1 or 0
-end
-return out
 """
 
 
@@ -114,18 +87,6 @@ class Written:
     bad: dict[str, str]  # users whose stored state refused the write (`user_fault`) -> the key and the error
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """What the crash-loop guard knows of a partition's next batch."""
-
-    starts: int  # owners in a row that started a batch at this offset, this one included
-    careful: bool  # the offset lies in a batch a previous owner never finished: take one record only
-
-
-def guard_key(group_id: str) -> str:
-    return f"rs:guard:{{{group_id}}}"
-
-
 def user_fault(exc: Exception) -> bool:
     """Whether a Redis reply error belongs to the keys of one command (a key of the wrong type, a value
     the script cannot use), rather than to the server (out of memory, read-only replica, a failover)."""
@@ -152,7 +113,6 @@ class Store:
         self._r = client
         self._ttl_s = ttl_s
         self._write = client.register_script(_WRITE_LUA)
-        self._guard = client.register_script(_GUARD_LUA)
         self._cluster = is_cluster(client)
 
     @classmethod
@@ -160,6 +120,11 @@ class Store:
         """`cluster`: the URL names a node of a Redis Cluster. `options` go to redis-py (username, password,
         ssl_ca_certs, …): see Settings.redis_client_options."""
         return cls(connect(url, cluster=cluster, **options), ttl_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Store":
+        """A Store on the settings' Redis (`connect_from_settings`), lists kept for `rec_ttl_s`."""
+        return cls(connect_from_settings(settings), settings.rec_ttl_s)
 
     @property
     def client(self) -> RedisClient:
@@ -317,24 +282,6 @@ class Store:
                 log.error("updating %s failed; lists are written, the live hit-rate is not: %s", QUALITY_KEY, r)
                 break
         return Written(applied, bad)
-
-    async def guard(self, group_id: str, owner: str, ranges: Mapping[str, tuple[int, int]]) -> dict[str, Attempt]:
-        """Record that `owner` starts a batch over `ranges` (topic:partition -> first, last offset) and say,
-        per partition, how many owners in a row started there and whether to take one record only."""
-        if not ranges:
-            return {}
-        args: list[str | int] = [owner]
-        for field, (first, last) in ranges.items():
-            args += [field, first, last]
-        try:
-            reply = await self._guard(keys=[guard_key(group_id)], args=args)
-        except REDIS_ERRORS as exc:
-            if user_fault(exc):  # a stray value under the guard's key: start it over
-                log.error("%s was unusable and is reset: %s", guard_key(group_id), exc)
-                await self._r.delete(guard_key(group_id))
-                return await self.guard(group_id, owner, ranges)
-            raise StoreError(f"recording the batch in {guard_key(group_id)} failed: {exc}") from exc
-        return {field: Attempt(int(reply[2 * i]), bool(reply[2 * i + 1])) for i, field in enumerate(ranges)}
 
     async def read_quality(self) -> dict[str, dict[str, float]]:
         """Live hit-rate per model version: events checked, hits, and their ratio."""

@@ -2,8 +2,9 @@
 
 import pytest
 
+from rankstream.stream.guard import Attempt, Guard, guard_key
 from rankstream.stream.signals import ItemStats
-from rankstream.stream.store import Attempt, ListWrite, Store, guard_key, rec_key
+from rankstream.stream.store import ListWrite, Store, rec_key
 
 from .conftest import CATALOG, ITEM_STATS, NEIGHBOURS, TRENDING
 
@@ -113,26 +114,28 @@ async def test_stray_tables_degrade_and_do_not_stop(store: Store) -> None:
 
 
 async def test_crash_loop_guard_counts_owners_and_isolates_suspect_ranges(store: Store) -> None:
-    g = "grp"
+    def guard(owner: str) -> Guard:
+        return Guard(store.client, "grp", owner, limit=3)
+
     # A first batch: nothing suspect.
-    assert await store.guard(g, "a", {"t:0": (0, 49), "t:1": (10, 19)}) == {
+    assert await guard("a").attempts({"t:0": (0, 49), "t:1": (10, 19)}) == {
         "t:0": Attempt(1, False),
         "t:1": Attempt(1, False),
     }
     # The same owner retrying its own batch (Redis was away) counts nothing.
-    assert (await store.guard(g, "a", {"t:0": (0, 49)}))["t:0"] == Attempt(1, False)
+    assert (await guard("a").attempts({"t:0": (0, 49)}))["t:0"] == Attempt(1, False)
     # Owner a never got further: b takes its range one record at a time.
-    assert (await store.guard(g, "b", {"t:0": (0, 49)}))["t:0"] == Attempt(2, True)
-    assert (await store.guard(g, "b", {"t:0": (1, 49)}))["t:0"] == Attempt(1, True)
+    assert (await guard("b").attempts({"t:0": (0, 49)}))["t:0"] == Attempt(2, True)
+    assert (await guard("b").attempts({"t:0": (1, 49)}))["t:0"] == Attempt(1, True)
     # b stops at offset 7 twice in a row with c and d: the starts add up.
-    await store.guard(g, "b", {"t:0": (7, 49)})
-    assert (await store.guard(g, "c", {"t:0": (7, 49)}))["t:0"] == Attempt(2, True)
-    assert (await store.guard(g, "d", {"t:0": (7, 49)}))["t:0"] == Attempt(3, True)
+    await guard("b").attempts({"t:0": (7, 49)})
+    assert (await guard("c").attempts({"t:0": (7, 49)}))["t:0"] == Attempt(2, True)
+    assert (await guard("d").attempts({"t:0": (7, 49)}))["t:0"] == Attempt(3, True)
     # Past the suspect range batches are whole again.
-    assert (await store.guard(g, "d", {"t:0": (50, 90)}))["t:0"] == Attempt(1, False)
+    assert (await guard("d").attempts({"t:0": (50, 90)}))["t:0"] == Attempt(1, False)
     # A partition that changed owner cleanly (committed up to where the next owner starts) is not suspect.
-    assert (await store.guard(g, "e", {"t:1": (20, 29)}))["t:1"] == Attempt(1, False)
+    assert (await guard("e").attempts({"t:1": (20, 29)}))["t:1"] == Attempt(1, False)
     # Garbage under the guard's key resets it rather than stopping the batch.
-    await store.client.delete(guard_key(g))
-    await store.client.set(guard_key(g), "garbage")
-    assert (await store.guard(g, "e", {"t:1": (30, 39)}))["t:1"] == Attempt(1, False)
+    await store.client.delete(guard_key("grp"))
+    await store.client.set(guard_key("grp"), "garbage")
+    assert (await guard("e").attempts({"t:1": (30, 39)}))["t:1"] == Attempt(1, False)

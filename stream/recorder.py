@@ -1,0 +1,88 @@
+"""What a scorer counts, in one place: every counter goes to its `Stats` and to Prometheus together."""
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from rankstream.stream import metrics as m
+
+
+@dataclass
+class Stats:
+    """A scorer's totals since start, returned by `Scorer.run` (benchmarks and tests read them)."""
+
+    events: int = 0
+    dlq: int = 0
+    lists_written: int = 0
+    stale_skipped: int = 0
+    coalesced: int = 0
+    batches: int = 0
+    pairs: int = 0
+    dlq_reasons: dict[str, int] = field(default_factory=dict)
+    events_by_version: dict[str, int] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall time per batch stage, summed
+
+
+class Recorder:
+    """Feeds `Stats` and the Prometheus metrics from the same calls, so the two never disagree."""
+
+    def __init__(self, latency_samples: int = 0) -> None:
+        self.stats = Stats()
+        # (written at, unix s; event -> Redis latency, ms) of the most recent events, for benchmarks;
+        # bounded. A served replica keeps none (the histogram metric has the latencies).
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=latency_samples)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage of a batch (read, score, write, commit)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - t0
+            m.STAGE_SECONDS.labels(name).observe(took)
+            self.stats.stage_s[name] = self.stats.stage_s.get(name, 0.0) + took
+
+    def dead_letter(self, reason: str) -> None:
+        st = self.stats
+        st.dlq += 1
+        st.dlq_reasons[reason] = st.dlq_reasons.get(reason, 0) + 1
+        m.DLQ.labels(reason).inc()
+
+    def written(self, lists: int, stale: int, pairs: int, quality: dict[str, tuple[int, int]]) -> None:
+        """One chunk's writes: lists applied, lists the fence refused, pairs scored, live hit-rate."""
+        for version, (checked, hits) in quality.items():
+            m.LIVE_EVENTS.labels(version).inc(checked)
+            m.LIVE_HITS.labels(version).inc(hits)
+        m.LISTS_WRITTEN.inc(lists)
+        m.STALE_SKIPPED.inc(stale)
+        m.PAIRS.inc(pairs)
+        st = self.stats
+        st.lists_written += lists
+        st.stale_skipped += stale
+        st.pairs += pairs
+
+    def batch(self, version: str, records: int, events: int, coalesced: int) -> None:
+        """One batch: records taken, events it finished (scored or already reflected), events folded."""
+        m.BATCH_RECORDS.observe(records)
+        m.EVENTS.inc(events)
+        m.COALESCED.inc(coalesced)
+        st = self.stats
+        st.batches += 1
+        st.events += events
+        st.coalesced += coalesced
+        if events:
+            st.events_by_version[version] = st.events_by_version.get(version, 0) + events
+
+    def reflected(self, timestamps_ms: Sequence[int]) -> None:
+        """Event -> Redis latency of events whose lists are written now."""
+        written_ms = time.time() * 1000
+        for ts in timestamps_ms:
+            latency_ms = max(written_ms - ts, 0.0)
+            m.EVENT_TO_REDIS.observe(latency_ms / 1000)
+            self.latencies.append((written_ms / 1000, latency_ms))
+
+    def failed_batch(self, exc: Exception) -> None:
+        m.ERRORS.labels(type(exc).__name__).inc()

@@ -1,0 +1,109 @@
+"""Scoring one chunk of users: candidates, signals, one model call, top-k lists to write.
+
+A user whose candidates, signals or model input raise is set apart with the error as their dead-letter
+reason, so one user's input never fails the others.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rankstream.stream import batch as b
+from rankstream.stream.events import Rejected, internal_error
+from rankstream.stream.ranker import Ranker
+from rankstream.stream.settings import Settings
+from rankstream.stream.store import ListWrite
+from rankstream.stream.tables import Tables
+
+log = logging.getLogger(__name__)
+
+_UserPairs = tuple[b.UserPlan, list[str], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Scored:
+    writes: list[ListWrite]
+    pairs: int  # pairs cross-encoded
+    failed: dict[str, Rejected]  # user -> why they were not scored
+
+
+async def score_users(
+    ranker: Ranker,
+    plans: list[b.UserPlan],
+    neighbours: Mapping[str, Sequence[str]],
+    tables: Tables,
+    settings: Settings,
+) -> Scored:
+    """Each user's list, scored by `ranker` in one call (one padded ONNX Runtime batch per user)."""
+    failed: dict[str, Rejected] = {}
+    per_user: list[_UserPairs] = []
+    for p in plans:
+        try:
+            per_user.append(
+                (p, *b.candidate_pairs(p, neighbours, tables.trending, tables.catalog, settings.candidates))
+            )
+        except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+            failed[p.user_id] = internal_error(exc)
+    signals = None
+    if ranker.signals is not None:  # the model also reads serve-time signals: candidates' neighbours too
+        per_user, signals = await _with_signals(per_user, neighbours, tables, failed)
+    t0 = time.perf_counter()
+    top = settings.rerank_top
+    try:
+        scores = await asyncio.to_thread(ranker.score_lists, [pairs for *_, pairs in per_user], signals, top=top)
+    except Exception:  # noqa: BLE001 - find the user whose input the model cannot take
+        per_user, scores = await _one_by_one(ranker, per_user, signals, top, failed)
+    n_pairs = sum(min(len(pairs), top) if top else len(pairs) for *_, pairs in per_user)
+    log.debug("scored %d pairs for %d users in %.3fs", n_pairs, len(per_user), time.perf_counter() - t0)
+    writes = [
+        ListWrite(
+            p.user_id,
+            p.history,
+            b.top_k(cands, s, settings.top_k),
+            ranker.version,
+            p.last.partition,
+            p.last.offset,
+            p.last.timestamp_ms,
+            p.last.topic,
+        )
+        for (p, cands, _), s in zip(per_user, scores, strict=True)
+    ]
+    return Scored(writes, n_pairs, failed)
+
+
+async def _with_signals(
+    per_user: list[_UserPairs], neighbours: Mapping[str, Sequence[str]], tables: Tables, failed: dict[str, Rejected]
+) -> tuple[list[_UserPairs], list[np.ndarray]]:
+    """The users whose signal rows could be computed, and those rows."""
+    lists = {**neighbours, **await tables.neighbours_for(b.signal_items(c for _, c, _ in per_user))}
+    kept, signals = [], []
+    for p, cands, pairs in per_user:
+        try:
+            signals.append(b.user_signals(p, cands, lists, tables.item_stats, tables.catalog))
+            kept.append((p, cands, pairs))
+        except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+            failed[p.user_id] = internal_error(exc)
+    return kept, signals
+
+
+async def _one_by_one(
+    ranker: Ranker,
+    per_user: list[_UserPairs],
+    signals: list[np.ndarray] | None,
+    top: int,
+    failed: dict[str, Rejected],
+) -> tuple[list[_UserPairs], list[np.ndarray]]:
+    """After a batch raised: score users one at a time; those that raise again join `failed`."""
+    kept, scores = [], []
+    for i, (p, cands, pairs) in enumerate(per_user):
+        sig = None if signals is None else [signals[i]]
+        try:
+            scores += await asyncio.to_thread(ranker.score_lists, [pairs], sig, top=top)
+            kept.append((p, cands, pairs))
+        except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+            failed[p.user_id] = internal_error(exc)
+    return kept, scores
