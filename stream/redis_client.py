@@ -12,6 +12,8 @@ from typing import Any, TypeAlias
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
+from rankstream.stream.settings import Settings
+
 RedisClient: TypeAlias = Redis | RedisCluster
 
 
@@ -24,6 +26,11 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> RedisClient:
     if cluster:
         return RedisCluster.from_url(url, decode_responses=True, **options)
     return Redis.from_url(url, decode_responses=True, **options)
+
+
+def connect_from_settings(settings: Settings) -> RedisClient:
+    """A client for the settings' Redis: its URL, Cluster mode, credentials, TLS and timeouts."""
+    return connect(settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_options())
 
 
 def is_cluster(client: RedisClient) -> bool:

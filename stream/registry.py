@@ -1,14 +1,11 @@
 """The model registry: versioned artifacts under one shared root, and which version is active, in Redis.
 
-Artifacts live at `<root>/<version>/` (a path every replica mounts). Redis holds the decisions, so they
-survive any replica and every replica sees the same ones:
-
-- `rs:{model}:active`    the version every replica must serve;
-- `rs:{model}:log`       every activation, newest first (JSON): what `rollback` steps back along;
-- `rs:{model}:pinned`    set by `pin`: publishes are registered but not activated until `unpin`;
-- `rs:{model}:serving`   hash replica -> what it serves and since when (written by the replicas);
-- channel `rs:model:announce`, published on every activation. A replica also re-reads the active key
-  every few seconds, so a missed announcement (pub/sub is fire-and-forget) only delays a swap.
+Artifacts live at `<root>/<version>/` (a path every replica mounts). Redis holds the decisions (which
+version is active, the activation log, the pin, what each replica serves) and announces each
+activation, so they survive any replica and every replica sees the same ones. The key names are the
+constants below; what each key holds is documented once, in docs/operations.md ("Model registry
+and hot swap"). A replica also re-reads the active key on every poll, so a missed announcement
+(pub/sub is fire-and-forget) only delays a swap.
 
 The `{model}` hash tag keeps the keys in one Redis Cluster slot: an activation updates two in one
 transaction.

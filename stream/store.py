@@ -1,14 +1,8 @@
 """Redis: the catalog and candidate tables the scorer reads, and the per-user lists it writes.
 
-Key schema (version 1; documented for frontends in docs/operations.md):
-  rec:{<user>}   JSON top-k list, with TTL         — what frontends read
-  hist:{<user>}  hash: items (newest first), p, o, ts — the scorer's own per-user state and write fence
-  rs:catalog     hash item_id -> title
-  rs:nb          hash item_id -> comma-joined co-visitation neighbours, best first
-  rs:trending    comma-joined item ids, best first
-  rs:itemstats   hash item_id -> JSON sales statistics (stream.signals.ItemStats), read by the signals
-  rs:quality     hash: <model version>:events / :hits — live hit-rate of the lists each version wrote
-  rs:guard:{<group>}  hash topic:partition -> the batch each partition's owner is processing (stream/guard.py)
+Every key name the scorer uses is defined in this module (`rec_key`, `hist_key`, the `rs:*`
+constants); what each key holds is documented once, for frontends and operators, in
+docs/operations.md ("Redis keys").
 The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write touches live in one slot.
 """
 
