@@ -38,3 +38,18 @@ def test_help_lists_the_commands() -> None:
     assert done.returncode == 0
     for cmd in ("stack", "prepare", "load", "build-model", "serve", "replay", "eval", "recs", "demo"):
         assert cmd in done.stdout
+
+
+def test_a_user_mistake_is_one_line_and_verbose_adds_the_trace(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    quiet = run_cli("serve", RANKSTREAM_MODEL_DIR=str(tmp_path))
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.strip().splitlines()[-1].startswith("rankstream: error: ")
+    loud = run_cli("-v", "serve", RANKSTREAM_MODEL_DIR=str(tmp_path))
+    assert loud.returncode == 2 and "Traceback" in loud.stderr
+
+
+def test_exit_codes_follow_the_error_class() -> None:
+    from rankstream.stream.errors import ArtifactError, ConfigError, JobError, RankstreamError, StoreError
+
+    codes = [e.exit_code for e in (RankstreamError, ConfigError, ArtifactError, JobError, StoreError)]
+    assert codes == [1, 2, 3, 4, 5]

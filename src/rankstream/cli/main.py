@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from rankstream.cli import models as models_cli
@@ -323,8 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except RankstreamError as exc:
+        # A user's mistake or an unavailable service: one line that says what to do; -v adds the trace.
+        if args.verbose:
+            traceback.print_exc()
         print(f"rankstream: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
