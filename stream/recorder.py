@@ -1,6 +1,8 @@
 """What a scorer counts, in one place: every counter goes to its `Stats` and to Prometheus together."""
 
 import contextlib
+import dataclasses
+import json
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -23,6 +25,14 @@ class Stats:
     dlq_reasons: dict[str, int] = field(default_factory=dict)
     events_by_version: dict[str, int] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)  # wall time per batch stage, summed
+
+    def to_json(self) -> str:
+        """The one line `rankstream serve` prints when it stops, read back by `from_json` (the demo)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> "Stats":
+        return cls(**json.loads(line))
 
 
 class Recorder:

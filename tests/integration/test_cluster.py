@@ -9,7 +9,6 @@ import redis
 import redis.asyncio as aioredis
 
 from rankstream.deploy import redis_local
-from rankstream.ops.load import open_store
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import StoreError
 from rankstream.stream.ranker import Ranker
@@ -36,8 +35,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_local.Lo
 
 @pytest.fixture
 async def cstore(cluster: redis_local.LocalCluster) -> AsyncIterator[Store]:
-    """A Store made the way the CLI makes it (settings -> open_store), on a flushed cluster, tables loaded."""
-    store = open_store(load_settings(redis_url=cluster.url, redis_cluster=True))
+    """A Store made the way the CLI makes it (settings -> Store.from_settings), on a flushed cluster, tables loaded."""
+    store = Store.from_settings(load_settings(redis_url=cluster.url, redis_cluster=True))
     assert isinstance(store.client, aioredis.RedisCluster)
     await store.client.flushdb()  # sent to every primary
     await store.load_tables(CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
@@ -206,7 +205,7 @@ async def test_the_scorer_serves_from_kafka_into_the_cluster(
         batch_linger_ms=50,
         threads=1,
     )
-    store = open_store(s)
+    store = Store.from_settings(s)
     await store.client.flushdb()
     await store.load_tables(CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
     await setup_topics(stack, topic)

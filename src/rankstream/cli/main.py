@@ -131,7 +131,7 @@ def _bench_stream(args: argparse.Namespace) -> int:
     result = asyncio.run(
         bench_stream(home(), model, events=args.events, share=args.share, live_events=args.live_events, **overrides)
     )
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    print(result.to_json() if args.json else format_bench(result))
     return 0
 
 
@@ -141,7 +141,7 @@ def _bench_swap(args: argparse.Namespace) -> int:
     result = asyncio.run(
         bench_swap(home(), args.models, rate=args.rate, swaps=args.swaps, every_s=args.every, replicas=args.replicas)
     )
-    print(json.dumps(result, indent=2) if args.json else format_swap(result))
+    print(result.to_json() if args.json else format_swap(result))
     return 0
 
 
@@ -151,7 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {"model_dir": args.model_dir} if args.model_dir else {}
     stats = asyncio.run(serve(load_settings(**overrides)))
-    print(json.dumps(stats.__dict__))
+    print(stats.to_json())
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rankstream.stream.errors import ArtifactError
-from rankstream.stream.redis_client import connect
+from rankstream.stream.redis_client import connect_from_settings
 from rankstream.stream.registry import Registry
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -20,14 +20,18 @@ from rankstream.stream.store import Store
 
 def open_registry(settings: Settings, default_root: Path) -> Registry:
     root = settings.model_dir or default_root
-    client = connect(settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_options())
-    return Registry(root, client)
+    return Registry(root, connect_from_settings(settings))
+
+
+async def _live_quality(registry: Registry) -> dict[str, dict[str, float]]:
+    """Each version's live hit-rate, from the Redis the registry uses (a read: the TTL is never applied)."""
+    return await Store(registry.client, ttl_s=60).read_quality()
 
 
 async def describe_versions(registry: Registry) -> dict[str, Any]:
     """Every version with its chain and metrics, which one is active or pinned, and what replicas serve."""
     active, pinned = await registry.active(), await registry.pinned()
-    quality = await Store(registry.client, ttl_s=60).read_quality()
+    quality = await _live_quality(registry)
     versions = []
     for v in registry.versions():
         row: dict[str, Any] = {"version": v, "active": v == active, "pinned": v == pinned}
@@ -82,7 +86,7 @@ async def run_models(args: argparse.Namespace, settings: Settings, default_root:
             manifest = registry.verify(args.version)  # refuses a tampered artifact, naming each problem
             history = [a.__dict__ for a in await registry.activations() if a.version == args.version]
             out = json.loads(manifest.model_dump_json()) | {"checksums": "verified", "activations": history}
-            out["live"] = (await Store(registry.client, ttl_s=60).read_quality()).get(args.version, {})
+            out["live"] = (await _live_quality(registry)).get(args.version, {})
             return json.dumps(out, indent=2)
         if args.action == "publish":
             version, activated = await registry.publish(args.artifact)

@@ -11,21 +11,26 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
+from rankstream.deploy.errors import StackError
 from rankstream.evaluation.evaluate import evaluate, format_table
 from rankstream.jobs.compress import best_student, compress
-from rankstream.ops.load import describe, load_tables_and_topics, open_store, split_events
+from rankstream.ops.load import describe, load_tables_and_topics, split_events
 from rankstream.ops.replay import replay
 from rankstream.stream.artifact import copy_artifact, load_manifest
 from rankstream.stream.errors import ConfigError
+from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag, topic_size
+from rankstream.stream.recorder import Stats
 from rankstream.stream.service import resolve_model_dir
-from rankstream.stream.settings import load_settings
+from rankstream.stream.settings import Settings, load_settings
+from rankstream.stream.store import Store
 
 # Shown in the DLQ count: what bad input looks like, and that it is kept, not lost.
 MALFORMED = [
@@ -82,6 +87,43 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
 
     _banner(f"scorer: `rankstream serve` as its own process; replay {events} test-period events")
     log_path = home / "demo-scorer.log"
+    evs = split_events(data_dir, "test", events)
+    run = _serve_and_replay(settings, env, evs, log_path)
+    if run is None:
+        return 1
+
+    _banner("recommendations, read back from Redis as a frontend would")
+    asyncio.run(_show_users(settings, evs, users_shown))
+
+    _banner("test-split quality: the model vs the non-neural orders on the same candidate lists")
+    print(format_table(evaluate(data_dir, model_dir, split="test", max_instances=500)))
+
+    _banner("counts")
+    stats = run.stats
+    print(f"events in:      {len(evs)} valid + {len(MALFORMED)} malformed")
+    print(f"events scored:  {stats.events} (coalesced into fewer scorings: {stats.coalesced})")
+    print(f"lists written:  {stats.lists_written}   pairs scored: {stats.pairs}")
+    print(f"dead-lettered:  {run.dlq} (by reason: {stats.dlq_reasons})")
+    print(f"consumer lag:   {run.lag}")
+    print(f"wall time:      {time.perf_counter() - t0:.0f}s   scorer log: {log_path}")
+    return 0
+
+
+@dataclass(frozen=True)
+class ScorerRun:
+    """What the demo's scorer process did: its own totals, the records it dead-lettered, the lag left."""
+
+    stats: Stats
+    dlq: int
+    lag: int
+
+
+def _serve_and_replay(
+    settings: Settings, env: dict[str, str], evs: list[ClickEvent], log_path: Path
+) -> ScorerRun | None:
+    """Start `rankstream serve`, replay `evs` and the malformed records, wait until all are scored, stop it.
+
+    None when the scorer exited with an error (said on stderr, with where its log is)."""
     with log_path.open("w") as log_file:
         scorer = subprocess.Popen(
             [sys.executable, "-m", "rankstream.cli.main", "serve"],
@@ -91,44 +133,28 @@ def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
             text=True,
         )
         try:
-            evs = split_events(data_dir, "test", events)
             dlq_before = asyncio.run(topic_size(settings.kafka_bootstrap, settings.dlq_topic))
-            sent = asyncio.run(replay(evs, info.bootstrap, settings.topic, extra_raw=MALFORMED))
+            sent = asyncio.run(replay(evs, settings.kafka_bootstrap, settings.topic, extra_raw=MALFORMED))
             print(f"replayed {len(evs)} events and {len(MALFORMED)} malformed records ({sent} records)")
-            lag = asyncio.run(_wait_drained(settings, scorer))
+            lag = asyncio.run(_wait_drained(settings, scorer, log_path))
         finally:
             scorer.send_signal(signal.SIGTERM)
             out, _ = scorer.communicate(timeout=120)
     if scorer.returncode != 0:
         print(f"scorer exited with {scorer.returncode}; see {log_path}", file=sys.stderr)
-        return 1
-    stats = json.loads(out.strip().splitlines()[-1])
+        return None
     dlq = asyncio.run(topic_size(settings.kafka_bootstrap, settings.dlq_topic)) - dlq_before
-
-    _banner("recommendations, read back from Redis as a frontend would")
-    asyncio.run(_show_users(settings, evs, users_shown))
-
-    _banner("test-split quality: the model vs the non-neural orders on the same candidate lists")
-    print(format_table(evaluate(data_dir, model_dir, split="test", max_instances=500)))
-
-    _banner("counts")
-    print(f"events in:      {len(evs)} valid + {len(MALFORMED)} malformed")
-    print(f"events scored:  {stats['events']} (coalesced into fewer scorings: {stats['coalesced']})")
-    print(f"lists written:  {stats['lists_written']}   pairs scored: {stats['pairs']}")
-    print(f"dead-lettered:  {dlq} (by reason: {stats['dlq_reasons']})")
-    print(f"consumer lag:   {lag}")
-    print(f"wall time:      {time.perf_counter() - t0:.0f}s   scorer log: {log_path}")
-    return 0
+    return ScorerRun(Stats.from_json(out.strip().splitlines()[-1]), dlq, lag)
 
 
-async def _wait_drained(settings, scorer: subprocess.Popen, limit_s: float = 900) -> int:  # type: ignore[no-untyped-def]
+async def _wait_drained(settings: Settings, scorer: subprocess.Popen[str], log_path: Path, limit_s: float = 900) -> int:
     """Poll the group's lag until 0, with a progress bar; fail fast if the scorer died."""
     first = None
     deadline = time.monotonic() + limit_s
     with tqdm(desc="scoring", unit="event") as bar:
         while True:
             if scorer.poll() is not None:
-                raise RuntimeError(f"the scorer exited early with {scorer.returncode}")
+                raise StackError(f"the demo's scorer exited early with {scorer.returncode}; see {log_path}")
             lag = sum((await group_lag(settings.kafka_bootstrap, settings.topic, settings.group_id)).values())
             first = lag if first is None else max(first, lag)
             bar.total = first
@@ -137,12 +163,15 @@ async def _wait_drained(settings, scorer: subprocess.Popen, limit_s: float = 900
             if lag == 0:
                 return lag
             if time.monotonic() > deadline:
-                raise RuntimeError(f"lag still {lag} after {limit_s:.0f}s")
+                raise StackError(
+                    f"the demo's scorer still lags {lag} events after {limit_s:.0f}s; see {log_path}, "
+                    "or rerun with fewer --events"
+                )
             await asyncio.sleep(1.0)
 
 
-async def _show_users(settings, evs, n: int) -> None:  # type: ignore[no-untyped-def]
-    store = open_store(settings)
+async def _show_users(settings: Settings, evs: list[ClickEvent], n: int) -> None:
+    store = Store.from_settings(settings)
     try:
         catalog = await store.read_catalog()
         counts: dict[str, int] = {}

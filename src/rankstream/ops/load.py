@@ -11,20 +11,13 @@ from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
 
-def open_store(settings: Settings) -> Store:
-    """A Store with the settings' Redis URL, credentials and TLS."""
-    return Store.from_url(
-        settings.redis_url, ttl_s=settings.rec_ttl_s, cluster=settings.redis_cluster, **settings.redis_client_options()
-    )
-
-
 async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions: int = 4) -> str:
     """Create the clicks and DLQ topics and load catalog, co-visitation and trending into Redis."""
     prepared = Prepared.load(data_dir)
     await asyncio.to_thread(
         create_topics, settings.kafka_bootstrap, {settings.topic: partitions, settings.dlq_topic: 1}
     )
-    store = open_store(settings)
+    store = Store.from_settings(settings)
     try:
         await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending, prepared.item_stats)
     finally:
@@ -58,7 +51,7 @@ async def replay_split(
 
 
 async def read_recs(settings: Settings, user_id: str) -> dict | None:
-    store = open_store(settings)
+    store = Store.from_settings(settings)
     try:
         return await store.read_list(user_id)
     finally:

@@ -1,0 +1,124 @@
+"""What `bench stream` and `bench swap` measure, as typed records; `Record.to_json` is their one JSON form.
+
+Field names and order are the JSON keys that docs/results.md and the people comparing runs read, so a
+renamed field is a changed output.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Record:
+    """A benchmark result: its JSON is the dataclass's fields, nested records as objects."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass(frozen=True)
+class Latency(Record):
+    """Event -> Redis latency percentiles (ms); None where too few events were scored to tell."""
+
+    p50: float | None
+    p99: float | None
+    max: float | None
+
+
+@dataclass(frozen=True)
+class Phase(Record):
+    """One phase of `bench stream`: a fixed set of events at one target rate (None: a backlog)."""
+
+    events: int
+    rate_target: float | None
+    seconds: float
+    events_per_s: float
+    pairs_per_s: float
+    scorings: int
+    coalesced: int
+    dlq: int
+    lost: int
+    users_not_reflected: int
+    latency_ms: Latency
+    drained_s_after_last_send: float | None
+    kept_up: bool
+    stage_s: dict[str, float]
+
+
+@dataclass(frozen=True)
+class BatchShape(Record):
+    max_records: int
+    linger_ms: int
+
+
+@dataclass(frozen=True)
+class StreamBench(Record):
+    """`bench stream`: the scorer's settings, the backlog phase, the ladder of live rates, the fixed rate."""
+
+    model_version: str
+    model_dir: str
+    method_chain: list[str]
+    candidates_per_user: int
+    batch: BatchShape
+    score_chunk_users: int
+    rerank_top: int | None
+    user_quiet_ms: int
+    live_events: int
+    threads: int
+    max: Phase
+    ladder: list[Phase]
+    max_sustained_events_per_s: float | None
+    fixed_share: float
+    fixed: Phase
+
+
+@dataclass(frozen=True)
+class BySwap(Record, Generic[T]):
+    """One figure measured in steady state and inside swap windows."""
+
+    steady: T
+    swap_windows: T
+
+
+@dataclass(frozen=True)
+class Rss(Record):
+    """Process RSS (MiB): at start, after the first and the last swap, and after each one."""
+
+    start: float
+    after_first_swap: float | None
+    after_last_swap: float
+    after_each_swap: list[float]
+
+
+@dataclass(frozen=True)
+class Convergence(Record):
+    """Seconds from a promote to every replica serving the promoted version."""
+
+    max: float | None
+    median: float | None
+
+
+@dataclass(frozen=True)
+class SwapBench(Record):
+    """`bench swap`: replicas under steady load while the active version flips."""
+
+    versions: list[str]
+    replicas: int
+    rate: float
+    swaps: int
+    every_s: float
+    events: int
+    lost: int
+    users_not_reflected: int
+    events_by_version: dict[str, int]
+    latency_p99_ms: BySwap[float | None]
+    latency_samples: BySwap[int]
+    rss_mib: Rss
+    latency_samples_mib: float
+    publish_to_all_serving_s: Convergence
