@@ -2,7 +2,6 @@
 measured in one run on the same test lists. Reads artifacts; never trains.
 """
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -11,18 +10,15 @@ from typing import Any
 import numpy as np
 
 from rankstream.evaluation.evalset import EvalSet, throughput
+from rankstream.jobs.runs import CompressRunRecord
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.ranker import PairEncoder, Ranker
 
 log = logging.getLogger(__name__)
 
-SPEED_PAIRS = 512  # 16 batches of 32, per round
+SPEED_PAIRS = 512  # whole batches of 32, per round
 SPEED_ROUNDS = 3
 TORCH_SPEED_PAIRS = 256
-
-
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
 
 
 def _torch_speed(
@@ -58,15 +54,12 @@ def bench_model(
     torch_eager: bool = True,
     rerank_top: int = 20,
 ) -> dict[str, Any]:
-    """Quality and speed of every variant in `run_dir/run.json` and of both baselines on `split`; with
+    """Quality and speed of every variant of the compress run in `run_dir` and of both baselines on `split`; with
     `rerank_top`, also each student that carries a linear part when it cross-encodes only that many
     candidates per list (what `RANKSTREAM_RERANK_TOP` does in the scorer)."""
-    run_file = Path(run_dir) / "run.json"
-    if not run_file.exists():
-        raise ConfigError(f"{run_file} not found: run `rankstream compress` first (bench model never trains)")
-    state = json.loads(run_file.read_text())
-    variants = state.get("variants", {})
-    if "teacher-fp32" not in variants:
+    record = CompressRunRecord.load(run_dir)
+    variants = record.variants
+    if "teacher-fp32" not in variants or not variants["teacher-fp32"].valid:
         raise ConfigError(f"{run_dir}: the compress run has not finished (no evaluated teacher); rerun it to resume")
     evalset = EvalSet.build(data_dir, split, max_instances=max_instances)
     speed_pairs = evalset.speed_pairs(SPEED_PAIRS)
@@ -79,20 +72,20 @@ def bench_model(
         "threads": 2,
         "batch_size": 32,
         "cpu_count": os.cpu_count(),
-        "teacher": state["preset"]["teacher_note"],
+        "teacher": record.teacher_note,
         "baselines": evalset.baselines(),
         "variants": {},
     }
     rankers = {}
     for name, v in variants.items():
-        artifact = Path(v["artifact"])
+        artifact = v.artifact
         ranker = rankers[name] = Ranker.load(artifact, threads=2, batch_size=32)
         quality = evalset.quality(ranker.score_lists)
         out["variants"][name] = {
             "engine": "onnxruntime-cpu",
             "method_chain": list(ranker.manifest.method_chain),
-            "params": v["params"],
-            "size_bytes": _dir_size(artifact),
+            "params": v.params,
+            "size_bytes": v.size_bytes,
             **quality,
         }
         log.info("%s: NDCG@10 %.4f", name, quality["ndcg@10"])
@@ -107,10 +100,11 @@ def bench_model(
         median = sorted(measured, key=lambda m: m["pairs_per_s"])[len(measured) // 2]
         out["variants"][name] |= median | {"speed_rounds": float(len(measured))}
         log.info("%s: %.0f pairs/s (median of %d rounds)", name, median["pairs_per_s"], len(measured))
-    teacher_hf = Path(variants["teacher-fp32"]["hf_dir"])
+    teacher_hf = variants["teacher-fp32"].hf_dir
     if torch_eager and (teacher_hf / "config.json").exists():
         sig = None if speed_signals is None else speed_signals[:TORCH_SPEED_PAIRS]
-        speed = _torch_speed(teacher_hf, speed_pairs[:TORCH_SPEED_PAIRS], sig, state["preset"]["max_length"])
+        max_length = rankers["teacher-fp32"].manifest.input_spec.max_length
+        speed = _torch_speed(teacher_hf, speed_pairs[:TORCH_SPEED_PAIRS], sig, max_length)
         out["teacher_torch_eager"] = {"engine": "torch-eager-fp32", **speed}
     if rerank_top:
         out["rerank_top"] = {"top": rerank_top, "variants": _rerank(evalset, rankers, rerank_top)}

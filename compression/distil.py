@@ -16,9 +16,10 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup as linear_schedule
 
 from rankstream.compression.model import load_cross_encoder, save_tokenizer
-from rankstream.compression.pairs import LabelledPair
-from rankstream.compression.train import TRAINING_LOG, apply_step, model_inputs, save_trained
-from rankstream.stream.ranker import PairEncoder
+from rankstream.compression.pairs import LabelledPair, group_signals
+from rankstream.compression.train import TRAINING_LOG, apply_step, model_inputs, param_groups, save_trained
+from rankstream.stream.errors import JobError
+from rankstream.stream.ranker import PairEncoder, Ranker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,47 @@ def _targets(values: np.ndarray, mode: Literal["labels", "scores"], temperature:
     return torch.softmax(t / temperature, dim=0)
 
 
+def listwise_loss(logits: torch.Tensor, targets: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """Mean over the groups of the cross-entropy between each group's target and softmax(logits / T).
+
+    `logits` holds the groups' pairs one group after another, in the order of `targets`.
+    """
+    loss, at = torch.zeros(()), 0
+    for target in targets:
+        n = len(target)
+        log_q = torch.log_softmax(logits[at : at + n] / temperature, dim=0)
+        loss = loss - (target * log_q).sum()
+        at += n
+    return loss / len(targets)
+
+
+def teacher_scores(
+    teacher_artifact: Path, groups: Sequence[Group], *, threads: int = 1, cache: Path | None = None
+) -> list[np.ndarray]:
+    """The teacher artifact's scores for every group, one ONNX Runtime batch per group (as the scorer scores a
+    user's list). With `cache`, scores stored there for the same groups are reused, and new ones stored."""
+    if cache is not None and cache.exists():
+        data = np.load(cache)
+        if len(data.files) == len(groups) and all(len(data[f"g{i}"]) == len(g) for i, g in enumerate(groups)):
+            log.info("teacher scores: %d groups read from %s", len(groups), cache)
+            return [data[f"g{i}"] for i in range(len(groups))]
+    ranker = Ranker.load(teacher_artifact, threads=threads)
+    scores = []
+    for group in tqdm(groups, desc="teacher scores", unit="list"):
+        signals = group_signals(group)
+        pairs = [(p.query, p.candidate) for p in group]
+        scores.append(ranker.score_lists([pairs], None if signals is None else [signals])[0])
+    if cache is not None:
+        np.savez(cache, **{f"g{i}": s for i, s in enumerate(scores)})
+        log.info("teacher scores: %d groups scored, cached at %s", len(groups), cache)
+    return scores
+
+
+def _values(group: Group, teacher_scores: Sequence[np.ndarray] | None, g: int) -> np.ndarray:
+    """What group `g` is trained toward: its labels, or the teacher's scores when there are any."""
+    return np.array([p.label for p in group]) if teacher_scores is None else np.asarray(teacher_scores[g])
+
+
 def _batch_order(n_groups: int, steps: int, per_batch: int, seed: int) -> list[list[int]]:
     """The groups of every step, fixed by the seed, so a resumed run continues the same sequence."""
     rng = np.random.default_rng(seed)
@@ -82,9 +124,9 @@ def train_listwise(
         log.info("%s: already trained at %s, reusing it", desc, out_dir)
         return out_dir
     if not groups:
-        raise ValueError("train_listwise needs at least one group")
+        raise JobError(f"{desc}: no training list to learn from; give the job a wider window or more data")
     if teacher_scores is not None and [len(s) for s in teacher_scores] != [len(g) for g in groups]:
-        raise ValueError("teacher_scores must have one score per pair of every group")
+        raise JobError(f"{desc}: the teacher's scores do not match the lists; delete the stale score cache and rerun")
     mode: Literal["labels", "scores"] = "labels" if teacher_scores is None else "scores"
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -97,19 +139,7 @@ def train_listwise(
     encoder = PairEncoder(out_dir / "tokenizer.json", config.max_length)
     model = load_cross_encoder(source)
     model.train()
-    no_decay = ("bias", "LayerNorm.weight")
-    top = ("classifier.", "position_bias.", "signal_")
-    named = list(model.named_parameters())
-    body = [(n, p) for n, p in named if not n.startswith(top)]
-    head = [p for n, p in named if n.startswith(top)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in body if not n.endswith(no_decay)], "weight_decay": 0.01},
-            {"params": [p for n, p in body if n.endswith(no_decay)], "weight_decay": 0.0},
-            {"params": head, "weight_decay": 0.0, "lr": config.head_lr or config.lr},
-        ],
-        lr=config.lr,
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, head_lr=config.head_lr or config.lr), lr=config.lr)
     scheduler = linear_schedule(optimizer, int(config.steps * config.warmup_ratio), config.steps)
     step, seen, seconds, recent = 0, 0, 0.0, []
     if resume:
@@ -119,26 +149,24 @@ def train_listwise(
         step, seen, seconds, recent = state["step"], state["seen"], state["seconds"], state["recent"]
         log.info("%s: resuming at step %d of %d from %s", desc, step, config.steps, ckpt)
     batches = _batch_order(len(groups), config.steps, config.groups_per_batch, config.seed)
+    n_groups = len(groups)
     log.info(
-        "%s: %s on %d groups (%s), %d steps of %d groups", desc, base_dir, len(groups), mode, config.steps,
+        "%s: %s on %d groups (%s), %d steps of %d",
+        desc,
+        base_dir,
+        n_groups,
+        mode,
+        config.steps,
         config.groups_per_batch,
-    )  # fmt: skip
+    )
     started = time.perf_counter() - seconds
     with tqdm(total=config.steps, initial=step, desc=desc, unit="step") as bar:
         while step < config.steps:
             chosen = batches[step]
             pairs = [p for g in chosen for p in groups[g]]
             logits = model(**model_inputs(encoder, pairs)).logits.reshape(-1)
-            loss = torch.zeros(())
-            at = 0
-            for g in chosen:
-                n = len(groups[g])
-                values = np.array([p.label for p in groups[g]]) if teacher_scores is None else teacher_scores[g]
-                target = _targets(values, mode, config.temperature)
-                log_q = torch.log_softmax(logits[at : at + n] / config.temperature, dim=0)
-                loss = loss - (target * log_q).sum()
-                at += n
-            loss = loss / len(chosen)
+            targets = [_targets(_values(groups[g], teacher_scores, g), mode, config.temperature) for g in chosen]
+            loss = listwise_loss(logits, targets, config.temperature)
             apply_step(loss, model, optimizer, scheduler)
             step += 1
             seen += len(pairs)
@@ -197,21 +225,12 @@ def _checkpoint(
     tmp.rename(ckpt)  # a kill leaves either the old checkpoint or the new one, never half of one
 
 
-def evenly_spaced(n_layers: int, keep: int) -> list[int]:
-    """`keep` layer indices spread over `n_layers`, always the first and the last (6, 4 -> 0, 2, 3, 5)."""
-    if not 1 <= keep <= n_layers:
-        raise ValueError(f"keep must be in 1..{n_layers}, got {keep}")
-    if keep == 1:
-        return [n_layers - 1]
-    return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
-
-
 def drop_layers(src_dir: Path, out_dir: Path, keep: Sequence[int]) -> Path:
     """Save the cross-encoder `src_dir` keeping only encoder layers `keep` (classifier and prior kept)."""
     model = load_cross_encoder(src_dir)
     layers = model.bert.encoder.layer
     if not keep or any(not 0 <= k < len(layers) for k in keep):
-        raise ValueError(f"layers {list(keep)} are not a subset of 0..{len(layers) - 1}")
+        raise JobError(f"layers {list(keep)} are not a subset of 0..{len(layers) - 1}; fix the preset's students")
     model.bert.encoder.layer = torch.nn.ModuleList([layers[k] for k in keep])
     model.config.num_hidden_layers = len(keep)
     out_dir = Path(out_dir)

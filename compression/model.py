@@ -18,7 +18,7 @@ text learns corrections to it.
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from rankstream.compression.signal_head import SignalHead
+from rankstream.stream.candidates import in_catalog
 from rankstream.stream.features import candidate_text
 from rankstream.stream.ranker import LinearPart, PairEncoder
 
@@ -208,11 +209,12 @@ def linear_part(model: torch.nn.Module, encoder: PairEncoder, ranks: int = 200) 
         return LinearPart(np.asarray(bias), *(x.detach().double().numpy() for x in head))
 
 
-def position_prior(instances: Iterable[Any], n_candidates: int = 50) -> list[float]:
-    """log P(positive | co-visitation position r), r = 0..n-1, smoothed, from training instances."""
+def position_prior(instances: Iterable[Any], catalog: Mapping[str, str], n_candidates: int = 50) -> list[float]:
+    """log P(positive | position r), r = 0..n-1, smoothed, from training instances; positions as the scorer
+    numbers them (`in_catalog`), so that the bias of position r is learnt on the lists the scorer serves."""
     hits, seen = [0] * n_candidates, [0] * n_candidates
     for inst in instances:
-        for r, c in enumerate(list(dict.fromkeys(inst.candidates))[:n_candidates]):
+        for r, c in enumerate(in_catalog(inst.candidates, catalog)[:n_candidates]):
             seen[r] += 1
             hits[r] += c in inst.positives
     return [math.log((h + 0.5) / (n + 1.0)) for h, n in zip(hits, seen, strict=True)]

@@ -8,13 +8,15 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from rankstream.stream.candidates import in_catalog
+from rankstream.stream.errors import JobError
 from rankstream.stream.features import candidate_text, history_text
 
 log = logging.getLogger(__name__)
 
 
 class Instance(Protocol):
-    """What `make_pairs` reads from a training instance (item ids throughout)."""
+    """What `make_groups` reads from a training instance (item ids throughout)."""
 
     @property
     def history(self) -> tuple[str, ...]: ...  # newest first
@@ -47,9 +49,20 @@ def make_groups(
     seed: int = 0,
     signals: Sequence[np.ndarray] | None = None,
 ) -> list[list[LabelledPair]]:
-    """`make_pairs`, kept as one list per instance (positives first): the unit of listwise training."""
+    """One list per instance, the unit of listwise training: every positive (label 1) first, then up to
+    `neg_per_instance` negatives (label 0).
+
+    Positives are the chosen items that the candidate generator proposed, in candidate order; chosen
+    items it missed are left out, because the pair text carries the candidate's co-visitation position
+    and a missed item has none (the scorer never sees such a pair). Negatives are candidates that are
+    not positives: the `top_negatives` highest-ranked (default half of `neg_per_instance`, rounded up),
+    the rest drawn at random from the remaining ones. Items without a catalog title are skipped, as the
+    scorer skips them, and instances left without history or positives yield nothing. Same inputs and
+    seed, same pairs in the same order. `signals` (one `candidate_signals` matrix per instance, rows in
+    the scorer's candidate order) puts each candidate's row on its pair.
+    """
     if neg_per_instance < 0:
-        raise ValueError(f"neg_per_instance must be >= 0, got {neg_per_instance}")
+        raise JobError(f"neg_per_instance must be >= 0, got {neg_per_instance}; fix the preset")
     n_top = (neg_per_instance + 1) // 2 if top_negatives is None else min(top_negatives, neg_per_instance)
     rng = random.Random(seed)
     out: list[list[LabelledPair]] = []
@@ -59,8 +72,7 @@ def make_groups(
         raise ValueError(f"{len(signals)} signal matrices for {len(instances)} instances")
     for k, inst in enumerate(instances):
         titles = [catalog[i] for i in inst.history if i in catalog]
-        # Positions as the scorer numbers them: de-duplicated, unknown items dropped, order kept.
-        ranked = [c for c in dict.fromkeys(inst.candidates) if c in catalog]
+        ranked = in_catalog(inst.candidates, catalog)  # positions as the scorer numbers them
         positives = [r for r, c in enumerate(ranked) if c in inst.positives]
         if not titles or not positives:
             skipped += 1
@@ -83,29 +95,3 @@ def make_groups(
     n_pos = sum(1 for g in out for p in g if p.label == 1.0)
     log.info("made %d pairs (%d positive) in %d groups; %d instances skipped", n_pairs, n_pos, len(out), skipped)
     return out
-
-
-def make_pairs(
-    instances: Iterable[Instance],
-    catalog: Mapping[str, str],
-    *,
-    neg_per_instance: int = 4,
-    top_negatives: int | None = None,
-    seed: int = 0,
-    signals: Sequence[np.ndarray] | None = None,
-) -> list[LabelledPair]:
-    """Every positive (label 1) and up to `neg_per_instance` hard negatives (label 0) per instance.
-
-    Positives are the chosen items that the candidate generator proposed, in candidate order; chosen
-    items it missed are left out, because the pair text carries the candidate's co-visitation position
-    and a missed item has none (the scorer never sees such a pair). Negatives are candidates that are
-    not positives: the `top_negatives` highest-ranked (default half of `neg_per_instance`, rounded up),
-    the rest drawn at random from the remaining ones. Items without a catalog title are skipped, as the
-    scorer skips them, and instances left without history or positives yield nothing. Same inputs and
-    seed, same pairs in the same order. `signals` (one `candidate_signals` matrix per instance, rows in
-    the scorer's candidate order) puts each candidate's row on its pair.
-    """
-    groups = make_groups(
-        instances, catalog, neg_per_instance=neg_per_instance, top_negatives=top_negatives, seed=seed, signals=signals
-    )
-    return [p for g in groups for p in g]

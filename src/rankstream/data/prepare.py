@@ -43,6 +43,7 @@ OUTPUTS = (
     "item_stats.json",
 )
 _SUFFIXES = (".parquet", ".csv", ".csv.gz")
+PARTS = ("train", "valid", "test")  # the order of `Prepared.frames`
 
 
 def default_retail_path() -> Path:
@@ -126,6 +127,12 @@ class Prepared:
         """(train, valid, test) cut from the interactions by the split."""
         return split_frame(self.interactions, self.split)
 
+    def frame(self, part: str) -> pd.DataFrame:
+        """One part of the split by name: "train", "valid" or "test"."""
+        if part not in PARTS:
+            raise ConfigError(f"no split part {part!r}; choose one of {', '.join(PARTS)}")
+        return self.frames[PARTS.index(part)]
+
     @property
     def summary(self) -> dict[str, Any]:
         """The counts recorded in prepared.json."""
@@ -195,6 +202,47 @@ def _load_source(kind: str, files: list[Path], out_dir: Path) -> tuple[pd.DataFr
     return interactions, None
 
 
+def _up_to_date(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
+    """Whether out_dir already holds every output, built from the same inputs and settings."""
+    manifest = _read_manifest(out_dir)
+    return (
+        manifest is not None
+        and manifest.get("fingerprint") == fingerprint
+        and all((out_dir / name).is_file() for name in OUTPUTS)
+    )
+
+
+def _counts(
+    interactions: pd.DataFrame, parts: tuple[pd.DataFrame, ...], neighbours: dict[str, list[str]]
+) -> dict[str, Any]:
+    """The sizes recorded in prepared.json (`Prepared.summary`)."""
+    train, valid, test = parts
+    return {
+        "rows": len(interactions),
+        "users": int(interactions["user_id"].nunique()),
+        "items": int(interactions["item_id"].nunique()),
+        "train_rows": len(train),
+        "valid_rows": len(valid),
+        "test_rows": len(test),
+        "items_with_neighbours": len(neighbours),
+    }
+
+
+def _check_parts(
+    interactions: pd.DataFrame, split: Split, train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame
+) -> None:
+    """Refuse a split with nothing to learn from; warn about one with nothing to judge on."""
+    if train.empty:
+        raise ConfigError(
+            f"split puts no interaction in train (train_end {split.train_end.isoformat()}, data from "
+            f"{interactions['ts'].min().isoformat()} to {interactions['ts'].max().isoformat()}); "
+            "choose boundaries inside the data"
+        )
+    for name, frame in (("valid", valid), ("test", test)):
+        if frame.empty:
+            log.warning("split leaves the %s part empty; check the boundaries %s", name, split.to_dict())
+
+
 def prepare(
     source: Path | None,
     out_dir: Path,
@@ -219,13 +267,7 @@ def prepare(
         raise ConfigError(f"{out_dir}: out_dir must not be the source folder; choose another folder")
     fingerprint = _fingerprint(kind, files, split, {"k": k, "trending_days": trending_days, "n_trending": n_trending})
 
-    manifest = _read_manifest(out_dir)
-    if (
-        not force
-        and manifest is not None
-        and manifest.get("fingerprint") == fingerprint
-        and all((out_dir / name).is_file() for name in OUTPUTS)
-    ):
+    if not force and _up_to_date(out_dir, fingerprint):
         log.info("%s already prepared from %s with this split; nothing to do", out_dir, source)
         return Prepared.load(out_dir)
 
@@ -239,15 +281,7 @@ def prepare(
     timings["load_s"] = time.perf_counter() - started
 
     train, valid, test = split_frame(interactions, split)
-    if train.empty:
-        raise ConfigError(
-            f"split puts no interaction in train (train_end {split.train_end.isoformat()}, data from "
-            f"{interactions['ts'].min().isoformat()} to {interactions['ts'].max().isoformat()}); "
-            "choose boundaries inside the data"
-        )
-    for name, frame in (("valid", valid), ("test", test)):
-        if frame.empty:
-            log.warning("split leaves the %s part empty; check the boundaries %s", name, split.to_dict())
+    _check_parts(interactions, split, train, valid, test)
     _write_json(out_dir / "split.json", split.to_dict())
 
     started = time.perf_counter()
@@ -257,16 +291,7 @@ def prepare(
     _write_json(out_dir / "trending.json", trending(train, days=trending_days, n=n_trending))
     _write_json(out_dir / "item_stats.json", stats_to_json(item_stats(train)))
 
-    counts = {
-        "rows": len(interactions),
-        "users": int(interactions["user_id"].nunique()),
-        "items": int(interactions["item_id"].nunique()),
-        "train_rows": len(train),
-        "valid_rows": len(valid),
-        "test_rows": len(test),
-        "items_with_neighbours": len(neighbours),
-        **{name: round(s, 3) for name, s in timings.items()},
-    }
+    counts = _counts(interactions, (train, valid, test), neighbours) | {n: round(s, 3) for n, s in timings.items()}
     _write_json(
         out_dir / MANIFEST,
         {"fingerprint": fingerprint, "report": report.to_dict() if report else None, "counts": counts},

@@ -3,7 +3,7 @@
 The export mixes product sales with cancellations, guest checkouts, corrections, postage and fees.
 Only a known customer's positive purchase of a real product says anything about taste, so everything
 else is dropped, and each drop is counted by reason so a person can check the result against the
-published counts (README next to the data: 397,924 clean purchase rows before the product filter).
+counts published with the data (the README next to it).
 """
 
 import logging

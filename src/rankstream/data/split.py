@@ -51,10 +51,10 @@ class Split:
         return cls(d["train_end"], d["valid_end"])
 
 
-# Online Retail runs 2010-12-01 .. 2011-12-09. Test = the last ~5.5 weeks (Nov 1 .. Dec 9, the
-# pre-Christmas peak a model would actually serve), valid = October just before it for model and
-# checkpoint choice, train = the ten months before (Dec 2010 .. Sep 2011) for co-visitation and
-# fine-tuning. Whole months keep the boundaries easy to reason about.
+# Online Retail's split (docs/data.md): test = the data's last weeks, the pre-Christmas peak a model
+# would actually serve; valid = the month just before it, for model and checkpoint choice; train =
+# everything earlier, for co-visitation and fine-tuning. Whole months keep the boundaries easy to
+# reason about.
 DEFAULT_SPLIT = Split(date(2011, 10, 1), date(2011, 11, 1))
 
 

@@ -1,7 +1,7 @@
 """One held-out candidate set scored by many models: quality (NDCG@10, Recall@10, MRR) and speed.
 
 Every model and both non-neural orders see the same lists, built once; quality scores one batch per
-instance (as the scorer scores one batch per user), speed times fixed batches of 32 pairs. Each list
+instance (as the scorer scores one batch per user), speed times fixed-size batches of pairs. Each list
 carries its candidates' serve-time signals (`stream.signals.candidate_signals`, the scorer's function,
 on the train split's tables), which models with a signal head read.
 """
@@ -45,17 +45,16 @@ class EvalSet:
     @classmethod
     def build(cls, data_dir: Path, split: str, *, max_instances: int | None, seed: int = 0) -> "EvalSet":
         prepared = Prepared.load(data_dir)
-        frames = dict(zip(("train", "valid", "test"), prepared.frames, strict=True))
         instances = build_instances(
             prepared.interactions,
-            frames[split],
+            prepared.frame(split),
             prepared.neighbours,
             prepared.trending,
             n_candidates=N_CANDIDATES,
             max_instances=max_instances,
             seed=seed,
         )
-        popularity = frames["train"]["item_id"].value_counts().to_dict()
+        popularity = prepared.frame("train")["item_id"].value_counts().to_dict()
         return cls.from_instances(
             split,
             instances,

@@ -1,7 +1,8 @@
-"""report.json, report.md and pareto.png of a compression run, from the figures that run measured."""
+"""report.json, report.md and pareto.png of a compress run, from the figures its record holds."""
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -10,32 +11,33 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before pyplot loads
 
+from rankstream.jobs.presets import GATE_TOLERANCE  # noqa: E402
+from rankstream.jobs.runs import CompressRunRecord  # noqa: E402
 
-def _rows(state: dict[str, Any]) -> list[dict[str, Any]]:
-    teacher = state["variants"]["teacher-fp32"]
+
+def _rows(record: CompressRunRecord) -> list[dict[str, Any]]:
+    teacher = record.variants["teacher-fp32"]
     rows = []
-    for name, v in state["variants"].items():
-        q, s = v["valid"], v["speed"]
+    for name, v in record.variants.items():
+        q, s = v.valid, v.speed
         rows.append(
             {
                 "variant": name,
-                "role": v["role"],
-                "params": v["params"],
-                "size_mb": v["size_bytes"] / 1e6,
+                "role": v.role,
+                "params": v.params,
+                "size_mb": v.size_bytes / 1e6,
                 "ndcg@10": q["ndcg@10"],
                 "recall@10": q["recall@10"],
                 "mrr": q["mrr"],
                 "pairs_per_s": s["pairs_per_s"],
                 "p50_ms": s["p50_batch_ms"],
                 "p99_ms": s["p99_batch_ms"],
-                "speedup": s["pairs_per_s"] / teacher["speed"]["pairs_per_s"],
-                "ndcg_vs_teacher": q["ndcg@10"] / teacher["valid"]["ndcg@10"]
-                if teacher["valid"]["ndcg@10"]
-                else math.nan,
-                "smaller": teacher["size_bytes"] / v["size_bytes"],
-                "gate": "pass" if v["gate"]["passed"] else "FAIL",
-                "int8_cost": v.get("int8_cost_ndcg"),
-                "chain": " -> ".join(v["method_chain"]),
+                "speedup": s["pairs_per_s"] / teacher.speed["pairs_per_s"],
+                "ndcg_vs_teacher": q["ndcg@10"] / teacher.valid["ndcg@10"] if teacher.valid["ndcg@10"] else math.nan,
+                "smaller": teacher.size_bytes / v.size_bytes,
+                "gate": "pass" if v.gate.passed else "FAIL",
+                "int8_cost": v.int8_cost_ndcg,
+                "chain": " -> ".join(v.method_chain),
             }
         )
     return rows
@@ -57,8 +59,8 @@ def _plot(rows: list[dict[str, Any]], baselines: dict[str, dict[str, float]], pa
         if r["ndcg@10"] > best:
             front.append(r)
             best = r["ndcg@10"]
-    ax.plot([r["pairs_per_s"] for r in front], [r["ndcg@10"] for r in front], color="tab:red", alpha=0.4, zorder=2,
-            label="Pareto front")  # fmt: skip
+    xs, ys = [r["pairs_per_s"] for r in front], [r["ndcg@10"] for r in front]
+    ax.plot(xs, ys, color="tab:red", alpha=0.4, zorder=2, label="Pareto front")
     styles = {"covisit": ("tab:gray", "--"), "popularity": ("tab:olive", ":")}
     for name, m in baselines.items():
         color, ls = styles.get(name, ("black", "-."))
@@ -74,56 +76,56 @@ def _plot(rows: list[dict[str, Any]], baselines: dict[str, dict[str, float]], pa
     plt.close(fig)
 
 
-def write_report(root: Path, state: dict[str, Any]) -> dict[str, Path]:
+def write_report(root: Path, record: CompressRunRecord) -> dict[str, Path]:
     """Write the three report files into `root`; returns their paths."""
     root = Path(root)
-    rows = _rows(state)
-    baselines = state["baselines_valid"]
-    preset = state["preset"]
+    rows = _rows(record)
+    baselines = record.baselines_valid
+    name = record.preset_name
+    head = record.signal_head
+    windows = record.train_windows
     report = {
-        "preset": preset["name"],
-        "teacher": preset["teacher_note"],
-        "run_id": state["run_id"],
-        "valid_instances": state["valid_instances"],
-        "valid_rankable": state["valid_rankable"],
-        "train_groups": state["train_groups"],
-        "train_pairs": state["train_pairs"],
-        "train_windows": state.get("train_windows"),
-        "signal_head": state.get("signal_head"),
-        "gate_tolerance": preset["gate_tolerance"],
+        "preset": name,
+        "teacher": record.teacher_note,
+        "run_id": record.run_id,
+        "valid_instances": record.valid_instances,
+        "valid_rankable": record.valid_rankable,
+        "train_groups": record.train_groups,
+        "train_pairs": record.train_pairs,
+        "train_windows": [asdict(w) for w in windows],
+        "signal_head": None if head is None else asdict(head),
+        "gate_tolerance": GATE_TOLERANCE,
         "baselines_valid": baselines,
         "variants": rows,
-        "timings_s": state["timings_s"],
-        "total_step_time_s": round(sum(state["timings_s"].values()), 1),
+        "timings_s": record.timings_s,
+        "total_step_time_s": round(sum(record.timings_s.values()), 1),
     }
     paths = {"json": root / "report.json", "md": root / "report.md", "png": root / "pareto.png"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    _plot(rows, baselines, paths["png"], f"rankstream compress --preset {preset['name']} (run {state['run_id']})")
+    _plot(rows, baselines, paths["png"], f"rankstream compress --preset {name} (run {record.run_id})")
 
     cov = baselines["covisit"]["ndcg@10"]
-    head = state.get("signal_head")
-    windows = state.get("train_windows") or []
     source = (
-        f"{len(windows)} windows at the end of the train split ({windows[0]['start'][:10]} to "
-        f"{windows[-1]['end'][:10]}), each with tables built before it"
+        f"{len(windows)} windows at the end of the train split ({windows[0].start[:10]} to "
+        f"{windows[-1].end[:10]}), each with tables built before it"
         if windows
         else "the train split"
     )
     signals = (
-        f"Signals: `{head['version']}` through a linear head fitted first (listwise, on every window list): "
-        f"position prior x{head['prior_weight']:.3f}, "
-        + ", ".join(f"{n} {w:+.3f}" for n, w in zip(head["names"], head["weight"], strict=True))
+        f"Signals: `{head.version}` through a linear head fitted first (listwise, on every window list): "
+        f"position prior x{head.prior_weight:.3f}, "
+        + ", ".join(f"{n} {w:+.3f}" for n, w in zip(head.names, head.weight, strict=True))
         + " (weights per standard deviation). `signals-linear-fp32` is that linear scorer alone."
         if head
         else "Signals: none (text and position prior only)."
     )
     lines = [
-        f"# Compression report: preset `{preset['name']}` (run {state['run_id']})",
+        f"# Compression report: preset `{name}` (run {record.run_id})",
         "",
-        f"Teacher: {preset['teacher_note']}.",
+        f"Teacher: {record.teacher_note}.",
         "",
-        f"Training: {state['train_pairs']} pairs in {state['train_groups']} candidate lists from {source}. "
-        f"Evaluation: valid split, {state['valid_rankable']} of {state['valid_instances']} sampled baskets have a "
+        f"Training: {record.train_pairs} pairs in {record.train_groups} candidate lists from {source}. "
+        f"Evaluation: valid split, {record.valid_rankable} of {record.valid_instances} sampled baskets have a "
         "positive among their 50 co-visitation candidates; every order below ranks the same lists. Speed: "
         "ONNX Runtime, 2 threads, batches of 32 pairs padded per batch. All figures measured in this run.",
         "",
@@ -150,9 +152,9 @@ def write_report(root: Path, state: dict[str, Any]) -> dict[str, Path]:
         )
     lines += ["", "Method chains:", ""]
     lines += [f"- `{r['variant']}`: {r['chain']}" for r in rows]
-    lines += ["", f"Gate: NDCG@10 on valid within {preset['gate_tolerance']:.0%} of the teacher's (fp32).", ""]
+    lines += ["", f"Gate: NDCG@10 on valid within {GATE_TOLERANCE:.0%} of the teacher's (fp32).", ""]
     lines += ["Step times (s, summed over resumed invocations):", ""]
-    lines += [f"- {k}: {v:.1f}" for k, v in state["timings_s"].items()]
+    lines += [f"- {k}: {v:.1f}" for k, v in record.timings_s.items()]
     lines += ["", f"Total: {report['total_step_time_s']:.0f} s.", "", "![pareto](pareto.png)", ""]
     paths["md"].write_text("\n".join(lines))
     return paths

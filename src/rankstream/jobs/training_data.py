@@ -1,11 +1,10 @@
-"""Training data for a model with signals, shared by `rankstream compress` and `rankstream build-model`:
+"""Training data for `rankstream compress`:
 instances from the train split's last windows (rankstream.data.windows), each candidate's signals from
 its window's tables, the position prior, and the linear signal head fitted on all of them.
 """
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -14,6 +13,9 @@ from rankstream.compression.signal_head import SignalHead, fit_signal_head
 from rankstream.data.instances import Instance
 from rankstream.data.prepare import Prepared
 from rankstream.data.windows import instance_signals, ranked_candidates, training_windows
+from rankstream.jobs.presets import HEAD_L2
+from rankstream.jobs.runs import TrainWindow
+from rankstream.stream.errors import JobError
 from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ class SignalTrainingData:
     signals: list[np.ndarray]  # one candidate_signals matrix per instance, in ranked_candidates order
     prior: list[float]  # log P(positive | position), from every window instance
     head: SignalHead  # fitted on every window instance, not only the sampled ones
-    windows: list[dict[str, Any]]  # what each window held, for the run record
+    windows: list[TrainWindow]  # what each window held, for the run record
 
 
 def signal_training_data(
@@ -34,7 +36,7 @@ def signal_training_data(
     windows: int = 4,
     days: int = 30,
     max_instances: int | None = None,
-    l2: float = 1e-2,
+    l2: float = HEAD_L2,
     seed: int = 0,
 ) -> SignalTrainingData:
     """Window instances with their signals, the position prior and the fitted head (see module doc)."""
@@ -50,12 +52,12 @@ def signal_training_data(
     )
     pool = [(inst, w) for w in found for inst in w.instances]
     if not pool:
-        raise ValueError(
+        raise JobError(
             f"no training instances in {windows} windows of {days} days before {prepared.split.train_end}; "
             "the train split is too short for them (use fewer or shorter windows)"
         )
     catalog = prepared.catalog
-    prior = position_prior([inst for inst, _ in pool])
+    prior = position_prior([inst for inst, _ in pool], catalog)
     signals = [instance_signals(inst, w.neighbours, w.item_stats, catalog) for inst, w in pool]
     lists = []
     for (inst, _), rows in zip(pool, signals, strict=True):
@@ -71,5 +73,5 @@ def signal_training_data(
         signals=[signals[i] for i in picked],
         prior=prior,
         head=head,
-        windows=[{"start": str(w.start), "end": str(w.end), "instances": len(w.instances)} for w in found],
+        windows=[TrainWindow(str(w.start), str(w.end), len(w.instances)) for w in found],
     )

@@ -32,8 +32,7 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
 
 def split_events(data_dir: Path, split: str, limit: int | None = None) -> list[ClickEvent]:
     """A split's interactions as click events in time order (the first `limit` of them)."""
-    frame = dict(zip(("train", "valid", "test"), Prepared.load(data_dir).frames, strict=True))[split]
-    frame = frame.sort_values("ts", kind="stable")
+    frame = Prepared.load(data_dir).frame(split).sort_values("ts", kind="stable")
     if limit is not None:
         frame = frame.head(limit)
     kinds = frame["event"] if "event" in frame else ["click"] * len(frame)
