@@ -2,8 +2,9 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from rankstream.stream.errors import ConfigError
-from rankstream.stream.redis_client import connect
+from rankstream.stream.redis_client import connect, connect_from_settings
 from rankstream.stream.settings import load_settings
+from rankstream.stream.store import Store
 
 
 def test_env_is_read_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,6 +79,17 @@ def test_redis_cluster_switches_the_client(monkeypatch: pytest.MonkeyPatch) -> N
     # Nothing connects until the first command, so no server is needed here.
     assert isinstance(connect(s.redis_url, cluster=s.redis_cluster, **s.redis_client_options()), RedisCluster)
     assert type(connect(s.redis_url, **s.redis_client_options())) is Redis
+
+
+def test_clients_from_settings_follow_cluster_mode_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    single = load_settings(redis_url="redis://10.0.0.5:7000/0", redis_password="pw", rec_ttl_s=60)
+    client = connect_from_settings(single)
+    assert type(client) is Redis
+    assert client.connection_pool.connection_kwargs["password"] == "pw"
+    store = Store.from_settings(single)
+    assert type(store.client) is Redis and store._ttl_s == 60
+    monkeypatch.setenv("RANKSTREAM_REDIS_CLUSTER", "true")
+    assert isinstance(connect_from_settings(load_settings(redis_url="redis://10.0.0.5:7000")), RedisCluster)
 
 
 def test_rerank_top_must_cover_the_written_list() -> None:

@@ -1,0 +1,109 @@
+"""The benchmarks' JSON keys are read by people and docs: the typed records must keep them."""
+
+import json
+
+from rankstream.bench.results import BatchShape, BySwap, Convergence, Latency, Phase, Rss, StreamBench, SwapBench
+
+
+def _phase(rate: float | None) -> Phase:
+    return Phase(10, rate, 1.0, 10.0, 500.0, 8, 2, 0, 0, 0, Latency(1.0, 2.0, 3.0), None, False, {"score": 0.5})
+
+
+def test_stream_bench_json_keeps_its_keys() -> None:
+    result = StreamBench(
+        "v1",
+        "/m",
+        ["distil"],
+        50,
+        BatchShape(64, 5),
+        2,
+        None,
+        0,
+        10,
+        2,
+        _phase(None),
+        [_phase(5.0)],
+        None,
+        0.8,
+        _phase(4.0),
+    )
+    doc = json.loads(result.to_json())
+    assert list(doc) == [
+        "model_version",
+        "model_dir",
+        "method_chain",
+        "candidates_per_user",
+        "batch",
+        "score_chunk_users",
+        "rerank_top",
+        "user_quiet_ms",
+        "live_events",
+        "threads",
+        "max",
+        "ladder",
+        "max_sustained_events_per_s",
+        "fixed_share",
+        "fixed",
+    ]
+    assert doc["batch"] == {"max_records": 64, "linger_ms": 5}
+    assert list(doc["ladder"][0]) == [
+        "events",
+        "rate_target",
+        "seconds",
+        "events_per_s",
+        "pairs_per_s",
+        "scorings",
+        "coalesced",
+        "dlq",
+        "lost",
+        "users_not_reflected",
+        "latency_ms",
+        "drained_s_after_last_send",
+        "kept_up",
+        "stage_s",
+    ]
+    assert doc["max"]["latency_ms"] == {"p50": 1.0, "p99": 2.0, "max": 3.0}
+
+
+def test_swap_bench_json_keeps_its_keys() -> None:
+    result = SwapBench(
+        ["a", "b"],
+        2,
+        40.0,
+        1,
+        30.0,
+        100,
+        0,
+        0,
+        {"a": 60, "b": 40},
+        BySwap(12.5, None),
+        BySwap(90, 10),
+        Rss(300.0, 310.0, 310.0, [310.0]),
+        0.1,
+        Convergence(1.2, 1.2),
+    )
+    doc = json.loads(result.to_json())
+    assert list(doc) == [
+        "versions",
+        "replicas",
+        "rate",
+        "swaps",
+        "every_s",
+        "events",
+        "lost",
+        "users_not_reflected",
+        "events_by_version",
+        "latency_p99_ms",
+        "latency_samples",
+        "rss_mib",
+        "latency_samples_mib",
+        "publish_to_all_serving_s",
+    ]
+    assert doc["latency_p99_ms"] == {"steady": 12.5, "swap_windows": None}
+    assert doc["rss_mib"] == {
+        "start": 300.0,
+        "after_first_swap": 310.0,
+        "after_last_swap": 310.0,
+        "after_each_swap": [310.0],
+    }
+    assert doc["publish_to_all_serving_s"] == {"max": 1.2, "median": 1.2}
