@@ -1,0 +1,251 @@
+"""deploy/k8s (the kustomize base) and deploy/k8s-overlays/local: valid against the Kubernetes schemas,
+offline, and wired together (ports, probes, volumes, settings, KEDA and the Prometheus Operator)."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from rankstream.stream.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "deploy" / "k8s"
+LOCAL = ROOT / "deploy" / "k8s-overlays" / "local"
+# The oldest Kubernetes the manifests are meant for; every API they use is GA there.
+K8S_VERSION = "1.30"
+# Custom resources: no built-in schema, so their required fields are checked by the tests below.
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "PodMonitor"}
+PARTITIONS_ANNOTATION = "rankstream.io/topic-partitions"
+
+Manifest = dict[str, Any]
+
+
+def _base_manifests() -> list[Manifest]:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    docs: list[Manifest] = []
+    for name in kustomization["resources"]:
+        docs += [doc for doc in yaml.safe_load_all((BASE / name).read_text()) if doc]
+    return docs
+
+
+def _render(overlay: Path) -> list[Manifest]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not found: rendering the overlay needs `kubectl kustomize` (any recent kubectl)")
+    done = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def base() -> list[Manifest]:
+    return _base_manifests()
+
+
+@pytest.fixture(scope="module")
+def local() -> list[Manifest]:
+    return _render(LOCAL)
+
+
+def _one(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _scorer(docs: list[Manifest]) -> Manifest:
+    return _one(docs, "Deployment", "rankstream-scorer")
+
+
+def _container(deployment: Manifest) -> Manifest:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def _env_sources(container: Manifest) -> dict[str, str]:
+    """envFrom as {"configMapRef": name, "secretRef": name}."""
+    return {kind: ref["name"] for source in container["envFrom"] for kind, ref in source.items()}
+
+
+def _config(docs: list[Manifest]) -> dict[str, str]:
+    return dict(_one(docs, "ConfigMap", "rankstream-scorer")["data"])
+
+
+def _validate_builtin(docs: list[Manifest]) -> None:
+    """Every manifest of a built-in kind against its strict schema; the rest must be the known custom kinds."""
+    failures = []
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+            failures.append(f"{doc['kind']}/{doc['metadata'].get('name')}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def _check_scaled_object(docs: list[Manifest]) -> None:
+    """KEDA's ScaledObject: what the operator requires, and what makes sense for a consumer group."""
+    so = _one(docs, "ScaledObject")
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    target = spec["scaleTargetRef"]
+    assert target["name"] == _scorer(docs)["metadata"]["name"]
+    assert target.get("kind", "Deployment") == "Deployment"
+    partitions = int(so["metadata"]["annotations"][PARTITIONS_ANNOTATION])
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions, (
+        "maxReplicaCount must not exceed the topic's partition count: extra replicas would own no partition"
+    )
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values are strings"
+    config = _config(docs)
+    assert meta["bootstrapServers"] == config["RANKSTREAM_KAFKA_BOOTSTRAP"]
+    assert meta["consumerGroup"] == config["RANKSTREAM_GROUP_ID"]
+    assert meta["topic"] == config["RANKSTREAM_TOPIC"]
+    assert int(meta["lagThreshold"]) > 0
+    assert meta["allowIdleConsumers"] == "false"
+    assert meta["offsetResetPolicy"] == "earliest"  # as the scorer's consumer
+    sasl = config.get("RANKSTREAM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").startswith("SASL")
+    assert (meta["sasl"] != "none") == sasl, "the lag reader authenticates exactly when the scorers do"
+    if "authenticationRef" in trigger:
+        auth = _one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        assert auth["apiVersion"] == "keda.sh/v1alpha1"
+        refs = auth["spec"]["secretTargetRef"]
+        assert {r["parameter"] for r in refs} == {"username", "password"}
+        for ref in refs:
+            assert ref["key"] in _one(docs, "Secret", ref["name"])["stringData"]
+    else:
+        assert not sasl, "a SASL Kafka needs the trigger's authenticationRef"
+
+
+def _check_pod_monitor(docs: list[Manifest]) -> None:
+    pm = _one(docs, "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    deployment = _scorer(docs)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    [endpoint] = pm["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
+    assert ports[endpoint["port"]] == int(_config(docs)["RANKSTREAM_METRICS_PORT"]) == 9100
+    assert endpoint["path"] == "/metrics"
+
+
+def _check_scorer(docs: list[Manifest]) -> None:
+    deployment = _scorer(docs)
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert pod["terminationGracePeriodSeconds"] >= 30  # a batch's drain, write and commit
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {kind: probe["path"] for kind, probe in probes.items()} == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
+    assert {probe["port"] for probe in probes.values()} == {"metrics"}
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
+    sources = _env_sources(container)
+    assert _one(docs, "ConfigMap", sources["configMapRef"])
+    assert _one(docs, "Secret", sources["secretRef"])
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def _mounts(pod: Manifest, container: Manifest) -> dict[str, str]:
+    """mount path -> claim name, for the container's PVC mounts."""
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    return {m["mountPath"]: claims[m["name"]] for m in container["volumeMounts"] if m["name"] in claims}
+
+
+def _check_model_volume(docs: list[Manifest]) -> None:
+    """Scorers and the recompress job share one ReadWriteMany registry at RANKSTREAM_MODEL_DIR."""
+    model_dir = _config(docs)["RANKSTREAM_MODEL_DIR"]
+    deployment = _scorer(docs)
+    claim = _mounts(deployment["spec"]["template"]["spec"], _container(deployment))[model_dir]
+    assert _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    job = _one(docs, "CronJob", "rankstream-recompress")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [recompress] = job["containers"]
+    assert _mounts(job, recompress)[model_dir] == claim
+    for name in set(_mounts(job, recompress).values()):
+        assert _one(docs, "PersistentVolumeClaim", name)["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def _check_settings(docs: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ConfigMap and the Secret together make a valid scorer configuration."""
+    sources = _env_sources(_container(_scorer(docs)))
+    env = {**_config(docs), **(_one(docs, "Secret", sources["secretRef"]).get("stringData") or {})}
+    assert all(name.startswith("RANKSTREAM_") for name in env)
+    for name in [n for n in os.environ if n.startswith("RANKSTREAM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(replica="pod-name")  # the Deployment sets it from the pod's name
+    assert settings.metrics_port == 9100
+
+
+CHECKS = [_check_scaled_object, _check_pod_monitor, _check_scorer, _check_model_volume]
+
+
+def test_base_lists_every_manifest_beside_it() -> None:
+    listed = set(yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_base_validates_against_the_kubernetes_schemas(base: list[Manifest]) -> None:
+    _validate_builtin(base)
+    assert {d["kind"] for d in base} >= {"Deployment", "PodDisruptionBudget", "CronJob", "Secret"} | CUSTOM_KINDS
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("_check_"))
+def test_base_is_wired(base: list[Manifest], check: Any) -> None:
+    check(base)
+
+
+def test_base_settings_load(base: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_settings(base, monkeypatch)
+
+
+def test_base_secret_holds_placeholders_only(base: list[Manifest]) -> None:
+    secret = _one(base, "Secret", "rankstream-credentials")
+    assert set(secret["stringData"]) == {
+        "RANKSTREAM_REDIS_PASSWORD",
+        "RANKSTREAM_KAFKA_SASL_USERNAME",
+        "RANKSTREAM_KAFKA_SASL_PASSWORD",
+    }
+    assert all("fake" in value for value in secret["stringData"].values())
+
+
+def test_local_overlay_renders_and_validates(local: list[Manifest]) -> None:
+    _validate_builtin(local)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("_check_"))
+def test_local_overlay_is_wired(local: list[Manifest], check: Any) -> None:
+    check(local)
+
+
+def test_local_overlay_settings_load(local: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_settings(local, monkeypatch)
+
+
+def test_local_overlay_is_one_small_replica_from_a_local_registry(local: list[Manifest]) -> None:
+    for doc in local:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "rankstream", doc["metadata"]["name"]
+    deployment = _scorer(local)
+    assert deployment["spec"]["replicas"] == 1
+    assert _one(local, "ScaledObject")["spec"]["maxReplicaCount"] == 1
+    assert _container(deployment)["resources"]["limits"]["cpu"] == "1"
+    job = _one(local, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    images = [_container(deployment)["image"]] + [c["image"] for c in job["containers"]]
+    assert all(image.startswith("localhost:5000/") for image in images), images
