@@ -43,10 +43,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real artifact (tiny random-weight BERT with a signal head, briefly trained, exported, INT8) built
-    once per session: the scorer serves it with the signals it computes from the tables in Redis."""
-    from rankstream.compression.build import build_model
+    once per session by the compress job's `tiny` preset: the scorer serves it with the signals it computes
+    from the tables in Redis."""
     from rankstream.compression.pairs import LabelledPair
     from rankstream.compression.signal_head import SignalHead
+    from rankstream.jobs.build import build_artifact
+    from rankstream.jobs.presets import tiny
     from rankstream.stream.signals import SIGNALS, candidate_signals
 
     def row(history: list[str], item: str) -> tuple[float, ...]:
@@ -56,10 +58,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         LabelledPair(f"{CATALOG[a]} ; {CATALOG[b]}", CATALOG[c], float(k % 2), row([a, b], c))
         for k, (a, b, c) in enumerate(zip(ITEMS, ITEMS[3:], ITEMS[7:], strict=False))
     ]
+    groups = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]  # listwise: a negative and a positive each
     n = len(SIGNALS.names)
     head = SignalHead(SIGNALS.version, SIGNALS.names, (0.0,) * n, (1.0,) * n, tuple(0.1 * (i + 1) for i in range(n)))
-    return build_model(
-        pairs, tmp_path_factory.mktemp("models"), version="vtest-tiny", preset="tiny", prior=[0.5, 0.0], head=head
+    return build_artifact(
+        groups, tmp_path_factory.mktemp("models"), version="vtest-tiny", preset=tiny(), prior=[0.5, 0.0], head=head
     )
 
 

@@ -11,13 +11,14 @@ from aiokafka import AIOKafkaProducer
 
 from rankstream.data.prepare import Prepared
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.jobs.recompress import PRESETS, CompressRun, Paths, recompress_cycle
+from rankstream.jobs.presets import recompress_tiny
+from rankstream.jobs.recompress import CompressRun, Paths, recompress_cycle
 from rankstream.ops.replay import replay
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.registry import ANNOUNCE_CHANNEL, Registry
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
-from tests.unit.test_recompress import tiny_compress_run, tiny_prepared
+from tests.model_builders import tiny_compress_run, tiny_prepared
 
 from .conftest import wait_for
 
@@ -54,7 +55,7 @@ async def test_a_kafka_window_cycle_publishes_activates_and_announces(
         kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, topic=topic, dlq_topic=f"{topic}.dlq"
     )
     config = replace(
-        PRESETS["tiny"], from_kafka=True, since=datetime.now(UTC) - timedelta(hours=1), days=None, tolerance=1.0
+        recompress_tiny(), from_kafka=True, since=datetime.now(UTC) - timedelta(hours=1), days=None, tolerance=1.0
     )
     paths = Paths(data=data, compress_run=run, registry=tmp_path / "models", work=tmp_path / "work")
     try:

@@ -30,14 +30,16 @@ load = partial(Ranker.load, threads=1, batch_size=32)
 @pytest.fixture(scope="session")
 def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another real artifact, trained on the opposite labels, so its scores differ from tiny_model's."""
-    from rankstream.compression.build import build_model
     from rankstream.compression.pairs import LabelledPair
+    from rankstream.jobs.build import build_artifact
+    from rankstream.jobs.presets import tiny
 
     pairs = [
         LabelledPair(f"{CATALOG[a]} ; {CATALOG[b]}", CATALOG[c], float((k + 1) % 2))
         for k, (a, b, c) in enumerate(zip(ITEMS, ITEMS[3:], ITEMS[7:], strict=False))
     ]
-    return build_model(pairs, tmp_path_factory.mktemp("models-b"), version="vtest-tiny-b", preset="tiny")
+    groups = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]
+    return build_artifact(groups, tmp_path_factory.mktemp("models-b"), version="vtest-tiny-b", preset=tiny())
 
 
 @pytest.fixture

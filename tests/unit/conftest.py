@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 random-weight BERT checkpoint with the MiniLM tokenizer."""
-    from rankstream.compression.build import tiny_bert
+    from rankstream.compression.tiny import tiny_bert
 
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model", seed=0)
 

@@ -12,6 +12,8 @@ from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.pairs import LabelledPair, make_groups
 from rankstream.data.split import Split
 from rankstream.evaluation.evalset import EvalSet, throughput
+from rankstream.stream.errors import ConfigError, JobError
+from tests.model_builders import byo_data, evenly_spaced, variant, write_run
 
 CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
 
@@ -34,24 +36,6 @@ def _groups(n: int = 6, size: int = 5, seed: int = 0) -> list[list[LabelledPair]
     return out
 
 
-def _byo_data(folder: Path) -> Path:
-    """Six weeks of baskets from 40 users over 30 items with co-bought pairs, in the BYO format."""
-    rng = random.Random(0)
-    folder.mkdir()
-    lines = ["user_id,item_id,ts,event"]
-    for user in range(40):
-        for day in sorted(rng.sample(range(1, 42), 6)):
-            a = rng.randrange(15)
-            for item in {2 * a, 2 * a + 1, rng.randrange(30)}:
-                stamp = f"2024-{1 + (day - 1) // 28:02d}-{1 + (day - 1) % 28:02d}T10:00:00Z"
-                lines.append(f"u{user},i{item},{stamp},purchase")
-    (folder / "interactions.csv").write_text("\n".join(lines) + "\n")
-    (folder / "catalog.csv").write_text(
-        "item_id,title\n" + "".join(f"i{n},Item {n} colour {n % 7}\n" for n in range(30))
-    )
-    return folder
-
-
 def test_groups_keep_one_list_per_instance_positives_first() -> None:
     insts = [Inst(("i1",), ("i3", "i4", "i5", "i6"), frozenset({"i5"})), Inst(("i2",), ("i7", "i8"), frozenset({"i8"}))]
     groups = make_groups(insts, CATALOG, neg_per_instance=2)
@@ -61,8 +45,6 @@ def test_groups_keep_one_list_per_instance_positives_first() -> None:
 
 
 def test_layers_kept_are_spread_and_include_first_and_last() -> None:
-    from rankstream.compression.distil import evenly_spaced
-
     assert evenly_spaced(6, 4) == [0, 2, 3, 5]
     assert evenly_spaced(6, 2) == [0, 5]
     assert evenly_spaced(6, 6) == list(range(6))
@@ -75,7 +57,7 @@ def test_gate_passes_within_tolerance_and_rejects_below() -> None:
     degraded = accuracy_gate(0.150, 0.200, tolerance=0.02)
     assert not degraded.passed and "outside" in degraded.reason
     assert not accuracy_gate(float("nan"), 0.2, tolerance=0.02).passed
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         accuracy_gate(0.2, 0.2, tolerance=1.5)
 
 
@@ -154,14 +136,14 @@ def test_distil_drop_layers_export_and_serve(tmp_path: Path, monkeypatch: pytest
     """A 4-layer tiny teacher -> 2-layer student distilled from its scores -> INT8 artifact the ranker loads;
     a killed distillation resumes from its checkpoint."""
     import rankstream.compression.distil as distil
-    from rankstream.compression.build import tiny_bert
     from rankstream.compression.export import export_onnx
+    from rankstream.compression.tiny import tiny_bert
     from rankstream.stream.ranker import Ranker
 
     teacher = tiny_bert(tmp_path / "teacher", seed=0, num_layers=4)
     groups = _groups()
     config = distil.TrainConfig(steps=4, groups_per_batch=1, lr=1e-3, checkpoint_every=2)
-    init = distil.drop_layers(teacher, tmp_path / "init", distil.evenly_spaced(4, 2))
+    init = distil.drop_layers(teacher, tmp_path / "init", evenly_spaced(4, 2))
     assert json.loads((init / "config.json").read_text())["num_hidden_layers"] == 2
     scores = [np.linspace(1.0, -1.0, len(g)) for g in groups]
 
@@ -196,9 +178,10 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     from rankstream.bench.model import bench_model, format_bench
     from rankstream.data.prepare import prepare
     from rankstream.jobs.compress import compress
+    from rankstream.jobs.runs import CompressRunRecord
 
     data = tmp_path / "data"
-    prepare(_byo_data(tmp_path / "src"), data, Split("2024-01-22", "2024-02-01"))
+    prepare(byo_data(tmp_path / "src"), data, Split("2024-01-22", "2024-02-01"))
     root = compress(data, tmp_path / "runs", "tiny")
     for name in ("report.json", "report.md", "pareto.png"):
         assert (root / name).stat().st_size > 0
@@ -220,9 +203,9 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     assert (root / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A second run resumes: nothing is retrained, the same artifacts are kept.
-    before = json.loads((root / "run.json").read_text())["timings_s"]["teacher_train"]
+    before = CompressRunRecord.load(root).timings_s["teacher_train"]
     compress(data, tmp_path / "runs", "tiny")
-    assert json.loads((root / "run.json").read_text())["timings_s"]["teacher_train"] < before + 0.5
+    assert CompressRunRecord.load(root).timings_s["teacher_train"] < before + 0.5
 
     result = bench_model(root, data, split="test", max_instances=None, torch_eager=True)
     assert set(result["variants"]) == names and result["variants"]["teacher-fp32"]["speedup_vs_teacher"] == 1.0
@@ -244,15 +227,13 @@ def test_compression_public_surface_is_pinned() -> None:
         "SignalHead",
         "TrainConfig",
         "accuracy_gate",
-        "build_model",
         "drop_layers",
         "export_onnx",
-        "fine_tune",
         "fit_signal_head",
         "load_cross_encoder",
         "make_groups",
-        "make_pairs",
         "prune_ffn",
+        "teacher_scores",
         "train_listwise",
     ]
     assert all(hasattr(rankstream.compression, n) for n in rankstream.compression.__all__)
@@ -277,7 +258,7 @@ def test_position_prior_follows_click_rates_and_moves_scores(tiny_bert_dir: Path
     from rankstream.stream.ranker import PairEncoder
 
     insts = [Inst((), ("a", "b", "c"), frozenset({"a"}))] * 9 + [Inst((), ("a", "b", "c"), frozenset({"c"}))]
-    prior = position_prior(insts, n_candidates=3)
+    prior = position_prior(insts, {"a": "A", "b": "B", "c": "C"}, n_candidates=3)
     assert prior[0] > prior[2] > prior[1]
 
     out = with_position_prior(tiny_bert_dir, tmp_path / "prior", [5.0, 0.0, -5.0])
@@ -339,25 +320,19 @@ def test_roberta_style_pair_template_gets_segment_b_marked(tmp_path: Path) -> No
 
 
 def test_best_student_is_the_fastest_that_passed_the_gate(tmp_path: Path) -> None:
-    from rankstream.jobs.compress import RUN_FILE, best_student
+    from rankstream.jobs.compress import best_student
 
-    def variant(role: str, passed: bool, speed: float) -> dict[str, object]:
-        name = f"{role}-{speed}"
-        return {
-            "artifact": str(tmp_path / name),
-            "role": role,
-            "gate": {"passed": passed},
-            "speed": {"pairs_per_s": speed},
-        }
+    def record(role: str, passed: bool, speed: float):  # type: ignore[no-untyped-def]
+        return variant(tmp_path / f"{role}-{speed}", tmp_path / "hf", role=role, passed=passed, speed=speed)
 
     variants = {
-        "teacher-fp32": variant("teacher", True, 50.0),
-        "a": variant("student", True, 900.0),
-        "b": variant("student (int8 per-layer fallback)", True, 1200.0),
-        "c": variant("student", False, 2000.0),
+        "teacher-fp32": record("teacher", True, 50.0),
+        "a": record("student", True, 900.0),
+        "b": record("student (int8 per-layer fallback)", True, 1200.0),
+        "c": record("student", False, 2000.0),
     }
-    (tmp_path / RUN_FILE).write_text(json.dumps({"variants": variants}))
+    write_run(tmp_path, variants)
     assert best_student(tmp_path) == tmp_path / "student (int8 per-layer fallback)-1200.0"
-    (tmp_path / RUN_FILE).write_text(json.dumps({"variants": {"c": variants["c"]}}))
-    with pytest.raises(ValueError, match="no student passed the accuracy gate"):
+    write_run(tmp_path, {"c": variants["c"]})
+    with pytest.raises(JobError, match="no student .*passed the accuracy gate"):
         best_student(tmp_path)

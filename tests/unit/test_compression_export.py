@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification
 
-from rankstream.compression.build import build_model
+from rankstream.compression.distil import TrainConfig, train_listwise
 from rankstream.compression.export import REFERENCE_PAIRS, export_onnx
-from rankstream.compression.pairs import LabelledPair, make_pairs
-from rankstream.compression.train import TRAINING_LOG, fine_tune
+from rankstream.compression.pairs import LabelledPair, make_groups
+from rankstream.compression.train import TRAINING_LOG
 from rankstream.stream.artifact import load_manifest
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.features import PAIR_FORMAT, history_text
@@ -44,6 +44,11 @@ def _fresh_pairs(n: int = 24, seed: int = 1) -> list[tuple[str, str]]:
         )
         for _ in range(n)
     ]
+
+
+def make_pairs(instances, catalog, **kwargs):  # type: ignore[no-untyped-def]
+    """The training lists' pairs, one list after another."""
+    return [p for g in make_groups(instances, catalog, **kwargs) for p in g]
 
 
 # --- pairs -----------------------------------------------------------------------------------------
@@ -194,8 +199,13 @@ def _labelled(n: int = 64) -> list[LabelledPair]:
     return [LabelledPair(q, c, float(i % 3 == 0)) for i, (q, c) in enumerate(_fresh_pairs(n, seed=2))]
 
 
-def test_fine_tune_updates_weights_and_saves_a_checkpoint(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    out = fine_tune(_labelled(), tiny_bert_dir, tmp_path / "ft", batch_size=16, lr=1e-3, max_steps=3)
+def _lists(pairs: list[LabelledPair], size: int = 8) -> list[list[LabelledPair]]:
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
+
+
+def test_listwise_training_updates_weights_and_saves_a_checkpoint(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = TrainConfig(steps=3, groups_per_batch=2, lr=1e-3)
+    out = train_listwise(tiny_bert_dir, tmp_path / "ft", _lists(_labelled()), config)
     stats = json.loads((out / TRAINING_LOG).read_text())
     assert stats["steps"] == 3 and stats["pairs_seen"] == 48
     before = BertForSequenceClassification.from_pretrained(tiny_bert_dir).classifier.weight
@@ -204,40 +214,46 @@ def test_fine_tune_updates_weights_and_saves_a_checkpoint(tiny_bert_dir: Path, t
     assert (out / "tokenizer.json").is_file()
 
 
-def test_fine_tune_trains_a_model_with_signals(signal_bert_dir: Path, tmp_path: Path) -> None:
+def test_listwise_training_trains_a_model_with_signals(signal_bert_dir: Path, tmp_path: Path) -> None:
     from rankstream.compression.model import load_cross_encoder
 
     rows = _rows(64)
     pairs = [p._replace(signals=tuple(float(v) for v in r)) for p, r in zip(_labelled(), rows, strict=True)]
-    out = fine_tune(pairs, signal_bert_dir, tmp_path / "ft", batch_size=16, lr=1e-2, max_steps=2)
+    out = train_listwise(signal_bert_dir, tmp_path / "ft", _lists(pairs), TrainConfig(steps=2, lr=1e-2))
     before, after = load_cross_encoder(signal_bert_dir), load_cross_encoder(out)
     assert not torch.equal(before.signal_weight, after.signal_weight)
     assert torch.equal(before.signal_mean, after.signal_mean)  # standardisation is fixed, not trained
 
 
 @pytest.mark.slow
-def test_build_model_tiny_preset_with_a_signal_head(tmp_path: Path) -> None:
+def test_build_artifact_tiny_preset_with_a_signal_head(tmp_path: Path) -> None:
     from rankstream.compression.signal_head import SignalHead
+    from rankstream.jobs.build import build_artifact
+    from rankstream.jobs.presets import tiny
     from rankstream.stream.signals import SIGNALS
 
     n = len(SIGNALS.names)
     head = SignalHead(SIGNALS.version, SIGNALS.names, (0.0,) * n, (1.0,) * n, (0.5,) * n)
     rows = _rows(64)
     pairs = [p._replace(signals=tuple(float(v) for v in r)) for p, r in zip(_labelled(), rows, strict=True)]
-    artifact = build_model(pairs, tmp_path / "registry", version="v-sig", preset="tiny", prior=[0.1, 0.0], head=head)
+    artifact = build_artifact(
+        _lists(pairs), tmp_path / "registry", version="v-sig", preset=tiny(), prior=[0.1, 0.0], head=head
+    )
     ranker = Ranker.load(artifact)
     assert ranker.signals == SIGNALS.version
-    assert ranker.manifest.method_chain[0] == f"finetune:tiny-random-bert+position-prior+signal-head:{SIGNALS.version}"
+    chain = f"finetune-listwise:tiny-random-bert+position-prior+signal-head:{SIGNALS.version}"
+    assert ranker.manifest.method_chain[0] == chain
     assert ranker.score(_fresh_pairs(5), rows[:5]).shape == (5,)
 
 
 @pytest.mark.slow
-def test_build_model_tiny_preset_end_to_end(tmp_path: Path) -> None:
-    artifact = build_model(
-        _labelled(), tmp_path / "registry", version="v-build", preset="tiny", metrics={"ndcg@10": 0.1}
-    )
+def test_build_artifact_tiny_preset_end_to_end(tmp_path: Path) -> None:
+    from rankstream.jobs.build import build_artifact
+    from rankstream.jobs.presets import tiny
+
+    artifact = build_artifact(_lists(_labelled()), tmp_path / "registry", version="v-build", preset=tiny())
     assert artifact == tmp_path / "registry" / "v-build"
     ranker = Ranker.load(artifact)
-    assert ranker.manifest.metrics["train_steps"] == 8
-    assert ranker.manifest.method_chain[0] == "finetune:tiny-random-bert"
+    assert ranker.manifest.metrics["train_steps"] == tiny().teacher.steps
+    assert ranker.manifest.method_chain[0] == "finetune-listwise:tiny-random-bert+position-prior"
     assert ranker.score(_fresh_pairs(5)).shape == (5,)

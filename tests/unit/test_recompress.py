@@ -2,7 +2,6 @@
 (random-weight tiny BERTs; an in-memory stand-in for Redis, so no service is needed)."""
 
 import asyncio
-import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,26 +10,25 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from rankstream.data.prepare import Prepared, prepare
-from rankstream.data.split import Split
-from rankstream.jobs.recompress import (
-    PRESETS,
-    CompressRun,
-    CycleResult,
-    Paths,
-    format_result,
-    holdout_gate,
-    parse_duration,
-    recompress_cycle,
-    run_every,
-    split_holdout,
-    window_from_events,
-    window_from_files,
-)
+from rankstream.compression.gate import accuracy_gate
+from rankstream.data.prepare import Prepared
+from rankstream.jobs.cycle_record import CycleRecord
+from rankstream.jobs.presets import recompress_tiny
+from rankstream.jobs.recompress import CompressRun, Paths, recompress_cycle
+from rankstream.jobs.runs import VariantRecord
+from rankstream.jobs.schedule import parse_duration, run_every
+from rankstream.jobs.window import split_holdout, window_from_events, window_from_files
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.registry import ANNOUNCE_CHANNEL, Registry
-from tests.unit.test_compress_pipeline import _byo_data
+from tests.model_builders import (
+    stand_in_artifact,
+    tiny_compress_run,
+    tiny_prepared,
+    tiny_signal_compress_run,
+    variant,
+    write_run,
+)
 
 
 class FakeRedis:
@@ -85,40 +83,6 @@ class _Pipeline:
 
 
 # -- tiny inputs, built once per module ------------------------------------------------------------------
-
-
-def tiny_prepared(root: Path) -> Path:
-    """Six weeks of baskets from 40 users (see test_compress_pipeline), prepared."""
-    data = root / "data"
-    prepare(_byo_data(root / "src"), data, Split("2024-01-22", "2024-02-01"))
-    return data
-
-
-def tiny_compress_run(root: Path) -> Path:
-    """What recompression reads from a compress run: a tiny teacher (fp32) and a tiny INT8 student."""
-    from rankstream.compression.build import tiny_bert
-    from rankstream.compression.export import export_onnx
-
-    work, artifacts = root / "work", root / "artifacts"
-    teacher = tiny_bert(work / "teacher", seed=0, num_layers=4)
-    student = tiny_bert(work / "l2", seed=1, num_layers=2)
-    chain = ["finetune:tiny-random-bert", "drop-layers:0,3", "distil:listwise-kl"]
-    t_art = export_onnx(teacher, artifacts / "teacher-fp32", version="c-tiny-teacher-fp32", quantize="none")
-    s_art = export_onnx(
-        student, artifacts / "student-l2-int8", version="c-tiny-student-l2-int8", parent="c-tiny-teacher-fp32",
-        method_chain=chain,
-    )  # fmt: skip
-    variants = {
-        "teacher-fp32": {"artifact": str(t_art), "hf_dir": str(teacher), "gate": {"passed": True}},
-        "student-l2-int8": {
-            "artifact": str(s_art),
-            "hf_dir": str(student),
-            "gate": {"passed": True},
-            "speed": {"pairs_per_s": 100.0},
-        },
-    }
-    (root / "run.json").write_text(json.dumps({"variants": variants}))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +144,10 @@ def test_holdout_is_the_newest_share_of_baskets() -> None:
         split_holdout(instances[:1], 0.2)  # type: ignore[arg-type]
 
 
+def holdout_gate(ndcg: float, active_ndcg: float, *, tolerance: float):  # type: ignore[no-untyped-def]
+    return accuracy_gate(ndcg, active_ndcg, tolerance=tolerance, kind="absolute", reference="active")
+
+
 def test_gate_is_absolute_and_a_negative_tolerance_demands_a_gain() -> None:
     assert holdout_gate(0.195, 0.200, tolerance=0.01).passed
     refused = holdout_gate(0.185, 0.200, tolerance=0.01)
@@ -190,7 +158,7 @@ def test_gate_is_absolute_and_a_negative_tolerance_demands_a_gain() -> None:
 
 
 def test_compress_run_warm_starts_from_the_fastest_student_that_passed_its_gate(tmp_path: Path) -> None:
-    variants: dict[str, Any] = {}
+    variants: dict[str, VariantRecord] = {}
     for key, passed, speed in (
         ("teacher-fp32", True, 10.0),
         ("student-l4-int8", True, 500.0),
@@ -198,12 +166,10 @@ def test_compress_run_warm_starts_from_the_fastest_student_that_passed_its_gate(
         ("student-l2-ffn50-int8", True, 800.0),
         ("student-l2-ffn50-fp32", True, 600.0),
     ):
-        art = tmp_path / key
-        art.mkdir()
-        (art / "manifest.json").write_text(json.dumps({"version": f"c1-{key}", "method_chain": ["x"]}))
-        variants[key] = {"artifact": str(art), "hf_dir": str(tmp_path / "hf" / key), "gate": {"passed": passed}}
-        variants[key]["speed"] = {"pairs_per_s": speed}
-    (tmp_path / "run.json").write_text(json.dumps({"variants": variants}))
+        art = stand_in_artifact(tmp_path / key, f"c1-{key}", ["x"])
+        role = "teacher" if key.startswith("teacher") else "student"
+        variants[key] = variant(art, tmp_path / "hf" / key, role=role, passed=passed, speed=speed)
+    write_run(tmp_path, variants)
     run = CompressRun.load(tmp_path)
     assert (
         run.best.version == "c1-student-l2-ffn50-int8" and run.best.hf_dir == tmp_path / "hf" / "student-l2-ffn50-int8"
@@ -217,7 +183,7 @@ async def test_a_failed_cycle_is_logged_and_the_schedule_goes_on(caplog: pytest.
     calls = {"n": 0}
     ok = object()
 
-    async def cycle() -> CycleResult:
+    async def cycle() -> CycleRecord:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("Kafka is down")
@@ -248,14 +214,14 @@ def _paths(tiny: tuple[Path, Path], tmp_path: Path) -> Paths:
 async def test_a_refused_cycle_publishes_nothing(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     registry = Registry(tmp_path / "models", FakeRedis())  # type: ignore[arg-type]
     # A negative tolerance demands a gain of a full NDCG point: a tiny random model cannot make that.
-    config = replace(PRESETS["tiny"], tolerance=-1.0)
+    config = replace(recompress_tiny(), tolerance=-1.0)
     result = await recompress_cycle(registry, _paths(tiny, tmp_path), config)
     assert not result.gate.passed and not result.published
     assert registry.versions() == [] and await registry.active() is None
     assert result.reference == "c-tiny-student-l2-int8"  # nothing active: judged against the compress student
-    record = json.loads((tmp_path / "work" / result.version / "cycle.json").read_text())
-    assert record["published"] is False and record["gate"]["passed"] is False
-    assert "REFUSED by the gate, nothing published" in format_result(result)
+    record = CycleRecord.load(tmp_path / "work" / result.version)
+    assert record.published is False and record.gate.passed is False
+    assert "REFUSED by the gate, nothing published" in result.format()
 
 
 @pytest.mark.slow
@@ -266,7 +232,7 @@ async def test_a_passing_cycle_publishes_and_the_next_warm_starts_from_it(
     registry = Registry(tmp_path / "models", redis)  # type: ignore[arg-type]
     run = CompressRun.load(tiny[1])
     first_active, _ = await registry.publish(run.best_artifact)
-    config = replace(PRESETS["tiny"], tolerance=1.0)
+    config = replace(recompress_tiny(), tolerance=1.0)
 
     result = await recompress_cycle(registry, _paths(tiny, tmp_path), config)
     assert result.gate.passed and result.published and result.activated
@@ -280,7 +246,7 @@ async def test_a_passing_cycle_publishes_and_the_next_warm_starts_from_it(
         s.startswith("recompress:distil:listwise-kl:teacher=c-tiny-teacher-fp32:window:") for s in manifest.method_chain
     )
     assert (ANNOUNCE_CHANNEL, result.version) in redis.published
-    assert "published and activated" in format_result(result) and "gate      pass" in format_result(result)
+    assert "published and activated" in result.format() and "gate      pass" in result.format()
     c = result.counts
     assert c["train_instances"] > c["held_out_instances"] > 0 and c["distil_lists"] <= 8
 
@@ -292,25 +258,6 @@ async def test_a_passing_cycle_publishes_and_the_next_warm_starts_from_it(
     assert len(registry.verify(second.version).method_chain) == len(manifest.method_chain)
 
 
-def tiny_signal_compress_run(root: Path, signal_bert_dir: Path) -> Path:
-    """A compress run whose teacher and student read serve-time signals (as every real preset's do)."""
-    from rankstream.compression.distil import drop_layers
-    from rankstream.compression.export import export_onnx
-
-    work, artifacts = root / "work", root / "artifacts"
-    student = drop_layers(signal_bert_dir, work / "l1", [0])
-    t_art = export_onnx(signal_bert_dir, artifacts / "teacher-fp32", version="c-sig-teacher-fp32", quantize="none")
-    s_art = export_onnx(
-        student, artifacts / "student-l1-int8", version="c-sig-student-l1-int8", parent="c-sig-teacher-fp32"
-    )
-    variants = {
-        "teacher-fp32": {"artifact": str(t_art), "hf_dir": str(signal_bert_dir), "gate": {"passed": True}},
-        "student-l1-int8": {"artifact": str(s_art), "hf_dir": str(student), "gate": {"passed": True}},
-    }
-    (root / "run.json").write_text(json.dumps({"variants": variants}))
-    return root
-
-
 @pytest.mark.slow
 async def test_a_cycle_from_a_signal_teacher_keeps_the_signals(
     tiny: tuple[Path, Path], signal_bert_dir: Path, tmp_path: Path
@@ -320,7 +267,7 @@ async def test_a_cycle_from_a_signal_teacher_keeps_the_signals(
     run_root = tiny_signal_compress_run(tmp_path / "compress", signal_bert_dir)
     registry = Registry(tmp_path / "models", FakeRedis())  # type: ignore[arg-type]
     paths = Paths(data=tiny[0], compress_run=run_root, registry=tmp_path / "models", work=tmp_path / "work")
-    result = await recompress_cycle(registry, paths, replace(PRESETS["tiny"], tolerance=1.0))
+    result = await recompress_cycle(registry, paths, replace(recompress_tiny(), tolerance=1.0))
     assert result.published
     spec = registry.verify(result.version).input_spec
     assert spec.signals == SIGNALS.version and "signals" in spec.inputs

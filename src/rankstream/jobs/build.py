@@ -1,6 +1,7 @@
 """A quick model from given lists: one INT8 artifact trained as a compress preset trains its teacher, without
 distillation (the integration tests' models are built this way)."""
 
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from rankstream.compression.distil import Group, train_listwise
 from rankstream.compression.export import export_onnx
 from rankstream.compression.model import with_position_prior
 from rankstream.compression.signal_head import SignalHead
+from rankstream.compression.train import TRAINING_LOG
 from rankstream.jobs.compress import pretrained
 from rankstream.jobs.presets import MAX_LENGTH, PARENTS, CompressPreset
 
@@ -32,6 +34,8 @@ def build_artifact(
         work = Path(tmp)
         init = with_position_prior(pretrained(base_kind, work), work / "init", prior, max_length=MAX_LENGTH, head=head)
         trained = train_listwise(init, work / "trained", groups, preset.teacher, desc=f"build {version}")
+        training = json.loads((trained / TRAINING_LOG).read_text())
+        metrics = {f"train_{k}": float(v) for k, v in training.items() if isinstance(v, int | float)}
         additions = "+position-prior" + (f"+signal-head:{head.version}" if head is not None else "")
         artifact = export_onnx(
             trained,
@@ -41,6 +45,7 @@ def build_artifact(
             max_length=MAX_LENGTH,
             parent=PARENTS[base_kind],
             method_chain=[f"finetune-listwise:{PARENTS[base_kind]}{additions}"],
+            metrics=metrics,
         )
     log.info("built %s (%s preset) at %s", version, preset.name, artifact)
     return artifact

@@ -329,8 +329,9 @@ class CompressJob:
         for key, v in self.variants.items():
             m = self.results[key]
             gate = accuracy_gate(m.valid["ndcg@10"], teacher_ndcg, tolerance=GATE_TOLERANCE)
-            twin = self.results[_fp32_twin(key)].valid["ndcg@10"]
-            int8_cost = twin - m.valid["ndcg@10"] if "-int8" in key else None
+            int8_cost = None
+            if "-int8" in key:
+                int8_cost = self.results[_fp32_twin(key)].valid["ndcg@10"] - m.valid["ndcg@10"]
             self.record.variants[key] = VariantRecord(
                 artifact=v.artifact,
                 hf_dir=v.hf_dir,
