@@ -36,7 +36,7 @@ def test_a_folder_without_artifacts_is_refused(tmp_path) -> None:  # type: ignor
 def test_help_lists_the_commands() -> None:
     done = run_cli("--help")
     assert done.returncode == 0
-    for cmd in ("stack", "prepare", "load", "build-model", "serve", "replay", "eval", "recs", "demo"):
+    for cmd in ("stack", "prepare", "load", "compress", "serve", "replay", "eval", "recs", "demo"):
         assert cmd in done.stdout
 
 

@@ -83,8 +83,8 @@ def test_scorer_environment_and_model_volume(compose: dict[str, Any]) -> None:
 
 def test_job_commands(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["model-builder"]["command"][:2] == ["rankstream", "build-model"]
-    assert "--out /models" in " ".join(services["model-builder"]["command"])
+    assert services["model-builder"]["command"][:2] == ["rankstream", "compress"]
+    assert "--install /models" in " ".join(services["model-builder"]["command"])
     prepare = " ".join(services["prepare"]["command"])
     assert "rankstream prepare --out /data" in prepare and "rankstream load" in prepare
 
