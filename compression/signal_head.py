@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rankstream.stream.errors import JobError
+
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +46,9 @@ def fit_signal_head(
     """Fit a head on `lists` of (signals [n, F], labels [n], prior [n]); lists without a positive are skipped."""
     kept = [(x, y, p) for x, y, p in lists if len(y) and np.any(y > 0)]
     if not kept:
-        raise ValueError("fit_signal_head needs at least one list with a positive")
+        raise JobError(
+            "no training list has a positive to fit the signal head on; use more data or longer training windows"
+        )
     n_feat = len(names)
     rows = np.concatenate([x for x, _, _ in kept]).astype(np.float64)
     if rows.shape[1] != n_feat:
@@ -90,6 +94,8 @@ def fit_signal_head(
         weight=tuple(float(v) for v in w.detach()),
         prior_weight=float(a.detach()),
     )
-    log.info("signal head fitted on %d lists (loss %.4f): prior x%.3f, %s", len(kept), final, head.prior_weight,
-             {n: round(v, 3) for n, v in zip(names, head.weight, strict=True)})  # fmt: skip
+    weights = {n: round(v, 3) for n, v in zip(names, head.weight, strict=True)}
+    log.info(
+        "signal head fitted on %d lists (loss %.4f): prior x%.3f, %s", len(kept), final, head.prior_weight, weights
+    )
     return head

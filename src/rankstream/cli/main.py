@@ -196,6 +196,7 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(home(), events=args.events)
 
 
+# Long because it declares every subcommand in one place, in the order `--help` lists them.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankstream", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -76,6 +76,7 @@ def _plot(rows: list[dict[str, Any]], baselines: dict[str, dict[str, float]], pa
     plt.close(fig)
 
 
+# Long because it is one document: the markdown lines read top to bottom as the report does.
 def write_report(root: Path, record: CompressRunRecord) -> dict[str, Path]:
     """Write the three report files into `root`; returns their paths."""
     root = Path(root)
