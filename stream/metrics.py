@@ -1,6 +1,6 @@
-"""Prometheus metrics of a scorer process, served on RANKSTREAM_METRICS_PORT (`/metrics`)."""
+"""Prometheus metrics of a scorer process, served on RANKSTREAM_METRICS_PORT (`/metrics`, stream/health.py)."""
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -22,6 +22,7 @@ EVENT_TO_REDIS = Histogram(
 )
 LAG = Gauge("rankstream_lag", "Records behind the partition end, per assigned partition", ["partition"])
 PAUSED = Gauge("rankstream_paused", "1 while partitions are paused for backpressure")
+READY = Gauge("rankstream_ready", "1 while the replica owns partitions and its last batch succeeded (see /readyz)")
 MODELS_REFUSED = Counter(
     "rankstream_models_refused_total", "Artifacts refused at swap time (the old version kept serving)", ["version"]
 )
@@ -35,9 +36,3 @@ LIVE_EVENTS = Counter(
     "rankstream_live_events_total", "Events checked against the list shown before them", ["model_version"]
 )
 LIVE_HITS = Counter("rankstream_live_hits_total", "Events whose item was in the user's current list", ["model_version"])
-
-
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on `port` (0 disables) from a daemon thread."""
-    if port:
-        start_http_server(port)

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from rankstream.stream import features
-from rankstream.stream.artifact import Manifest, load_manifest
+from rankstream.stream.artifact import InputSpec, Manifest, load_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError
 from rankstream.stream.signals import SIGNALS
 
@@ -207,21 +207,7 @@ class Ranker:
         directory = Path(directory)
         manifest = load_manifest(directory)
         spec = manifest.input_spec
-        if spec.pair_format != features.PAIR_FORMAT:
-            raise ArtifactError(
-                f"{directory}: refused: pair format {spec.pair_format!r}, this scorer builds "
-                f"{features.PAIR_FORMAT!r}; rebuild the model or deploy a scorer that speaks its format"
-            )
-        if spec.signals is not None and spec.signals != SIGNALS.version:
-            raise ArtifactError(
-                f"{directory}: refused: signal set {spec.signals!r}, this scorer computes {SIGNALS.version!r}; "
-                "rebuild the model or deploy a scorer that computes its signals"
-            )
-        if (spec.signals is not None) != (SIGNALS_INPUT in spec.inputs):
-            raise ArtifactError(
-                f"{directory}: refused: the input spec names signal set {spec.signals!r} but its inputs are "
-                f"{list(spec.inputs)}; a model reads signals through an input {SIGNALS_INPUT!r} iff it names a set"
-            )
+        _check_spec(directory, spec)
         try:
             session = ort.InferenceSession(
                 str(directory / spec.model_file),
@@ -231,20 +217,7 @@ class Ranker:
             encoder = PairEncoder(directory / spec.tokenizer_file, spec.max_length)
         except Exception as exc:  # noqa: BLE001 - ORT and tokenizers raise their own untyped errors
             raise ArtifactError(f"{directory}: refused: cannot open the model or tokenizer: {exc}") from exc
-
-        graph_inputs = sorted(i.name for i in session.get_inputs())
-        graph_outputs = [o.name for o in session.get_outputs()]
-        problems = []
-        if graph_inputs != sorted(spec.inputs):
-            problems.append(f"graph inputs {graph_inputs} differ from the input spec {sorted(spec.inputs)}")
-        if spec.output not in graph_outputs:
-            problems.append(f"graph outputs {graph_outputs} lack {spec.output!r}")
-        for i in session.get_inputs():
-            if i.name == SIGNALS_INPUT and i.shape[-1] != len(SIGNALS.names):
-                problems.append(f"graph input {SIGNALS_INPUT!r} has shape {i.shape}, not [batch, {len(SIGNALS.names)}]")
-        if problems:
-            raise ArtifactError(f"{directory}: refused: " + "; ".join(problems))
-
+        _check_graph(directory, spec, session)
         ranker = cls(manifest, session, encoder, batch_size)
         if spec.linear_file is not None:
             try:
@@ -354,3 +327,38 @@ class Ranker:
         # Below every cross-encoded candidate, keeping the linear part's order among themselves.
         out[rest] = scores.min() - 1.0 + (linear[rest] - linear[rest].max())
         return out
+
+
+def _check_spec(directory: Path, spec: InputSpec) -> None:
+    """ArtifactError unless this scorer builds the pairs and computes the signals the artifact expects."""
+    if spec.pair_format != features.PAIR_FORMAT:
+        raise ArtifactError(
+            f"{directory}: refused: pair format {spec.pair_format!r}, this scorer builds "
+            f"{features.PAIR_FORMAT!r}; rebuild the model or deploy a scorer that speaks its format"
+        )
+    if spec.signals is not None and spec.signals != SIGNALS.version:
+        raise ArtifactError(
+            f"{directory}: refused: signal set {spec.signals!r}, this scorer computes {SIGNALS.version!r}; "
+            "rebuild the model or deploy a scorer that computes its signals"
+        )
+    if (spec.signals is not None) != (SIGNALS_INPUT in spec.inputs):
+        raise ArtifactError(
+            f"{directory}: refused: the input spec names signal set {spec.signals!r} but its inputs are "
+            f"{list(spec.inputs)}; a model reads signals through an input {SIGNALS_INPUT!r} iff it names a set"
+        )
+
+
+def _check_graph(directory: Path, spec: InputSpec, session: ort.InferenceSession) -> None:
+    """ArtifactError, naming every mismatch at once, unless the graph has the spec's inputs and output."""
+    graph_inputs = sorted(i.name for i in session.get_inputs())
+    graph_outputs = [o.name for o in session.get_outputs()]
+    problems = []
+    if graph_inputs != sorted(spec.inputs):
+        problems.append(f"graph inputs {graph_inputs} differ from the input spec {sorted(spec.inputs)}")
+    if spec.output not in graph_outputs:
+        problems.append(f"graph outputs {graph_outputs} lack {spec.output!r}")
+    for i in session.get_inputs():
+        if i.name == SIGNALS_INPUT and i.shape[-1] != len(SIGNALS.names):
+            problems.append(f"graph input {SIGNALS_INPUT!r} has shape {i.shape}, not [batch, {len(SIGNALS.names)}]")
+    if problems:
+        raise ArtifactError(f"{directory}: refused: " + "; ".join(problems))

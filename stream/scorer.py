@@ -26,6 +26,7 @@ from rankstream.stream.deadletter import DeadLetters, Source
 from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError, StoreError
 from rankstream.stream.events import Rejected, internal_error, parse_event
 from rankstream.stream.guard import Guard
+from rankstream.stream.health import Probe
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.recorder import Recorder, Stats
 from rankstream.stream.scoring import score_users
@@ -77,6 +78,8 @@ class Scorer:
         # Names this process to the crash-loop guard: a batch started by another owner and never
         # followed by a later one means that owner stopped inside it.
         self._guard = Guard(store.client, settings.group_id, uuid.uuid4().hex[:12], settings.crash_loop_limit)
+        # What /healthz and /readyz read (stream/health.py).
+        self.probe = Probe(settings.liveness_s, assigned=lambda: len(self._consumer.assignment()), ping=store.ping)
 
     @property
     def stats(self) -> Stats:
@@ -98,6 +101,8 @@ class Scorer:
         # collector's reach, a full collection no longer walks it and no longer pauses a batch.
         gc.collect()
         gc.freeze()
+        self.probe.started = True
+        self.probe.progressed()
         log.info(
             "scorer started: topic=%s group=%s model=%s catalog=%d items",
             self.settings.topic,
@@ -143,13 +148,17 @@ class Scorer:
     async def run(self) -> Stats:
         m.MODEL.labels(self.ranker.version).set(1)
         while not self._stopping.is_set():
+            self.probe.progressed()
+            m.READY.set(0 if self.probe.failing or not self._consumer.assignment() else 1)
             records = await self._poll()
             if not records and not self._held:
                 continue
             failed = await self._process_and_commit(records, hold=True)
             if failed is not None:
+                self.probe.failing = str(failed) or type(failed).__name__
                 await self._backoff.failed(records, failed)
                 continue
+            self.probe.failing = ""
             self._backoff.succeeded()
         if self._held:  # score the users held back now rather than leave them to the next owner
             if (failed := await self._process_and_commit({}, hold=False)) is not None:

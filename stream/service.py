@@ -12,7 +12,7 @@ from pathlib import Path
 from rankstream.stream.artifact import MANIFEST
 from rankstream.stream.errors import ArtifactError, ConfigError
 from rankstream.stream.follow import ModelFollower
-from rankstream.stream.metrics import serve_metrics
+from rankstream.stream.health import HealthServer
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.registry import Registry, list_versions
 from rankstream.stream.scorer import Scorer, Stats
@@ -29,7 +29,9 @@ def is_artifact(path: Path) -> bool:
 def resolve_model_dir(path: Path | None) -> Path:
     """An artifact directory, or a folder of versioned artifacts (the newest version)."""
     if path is None:
-        raise ConfigError("no model: set RANKSTREAM_MODEL_DIR to an artifact directory (see `rankstream build-model`)")
+        raise ConfigError(
+            "no model: set RANKSTREAM_MODEL_DIR to an artifact directory (see `rankstream compress --install`)"
+        )
     if is_artifact(path):
         return path
     versions = list_versions(path)
@@ -83,11 +85,11 @@ async def serve(settings: Settings) -> Stats:
         loop.add_signal_handler(sig, on_signal)
     store = None
     follower_task = None
+    health = None
     try:
         resolve_model_dir(settings.model_dir)  # fails before any connection if there is nothing to serve
         load = partial(Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size)
-        redis_options = {"cluster": settings.redis_cluster, **settings.redis_client_options()}
-        store = Store.from_url(settings.redis_url, ttl_s=settings.rec_ttl_s, **redis_options)
+        store = Store.from_settings(settings)
         await store.ping()
         registry = None
         assert settings.model_dir is not None
@@ -96,8 +98,10 @@ async def serve(settings: Settings) -> Stats:
         else:
             registry = Registry(settings.model_dir, store.client)
             ranker = await initial_ranker(registry, load)
-        serve_metrics(settings.metrics_port)
         scorer = Scorer(settings, ranker, store)
+        if settings.metrics_port:
+            health = HealthServer(scorer.probe, settings.metrics_port)
+            await health.start()
         if stop_requested.is_set():
             scorer.stop()
         await scorer.start()
@@ -117,6 +121,8 @@ async def serve(settings: Settings) -> Stats:
                     await registry.forget_replica(replica)  # type: ignore[union-attr]
             await scorer.close()
     finally:
+        if health is not None:
+            await health.stop()
         if store is not None:
             await store.close()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -64,7 +64,10 @@ class Settings(BaseSettings):
     # out of memory, a native fault, kill -9 mid-batch) is dead-lettered as `crash_loop` on the next try.
     crash_loop_limit: int = Field(default=3, ge=1, le=1_000)
     rec_ttl_s: int = Field(default=7 * 86_400, ge=60)
-    metrics_port: int = Field(default=0, ge=0, le=65_535)  # 0: no /metrics endpoint
+    metrics_port: int = Field(default=0, ge=0, le=65_535)  # /metrics, /healthz, /readyz (0: none)
+    # /healthz fails when the scorer's loop has not turned for this long (a hung batch): the orchestrator
+    # restarts the replica. Longer than the longest backoff wait and a slow batch together.
+    liveness_s: float = Field(default=60.0, ge=15.0, le=3600.0)
     # Passed to aiokafka unchanged (security_protocol, sasl_*, ssl_context is not settable this way).
     kafka_options: dict[str, Any] = {}
     # Passed to the consumer only (session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms, …).
