@@ -40,6 +40,7 @@ from rankstream.stream.lag import group_lag
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.redis_client import RedisClient, connect_from_settings
 from rankstream.stream.scorer import Scorer
+from rankstream.stream.scoring import rerank_top_for
 from rankstream.stream.settings import Settings
 from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import Store
@@ -260,7 +261,7 @@ async def bench_stream(
         candidates_per_user=base.candidates,
         batch=BatchShape(max_records=base.batch_max_records, linger_ms=base.batch_linger_ms),
         score_chunk_users=base.score_chunk_users,
-        rerank_top=base.rerank_top,
+        rerank_top=rerank_top_for(base, ranker),
         user_quiet_ms=base.user_quiet_ms,
         live_events=len(live),
         threads=base.threads,

@@ -119,7 +119,7 @@ class Scorer:
 
     def check_servable(self, ranker: Ranker) -> None:
         """ArtifactError when this scorer's settings cannot serve `ranker`."""
-        if self.settings.rerank_top and ranker.linear is None:
+        if self.settings.rerank_top and ranker.linear is None:  # asked for explicitly; unset adapts
             raise ArtifactError(
                 f"model {ranker.version} carries no linear part (linear.json), which RANKSTREAM_RERANK_TOP="
                 f"{self.settings.rerank_top} needs; re-export it with this version, or set RANKSTREAM_RERANK_TOP=0"

@@ -55,9 +55,11 @@ class Settings(BaseSettings):
     # Users scored per Redis write inside a batch: a list is written as soon as its chunk is scored, so
     # the first users of a large batch do not wait for the last (one extra round trip per chunk).
     score_chunk_users: int = Field(default=2, ge=1, le=100_000)
-    # > 0: cross-encode only the candidates the model's linear part (position prior + signal head) ranks
-    # highest; the rest follow in that part's order. Needs a model exported with that part (linear.json).
-    rerank_top: int = Field(default=0, ge=0, le=1000)
+    # How many candidates the cross-encoder scores per user, picked by the model's linear part (position
+    # prior + signal head, `linear.json` in the artifact); the rest follow in that part's order. Unset: the
+    # artifact decides (`rerank_top_for`): a model with a linear part is pre-selected, one without is
+    # scored in full. 0: always score every candidate. N: pre-select N (needs a linear part).
+    rerank_top: int | None = Field(default=None, ge=0, le=1000)
     threads: int = Field(default=2, ge=1, le=256)
     max_event_bytes: int = Field(default=16_384, ge=64, le=1_048_576)
     # A record whose processing stopped this many replicas in a row (a crash the code could not catch:
@@ -80,7 +82,7 @@ class Settings(BaseSettings):
                 f"top_k ({self.top_k}) is larger than candidates ({self.candidates}); "
                 "raise RANKSTREAM_CANDIDATES or lower RANKSTREAM_TOP_K"
             )
-        if self.rerank_top and self.rerank_top < self.top_k:
+        if self.rerank_top is not None and 0 < self.rerank_top < self.top_k:
             raise ValueError(
                 f"rerank_top ({self.rerank_top}) is below top_k ({self.top_k}): the written list would hold "
                 "candidates that were never cross-encoded; raise RANKSTREAM_RERANK_TOP or set it to 0"
