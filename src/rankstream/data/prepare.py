@@ -47,12 +47,12 @@ PARTS = ("train", "valid", "test")  # the order of `Prepared.frames`
 
 
 def default_retail_path() -> Path:
-    """$RANKSTREAM_RETAIL_CSV, else shared/data/online_retail/online_retail.csv.gz beside the repository."""
+    """$RANKSTREAM_RETAIL_CSV, else the copy the repository carries (data/online_retail/, with its licence)."""
     env = os.environ.get(RETAIL_ENV)
     if env:
         return Path(env)
-    # src/rankstream/data/prepare.py -> the repository root is three folders up; shared/ sits beside it.
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
+    # src/rankstream/data/prepare.py -> the repository root is three folders up.
+    return Path(__file__).resolve().parents[3] / "data" / "online_retail" / "online_retail.csv.gz"
 
 
 @dataclass(frozen=True)
