@@ -19,7 +19,7 @@ from rankstream.stream.settings import load_settings
 from rankstream.stream.store import ListWrite, Store, hist_key, rec_key
 
 from .conftest import CATALOG, ITEM_STATS, ITEMS, NEIGHBOURS, TRENDING, scorer_settings
-from .test_scorer import events_for, produce, run_until_drained, setup_topics
+from .serving import events_for, produce, run_until_drained, setup_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

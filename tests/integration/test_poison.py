@@ -7,12 +7,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.stream.events import ClickEvent
-from rankstream.stream.lag import group_lag
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.store import Store
 
-from .conftest import ITEMS, scorer_settings, wait_for
+from .conftest import ITEMS, scorer_settings
+from .serving import run_until_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,24 +47,6 @@ async def dead_letters(stack, topic: str, n: int) -> list[dict[str, str]]:  # ty
     return got
 
 
-async def drain(scorer: Scorer, stack, topic: str) -> None:  # type: ignore[no-untyped-def]
-    await scorer.start()
-    task = asyncio.create_task(scorer.run())
-    try:
-
-        async def drained() -> bool:
-            if task.done():
-                task.result()
-            lag = await group_lag(stack.bootstrap, topic, scorer.settings.group_id)
-            return bool(lag) and sum(lag.values()) == 0
-
-        await wait_for(drained, limit_s=90)
-    finally:
-        scorer.stop()
-        await task
-        await scorer.close()
-
-
 async def test_a_poisoned_user_is_dead_lettered_and_the_batch_goes_on(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
     await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
     r = store.client
@@ -74,7 +56,7 @@ async def test_a_poisoned_user_is_dead_lettered_and_the_batch_goes_on(stack, sto
     await produce_events(stack, topic, records)
     s = scorer_settings(stack, topic, model_dir=tiny_model, batch_max_records=50, batch_linger_ms=50)
     scorer = Scorer(s, Ranker.load(tiny_model), store)
-    await drain(scorer, stack, topic)
+    await run_until_drained(scorer, s)
     for u in ("u1", "u2"):
         rec = await store.read_list(u)
         assert rec is not None and rec["offset"] == max(i for i, (k, _) in enumerate(records) if k == u)
@@ -86,7 +68,7 @@ async def test_a_poisoned_user_is_dead_lettered_and_the_batch_goes_on(stack, sto
     # The operator's repair: delete the user's keys; the next event gets a list.
     await r.delete("hist:{p4}", "rec:{p4}")
     await produce_events(stack, topic, [event("p4", 9)])
-    await drain(Scorer(s, Ranker.load(tiny_model), store), stack, topic)
+    await run_until_drained(Scorer(s, Ranker.load(tiny_model), store), s)
     assert (await store.read_list("p4")) is not None
 
 
@@ -125,7 +107,7 @@ async def test_a_record_that_keeps_killing_replicas_is_dead_lettered(stack, stor
         await scorer.close()  # gone without a commit, like a killed process
     assert crashed_at == [offsets[20]] * 4
     last = CrashesOnPoison(s, ranker, store)
-    await drain(last, stack, topic)
+    await run_until_drained(last, s)
     letters = await dead_letters(stack, topic, 1)
     assert [(d["reason"], d["source_offset"]) for d in letters] == [("crash_loop", str(offsets[20]))]
     assert letters[0]["detail"] == "3 replicas stopped processing it"

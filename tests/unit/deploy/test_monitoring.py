@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 import rankstream.stream.metrics  # noqa: F401 - registers the scorer's metrics in REGISTRY
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 ALERTS = MONITORING / "alerts.yml"

@@ -13,7 +13,7 @@ import yaml
 
 from rankstream.stream.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "deploy" / "k8s"
 LOCAL = ROOT / "deploy" / "k8s-overlays" / "local"
 # The oldest Kubernetes the manifests are meant for; every API they use is GA there.

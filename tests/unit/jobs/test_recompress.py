@@ -276,7 +276,7 @@ async def test_a_cycle_from_a_signal_teacher_keeps_the_signals(
 def test_compose_and_kubernetes_run_recompression() -> None:
     import yaml
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     service = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]["recompress"]
     assert "rankstream recompress --every" in service["command"][-1] and service["profiles"] == ["recompress"]
     assert "models:/models" in service["volumes"] and service["environment"]["RANKSTREAM_MODEL_DIR"] == "/models"
