@@ -249,3 +249,12 @@ def test_local_overlay_is_one_small_replica_from_a_local_registry(local: list[Ma
     job = _one(local, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     images = [_container(deployment)["image"]] + [c["image"] for c in job["containers"]]
     assert all(image.startswith("localhost:5000/") for image in images), images
+
+
+def test_recompress_reads_the_scorers_settings_and_credentials(base: list[Manifest]) -> None:
+    cron = _one(base, "CronJob", "rankstream-recompress")
+    job = dict(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+    assert _env_sources(job) == _env_sources(_container(_scorer(base)))
+    own = {e["name"]: e.get("value") for e in job["env"]}
+    assert own["RANKSTREAM_MODEL_DIR"] == _config(base)["RANKSTREAM_MODEL_DIR"]
+    assert not any(k.startswith(("RANKSTREAM_KAFKA", "RANKSTREAM_REDIS")) for k in own)  # one place for those
