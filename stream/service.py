@@ -66,6 +66,8 @@ async def initial_ranker(registry: Registry, load: "partial[Ranker]") -> Ranker:
     raise ArtifactError(f"no loadable model: {'; '.join(errors)}")
 
 
+# Long because setup and teardown (signals, store, model, health, scorer, follower) nest in one
+# try/finally, in the order a clean exit needs.
 async def serve(settings: Settings) -> Stats:
     """Run one scorer until SIGTERM/SIGINT, then finish the batch in flight, commit and exit.
 
