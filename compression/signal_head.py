@@ -35,7 +35,7 @@ class SignalHead:
         return out if prior is None else out + self.prior_weight * np.asarray(prior)
 
 
-# Long because the standardisation, the listwise fit and its early stop share the same tensors.
+# Long because standardising, padding the lists into one tensor and the LBFGS fit share the same arrays.
 def fit_signal_head(
     lists: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     *,
