@@ -1,7 +1,8 @@
 """A fine-tuned Hugging Face cross-encoder to a servable artifact directory (ONNX, tokenizer, manifest).
 
-Legacy ONNX exporter over eager attention, ORT transformer fusions, optional per-channel dynamic INT8,
-then reference scores recorded from the final graph, tokenized exactly as the scorer will. A model with
+Legacy ONNX exporter over eager attention, ORT transformer fusions, optional per-channel INT8 (dynamic, or
+static QDQ calibrated on training lists: `compression.calibrate`), then reference scores recorded from the
+final graph, tokenized exactly as the scorer will. A model with
 a signal head gets a fourth input, `signals` [batch, F] float32; its head (standardisation included)
 stays fp32 in the INT8 graph.
 """
@@ -23,7 +24,9 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 
+from rankstream.compression.calibrate import STATIC_CHAIN, ActivationType, ListReader, quantize_static_int8
 from rankstream.compression.model import linear_part, load_cross_encoder, signal_spec
+from rankstream.compression.pairs import LabelledPair
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.features import PAIR_FORMAT, candidate_text, history_text
@@ -36,6 +39,10 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "logits"
 OPSET = 17
 LINEAR_FILE = "linear.json"
+Quantize = Literal["none", "int8", "int8-static"]
+# A batch-invariant graph scores a pair alone as inside any batch up to float reassociation; above this
+# the claim is refused at export (and by the ranker's smoke test).
+BATCH_INVARIANCE_ATOL = 1e-4
 
 # Fixed smoke-test pairs: short and long histories (the longest is truncated at the serving max length),
 # a one-word candidate, punctuation and digits.
@@ -127,6 +134,18 @@ def _ort_scores(
     return run_session(session, encoder, pairs, inputs=inputs, output=OUTPUT, batch_size=len(pairs), signals=signals)
 
 
+def _alone_vs_together(
+    path: Path, encoder: PairEncoder, pairs: Sequence[tuple[str, str]], signals: np.ndarray | None
+) -> float:
+    """Largest score change between scoring each pair alone and all pairs in one padded batch."""
+    session = ort.InferenceSession(str(path), sess_options=session_options(2), providers=["CPUExecutionProvider"])
+    inputs = INPUTS if signals is None else (*INPUTS, SIGNALS_INPUT)
+    kw = {"inputs": inputs, "output": OUTPUT, "signals": signals}
+    alone = run_session(session, encoder, pairs, batch_size=1, **kw)  # type: ignore[arg-type]
+    together = run_session(session, encoder, pairs, batch_size=len(pairs), **kw)  # type: ignore[arg-type]
+    return float(np.max(np.abs(alone - together)))
+
+
 def reference_signals(model: torch.nn.Module, n: int, seed: int = 0) -> np.ndarray | None:
     """Smoke-test rows for a model with a head: its training mean plus seeded noise of its training spread."""
     if not getattr(model, "n_signals", 0):
@@ -207,7 +226,7 @@ def export_onnx(
     out_dir: Path,
     *,
     version: str,
-    quantize: Literal["none", "int8"] = "int8",
+    quantize: Quantize = "int8",
     max_length: int = 64,
     parent: str | None = None,
     method_chain: Sequence[str] = (),
@@ -216,6 +235,8 @@ def export_onnx(
     reference_atol: float = 1e-3,
     fp32_atol: float = 1e-3,
     int8_fp32_layers: Sequence[int] = (),
+    calibration: Sequence[Sequence[LabelledPair]] = (),
+    activations: ActivationType = "uint8",
 ) -> Path:
     """Write artifact `out_dir` (must not exist) from the checkpoint in `hf_dir`; returns `out_dir`.
 
@@ -224,12 +245,20 @@ def export_onnx(
     reference pairs; above `fp32_atol` the export is refused) and, for INT8, `export_int8_max_abs_diff`
     (torch vs the served graph). `int8_fp32_layers` keeps those encoder layers' MatMuls and fused
     attention in fp32 (the per-layer fallback when INT8 costs too much ranking quality).
+
+    `quantize="int8-static"` fixes activation scales from `calibration` (training lists, one calibration
+    batch per list; required) with `activations` as their type, so that scores do not depend on
+    batch-mates: the manifest then says `batch_invariant`, as it does for fp32. The manifest's metrics gain
+    `export_batch_max_abs_diff` (each reference pair alone vs all in one batch); a batch-invariant artifact
+    whose graph moves more than BATCH_INVARIANCE_ATOL is refused.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if out_dir.exists():
         raise ArtifactError(f"{out_dir} already exists; artifact versions are immutable, pick a new version")
-    if quantize not in ("none", "int8"):
-        raise ValueError(f"quantize must be 'none' or 'int8', got {quantize!r}")
+    if quantize not in ("none", "int8", "int8-static"):
+        raise ValueError(f"quantize must be 'none', 'int8' or 'int8-static', got {quantize!r}")
+    if quantize == "int8-static" and not calibration:
+        raise ValueError("static INT8 needs calibration lists: pass some of the lists the model was trained on")
     pairs = [(a, b) for a, b in reference_pairs]
     model = load_cross_encoder(hf_dir).eval()
     cfg = model.config
@@ -267,7 +296,17 @@ def export_onnx(
                 "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused",
             ]
             final = partial / "model.onnx"
-            if quantize == "int8":
+            if quantize == "int8-static":
+                with _quiet_root_logger():
+                    quantize_static_int8(
+                        fp32,
+                        final,
+                        ListReader(calibration, encoder, inputs),
+                        nodes_to_exclude=_layer_nodes(fp32, int8_fp32_layers),
+                        activations=activations,
+                    )
+                chain.append(STATIC_CHAIN if activations == "uint8" else f"{STATIC_CHAIN}:int8-activations")
+            elif quantize == "int8":
                 with _quiet_root_logger():
                     quantize_dynamic(
                         model_input=str(fp32),
@@ -279,19 +318,27 @@ def export_onnx(
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                     )
                 chain.append("quantize:int8-dynamic-per-channel")
-                if int8_fp32_layers:
-                    chain.append(f"int8-fallback:fp32-layers:{','.join(map(str, sorted(int8_fp32_layers)))}")
             else:
                 shutil.copyfile(fp32, final)
+            if quantize != "none" and int8_fp32_layers:
+                chain.append(f"int8-fallback:fp32-layers:{','.join(map(str, sorted(int8_fp32_layers)))}")
         shutil.copyfile(hf_dir / "tokenizer.json", partial / "tokenizer.json")
         linear = linear_part(model, encoder)
         if linear is not None:
             (partial / LINEAR_FILE).write_text(linear.to_json() + "\n")
 
         scores = _ort_scores(final, encoder, pairs, signals)
+        batch_diff = _alone_vs_together(final, encoder, pairs, signals)
+        invariant = quantize != "int8"
+        if invariant and not batch_diff <= BATCH_INVARIANCE_ATOL:
+            raise ArtifactError(
+                f"the {quantize} graph scores a pair alone and in a batch {batch_diff:.3g} apart "
+                f"(> {BATCH_INVARIANCE_ATOL}); it is not batch-invariant, check the quantizer's output"
+            )
         all_metrics = dict(metrics or {})
         all_metrics["export_fp32_max_abs_diff"] = fp32_diff
-        if quantize == "int8":
+        all_metrics["export_batch_max_abs_diff"] = batch_diff
+        if quantize != "none":
             all_metrics["export_int8_max_abs_diff"] = float(np.max(np.abs(scores - torch_scores)))
         write_manifest(
             partial,
@@ -306,6 +353,7 @@ def export_onnx(
                 pair_format=PAIR_FORMAT,
                 signals=None if spec is None else SIGNALS.version,
                 linear_file=None if linear is None else LINEAR_FILE,
+                batch_invariant=True if invariant else None,
             ),
             reference=Reference(
                 pairs=tuple(pairs),

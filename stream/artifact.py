@@ -36,6 +36,10 @@ class InputSpec(BaseModel):
     # The model's non-text part as JSON (`stream.ranker.LinearPart`): the position prior per candidate rank
     # and the signal head. Lets a scorer cross-encode only the candidates this cheap part ranks highest.
     linear_file: str | None = None
+    # True when a pair's score does not depend on the other pairs in its batch (fp32, static INT8), so a
+    # scorer may batch several users' candidates together. Absent (None) means False: dynamic INT8 takes
+    # activation scales from the whole batch, and artifacts from before this field did not promise it.
+    batch_invariant: bool | None = None
 
 
 class Reference(BaseModel):

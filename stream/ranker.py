@@ -5,10 +5,8 @@ is tokenized the same way when the model learns it, when its reference scores ar
 is served.
 """
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from tokenizers import Encoding, Tokenizer
 from rankstream.stream import features
 from rankstream.stream.artifact import InputSpec, Manifest, load_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError
+from rankstream.stream.linear import LinearPart, Selection, rerank_top
 from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -114,57 +113,35 @@ def run_session(
     return scores
 
 
-@dataclass(frozen=True)
-class LinearPart:
-    """The non-text part of a model's logit: `position_bias[r]` for the candidate at co-visitation rank r,
-    plus `weight . (signals - mean) * scale`. The graph adds the text's score to it; alone it is a cheap
-    ranking used to choose which candidates are worth cross-encoding."""
+def run_by_length(
+    session: ort.InferenceSession,
+    encoder: PairEncoder,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    inputs: Sequence[str],
+    output: str,
+    batch_size: int,
+    signals: np.ndarray | None = None,
+) -> np.ndarray:
+    """`run_session`'s scores, with pairs of similar length batched together to spare padding.
 
-    position_bias: np.ndarray  # [ranks]
-    signal_mean: np.ndarray | None = None  # [signals], with scale and weight; None for a text-only model
-    signal_scale: np.ndarray | None = None
-    signal_weight: np.ndarray | None = None
-
-    @classmethod
-    def read(cls, path: Path, n_signals: int | None) -> "LinearPart":
-        data = json.loads(Path(path).read_text())
-        bias = np.asarray(data["position_bias"], dtype=np.float64)
-        if data.get("signal_weight") is None:
-            return cls(bias)
-        parts = [np.asarray(data[k], dtype=np.float64) for k in ("signal_mean", "signal_scale", "signal_weight")]
-        if n_signals is None or any(x.shape != (n_signals,) for x in parts):
-            raise ValueError(f"its signal head has {[x.shape for x in parts]} weights, the model reads {n_signals}")
-        return cls(bias, *parts)
-
-    def to_json(self) -> str:
-        def listed(x: np.ndarray | None) -> list[float] | None:
-            return None if x is None else [float(v) for v in x]
-
-        return json.dumps(
-            {
-                "position_bias": listed(self.position_bias),
-                "signal_mean": listed(self.signal_mean),
-                "signal_scale": listed(self.signal_scale),
-                "signal_weight": listed(self.signal_weight),
-            }
-        )
-
-    def scores(self, n: int, signals: np.ndarray | None) -> np.ndarray:
-        """The linear part's score of the first `n` candidates (in co-visitation order)."""
-        if n > len(self.position_bias):
-            raise ValueError(f"the position prior covers {len(self.position_bias)} ranks, not {n}")
-        out = self.position_bias[:n].copy()
-        if self.signal_weight is not None:
+    Only for a batch-invariant graph: which pairs share a batch changes nothing but the time it takes.
+    """
+    encoded = encoder.encode(pairs)
+    lengths = encoded["attention_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    scores = np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx].max())
+        feed = {name: encoded[name][idx, :width] for name in inputs if name != SIGNALS_INPUT}
+        if SIGNALS_INPUT in inputs:
             if signals is None:
-                raise ValueError("this model's linear part reads signals; pass them")
-            z = (np.asarray(signals, dtype=np.float64) - self.signal_mean) * self.signal_scale
-            out += z @ self.signal_weight
-        return out
-
-
-def rerank_top(linear: np.ndarray, top: int) -> np.ndarray:
-    """Indices of the `top` candidates the linear part ranks highest (ties: co-visitation order)."""
-    return np.sort(np.argsort(-linear, kind="stable")[:top])
+                raise ValueError("this model reads serve-time signals: pass one row of signals per pair")
+            feed[SIGNALS_INPUT] = np.asarray(signals, dtype=np.float32)[idx]
+        (logits,) = session.run([output], feed)
+        scores[idx] = np.asarray(logits, dtype=np.float32).reshape(len(idx))
+    return scores
 
 
 class Ranker:
@@ -181,6 +158,8 @@ class Ranker:
         self.version = manifest.version
         # The signal set this model reads (None: text only); callers then pass `candidate_signals` rows.
         self.signals = manifest.input_spec.signals
+        # A pair's score does not depend on its batch-mates: `score_lists` may batch users together.
+        self.batch_invariant = manifest.input_spec.batch_invariant is True
         self._session = session
         self._encoder = encoder
         self._batch_size = batch_size
@@ -262,6 +241,14 @@ class Ranker:
                 f"{directory}: refused: smoke test failed on {len(mismatches)} of {len(pairs)} "
                 f"reference pairs (atol {ref.atol}): " + "; ".join(mismatches)
             )
+        if self.batch_invariant:  # a promise the scorer relies on when it batches users together
+            alone = self._score(pairs, batch_size=1, signals=signals)
+            moved = [f"pair {i}" for i, (a, g) in enumerate(zip(alone, got, strict=True)) if not abs(a - g) <= ref.atol]
+            if moved:
+                raise ArtifactError(
+                    f"{directory}: refused: the manifest says batch-invariant, but {', '.join(moved)} score "
+                    f"differently alone than in the reference batch (atol {ref.atol})"
+                )
 
     def _score(
         self, pairs: Sequence[tuple[str, str]], batch_size: int, signals: np.ndarray | None = None
@@ -292,40 +279,68 @@ class Ranker:
         *,
         top: int = 0,
     ) -> list[np.ndarray]:
-        """Score each list of pairs as one batch: one user's candidates, compared with each other.
+        """Each list's scores (one user's candidates, compared with each other), in input order.
 
-        Dynamic INT8 quantizes activations with one scale per batch, so a score depends slightly on
-        its batch-mates. Keeping a user's candidates in one batch makes their order independent of
-        which other users happened to share the micro-batch. `signals`: one matrix per list (see `score`).
+        A batch-invariant model scores all lists' pairs together (`score_lists_together`). Otherwise each
+        list is one batch: dynamic INT8 quantizes activations with one scale per batch, so a score depends
+        slightly on its batch-mates, and only a batch of its own keeps a user's order independent of which
+        other users shared the micro-batch. `signals`: one matrix per list (see `score`).
 
         `top` > 0 (needs `self.linear`): cross-encode only the `top` candidates of each list that the
         model's linear part ranks highest; the others are scored below all of them, in that part's order.
         """
+        if self.batch_invariant:
+            return self.score_lists_together(lists, signals, top=top)
+        out = []
+        for k, sel in enumerate(self._select(lists, signals, top)):
+            if not len(sel.chosen):
+                out.append(np.empty(0, np.float32))
+                continue
+            rows = None if signals is None else np.asarray(signals[k])[sel.chosen]
+            out.append(sel.assemble(self._score([lists[k][i] for i in sel.chosen], len(sel.chosen), rows)))
+        return out
+
+    def score_lists_together(
+        self,
+        lists: Sequence[Sequence[tuple[str, str]]],
+        signals: Sequence[np.ndarray] | None = None,
+        *,
+        top: int = 0,
+    ) -> list[np.ndarray]:
+        """`score_lists` for a batch-invariant model: every list's (pre-selected) pairs in runs of up to the
+        ranker's batch size, pairs of similar length together, whichever list they come from.
+
+        Raises:
+            ValueError: the model is not batch-invariant (its manifest does not say so).
+        """
+        if not self.batch_invariant:
+            raise ValueError(f"model {self.version} is not batch-invariant; score its lists with score_lists")
+        selections = self._select(lists, signals, top)
+        pairs = [lists[k][i] for k, sel in enumerate(selections) for i in sel.chosen]
+        rows = None
+        if signals is not None and self.signals is not None and pairs:
+            rows = np.concatenate([np.asarray(signals[k])[sel.chosen] for k, sel in enumerate(selections)])
+        spec = self.manifest.input_spec
+        kw = {"inputs": spec.inputs, "output": spec.output, "batch_size": self._batch_size, "signals": rows}
+        scores = run_by_length(self._session, self._encoder, pairs, **kw) if pairs else np.empty(0, np.float32)
+        bounds = np.cumsum([0] + [len(sel.chosen) for sel in selections])
+        return [sel.assemble(scores[a:b]) for sel, a, b in zip(selections, bounds[:-1], bounds[1:], strict=True)]
+
+    def _select(
+        self, lists: Sequence[Sequence[tuple[str, str]]], signals: Sequence[np.ndarray] | None, top: int
+    ) -> list[Selection]:
+        """Each list's candidates to cross-encode: all, or the `top` its linear part ranks highest."""
         if signals is not None and len(signals) != len(lists):
             raise ValueError(f"{len(signals)} signal matrices for {len(lists)} lists")
         if top and self.linear is None:
             raise ValueError(f"model {self.version} has no linear part; it cannot pre-select candidates")
         out = []
         for k, pairs in enumerate(lists):
-            rows = None if signals is None else signals[k]
-            if not pairs:
-                out.append(np.empty(0, np.float32))
-            elif not top or len(pairs) <= top:
-                out.append(self._score(pairs, len(pairs), rows))
-            else:
-                out.append(self._score_top(pairs, rows, top))
-        return out
-
-    def _score_top(self, pairs: Sequence[tuple[str, str]], rows: np.ndarray | None, top: int) -> np.ndarray:
-        linear = self.linear.scores(len(pairs), rows)  # type: ignore[union-attr]
-        chosen = rerank_top(linear, top)
-        scores = self._score([pairs[i] for i in chosen], len(chosen), None if rows is None else rows[chosen])
-        rest = np.ones(len(pairs), dtype=bool)
-        rest[chosen] = False
-        out = np.empty(len(pairs), dtype=np.float32)
-        out[chosen] = scores
-        # Below every cross-encoded candidate, keeping the linear part's order among themselves.
-        out[rest] = scores.min() - 1.0 + (linear[rest] - linear[rest].max())
+            if not top or len(pairs) <= top:
+                out.append(Selection(np.arange(len(pairs))))
+                continue
+            linear = self.linear.scores(len(pairs), None if signals is None else signals[k])  # type: ignore[union-attr]
+            out.append(Selection(rerank_top(linear, top), linear))
         return out
 
 

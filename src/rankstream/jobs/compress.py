@@ -1,5 +1,6 @@
 """`rankstream compress`: teacher -> layer-dropped students distilled from its scores -> ONNX -> INT8,
 each variant evaluated on the valid split, gated against the teacher, and reported.
+Students come as fp32, dynamic and static INT8 (calibrated, batch-invariant): the report shows both costs.
 
 Training lists come from the train split's last weeks, each window ranked and described by tables built
 before it (rankstream.data.windows); a linear head over the signals and the position prior is fitted on
@@ -21,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from rankstream.compression.calibrate import calibration_lists
 from rankstream.compression.distil import Group, count_params, drop_layers, teacher_scores, train_listwise
 from rankstream.compression.export import export_onnx
 from rankstream.compression.gate import accuracy_gate
@@ -148,7 +150,16 @@ class CompressJob:
             with_position_prior(pretrained(kind, self.work), init, prior, max_length=MAX_LENGTH, head=head)
         return init
 
-    def export(self, hf_dir: Path, key: str, quantize: str, chain: list[str], role: str, parent: str | None) -> None:
+    def export(
+        self,
+        hf_dir: Path,
+        key: str,
+        quantize: str,
+        chain: list[str],
+        role: str,
+        parent: str | None,
+        calibration: Sequence[Group] = (),
+    ) -> None:
         """Export `hf_dir` as variant `key` (skipped when its artifact exists) and remember it."""
         out = self.artifacts / key
         with self.step(f"export_{key.replace('-', '_')}"):
@@ -161,6 +172,7 @@ class CompressJob:
                     max_length=MAX_LENGTH,
                     parent=parent,
                     method_chain=chain,
+                    calibration=calibration,
                 )
         self.variants[key] = Variant(hf_dir, out, chain, role, parent)
 
@@ -224,7 +236,7 @@ class CompressJob:
         with self.step(f"{name}_distil"):
             train_listwise(init, student_dir, groups, self.preset.student, teacher_scores=scores, desc=f"distil {name}")
         chain = [*source_chain, f"drop-layers:{','.join(map(str, keep))}", "distil:listwise-kl"]
-        self.export_student(name, student_dir, chain, teacher_version)
+        self.export_student(name, student_dir, chain, teacher_version, groups)
         ratio = self.preset.prune.get(name)
         if ratio is not None:
             self.pruned_student(name, ratio, student_dir, chain, groups, scores, teacher_version)
@@ -258,11 +270,17 @@ class CompressJob:
             "distil:listwise-kl",
             f"trim-vocab:{vocab}-catalog-tokens",
         ]
-        self.export_student(pname, trimmed, p_chain, teacher_version)
+        self.export_student(pname, trimmed, p_chain, teacher_version, groups)
 
-    def export_student(self, name: str, hf_dir: Path, chain: list[str], teacher_version: str) -> None:
-        for quantize, label in (("none", "fp32"), ("int8", "int8")):
-            self.export(hf_dir, f"student-{name}-{label}", quantize, chain, "student", teacher_version)
+    def export_student(
+        self, name: str, hf_dir: Path, chain: list[str], teacher_version: str, groups: list[Group]
+    ) -> None:
+        """fp32, dynamic INT8 and static INT8 calibrated on some of the lists the student was distilled on."""
+        calib = calibration_lists(groups)
+        for q in ("none", "int8", "int8-static"):
+            self.export(
+                hf_dir, f"student-{name}-{q.replace('none', 'fp32')}", q, chain, "student", teacher_version, calib
+            )
 
     def evaluate(self) -> EvalSet:
         """Every variant on the valid split (the same lists for all); a finished run's figures are reused."""

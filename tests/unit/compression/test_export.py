@@ -257,3 +257,30 @@ def test_build_artifact_tiny_preset_end_to_end(tmp_path: Path) -> None:
     assert ranker.manifest.metrics["train_steps"] == tiny().teacher.steps
     assert ranker.manifest.method_chain[0] == "finetune-listwise:tiny-random-bert+position-prior"
     assert ranker.score(_fresh_pairs(5)).shape == (5,)
+
+
+def test_static_int8_export_is_batch_invariant_and_keeps_the_head_fp32(
+    signal_bert_dir: Path, signal_fp32_artifact: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    rows = _rows(48)
+    calibration = [
+        [p._replace(signals=tuple(float(v) for v in r)) for p, r in zip(g, rows[i * 8 : i * 8 + 8], strict=True)]
+        for i, g in enumerate(_lists(_labelled(48)))
+    ]
+    art = export_onnx(signal_bert_dir, tmp_path / "s", version="v-s", quantize="int8-static", calibration=calibration)
+    m = load_manifest(art)
+    assert m.method_chain[-1] == "quantize:int8-static-qdq-per-channel" and m.input_spec.batch_invariant
+    assert m.metrics["export_batch_max_abs_diff"] <= 1e-5 and m.metrics["export_int8_max_abs_diff"] < INT8_ATOL
+    pairs, test_rows = _fresh_pairs(), _rows(24, seed=4)
+    fp32 = Ranker.load(signal_fp32_artifact).score(pairs, test_rows)
+    np.testing.assert_allclose(Ranker.load(art).score(pairs, test_rows), fp32, rtol=0, atol=INT8_ATOL)
+    graph = onnx.load(str(art / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops  # activations calibrated, not measured
+    head = [n for n in graph.node if any(x == "signals" or "signal_" in x for x in n.input)]
+    assert {n.op_type for n in head} == {"Sub", "Mul"}
+    assert load_manifest(signal_fp32_artifact).input_spec.batch_invariant  # fp32 is invariant too
+    with pytest.raises(ValueError, match="calibration lists"):
+        export_onnx(signal_bert_dir, tmp_path / "t", version="v-t", quantize="int8-static")

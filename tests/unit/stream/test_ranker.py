@@ -283,3 +283,103 @@ def test_rerank_needs_a_model_with_a_linear_part(fp32_artifact: Path) -> None:
     assert ranker.linear is None
     with pytest.raises(ValueError, match="no linear part"):
         ranker.score_lists([PAIRS], top=2)
+
+
+# --- batch invariance: scoring several users in one run -------------------------------------------
+
+# Static INT8 fixes every activation scale at build time: a pair's score is the same alone and among 64
+# other users' pairs up to float reassociation (measured: identical on this model).
+STATIC_BATCH_ATOL = 1e-5
+
+
+def _user_lists(n_users: int, seed: int = 5) -> list[list[tuple[str, str]]]:
+    """Candidate lists of different users, histories and candidates of very different lengths."""
+    rng = np.random.default_rng(seed)
+    words = "red blue heart cake stand jumbo bag vintage paper chain kit candle holder glass star mug tin".split()
+
+    def title(k: int) -> str:
+        return " ".join(rng.choice(words, size=k))
+
+    return [
+        [
+            (
+                history_text([title(int(rng.integers(1, 8))) for _ in range(int(rng.integers(1, 6)))]),
+                candidate_text(title(int(rng.integers(1, 6))), r),
+            )
+            for r in range(int(rng.integers(3, 12)))
+        ]
+        for _ in range(n_users)
+    ]
+
+
+@pytest.fixture(scope="module")
+def static_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    from rankstream.compression.export import export_onnx
+    from rankstream.compression.pairs import LabelledPair
+
+    calibration = [[LabelledPair(q, c, 0.0) for q, c in pairs] for pairs in _user_lists(16, seed=11)]
+    return export_onnx(
+        tiny_bert_dir,
+        tmp_path_factory.mktemp("static") / "v-static",
+        version="v-tiny-static",
+        quantize="int8-static",
+        calibration=calibration,
+    )
+
+
+@pytest.mark.parametrize("which", ["static", "dynamic"])
+def test_a_users_scores_do_not_depend_on_batch_mates_only_with_static_int8(
+    which: str, static_artifact: Path, int8_artifact: Path
+) -> None:
+    directory = static_artifact if which == "static" else int8_artifact
+    ranker = Ranker.load(directory, batch_size=4096)  # one padded run for everything given at once
+    users = _user_lists(65)
+    alone = ranker.score(users[0])
+    among_64 = ranker.score([p for u in users for p in u])[: len(users[0])]
+    moved = float(np.max(np.abs(alone - among_64)))
+    if which == "static":
+        assert moved <= STATIC_BATCH_ATOL
+        assert ranker.batch_invariant and np.ptp(alone) > 0.05  # and the model does tell pairs apart
+    else:  # dynamic INT8 takes its activation scales from the whole batch: the test can fail
+        assert moved > 1e-3
+        assert not ranker.batch_invariant
+
+
+def test_score_lists_scores_users_together_when_the_model_is_batch_invariant(static_artifact: Path) -> None:
+    ranker = Ranker.load(static_artifact, batch_size=16)  # runs of 16 pairs of similar length, across users
+    assert ranker.manifest.method_chain[-1] == "quantize:int8-static-qdq-per-channel"
+    users = [*_user_lists(20), []]
+    together = ranker.score_lists(users)
+    one_each = [ranker.score(u) if u else np.empty(0, np.float32) for u in users]
+    for got, expected in zip(together, one_each, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=STATIC_BATCH_ATOL)
+    np.testing.assert_array_equal(ranker.score_lists_together(users)[3], together[3])
+
+
+def test_score_lists_together_refuses_a_model_that_is_not_batch_invariant(int8_artifact: Path) -> None:
+    ranker = Ranker.load(int8_artifact)
+    assert ranker.manifest.input_spec.batch_invariant is None  # dynamic INT8 promises nothing
+    with pytest.raises(ValueError, match="not batch-invariant"):
+        ranker.score_lists_together([PAIRS])
+
+
+def test_users_scored_together_keep_the_rerank_top_semantics(signal_fp32_artifact: Path) -> None:
+    ranker = Ranker.load(signal_fp32_artifact, batch_size=8)
+    assert ranker.batch_invariant  # fp32 is
+    lists = [_ranked_pairs(n) for n in (8, 2, 5, 0, 7)]
+    rows = [_signals(len(pairs), seed=k) for k, pairs in enumerate(lists)]
+    together = ranker.score_lists_together(lists, rows, top=3)
+    one_each = [ranker.score_lists([pairs], [r], top=3)[0] for pairs, r in zip(lists, rows, strict=True)]
+    ranker.batch_invariant = False  # today's path: one run per user
+    per_user = ranker.score_lists(lists, rows, top=3)
+    for got, a, b in zip(together, one_each, per_user, strict=True):
+        np.testing.assert_allclose(got, a, rtol=0, atol=FP32_BATCH_ATOL)
+        np.testing.assert_allclose(got, b, rtol=0, atol=FP32_BATCH_ATOL)
+        assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-b, kind="stable"))
+
+
+def test_a_false_batch_invariance_claim_is_refused(int8_artifact: Path, artifact_copy: Callable[[Path], Path]) -> None:
+    d = artifact_copy(int8_artifact)
+    _rewrite(d, input_spec=load_manifest(d).input_spec.model_copy(update={"batch_invariant": True}))
+    with pytest.raises(ArtifactError, match="says batch-invariant"):
+        Ranker.load(d)
