@@ -24,6 +24,7 @@ def test_public_names_are_pinned() -> None:
             "Instance",
             "Prepared",
             "Split",
+            "SplitByDays",
             "build_instances",
             "candidate_recall",
             "convert_online_retail",
@@ -111,7 +112,7 @@ def test_unknown_event_is_refused_with_the_allowed_values(tmp_path: Path) -> Non
 def test_bad_and_empty_values_are_refused(tmp_path: Path) -> None:
     bad_ts = tmp_path / "a.csv"
     bad_ts.write_text("user_id,item_id,ts\nu,i,yesterday\n")
-    with pytest.raises(ConfigError, match="column ts has a value that is neither ISO-8601 nor epoch"):
+    with pytest.raises(ConfigError, match=r"column ts has 1 value\(s\) that are neither ISO-8601 nor epoch"):
         read_interactions(bad_ts)
     empty_id = tmp_path / "b.csv"
     empty_id.write_text("user_id,item_id,ts\nu,,2024-01-01\n")

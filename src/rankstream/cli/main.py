@@ -12,9 +12,13 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rankstream.cli import models as models_cli
-from rankstream.stream.errors import RankstreamError
+from rankstream.stream.errors import ConfigError, RankstreamError
+
+if TYPE_CHECKING:  # pandas-free at run time: `rankstream serve` starts without it
+    from rankstream.data.split import Split, SplitByDays
 
 
 def home() -> Path:
@@ -46,9 +50,33 @@ def _prepare(args: argparse.Namespace) -> int:
     from rankstream.data.prepare import prepare
     from rankstream.ops.load import describe
 
-    prepared = prepare(args.source, args.out or home() / "data")
+    prepared = prepare(args.source, args.out or home() / "data", _split_choice(args))
     print(describe(prepared))
     return 0
+
+
+def _split_choice(args: argparse.Namespace) -> "Split | SplitByDays":
+    """The split `prepare` was asked for: fixed dates, day counts, or (none given) the source's default."""
+    from rankstream.data.split import DEFAULT_SPLIT, Split, SplitByDays
+
+    dates = (args.train_end, args.valid_end)
+    days = (args.test_days, args.valid_days)
+    given_days = [d for d in days if d is not None]
+    if any(dates) and given_days:
+        raise ConfigError(
+            "prepare: pass either --train-end and --valid-end (ISO dates) or --test-days/--valid-days "
+            "(whole days), not both"
+        )
+    if any(dates):
+        if not all(dates):
+            raise ConfigError(
+                "prepare: --train-end and --valid-end go together; pass both ISO dates "
+                "(train is before --train-end, valid up to --valid-end, test from --valid-end on)"
+            )
+        return Split(*dates)
+    if given_days or args.source is not None:
+        return SplitByDays(*days)
+    return DEFAULT_SPLIT  # Online Retail: the documented split the demo's numbers depend on
 
 
 def _load(args: argparse.Namespace) -> int:
@@ -193,7 +221,7 @@ def _models(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from rankstream.ops.demo import run_demo
 
-    return run_demo(home(), events=args.events)
+    return run_demo(home(), events=args.events, source=args.source)
 
 
 # Long because it declares every subcommand in one place, in the order `--help` lists them.
@@ -209,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="convert and split the data, compute co-visitation")
     s.add_argument("--source", type=Path, help="directory with interactions + catalog files (default: UCI retail)")
     s.add_argument("--out", type=Path)
+    by_date = s.add_argument_group(
+        "split by dates", "train: ts < TRAIN_END, valid: up to VALID_END, test: from VALID_END on (UTC)"
+    )
+    by_date.add_argument("--train-end", metavar="DATE", help="ISO date, e.g. 2019-11-01")
+    by_date.add_argument("--valid-end", metavar="DATE", help="ISO date, e.g. 2019-12-01")
+    by_days = s.add_argument_group(
+        "split by days",
+        "test: the data's last TEST_DAYS whole UTC days, valid: the VALID_DAYS before; a count not given is "
+        "10%% of the days (the default with --source; Online Retail without --source: docs/data.md)",
+    )
+    by_days.add_argument("--test-days", type=int, metavar="N")
+    by_days.add_argument("--valid-days", type=int, metavar="N")
     s.set_defaults(fn=_prepare)
 
     s = sub.add_parser("load", help="load catalog and candidate tables into Redis; create topics")
@@ -302,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the whole stream on real data, from nothing to printed recommendations")
     s.add_argument("--events", type=int, default=3000, help="test-period events to replay")
+    s.add_argument(
+        "--source",
+        type=Path,
+        help="interactions + catalog folder, split as `prepare --source` splits it (default: UCI retail)",
+    )
     s.set_defaults(fn=_demo)
     return p
 

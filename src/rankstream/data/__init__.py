@@ -7,7 +7,7 @@ from rankstream.data.formats import read_catalog, read_interactions, write_catal
 from rankstream.data.instances import Instance, build_instances, candidate_recall
 from rankstream.data.prepare import Prepared, prepare
 from rankstream.data.retail import ConvertReport, convert_online_retail
-from rankstream.data.split import DEFAULT_SPLIT, Split, split_frame
+from rankstream.data.split import DEFAULT_SPLIT, Split, SplitByDays, split_frame
 
 __all__ = [
     "DEFAULT_SPLIT",
@@ -15,6 +15,7 @@ __all__ = [
     "Instance",
     "Prepared",
     "Split",
+    "SplitByDays",
     "build_instances",
     "candidate_recall",
     "convert_online_retail",

@@ -3,7 +3,7 @@
 Interactions: one row per user action.
     user_id   str, required
     item_id   str, required
-    ts        ISO-8601 / RFC 3339 text (no zone means UTC) or epoch milliseconds, required
+    ts        ISO-8601 / RFC 3339 text (no zone means UTC) or epoch milliseconds, required; 1970 to 2199
     event     click | view | add_to_cart | purchase, optional (default "click")
     basket    optional basket/session id; without it a basket is one user's rows at one ts
 Any other column is carried along untouched.
@@ -37,6 +37,8 @@ CATALOG_FORMAT = "a catalog needs columns item_id (unique), title (not empty) an
 
 # Microseconds: enough for RFC 3339 fractions, and one resolution whichever reader produced the frame.
 TS_DTYPE = "datetime64[us, UTC]"
+# Times a shop's data can hold; anything else is a unit or parsing mistake (seconds for milliseconds, year 0).
+TS_RANGE = (pd.Timestamp("1970-01-01", tz="UTC"), pd.Timestamp("2200-01-01", tz="UTC"))
 
 
 def _kind(path: Path) -> str:
@@ -58,7 +60,7 @@ def _read(path: Path, what: str, id_columns: tuple[str, ...]) -> pd.DataFrame:
             return pd.read_csv(path, dtype={c: str for c in id_columns}, keep_default_na=False, na_values=[""])
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read {what} as {kind}: {exc}") from exc
+        raise ConfigError(f"{path}: cannot read {what} as {kind}: {_one_line(exc)}") from exc
 
 
 def _require(df: pd.DataFrame, path: Path | str, columns: tuple[str, ...], fmt: str) -> None:
@@ -80,30 +82,61 @@ def _ids(df: pd.DataFrame, path: Path | str, column: str, fmt: str) -> pd.Series
     return values.astype(str).str.strip()
 
 
+def _one_line(exc: BaseException) -> str:
+    """A library's message on one line (pandas' often span several), for a ConfigError that must not."""
+    return " ".join(str(exc).split())
+
+
+def _ts_values(values: pd.Series) -> pd.Series:
+    """Parse timestamps; a value that is neither format becomes NaT (the caller says which)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.dt.tz_localize("UTC")
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return pd.to_datetime(values, unit="ms", utc=True, errors="coerce")
+    text = values.astype(str).str.strip()
+    # Epoch ms read from CSV as text; 15 digits reach far past any real date, more is not a time.
+    epoch = text.str.fullmatch(r"\d{1,15}")
+    out = pd.Series(pd.NaT, index=values.index, dtype=TS_DTYPE)
+    if epoch.any():
+        out[epoch] = pd.to_datetime(text[epoch].astype("int64"), unit="ms", utc=True, errors="coerce")
+    if not epoch.all():
+        out[~epoch] = pd.to_datetime(text[~epoch], format="ISO8601", utc=True, errors="coerce")
+    return out
+
+
 def parse_ts(values: pd.Series, path: Path | str = "<frame>") -> pd.Series:
-    """Timestamps as UTC datetimes: ISO-8601 text (naive = UTC), epoch milliseconds, or datetimes."""
+    """Timestamps as UTC datetimes: ISO-8601 text (naive = UTC), epoch milliseconds, or datetimes.
+
+    Raises:
+        ConfigError: on one line, naming the rows and values that are empty or neither format.
+    """
+    fix = "write times as ISO-8601 (2019-05-01T12:30:00Z) or epoch milliseconds (1556713800000)"
     try:
-        if isinstance(values.dtype, pd.DatetimeTZDtype):
-            out = values.dt.tz_convert("UTC")
-        elif pd.api.types.is_datetime64_dtype(values.dtype):
-            out = values.dt.tz_localize("UTC")
-        elif pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-            out = pd.to_datetime(values, unit="ms", utc=True)
-        else:
-            text = values.astype(str).str.strip()
-            if text.str.fullmatch(r"\d+").all():  # epoch ms read from CSV as text
-                out = pd.to_datetime(text.astype("int64"), unit="ms", utc=True)
-            else:
-                out = pd.to_datetime(text, format="ISO8601", utc=True)
+        out = _ts_values(values)
+        out = out.astype(TS_DTYPE)
     except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"{path}: column ts cannot be read as times ({_one_line(exc)}); {fix}") from exc
+    bad = out.isna()
+    if bad.any():
+        empty = values.isna() | (values.astype(str).str.strip() == "")
+        wrong = bad & ~empty
+        if not wrong.any():
+            raise ConfigError(f"{path}: column ts is empty in rows {list(values.index[bad][:3])}; {fix}")
+        shown = [str(v)[:40] for v in values[wrong][:3]]
         raise ConfigError(
-            f"{path}: column ts has a value that is neither ISO-8601 nor epoch milliseconds ({exc}); "
-            f"{INTERACTIONS_FORMAT}"
-        ) from exc
-    if out.isna().any():
-        rows = list(values.index[out.isna()][:3])
-        raise ConfigError(f"{path}: column ts is empty in rows {rows}; {INTERACTIONS_FORMAT}")
-    return out.astype(TS_DTYPE)
+            f"{path}: column ts has {int(wrong.sum())} value(s) that are neither ISO-8601 nor epoch milliseconds "
+            f"(rows {list(values.index[wrong][:3])}: {shown}); {fix}"
+        )
+    outside = (out < TS_RANGE[0]) | (out >= TS_RANGE[1])
+    if outside.any():
+        shown = [str(v)[:40] for v in values[outside][:3]]
+        raise ConfigError(
+            f"{path}: column ts has {int(outside.sum())} value(s) outside {TS_RANGE[0]:%Y} to "
+            f"{TS_RANGE[1].year - 1} (rows {list(values.index[outside][:3])}: {shown}); {fix}"
+        )
+    return out
 
 
 def normalize_interactions(df: pd.DataFrame, path: Path | str = "<frame>") -> pd.DataFrame:
@@ -114,7 +147,8 @@ def normalize_interactions(df: pd.DataFrame, path: Path | str = "<frame>") -> pd
     out["item_id"] = _ids(df, path, "item_id", INTERACTIONS_FORMAT)
     out["ts"] = parse_ts(df["ts"], path)
     if "event" in out.columns:
-        event = out["event"].fillna(DEFAULT_EVENT).astype(str).str.strip().replace("", DEFAULT_EVENT)
+        # Text first: a Parquet column of numbers or nulls must not decide what fills its gaps.
+        event = out["event"].astype(str).str.strip().where(out["event"].notna(), "").replace("", DEFAULT_EVENT)
         bad = ~event.isin(EVENTS)
         if bad.any():
             found = sorted(event[bad].unique())[:5]
@@ -146,22 +180,26 @@ def normalize_catalog(df: pd.DataFrame, path: Path | str = "<frame>") -> pd.Data
         try:
             out["price"] = pd.to_numeric(out["price"]).astype("float64")
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{path}: column price is not numeric ({exc}); {CATALOG_FORMAT}") from exc
+            raise ConfigError(f"{path}: column price is not numeric ({_one_line(exc)}); {CATALOG_FORMAT}") from exc
     return out.reset_index(drop=True)
 
 
 def read_interactions(path: Path) -> pd.DataFrame:
-    """Read an interactions file (.csv / .parquet): str ids, UTC ts, event filled, sorted by ts."""
+    """Read an interactions file (.csv / .parquet): str ids, UTC ts, event filled, sorted by ts; not empty."""
     path = Path(path)
     df = normalize_interactions(_read(path, "interactions", ("user_id", "item_id", "basket")), path)
+    if df.empty:
+        raise ConfigError(f"{path}: columns user_id, item_id, ts have no rows; add one row per user action")
     log.info("read %d interactions from %s", len(df), path)
     return df
 
 
 def read_catalog(path: Path) -> pd.DataFrame:
-    """Read a catalog file (.csv / .parquet): str item ids, stripped titles."""
+    """Read a catalog file (.csv / .parquet): str item ids, stripped titles; not empty."""
     path = Path(path)
     df = normalize_catalog(_read(path, "catalog", ("item_id", "title", "category")), path)
+    if df.empty:
+        raise ConfigError(f"{path}: column item_id has no rows; add one row (item_id,title) per item you sell")
     log.info("read %d catalog items from %s", len(df), path)
     return df
 

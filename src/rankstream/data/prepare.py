@@ -2,7 +2,7 @@
 
 out_dir receives
     interactions.parquet, catalog.parquet   the data in the bring-your-own format (rankstream.data.formats)
-    split.json                              the time split's boundaries
+    split.json                              the time split's boundaries (as chosen, for a `SplitByDays`)
     neighbours.json, trending.json          co-visitation and trending, from the train split only
     item_stats.json                         per-item sales statistics for the signals, train split only
     prepared.json                           fingerprint of the inputs plus counts; written last
@@ -24,7 +24,7 @@ from rankstream.data.covisit import covisitation, trending
 from rankstream.data.formats import read_catalog, read_interactions, write_catalog, write_interactions
 from rankstream.data.itemstats import item_stats, stats_from_json, stats_to_json
 from rankstream.data.retail import ConvertReport, convert_online_retail
-from rankstream.data.split import DEFAULT_SPLIT, Split, split_frame
+from rankstream.data.split import DEFAULT_SPLIT, Split, SplitByDays, split_frame
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.signals import ItemStats
 
@@ -63,6 +63,7 @@ class Prepared:
     split: Split
     reused: bool = False
     report: ConvertReport | None = None  # set when the source was the Online Retail export
+    rule: SplitByDays | None = None  # set when the split was chosen from the data
 
     @classmethod
     def load(cls, out_dir: Path) -> "Prepared":
@@ -72,11 +73,15 @@ class Prepared:
         if manifest is None:
             raise ConfigError(f"{out_dir}: not a prepared data folder (no {MANIFEST}); run prepare first")
         report = manifest.get("report")
+        asked = manifest["fingerprint"]["split"]
+        rule = SplitByDays.from_dict(asked) if "test_days" in asked else None
         return cls(
             out_dir=out_dir,
-            split=Split.from_dict(manifest["fingerprint"]["split"]),
+            # A folder prepared before rules existed records its split only in the fingerprint.
+            split=Split.from_dict(manifest.get("split", asked)),
             reused=True,
             report=ConvertReport.from_dict(report) if report else None,
+            rule=rule,
         )
 
     def path(self, name: str) -> Path:
@@ -176,7 +181,7 @@ def _source_files(source: Path) -> tuple[str, list[Path]]:
     raise ConfigError(f"{source}: no such file or folder{hint}")
 
 
-def _fingerprint(kind: str, files: list[Path], split: Split, params: dict[str, int]) -> dict[str, Any]:
+def _fingerprint(kind: str, files: list[Path], split: Split | SplitByDays, params: dict[str, int]) -> dict[str, Any]:
     stats = [(f.resolve(), f.stat()) for f in files]
     return {
         "version": OUTPUT_VERSION,
@@ -219,6 +224,8 @@ def _counts(
     train, valid, test = parts
     return {
         "rows": len(interactions),
+        "first_ts": interactions["ts"].min().isoformat() if len(interactions) else None,
+        "last_ts": interactions["ts"].max().isoformat() if len(interactions) else None,
         "users": int(interactions["user_id"].nunique()),
         "items": int(interactions["item_id"].nunique()),
         "train_rows": len(train),
@@ -236,7 +243,8 @@ def _check_parts(
         raise ConfigError(
             f"split puts no interaction in train (train_end {split.train_end.isoformat()}, data from "
             f"{interactions['ts'].min().isoformat()} to {interactions['ts'].max().isoformat()}); "
-            "choose boundaries inside the data"
+            "choose boundaries inside the data (prepare --train-end/--valid-end), or let prepare choose "
+            "them (--test-days/--valid-days, or neither)"
         )
     for name, frame in (("valid", valid), ("test", test)):
         if frame.empty:
@@ -246,7 +254,7 @@ def _check_parts(
 def prepare(
     source: Path | None,
     out_dir: Path,
-    split: Split = DEFAULT_SPLIT,
+    split: Split | SplitByDays = DEFAULT_SPLIT,
     *,
     k: int = 30,
     trending_days: int = 30,
@@ -257,6 +265,7 @@ def prepare(
 
     `source` None means the Online Retail export (see `default_retail_path`); a file is read as an
     Online Retail CSV; a folder must hold interactions.{parquet,csv} and catalog.{parquet,csv}.
+    `split` is a `Split` with fixed boundaries, or a `SplitByDays` that chooses them from the data.
     Skips all work when out_dir already holds outputs of the same source files, split and settings.
     """
     source = Path(source) if source is not None else default_retail_path()
@@ -280,9 +289,10 @@ def prepare(
     interactions, report = _load_source(kind, files, out_dir)
     timings["load_s"] = time.perf_counter() - started
 
-    train, valid, test = split_frame(interactions, split)
-    _check_parts(interactions, split, train, valid, test)
-    _write_json(out_dir / "split.json", split.to_dict())
+    chosen = split.resolve(interactions["ts"]) if isinstance(split, SplitByDays) else split
+    train, valid, test = split_frame(interactions, chosen)
+    _check_parts(interactions, chosen, train, valid, test)
+    _write_json(out_dir / "split.json", chosen.to_dict())
 
     started = time.perf_counter()
     neighbours = covisitation(train, k=k)
@@ -294,7 +304,13 @@ def prepare(
     counts = _counts(interactions, (train, valid, test), neighbours) | {n: round(s, 3) for n, s in timings.items()}
     _write_json(
         out_dir / MANIFEST,
-        {"fingerprint": fingerprint, "report": report.to_dict() if report else None, "counts": counts},
+        {
+            "fingerprint": fingerprint,
+            "split": chosen.to_dict(),
+            "report": report.to_dict() if report else None,
+            "counts": counts,
+        },
     )
     log.info("prepared %s: %s", out_dir, counts)
-    return Prepared(out_dir=out_dir, split=split, reused=False, report=report)
+    rule = split if isinstance(split, SplitByDays) else None
+    return Prepared(out_dir=out_dir, split=chosen, reused=False, report=report, rule=rule)

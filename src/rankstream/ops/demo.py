@@ -2,6 +2,9 @@
 
 stack up -> prepare data -> compress a model (fast preset, once) -> load tables -> start a scorer process -> replay the
 start of the test period (plus a few malformed events) -> wait for lag 0 -> print lists from Redis.
+
+The data is UCI Online Retail with its documented split, or a bring-your-own folder (`--source`) split as
+`rankstream prepare --source` splits it; what is replayed is the start of that data's test split.
 """
 
 import asyncio
@@ -12,21 +15,24 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rankstream.data.prepare import prepare
+from rankstream.data.split import DEFAULT_SPLIT, SplitByDays
 from rankstream.deploy import stack
 from rankstream.deploy.errors import StackError
 from rankstream.evaluation.evaluate import evaluate, format_table
 from rankstream.jobs.compress import best_student, compress
 from rankstream.ops.load import describe, load_tables_and_topics, split_events
+from rankstream.ops.progress import follow, read_committed
 from rankstream.ops.replay import replay
 from rankstream.stream.artifact import copy_artifact, load_manifest
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import ClickEvent
-from rankstream.stream.lag import group_lag, topic_size
+from rankstream.stream.lag import topic_size
 from rankstream.stream.recorder import Stats
 from rankstream.stream.service import resolve_model_dir
 from rankstream.stream.settings import Settings, load_settings
@@ -53,21 +59,22 @@ def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run_demo(home: Path, *, events: int = 3000, users_shown: int = 4) -> int:
+def run_demo(home: Path, *, events: int = 3000, source: Path | None = None, users_shown: int = 4) -> int:
+    """Run the whole stream on Online Retail (`source` None) or on a bring-your-own folder; 0 when it worked."""
     t0 = time.perf_counter()
     _banner("local stack (Apache Kafka in KRaft mode + redis-server)")
     info = stack.up(home / "stack")
     print(f"kafka {info.bootstrap}   redis {info.redis_url}")
 
-    _banner("data: UCI Online Retail -> interactions, catalog, time split, co-visitation")
+    _banner(f"data: {source or 'UCI Online Retail'} -> interactions, catalog, time split, co-visitation")
     data_dir = home / "data"
-    print(describe(prepare(None, data_dir)))
+    print(describe(prepare(source, data_dir, DEFAULT_SPLIT if source is None else SplitByDays())))
 
     _banner("model: `rankstream compress --preset fast`: teacher -> distilled, pruned, INT8 students (~10 min)")
     models = home / "models"
     try:
         model_dir = resolve_model_dir(models)
-        print(f"reusing {model_dir} (delete {models} to rebuild)")
+        print(f"reusing {model_dir} (delete {models} to rebuild it on this data)")
     except ConfigError:  # no artifact yet: the normal first run
         run_root = compress(data_dir, home / "compress", "fast")
         model_dir = _install(best_student(run_root), models)
@@ -134,9 +141,8 @@ def _serve_and_replay(
         )
         try:
             dlq_before = asyncio.run(topic_size(settings.kafka_bootstrap, settings.dlq_topic))
-            sent = asyncio.run(replay(evs, settings.kafka_bootstrap, settings.topic, extra_raw=MALFORMED))
+            sent, lag = asyncio.run(_replay_and_follow(settings, scorer, evs, log_path))
             print(f"replayed {len(evs)} events and {len(MALFORMED)} malformed records ({sent} records)")
-            lag = asyncio.run(_wait_drained(settings, scorer, log_path))
         finally:
             scorer.send_signal(signal.SIGTERM)
             out, _ = scorer.communicate(timeout=120)
@@ -147,27 +153,32 @@ def _serve_and_replay(
     return ScorerRun(Stats.from_json(out.strip().splitlines()[-1]), dlq, lag)
 
 
-async def _wait_drained(settings: Settings, scorer: subprocess.Popen[str], log_path: Path, limit_s: float = 900) -> int:
-    """Poll the group's lag until 0, with a progress bar; fail fast if the scorer died."""
-    first = None
+async def _replay_and_follow(
+    settings: Settings, scorer: subprocess.Popen[str], evs: list[ClickEvent], log_path: Path, limit_s: float = 900
+) -> tuple[int, int]:
+    """Replay `evs` and the malformed records while a bar counts what the scorer commits; (records sent, lag 0).
+
+    Fails fast if the scorer dies, and after `limit_s` if it has not caught up.
+    """
+    start, backlog = await read_committed(settings)
+    total = backlog + len(evs) + len(MALFORMED)
     deadline = time.monotonic() + limit_s
-    with tqdm(desc="scoring", unit="event") as bar:
-        while True:
-            if scorer.poll() is not None:
-                raise StackError(f"the demo's scorer exited early with {scorer.returncode}; see {log_path}")
-            lag = sum((await group_lag(settings.kafka_bootstrap, settings.topic, settings.group_id)).values())
-            first = lag if first is None else max(first, lag)
-            bar.total = first
-            bar.n = first - lag
-            bar.refresh()
-            if lag == 0:
-                return lag
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"the demo's scorer still lags {lag} events after {limit_s:.0f}s; see {log_path}, "
-                    "or rerun with fewer --events"
-                )
-            await asyncio.sleep(1.0)
+    # A plain task, not a TaskGroup: the errors below must reach the command as themselves, not in a group.
+    sending = asyncio.create_task(replay(evs, settings.kafka_bootstrap, settings.topic, extra_raw=MALFORMED))
+    try:
+        with tqdm(total=total, desc="scoring", unit="event") as bar:
+            async for done, lag in follow(partial(read_committed, settings), sending, start=start, total=total):
+                bar.update(done - bar.n)
+                if scorer.poll() is not None:
+                    raise StackError(f"the demo's scorer exited early with {scorer.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"the demo's scorer still lags {lag} events after {limit_s:.0f}s; see {log_path}, "
+                        "or rerun with fewer --events"
+                    )
+        return await sending, lag
+    finally:
+        sending.cancel()  # a no-op once it is done; asyncio.run awaits it on the way out
 
 
 async def _show_users(settings: Settings, evs: list[ClickEvent], n: int) -> None:

@@ -1,6 +1,8 @@
 """Glue between prepared data files and the running stream: load tables, create topics, replay, read."""
 
 import asyncio
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 
 from rankstream.data.prepare import Prepared
@@ -57,14 +59,38 @@ async def read_recs(settings: Settings, user_id: str) -> dict | None:
         await store.close()
 
 
-def describe(prepared: Prepared) -> str:
-    """What `prepare` produced, for a person: the conversion report and the split sizes."""
-    s = prepared.summary
-    lines = [str(prepared.report)] if prepared.report else []
-    lines.append(
-        f"split at {prepared.split.train_end:%Y-%m-%d} / {prepared.split.valid_end:%Y-%m-%d}: "
-        f"train {s.get('train_rows', 0):,} rows, valid {s.get('valid_rows', 0):,}, test {s.get('test_rows', 0):,}; "
-        f"{s.get('items_with_neighbours', 0):,} items with co-visitation neighbours"
-        + (" (reused)" if prepared.reused else "")
+def _day(when: datetime) -> str:
+    """A boundary as a date when it is a UTC midnight (as prepare's own always are), else in full."""
+    return f"{when:%Y-%m-%d}" if when.time() == dt_time(0) else when.isoformat()
+
+
+def _how(prepared: Prepared) -> str:
+    """How the split was set: fixed, or chosen from the data (then in whole days, as the rule counted them)."""
+    rule, split, last = prepared.rule, prepared.split, prepared.summary.get("last_ts")
+    if rule is None or not last:
+        return "fixed boundaries"
+    test_days = (date.fromisoformat(last[:10]) + timedelta(days=1) - split.valid_end.date()).days
+    valid_days = (split.valid_end - split.train_end).days
+    return (
+        f"chosen from the data: test = its last {test_days} days, valid = the {valid_days} before; "
+        "set it with --test-days/--valid-days or --train-end/--valid-end"
     )
+
+
+def describe(prepared: Prepared) -> str:
+    """What `prepare` produced, for a person: the conversion report, the split's boundaries and sizes."""
+    s = prepared.summary
+    split = prepared.split
+    train_end, valid_end = _day(split.train_end), _day(split.valid_end)
+    lines = [str(prepared.report)] if prepared.report else []
+    if s.get("first_ts") and s.get("last_ts"):
+        lines.append(f"data from {s['first_ts'][:10]} to {s['last_ts'][:10]} ({s.get('rows', 0):,} interactions)")
+    width = len(train_end) + len(valid_end) + 4
+    lines += [
+        f"split ({_how(prepared)}){' (reused)' if prepared.reused else ''}:",
+        f"  train  {'before ' + train_end:<{width + 7}} {s.get('train_rows', 0):>10,} rows",
+        f"  valid  {train_end + ' to ' + valid_end + ' (excl.)':<{width + 7}} {s.get('valid_rows', 0):>10,} rows",
+        f"  test   {'from ' + valid_end:<{width + 7}} {s.get('test_rows', 0):>10,} rows",
+        f"{s.get('items_with_neighbours', 0):,} items with co-visitation neighbours (from train)",
+    ]
     return "\n".join(lines)
