@@ -32,6 +32,28 @@ class Latency(Record):
 
 
 @dataclass(frozen=True)
+class Percentiles(Record):
+    """p50 and p99 (ms); None where too few events were measured to tell."""
+
+    p50: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class LatencySplit(Record):
+    """Event -> Redis latency in two parts: from the Kafka record time to its chunk starting to score
+    (queue, batch formation, reads) and from there to its list written (scoring + write); `tail_*`: the
+    mean of each part over the events at or above the p99 of the whole, which says what the p99 is made of.
+    """
+
+    events: int
+    waiting: Percentiles
+    scoring: Percentiles
+    tail_waiting_mean: float | None
+    tail_scoring_mean: float | None
+
+
+@dataclass(frozen=True)
 class Phase(Record):
     """One phase of `bench stream`: a fixed set of events at one target rate (None: a backlog)."""
 
@@ -49,6 +71,7 @@ class Phase(Record):
     drained_s_after_last_send: float | None
     kept_up: bool
     stage_s: dict[str, float]
+    latency_split_ms: LatencySplit
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,23 @@ class StreamBench(Record):
 
 
 @dataclass(frozen=True)
+class Worst(Record):
+    """The worst of repeated `bench stream` runs, each figure from whichever run was worst at it."""
+
+    max_sustained_events_per_s: float | None
+    p99_ms_at_share: float | None
+    lost: int
+
+
+@dataclass(frozen=True)
+class RepeatedStreamBench(Record):
+    """`bench stream --repeat N`: every run as `bench stream` reports it, and the worst of them."""
+
+    runs: list[StreamBench]
+    worst: Worst
+
+
+@dataclass(frozen=True)
 class BySwap(Record, Generic[T]):
     """One figure measured in steady state and inside swap windows."""
 
@@ -88,7 +128,8 @@ class BySwap(Record, Generic[T]):
 
 @dataclass(frozen=True)
 class Rss(Record):
-    """Process RSS (MiB): at start, after the first and the last swap, and after each one."""
+    """RSS (MiB) of the largest replica process: at start, after the first and the last swap, and after
+    each one."""
 
     start: float
     after_first_swap: float | None
@@ -106,7 +147,9 @@ class Convergence(Record):
 
 @dataclass(frozen=True)
 class SwapBench(Record):
-    """`bench swap`: replicas under steady load while the active version flips."""
+    """`bench swap`: replica processes under steady load while the active version flips. Latency is per
+    list seen in Redis, from the newest event it reflects; `lists_by_version`: those lists by the version
+    that wrote them."""
 
     versions: list[str]
     replicas: int
@@ -120,5 +163,5 @@ class SwapBench(Record):
     latency_p99_ms: BySwap[float | None]
     latency_samples: BySwap[int]
     rss_mib: Rss
-    latency_samples_mib: float
     publish_to_all_serving_s: Convergence
+    lists_by_version: dict[str, int]

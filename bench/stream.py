@@ -13,14 +13,16 @@ Phases on fresh topics, with a scorer in this process (one replica, as one `rank
 Every live phase replays the same events, so each rate meets the same traffic (stretches of the period
 differ: more users with small baskets mean more scorings per event). A live phase starts producing once
 its scorer owns its partitions, after a few idle seconds.
-Event -> Redis latency runs from each Kafka record's time to the moment its list was written. Lost
+Event -> Redis latency runs from each Kafka record's time to the moment its list was written, and is
+split at the moment its chunk started scoring: waiting (queue, batch formation, reads) and scoring +
+write (`Recorder.chunk_started`; without that mark from the scorer the split has no samples). Lost
 events are checked against a reference: every user's list must reflect their last produced event.
+`bench/repeat.py` runs all of this N times and reports the worst run.
 """
 
 import asyncio
 import logging
 import multiprocessing
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rankstream.bench.latency import latency_split, percentile
 from rankstream.bench.results import BatchShape, Latency, Phase, StreamBench
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
@@ -91,11 +94,6 @@ class _Timing:
     produce_started: float
     produced: float | None
     end: float
-
-
-def percentile(values: list[float], q: int) -> float | None:
-    """The q-th percentile of `values`, rounded for a report; None when too few values to tell."""
-    return round(statistics.quantiles(values, n=100)[q - 1], 1) if len(values) > 100 else None
 
 
 async def _phase(
@@ -201,6 +199,7 @@ async def _phase_result(
         drained_s_after_last_send=drain_after_s if rate else None,
         kept_up=bool(rate and p99 is not None and p99 <= _P99_LIMIT_MS and drain_after_s <= _DRAIN_LIMIT_S),
         stage_s={k: round(v, 2) for k, v in st.stage_s.items()},
+        latency_split_ms=latency_split(scorer.recorder.latency_parts),
     )
 
 
@@ -284,14 +283,16 @@ def format_bench(result: StreamBench) -> str:
     )
     rows.append(
         f"{'phase':<12} {'events':>7} {'ev/s':>8} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'coalesced':>9} {'lost':>5} {'dlq':>4}"
+        f"{'coalesced':>9} {'lost':>5} {'dlq':>4} {'wait p50/p99':>13} {'score p50/p99':>13}"
     )
     phases = [("backlog", result.max)] + [(f"@{p.rate_target}", p) for p in result.ladder]
     for name, p in [*phases, (f"80%@{result.fixed.rate_target}", result.fixed)]:
-        lat = p.latency_ms
+        lat, split = p.latency_ms, p.latency_split_ms
+        waiting = f"{split.waiting.p50}/{split.waiting.p99}"
+        scoring = f"{split.scoring.p50}/{split.scoring.p99}"
         rows.append(
             f"{name:<12} {p.events:>7} {p.events_per_s:>8} {p.pairs_per_s:>8} {lat.p50!s:>8} "
-            f"{lat.p99!s:>8} {p.coalesced:>9} {p.lost:>5} {p.dlq:>4}"
+            f"{lat.p99!s:>8} {p.coalesced:>9} {p.lost:>5} {p.dlq:>4} {waiting:>13} {scoring:>13}"
             + ("" if p.rate_target is None else f"  kept up: {p.kept_up}")
         )
     rows.append(f"maximum sustained: {result.max_sustained_events_per_s} events/s (p99 <= {_P99_LIMIT_MS:.0f} ms)")

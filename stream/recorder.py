@@ -43,6 +43,10 @@ class Recorder:
         # (written at, unix s; event -> Redis latency, ms) of the most recent events, for benchmarks;
         # bounded. A served replica keeps none (the histogram metric has the latencies).
         self.latencies: deque[tuple[float, float]] = deque(maxlen=latency_samples)
+        # (waiting, scoring + write; ms) of the same events, when the scorer marks its chunks
+        # (`chunk_started`): whether a slow event waited in the queue or in its chunk's model call.
+        self.latency_parts: deque[tuple[float, float]] = deque(maxlen=latency_samples)
+        self._chunk_started_ms: float | None = None
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -86,13 +90,27 @@ class Recorder:
         if events:
             st.events_by_version[version] = st.events_by_version.get(version, 0) + events
 
+    def chunk_started(self) -> None:
+        """The chunk about to be scored starts now: the next `reflected` splits its events' latency here."""
+        self._chunk_started_ms = time.time() * 1000
+
     def reflected(self, timestamps_ms: Sequence[int]) -> None:
         """Event -> Redis latency of events whose lists are written now."""
         written_ms = time.time() * 1000
+        # One mark per chunk: events reflected without a chunk of their own (a replay) get no split.
+        started_ms, self._chunk_started_ms = self._chunk_started_ms, None
         for ts in timestamps_ms:
             latency_ms = max(written_ms - ts, 0.0)
             m.EVENT_TO_REDIS.observe(latency_ms / 1000)
             self.latencies.append((written_ms / 1000, latency_ms))
+            if started_ms is not None:
+                self.latency_parts.append(split_at(ts, started_ms, written_ms))
 
     def failed_batch(self, exc: Exception) -> None:
         m.ERRORS.labels(type(exc).__name__).inc()
+
+
+def split_at(event_ms: float, started_ms: float, written_ms: float) -> tuple[float, float]:
+    """(waiting, scoring + write) in ms of an event whose chunk started scoring at `started_ms`."""
+    waiting = min(max(started_ms - event_ms, 0.0), max(written_ms - event_ms, 0.0))
+    return waiting, max(written_ms - event_ms, 0.0) - waiting

@@ -148,16 +148,27 @@ def _bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
 def _bench_stream(args: argparse.Namespace) -> int:
+    from rankstream.bench.repeat import bench_stream_repeated, format_repeated
     from rankstream.bench.stream import bench_stream, format_bench
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
     given = (("rerank_top", args.rerank_top), ("score_chunk_users", args.chunk_users), ("user_quiet_ms", args.quiet_ms))
     overrides = {k: v for k, v in given if v is not None}
-    result = asyncio.run(
-        bench_stream(home(), model, events=args.events, share=args.share, live_events=args.live_events, **overrides)
-    )
+    options = {"events": args.events, "share": args.share, "live_events": args.live_events, **overrides}
+    if args.repeat is not None:
+        repeated = asyncio.run(bench_stream_repeated(home(), model, args.repeat, **options))
+        print(repeated.to_json() if args.json else format_repeated(repeated))
+        return 0
+    result = asyncio.run(bench_stream(home(), model, **options))
     print(result.to_json() if args.json else format_bench(result))
     return 0
 
@@ -304,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rerank-top", type=int, help="RANKSTREAM_RERANK_TOP for this run")
     b.add_argument("--chunk-users", type=int, help="RANKSTREAM_SCORE_CHUNK_USERS for this run")
     b.add_argument("--quiet-ms", type=int, help="RANKSTREAM_USER_QUIET_MS for this run")
+    b.add_argument(
+        "--repeat", type=_positive, help="run the whole benchmark N times back to back; report each and the worst"
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_stream)
     b = bench.add_parser("swap", help="replicas under steady load while the active version flips every N seconds")

@@ -2,32 +2,12 @@
 
 import json
 
-from rankstream.bench.results import BatchShape, BySwap, Convergence, Latency, Phase, Rss, StreamBench, SwapBench
-
-
-def _phase(rate: float | None) -> Phase:
-    return Phase(10, rate, 1.0, 10.0, 500.0, 8, 2, 0, 0, 0, Latency(1.0, 2.0, 3.0), None, False, {"score": 0.5})
+from rankstream.bench.results import BySwap, Convergence, Rss, SwapBench
+from tests.unit.bench.builders import stream_bench
 
 
 def test_stream_bench_json_keeps_its_keys() -> None:
-    result = StreamBench(
-        "v1",
-        "/m",
-        ["distil"],
-        50,
-        BatchShape(64, 5),
-        2,
-        None,
-        0,
-        10,
-        2,
-        _phase(None),
-        [_phase(5.0)],
-        None,
-        0.8,
-        _phase(4.0),
-    )
-    doc = json.loads(result.to_json())
+    doc = json.loads(stream_bench(None).to_json())
     assert list(doc) == [
         "model_version",
         "model_dir",
@@ -61,8 +41,16 @@ def test_stream_bench_json_keeps_its_keys() -> None:
         "drained_s_after_last_send",
         "kept_up",
         "stage_s",
+        "latency_split_ms",  # added after the others: the keys before it are unchanged
     ]
     assert doc["max"]["latency_ms"] == {"p50": 1.0, "p99": 2.0, "max": 3.0}
+    assert doc["max"]["latency_split_ms"] == {
+        "events": 0,
+        "waiting": {"p50": None, "p99": None},
+        "scoring": {"p50": None, "p99": None},
+        "tail_waiting_mean": None,
+        "tail_scoring_mean": None,
+    }
 
 
 def test_swap_bench_json_keeps_its_keys() -> None:
@@ -79,8 +67,8 @@ def test_swap_bench_json_keeps_its_keys() -> None:
         BySwap(12.5, None),
         BySwap(90, 10),
         Rss(300.0, 310.0, 310.0, [310.0]),
-        0.1,
         Convergence(1.2, 1.2),
+        {"a": 50, "b": 30},
     )
     doc = json.loads(result.to_json())
     assert list(doc) == [
@@ -96,8 +84,8 @@ def test_swap_bench_json_keeps_its_keys() -> None:
         "latency_p99_ms",
         "latency_samples",
         "rss_mib",
-        "latency_samples_mib",
         "publish_to_all_serving_s",
+        "lists_by_version",
     ]
     assert doc["latency_p99_ms"] == {"steady": 12.5, "swap_windows": None}
     assert doc["rss_mib"] == {
