@@ -108,6 +108,7 @@ class Recorder:
 
     def failed_batch(self, exc: Exception) -> None:
         m.ERRORS.labels(type(exc).__name__).inc()
+        self._chunk_started_ms = None  # the chunk never reached its write
 
 
 def split_at(event_ms: float, started_ms: float, written_ms: float) -> tuple[float, float]:

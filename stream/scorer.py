@@ -296,6 +296,7 @@ class Scorer:
         neighbours: Mapping[str, Sequence[str]],
     ) -> int:
         """Score one chunk of users and write their lists; how many events were dead-lettered instead."""
+        self.recorder.chunk_started()
         with self.recorder.stage("score"):
             scored = await score_users(ranker, chunk, neighbours, self.tables, self.settings)
         failed = scored.failed
