@@ -79,7 +79,7 @@ def test_prepare_refuses_unusable_sources(tmp_path: Path) -> None:
 
 def test_retail_path_comes_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("RANKSTREAM_RETAIL_CSV", raising=False)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     assert default_retail_path() == repo / "data" / "online_retail" / "online_retail.csv.gz"  # carried by the repo
     monkeypatch.setenv("RANKSTREAM_RETAIL_CSV", str(tmp_path / "r.csv.gz"))
     assert default_retail_path() == tmp_path / "r.csv.gz"
