@@ -286,7 +286,10 @@ def test_compose_and_kubernetes_run_recompression() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["rankstream", "recompress"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["RANKSTREAM_MODEL_DIR"] == "/models" and {"RANKSTREAM_REDIS_URL", "RANKSTREAM_KAFKA_BOOTSTRAP"} <= set(
-        env
-    )
+    assert env["RANKSTREAM_MODEL_DIR"] == "/models"
+    # Kafka and Redis come from the scorers' ConfigMap, where RANKSTREAM_REDIS_URL and _KAFKA_BOOTSTRAP live.
+    config = yaml.safe_load((root / "deploy/k8s/scorer-config.yaml").read_text())
+    sources = {ref["name"] for source in container["envFrom"] for ref in source.values()}
+    assert config["metadata"]["name"] in sources
+    assert {"RANKSTREAM_REDIS_URL", "RANKSTREAM_KAFKA_BOOTSTRAP"} <= set(config["data"])
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/models", "/state"}
