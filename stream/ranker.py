@@ -89,56 +89,33 @@ def run_session(
     output: str,
     batch_size: int,
     signals: np.ndarray | None = None,
+    by_length: bool = False,
 ) -> np.ndarray:
-    """float32 logits, one per pair in input order, scored `batch_size` pairs at a time.
+    """float32 logits, one per pair in input order, scored `batch_size` pairs at a time, each batch padded
+    to its longest pair.
 
-    `signals` (one row per pair) is fed as the `signals` input when `inputs` lists it, and must then be given.
+    `signals` (one row per pair) is fed as the `signals` input when `inputs` lists it, and must then be
+    given. `by_length` batches pairs of similar length together to spare padding: only for a
+    batch-invariant graph, where which pairs share a batch changes nothing but the time it takes.
     """
-    wants_signals = SIGNALS_INPUT in inputs
-    if wants_signals:
+    scores = np.empty(len(pairs), dtype=np.float32)
+    if not pairs:
+        return scores
+    if SIGNALS_INPUT in inputs:
         if signals is None:
             raise ValueError("this model reads serve-time signals: pass one row of signals per pair")
         signals = np.asarray(signals, dtype=np.float32)
         if signals.shape[0] != len(pairs):
             raise ValueError(f"{signals.shape[0]} rows of signals for {len(pairs)} pairs")
-    scores = np.empty(len(pairs), dtype=np.float32)
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs[start : start + batch_size]
-        encoded = encoder.encode(batch)
-        feed = {name: encoded[name] for name in inputs if name != SIGNALS_INPUT}
-        if wants_signals:
-            feed[SIGNALS_INPUT] = signals[start : start + len(batch)]  # type: ignore[index]
-        (logits,) = session.run([output], feed)
-        scores[start : start + len(batch)] = np.asarray(logits, dtype=np.float32).reshape(len(batch))
-    return scores
-
-
-def run_by_length(
-    session: ort.InferenceSession,
-    encoder: PairEncoder,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    inputs: Sequence[str],
-    output: str,
-    batch_size: int,
-    signals: np.ndarray | None = None,
-) -> np.ndarray:
-    """`run_session`'s scores, with pairs of similar length batched together to spare padding.
-
-    Only for a batch-invariant graph: which pairs share a batch changes nothing but the time it takes.
-    """
     encoded = encoder.encode(pairs)
     lengths = encoded["attention_mask"].sum(axis=1)
-    order = np.argsort(lengths, kind="stable")
-    scores = np.empty(len(pairs), dtype=np.float32)
+    order = np.argsort(lengths, kind="stable") if by_length else np.arange(len(pairs))
     for start in range(0, len(pairs), batch_size):
         idx = order[start : start + batch_size]
         width = int(lengths[idx].max())
         feed = {name: encoded[name][idx, :width] for name in inputs if name != SIGNALS_INPUT}
-        if SIGNALS_INPUT in inputs:
-            if signals is None:
-                raise ValueError("this model reads serve-time signals: pass one row of signals per pair")
-            feed[SIGNALS_INPUT] = np.asarray(signals, dtype=np.float32)[idx]
+        if signals is not None and SIGNALS_INPUT in inputs:
+            feed[SIGNALS_INPUT] = signals[idx]
         (logits,) = session.run([output], feed)
         scores[idx] = np.asarray(logits, dtype=np.float32).reshape(len(idx))
     return scores
@@ -322,7 +299,7 @@ class Ranker:
             rows = np.concatenate([np.asarray(signals[k])[sel.chosen] for k, sel in enumerate(selections)])
         spec = self.manifest.input_spec
         kw = {"inputs": spec.inputs, "output": spec.output, "batch_size": self._batch_size, "signals": rows}
-        scores = run_by_length(self._session, self._encoder, pairs, **kw) if pairs else np.empty(0, np.float32)
+        scores = run_session(self._session, self._encoder, pairs, by_length=True, **kw)
         bounds = np.cumsum([0] + [len(sel.chosen) for sel in selections])
         return [sel.assemble(scores[a:b]) for sel, a, b in zip(selections, bounds[:-1], bounds[1:], strict=True)]
 

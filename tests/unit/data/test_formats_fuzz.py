@@ -59,7 +59,7 @@ def _csv(header: list[str], body: list[list[str]], quoted: bool) -> str:
     return out.getvalue()
 
 
-def _loads_or_config_error(path: Path) -> None:
+def _check_loads_or_config_error(path: Path) -> None:
     """Both readers on `path`: a frame of the format, or a ConfigError; any other exception fails the test."""
     try:
         df = read_interactions(path)
@@ -96,7 +96,7 @@ def test_any_csv_loads_or_raises_config_error(
         path.write_bytes(gzip.compress(text.encode("utf-8", "surrogatepass")))
     else:
         path.write_bytes(text.encode("utf-8", "surrogatepass"))
-    _loads_or_config_error(path)
+    _check_loads_or_config_error(path)
 
 
 @FUZZ
@@ -104,7 +104,7 @@ def test_any_csv_loads_or_raises_config_error(
 def test_any_bytes_load_or_raise_config_error(folder: Path, data: bytes, suffix: str) -> None:
     path = folder / suffix
     path.write_bytes(data)
-    _loads_or_config_error(path)
+    _check_loads_or_config_error(path)
 
 
 # Parquet keeps types, so a column can hold numbers, booleans, datetimes or nulls where text belongs.
@@ -126,4 +126,4 @@ typed_columns = st.one_of(
 def test_any_parquet_loads_or_raises_config_error(folder: Path, columns: dict[str, list[object]]) -> None:
     path = folder / "source.parquet"
     pd.DataFrame(columns, index=range(3)).to_parquet(path)
-    _loads_or_config_error(path)
+    _check_loads_or_config_error(path)

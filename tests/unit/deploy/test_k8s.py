@@ -77,7 +77,7 @@ def _config(docs: list[Manifest]) -> dict[str, str]:
     return dict(_one(docs, "ConfigMap", "rankstream-scorer")["data"])
 
 
-def _validate_builtin(docs: list[Manifest]) -> None:
+def _check_builtin_schemas(docs: list[Manifest]) -> None:
     """Every manifest of a built-in kind against its strict schema; the rest must be the known custom kinds."""
     failures = []
     for doc in docs:
@@ -202,7 +202,7 @@ def test_base_lists_every_manifest_beside_it() -> None:
 
 
 def test_base_validates_against_the_kubernetes_schemas(base: list[Manifest]) -> None:
-    _validate_builtin(base)
+    _check_builtin_schemas(base)
     assert {d["kind"] for d in base} >= {"Deployment", "PodDisruptionBudget", "CronJob", "Secret"} | CUSTOM_KINDS
 
 
@@ -226,7 +226,7 @@ def test_base_secret_holds_placeholders_only(base: list[Manifest]) -> None:
 
 
 def test_local_overlay_renders_and_validates(local: list[Manifest]) -> None:
-    _validate_builtin(local)
+    _check_builtin_schemas(local)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("_check_"))
