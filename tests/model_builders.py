@@ -2,6 +2,7 @@
 compress-run records, stand-in artifacts. Test modules import these, never each other."""
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from rankstream.compression.gate import GateResult
@@ -10,6 +11,18 @@ from rankstream.data.split import Split
 from rankstream.jobs.runs import CompressRunRecord, VariantRecord
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.features import PAIR_FORMAT
+
+# A small catalog and the instance shape the data module builds, for model tests without data files.
+CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
+
+
+@dataclass(frozen=True)
+class Inst:
+    """A training/evaluation instance, as the data module builds them."""
+
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    positives: frozenset[str]
 
 
 def byo_data(folder: Path) -> Path:

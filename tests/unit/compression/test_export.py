@@ -2,7 +2,6 @@
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,12 @@ from rankstream.stream.artifact import load_manifest
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.features import PAIR_FORMAT, history_text
 from rankstream.stream.ranker import PairEncoder, Ranker
+from tests.model_builders import CATALOG, Inst
 
 # Torch vs the optimized fp32 ONNX graph (fused attention, LayerNorm, GELU): float reassociation only.
 FP32_ATOL = 1e-4
 # Per-channel INT8 vs fp32 on the tiny wide-init model (scores ~0.5-1.2): measured max ~0.04.
 INT8_ATOL = 0.1
-
-CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
-
-
-@dataclass(frozen=True)
-class Inst:
-    history: tuple[str, ...]
-    candidates: tuple[str, ...]
-    positives: frozenset[str]
 
 
 def _fresh_pairs(n: int = 24, seed: int = 1) -> list[tuple[str, str]]:

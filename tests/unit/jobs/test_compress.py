@@ -2,7 +2,6 @@
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,7 @@ from rankstream.compression.pairs import LabelledPair, make_groups
 from rankstream.data.split import Split
 from rankstream.evaluation.evalset import EvalSet, throughput
 from rankstream.stream.errors import ConfigError, JobError
-from tests.model_builders import byo_data, evenly_spaced, variant, write_run
-
-CATALOG = {f"i{n}": f"Item {n} title" for n in range(20)}
-
-
-@dataclass(frozen=True)
-class Inst:
-    """A training/evaluation instance, as the data module builds them."""
-
-    history: tuple[str, ...]
-    candidates: tuple[str, ...]
-    positives: frozenset[str]
+from tests.model_builders import CATALOG, Inst, byo_data, evenly_spaced, variant, write_run
 
 
 def _groups(n: int = 6, size: int = 5, seed: int = 0) -> list[list[LabelledPair]]:
