@@ -79,7 +79,7 @@ class DeadLetters:
         retries = []
         for p, result in zip(pending, results, strict=True):
             if isinstance(result, MessageSizeTooLargeError):
-                retries.append(await self._enqueue_cut(p.source, p.headers))
+                retries.append(await self._enqueue_cut(p.source.key, p.source.value, p.headers))
             elif isinstance(result, BaseException):
                 self._forget(pending)
                 raise result
@@ -101,10 +101,13 @@ class DeadLetters:
         try:
             return await self._producer.send(self._topic, value=value, key=key, headers=headers)
         except MessageSizeTooLargeError:  # the producer's own size check, before anything was sent
-            return await self._enqueue_cut(Source("", 0, 0, key, value), headers)
+            return await self._enqueue_cut(key, value, headers)
 
-    async def _enqueue_cut(self, source: Source, headers: list[tuple[str, bytes]]) -> "asyncio.Future[object]":
-        value, key = source.value or b"", source.key or b""
+    async def _enqueue_cut(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> "asyncio.Future[object]":
+        """The dead letter with its value and key cut to what the broker takes, and the original size named."""
+        value, key = value or b"", key or b""
         cut = [*headers, ("truncated_from", str(len(value)).encode())]
         return await self._producer.send(
             self._topic, value=value[: self._max_value_bytes], key=key[: self._max_value_bytes], headers=cut
