@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -89,8 +89,11 @@ def new_cluster_id() -> str:
             return cid
 
 
-def write_config(kafka_dir: Path, port: int, controller_port: int) -> Path:
-    """Write server.properties and log4j2.properties under kafka_dir; return the former."""
+def write_config(kafka_dir: Path, port: int, controller_port: int, extra: dict[str, str] | None = None) -> Path:
+    """Write server.properties and log4j2.properties under kafka_dir; return the former.
+
+    `extra` adds or replaces properties (listeners, TLS, SASL for a secured broker in tests).
+    """
     (kafka_dir / "logs").mkdir(parents=True, exist_ok=True)
     (kafka_dir / "log4j2.properties").write_bytes(packaged_file("log4j2.properties"))
     props = {
@@ -117,6 +120,7 @@ def write_config(kafka_dir: Path, port: int, controller_port: int) -> Path:
         "broker.heartbeat.interval.ms": "1000",
         "broker.session.timeout.ms": "4000",
     }
+    props |= extra or {}
     path = kafka_dir / "server.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     return path
@@ -138,10 +142,14 @@ def is_formatted(kafka_dir: Path) -> bool:
     return (kafka_dir / "data" / "meta.properties").exists()
 
 
-def format_storage(libs: Path, kafka_dir: Path, config: Path, cluster_id: str) -> None:
-    """Format the log directory once; later starts reuse it (and the topics in it)."""
+def format_storage(libs: Path, kafka_dir: Path, config: Path, cluster_id: str, extra_args: Sequence[str] = ()) -> None:
+    """Format the log directory once; later starts reuse it (and the topics in it).
+
+    `extra_args` go to `kafka-storage format` as they are (`--add-scram ...`: SCRAM users exist only if
+    created here or by an admin client later).
+    """
     argv = [*_jvm(libs, kafka_dir), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}"]
-    argv += ["-c", str(config)]
+    argv += ["-c", str(config), *extra_args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise StackError(f"formatting Kafka storage in {kafka_dir} failed:\n{done.stdout}{done.stderr}")
@@ -162,8 +170,8 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
-async def _describe(bootstrap: str) -> dict[str, Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+async def _describe(bootstrap: str, client_options: dict[str, Any]) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(**({"bootstrap_servers": bootstrap, "request_timeout_ms": 5000} | client_options))
     try:
         await admin.start()
         return await admin.describe_cluster()
@@ -171,14 +179,17 @@ async def _describe(bootstrap: str) -> dict[str, Any]:
         await admin.close()
 
 
-def wait_ready(bootstrap: str, timeout: float, alive: Callable[[], bool]) -> None:
-    """Block until the broker answers a metadata request; StackError if it dies or the timeout passes."""
+def wait_ready(bootstrap: str, timeout: float, alive: Callable[[], bool], **client_options: Any) -> None:
+    """Block until the broker answers a metadata request; StackError if it dies or the timeout passes.
+
+    `client_options` go to the probing admin client (security_protocol, ssl_context, sasl_*).
+    """
     host, _, port = bootstrap.rpartition(":")
 
     def probe() -> dict[str, Any]:
         # A plain connect first: aiokafka logs every refused connection at ERROR level.
         socket.create_connection((host, int(port)), timeout=1).close()
-        return run_sync(lambda: _describe(bootstrap))
+        return run_sync(lambda: _describe(bootstrap, client_options))
 
     cluster = probe_ready(
         probe,
@@ -192,8 +203,8 @@ def wait_ready(bootstrap: str, timeout: float, alive: Callable[[], bool]) -> Non
     log.debug("kafka cluster %s answers on %s", cluster.get("cluster_id"), bootstrap)
 
 
-async def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+async def _create_topics(bootstrap: str, topics: dict[str, int], client_options: dict[str, Any]) -> None:
+    admin = AIOKafkaAdminClient(**({"bootstrap_servers": bootstrap, "request_timeout_ms": 30000} | client_options))
     try:
         await admin.start()
         new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
@@ -206,7 +217,10 @@ async def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:
             raise StackError(f"creating topic {topic!r} failed: {for_code(code).__name__} {message}")
 
 
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create topics (name -> partitions, replication 1); topics that already exist are left as they are."""
-    run_sync(lambda: _create_topics(bootstrap, topics))
+def create_topics(bootstrap: str, topics: dict[str, int], **client_options: Any) -> None:
+    """Create topics (name -> partitions, replication 1); topics that already exist are left as they are.
+
+    `client_options` go to the admin client (`Settings.kafka_client_options()` on a secured cluster).
+    """
+    run_sync(lambda: _create_topics(bootstrap, topics, client_options))
     log.info("topics ready on %s: %s", bootstrap, topics)

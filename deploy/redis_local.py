@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -19,15 +20,19 @@ from rankstream.deploy.probe import wait_ready as probe_ready
 log = logging.getLogger(__name__)
 
 
-def server_argv(port: int, data_dir: Path) -> list[str]:
-    """The redis-server command line; StackError naming the package when it is not installed."""
+def server_argv(port: int, data_dir: Path, config: Path | None = None) -> list[str]:
+    """The redis-server command line; StackError naming the package when it is not installed.
+
+    `config` is a redis.conf read first (ACL users, TLS): secrets stay in a file, off the process list.
+    Pass port 0 with a config that sets `tls-port` for a TLS-only server.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("redis-server not found: install it with `apt-get install -y redis-server`")
     data_dir.mkdir(parents=True, exist_ok=True)
     # --save '' and --appendonly no: a dev cache; a restart starts empty, as after a Redis failover.
     options = {"--port": port, "--bind": "127.0.0.1", "--save": "", "--appendonly": "no", "--dir": data_dir}
-    return [binary, *_flags(options | {"--daemonize": "no"})]
+    return [binary, *([str(config)] if config else []), *_flags(options | {"--daemonize": "no"})]
 
 
 def _flags(options: dict[str, object]) -> list[str]:
@@ -39,9 +44,12 @@ def url(port: int) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def wait_ready(redis_url: str, timeout: float, alive: Callable[[], bool]) -> None:
-    """Block until PING answers; StackError if the server dies or the timeout passes."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+def wait_ready(redis_url: str, timeout: float, alive: Callable[[], bool], **client_options: Any) -> None:
+    """Block until PING answers; StackError if the server dies or the timeout passes.
+
+    `client_options` go to redis-py (username, password, ssl_ca_certs for a secured server).
+    """
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1, **client_options)
     try:
         probe_ready(
             client.ping,
