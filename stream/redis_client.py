@@ -7,11 +7,13 @@ Everything rankstream does works on both. The differences a caller sees on a clu
 - FLUSHDB, SCRIPT LOAD and similar go to every primary; PUBLISH reaches subscribers on every node.
 """
 
+import ssl
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 
+from rankstream.stream.errors import ConfigError, StoreError
 from rankstream.stream.settings import Settings
 
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -41,3 +43,32 @@ def is_cluster(client: RedisClient) -> bool:
 # ("Redis Cluster cannot be connected"), which is not a RedisError: catch both, so a cluster outage is
 # retried like a single server's.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in exc's chain: redis-py wraps a TLS failure in a ConnectionError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def check_redis(client: RedisClient) -> None:
+    """PING once at start. A refused login or an untrusted certificate is a ConfigError naming what to fix:
+    retrying cannot cure either. Anything else is a StoreError, as for any Redis failure."""
+    try:
+        await client.ping()
+    except REDIS_ERRORS as exc:
+        if (refused := _cause(exc, AuthenticationError)) is not None:
+            raise ConfigError(
+                f"Redis refused the login ({str(refused).rstrip('.')}): "
+                "check RANKSTREAM_REDIS_USERNAME and RANKSTREAM_REDIS_PASSWORD"
+            ) from exc
+        if isinstance(untrusted := _cause(exc, ssl.SSLCertVerificationError), ssl.SSLCertVerificationError):
+            raise ConfigError(
+                f"Redis's TLS certificate is not trusted ({untrusted.verify_message}): set RANKSTREAM_REDIS_SSL_CA "
+                "to the CA that signed it"
+            ) from exc
+        raise StoreError(f"Redis did not answer: {exc}") from exc

@@ -13,7 +13,9 @@ from rankstream.stream.artifact import MANIFEST
 from rankstream.stream.errors import ArtifactError, ConfigError
 from rankstream.stream.follow import ModelFollower
 from rankstream.stream.health import HealthServer
+from rankstream.stream.kafka_check import check_kafka
 from rankstream.stream.ranker import Ranker
+from rankstream.stream.redis_client import check_redis
 from rankstream.stream.registry import Registry, list_versions
 from rankstream.stream.scorer import Scorer, Stats
 from rankstream.stream.settings import Settings
@@ -92,7 +94,9 @@ async def serve(settings: Settings) -> Stats:
         resolve_model_dir(settings.model_dir)  # fails before any connection if there is nothing to serve
         load = partial(Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size)
         store = Store.from_settings(settings)
-        await store.ping()
+        # Before anything starts: a refused login or an untrusted certificate ends the process with one line.
+        await check_redis(store.client)
+        await check_kafka(settings)
         registry = None
         assert settings.model_dir is not None
         if is_artifact(settings.model_dir):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rankstream.stream.errors import ArtifactError
-from rankstream.stream.redis_client import connect_from_settings
+from rankstream.stream.redis_client import check_redis, connect_from_settings
 from rankstream.stream.registry import Registry
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -78,6 +78,7 @@ async def run_models(args: argparse.Namespace, settings: Settings, default_root:
     """Carry out one `models` action; return what to print."""
     registry = open_registry(settings, default_root)
     try:
+        await check_redis(registry.client)  # a refused login or untrusted certificate: one line saying which
         action: Callable[[], Awaitable[Any]]
         if args.action == "list":
             state = await describe_versions(registry)
