@@ -1,14 +1,19 @@
 """Secured local services for the security tests, each in a temp dir on free loopback ports:
 a throwaway CA and server certificate, redis-server with ACL users and TLS only, and a Kafka broker
-whose only client listener is SASL_SSL with SCRAM-SHA-512.
+whose only client listener is SASL_SSL with SCRAM-SHA-512. Also `rankstream` processes run against them,
+with everything they print kept for the secrets check.
 
 Started with the project's own starters (rankstream.deploy.kafka_local / redis_local). Certificates,
 keys and passwords are made here, live under the temp dir, and are never committed.
 """
 
+import asyncio
 import os
 import secrets
+import signal
 import subprocess
+import sys
+from asyncio.subprocess import PIPE
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,9 +209,17 @@ class SecureStack:
     tls: Tls
     stranger_ca: Path
 
-    def env(self, **overrides: str) -> dict[str, str]:
-        """RANKSTREAM_* variables for a process on this stack, as an operator sets them."""
-        values = {
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def variables(self) -> dict[str, str]:
+        """The RANKSTREAM_* variables that reach this stack, as an operator sets them."""
+        return {
             "RANKSTREAM_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "RANKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "RANKSTREAM_KAFKA_SASL_MECHANISM": MECHANISM,
@@ -218,22 +231,14 @@ class SecureStack:
             "RANKSTREAM_REDIS_PASSWORD": self.redis.password,
             "RANKSTREAM_REDIS_SSL_CA": str(self.tls.ca),
         }
-        return {**os.environ, **values, **overrides}
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """A process environment on this stack: this one's, the stack's variables, then `overrides`."""
+        return {**os.environ, **self.variables(), **overrides}
 
     def settings(self, **overrides: object) -> Settings:
-        """The same as `env`, as a Settings object for code run inside the test process."""
-        values: dict[str, object] = {
-            "kafka_bootstrap": self.kafka.bootstrap,
-            "kafka_security_protocol": "SASL_SSL",
-            "kafka_sasl_mechanism": MECHANISM,
-            "kafka_sasl_username": USER,
-            "kafka_sasl_password": self.kafka.password,
-            "kafka_ssl_cafile": self.tls.ca,
-            "redis_url": self.redis.url,
-            "redis_username": USER,
-            "redis_password": self.redis.password,
-            "redis_ssl_ca": self.tls.ca,
-        }
+        """The same as `variables`, as a Settings object for code run inside the test process."""
+        values: dict[str, object] = {k.removeprefix("RANKSTREAM_").lower(): v for k, v in self.variables().items()}
         return Settings(**(values | overrides))
 
     def secrets(self) -> dict[str, str]:
@@ -266,3 +271,57 @@ def start_stack(folder: Path) -> SecureStack:
 def stop_stack(stack: SecureStack) -> None:
     _stop(stack.kafka.process)
     _stop(stack.redis.process)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one `rankstream` process printed, and how it ended."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(env: dict[str, str], *args: str, limit_s: float = 300) -> Run:
+    """`rankstream ARGS` as its own process, as an operator runs it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rankstream.cli", *args, env=env, stdout=PIPE, stderr=PIPE
+    )
+    async with asyncio.timeout(limit_s):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return Run(args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+class Serving:
+    """`rankstream serve` as its own process, stdout and stderr kept in files (read while it runs)."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.stdout, self.stderr = folder / "serve.out", folder / "serve.err"
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "rankstream.cli", "serve"], env=env, stdout=out, stderr=err
+            )
+
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def check_running(self) -> None:
+        """Fail with the end of the scorer's log, so a crash says why."""
+        if self.process.poll() is not None:
+            tail = "\n".join(self.log().splitlines()[-40:])
+            raise AssertionError(f"scorer exited with {self.process.returncode}; its log ends:\n{tail}")
+
+    def stop(self) -> Run:
+        """SIGTERM (the scorer drains and commits), wait, and return what it printed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        out = self.stdout.read_text(errors="replace")
+        return Run(("serve",), self.process.returncode, out, self.log())
