@@ -32,6 +32,7 @@ from typing import Any
 
 from rankstream.bench.latency import latency_split, percentile
 from rankstream.bench.results import BatchShape, Latency, Phase, StreamBench
+from rankstream.data.live_replay import LiveReplay, seeded
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.errors import StackError
@@ -40,12 +41,12 @@ from rankstream.ops.load import split_events
 from rankstream.ops.replay import Produced, Record, event_records, produce
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag
+from rankstream.stream.livestore import seed
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.redis_client import RedisClient, connect_from_settings
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.scoring import rerank_top_for
 from rankstream.stream.settings import Settings
-from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ _ASSIGN_WAIT_S = 60.0
 _STEP_UP, _STEP_DOWN = 1.25, 0.8
 # A short linger: it adds to the event -> Redis latency being measured.
 _LINGER_MS = 2
-Tables = tuple[dict[str, str], dict[str, list[str]], list[str], dict[str, ItemStats]]
+Tables = tuple[dict[str, str], LiveReplay]  # the catalog, and the seeded shares
 
 
 async def produce_events(
@@ -111,7 +112,9 @@ async def _phase(
     await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic: 4, f"{topic}.dlq": 1})
     await client.flushdb()
     store = Store(client, ttl_s=base.rec_ttl_s)
-    await store.load_tables(*tables)
+    catalog, seeded_tables = tables
+    await store.load_catalog(catalog)
+    await seed(client, topic, seeded_tables.shares, seeded_tables.params)
     await asyncio.sleep(_SETTLE_S)
     backlog = None if rate is not None else await produce_events(settings.kafka_bootstrap, topic, events, None)
     scorer = Scorer(settings, ranker, store, latency_samples=1_000_000)
@@ -233,7 +236,7 @@ async def bench_stream(
     scorer's settings (e.g. rerank_top=20); the environment's RANKSTREAM_* apply otherwise."""
     info = stack.up(home / "stack")
     prepared = prepare(None, home / "data")
-    tables = (prepared.catalog, prepared.neighbours, prepared.trending, prepared.item_stats)
+    tables = (prepared.catalog, seeded(prepared, 4))  # the shares `rankstream load` writes, reseeded per phase
     redis_url = info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     base = Settings(kafka_bootstrap=info.bootstrap, redis_url=redis_url, model_dir=model_dir, **scorer_settings)
     ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)

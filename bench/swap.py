@@ -26,6 +26,7 @@ from rankstream.bench.lists import ListSample, ListWatch, split_by_windows
 from rankstream.bench.replicas import Replica, free_port, replica_env, spawn, stop_all, wait_ready
 from rankstream.bench.results import BySwap, Convergence, Rss, SwapBench
 from rankstream.bench.stream import count_not_reflected, produce_events
+from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.kafka_local import create_topics
@@ -33,6 +34,7 @@ from rankstream.ops.load import split_events
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag
+from rankstream.stream.livestore import seed
 from rankstream.stream.recorder import Stats
 from rankstream.stream.registry import Registry
 from rankstream.stream.settings import Settings
@@ -65,7 +67,9 @@ async def _open_registry(settings: Settings, home: Path, models: list[Path]) -> 
     prepared = prepare(None, home / "data")
     store = Store.from_settings(settings)
     await store.client.flushdb()
-    await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending, prepared.item_stats)
+    await store.load_catalog(prepared.catalog)
+    tables = seeded(prepared, 4)
+    await seed(store.client, settings.topic, tables.shares, tables.params)
     root = home / "bench-swap" / "registry"
     shutil.rmtree(root, ignore_errors=True)
     registry = Registry(root, store.client)

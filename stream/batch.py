@@ -11,7 +11,8 @@ import numpy as np
 from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.features import HISTORY_ITEMS, candidate_text, history_text
-from rankstream.stream.signals import ItemStats, candidate_signals
+from rankstream.stream.live import ItemCounts, event_ms
+from rankstream.stream.signals import candidate_signals
 from rankstream.stream.store import UserState
 
 
@@ -141,14 +142,17 @@ def user_signals(
     plan: UserPlan,
     cands: Sequence[str],
     neighbours: Mapping[str, Sequence[str]],
-    item_stats: Mapping[str, ItemStats],
+    counts: Mapping[str, ItemCounts],
     catalog: Mapping[str, str],
 ) -> np.ndarray:
     """The signal rows of a user's candidates, for a model that reads them (`stream.signals`).
 
-    `neighbours` must hold the lists of `recent_items` and `signal_items`.
+    `neighbours` must hold the lists of `recent_items` and `signal_items`, `counts` those of
+    `signal_items`; the statistics are taken at the user's latest event time, as training saw them.
     """
-    return candidate_signals(plan.history, cands, neighbours, item_stats, catalog)
+    at = event_ms(plan.last.event)
+    stats = {c: counts[c].stats_at(at) for c in cands if c in counts}
+    return candidate_signals(plan.history, cands, neighbours, stats, catalog)
 
 
 def top_k(cands: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[str, float], ...]:

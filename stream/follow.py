@@ -127,8 +127,6 @@ class ModelFollower:
     def _load_and_warm(self, version: str) -> Ranker:
         ranker = self.load(self.registry.path(version))
         self.scorer.check_servable(ranker)
-        if ranker.signals is not None and not self.scorer.has_item_stats():
-            raise ArtifactError(f"{version} reads serve-time signals; Redis has no item statistics (`rankstream load`)")
         warm_up(ranker, self.scorer.sample_titles())
         return ranker
 

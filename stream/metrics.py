@@ -36,3 +36,10 @@ LIVE_EVENTS = Counter(
     "rankstream_live_events_total", "Events checked against the list shown before them", ["model_version"]
 )
 LIVE_HITS = Counter("rankstream_live_hits_total", "Events whose item was in the user's current list", ["model_version"])
+TABLES_APPLIED = Counter("rankstream_tables_events_total", "Valid events applied to the live tables (tables job)")
+TABLES_SKIPPED = Counter(
+    "rankstream_tables_skipped_total", "Invalid records the tables job skipped (the scorer dead-letters them)"
+)
+TABLES_WRITES = Counter(
+    "rankstream_tables_share_writes_total", "Share writes, by outcome (ok, fence_moved)", ["outcome"]
+)

@@ -94,7 +94,7 @@ class Scorer:
         if self._started:
             raise RankstreamError("Scorer.start() called twice; make a new Scorer")
         self._started = True
-        await self.tables.load(need_item_stats=self.ranker.signals is not None)
+        await self.tables.load()
         await self._producer.start()
         await self._consumer.start()
         # What is loaded by now (tables, model, clients) lives as long as the process: out of the cyclic
@@ -128,10 +128,6 @@ class Scorer:
     def assignment(self) -> set[TopicPartition]:
         """The partitions this replica owns now (empty until the group has assigned them)."""
         return set(self._consumer.assignment())
-
-    def has_item_stats(self) -> bool:
-        """Whether a model that reads serve-time signals can be served (the statistics load at start)."""
-        return bool(self.tables.item_stats)
 
     def sample_titles(self, n: int = 50) -> list[str]:
         """Some catalog titles, for warming a new model up at serving shapes."""

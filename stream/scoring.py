@@ -53,11 +53,10 @@ async def score_users(
     """Each user's list, scored by `ranker` in one call (one padded ONNX Runtime batch per user)."""
     failed: dict[str, Rejected] = {}
     per_user: list[_UserPairs] = []
+    trending = await tables.trending()
     for p in plans:
         try:
-            per_user.append(
-                (p, *b.candidate_pairs(p, neighbours, tables.trending, tables.catalog, settings.candidates))
-            )
+            per_user.append((p, *b.candidate_pairs(p, neighbours, trending, tables.catalog, settings.candidates)))
         except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
             failed[p.user_id] = internal_error(exc)
     signals = None
@@ -91,11 +90,13 @@ async def _with_signals(
     per_user: list[_UserPairs], neighbours: Mapping[str, Sequence[str]], tables: Tables, failed: dict[str, Rejected]
 ) -> tuple[list[_UserPairs], list[np.ndarray]]:
     """The users whose signal rows could be computed, and those rows."""
-    lists = {**neighbours, **await tables.neighbours_for(b.signal_items(c for _, c, _ in per_user))}
+    items = b.signal_items(c for _, c, _ in per_user)
+    lists = {**neighbours, **await tables.neighbours_for(items)}
+    counts = await tables.counts_for(items)
     kept, signals = [], []
     for p, cands, pairs in per_user:
         try:
-            signals.append(b.user_signals(p, cands, lists, tables.item_stats, tables.catalog))
+            signals.append(b.user_signals(p, cands, lists, counts, tables.catalog))
             kept.append((p, cands, pairs))
         except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
             failed[p.user_id] = internal_error(exc)

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     topic: str = "clicks"
     dlq_topic: str = "clicks.dlq"
     group_id: str = "rankstream-scorer"
+    tables_group_id: str = "rankstream-tables"  # the live-tables job's own consumer group
+    # How long a scorer serves a live-table read before reading it again: freshness against Redis load.
+    tables_max_age_ms: int = Field(default=500, ge=0, le=600_000)
     top_k: int = Field(default=10, ge=1, le=200)
     candidates: int = Field(default=50, ge=1, le=1000)
     history_len: int = Field(default=50, ge=1, le=1000)

@@ -1,4 +1,4 @@
-"""Redis: the catalog and candidate tables the scorer reads, and the per-user lists it writes.
+"""Redis: the catalog the scorer reads, and the per-user lists it writes (the item tables: livestore).
 
 Every key name the scorer uses is defined in this module (`rec_key`, `hist_key`, the `rs:*`
 constants); what each key holds is documented once, for frontends and operators, in
@@ -9,7 +9,6 @@ The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write tou
 import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +17,11 @@ from redis.exceptions import ResponseError
 from rankstream.stream.errors import StoreError
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect, connect_from_settings, is_cluster
 from rankstream.stream.settings import Settings
-from rankstream.stream.signals import ItemStats
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CATALOG_KEY = "rs:catalog"
-NEIGHBOURS_KEY = "rs:nb"
-TRENDING_KEY = "rs:trending"
-ITEM_STATS_KEY = "rs:itemstats"
 QUALITY_KEY = "rs:quality"
 
 # One atomic step per user: skip if this state is not newer than what is stored (a replayed or late
@@ -134,61 +129,22 @@ class Store:
         except REDIS_ERRORS as exc:
             raise StoreError(f"Redis did not answer: {exc}") from exc
 
-    async def load_tables(
-        self,
-        catalog: dict[str, str],
-        neighbours: dict[str, list[str]],
-        trending: list[str],
-        item_stats: Mapping[str, ItemStats] | None = None,
-    ) -> None:
-        """Replace the catalog, co-visitation, trending and item-statistics tables (`rankstream load`)."""
+    async def load_catalog(self, catalog: dict[str, str]) -> None:
+        """Replace the catalog (`rankstream load`); the live tables are seeded by `livestore.seed`."""
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                pipe.delete(CATALOG_KEY, NEIGHBOURS_KEY, ITEM_STATS_KEY)
+                pipe.delete(CATALOG_KEY)
                 if catalog:
                     pipe.hset(CATALOG_KEY, mapping=catalog)
-                if neighbours:
-                    pipe.hset(NEIGHBOURS_KEY, mapping={k: ",".join(v) for k, v in neighbours.items()})
-                if item_stats:
-                    pipe.hset(ITEM_STATS_KEY, mapping={k: s.to_json() for k, s in item_stats.items()})
-                pipe.set(TRENDING_KEY, ",".join(trending))
                 await pipe.execute()
         except REDIS_ERRORS as exc:
-            raise StoreError(f"loading tables into Redis failed: {exc}") from exc
+            raise StoreError(f"loading the catalog into Redis failed: {exc}") from exc
 
     async def read_catalog(self) -> dict[str, str]:
         try:
             return await self._r.hgetall(CATALOG_KEY)
         except REDIS_ERRORS as exc:
             raise StoreError(f"reading {CATALOG_KEY} failed: {exc}") from exc
-
-    async def read_item_stats(self) -> dict[str, ItemStats]:
-        """Every item's sales statistics (empty when `rankstream load` predates them).
-
-        An entry that does not parse is left out and logged (its item gets no statistics), so a stray
-        value cannot keep scorers from starting.
-        """
-        try:
-            raw = await self._r.hgetall(ITEM_STATS_KEY)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"reading {ITEM_STATS_KEY} failed: {exc}; run `rankstream load` if it persists") from exc
-        stats = {}
-        for item, value in raw.items():
-            try:
-                stats[item] = ItemStats.from_json(value)
-            except Exception as exc:  # noqa: BLE001 - any garbage is the same fault
-                log.error("%s[%s] is unusable and left out (run `rankstream load`): %r", ITEM_STATS_KEY, item, exc)
-        return stats
-
-    async def read_trending(self) -> list[str]:
-        try:
-            raw = await self._r.get(TRENDING_KEY)
-        except REDIS_ERRORS as exc:
-            if user_fault(exc):
-                log.error("%s is unusable, serving no trending items; run `rankstream load`: %s", TRENDING_KEY, exc)
-                return []
-            raise StoreError(f"reading {TRENDING_KEY} failed: {exc}") from exc
-        return raw.split(",") if raw else []
 
     async def read_states(self, users: list[str]) -> tuple[dict[str, UserState], dict[str, str]]:
         """Each user's stored history and fence, in one round trip; and the users whose stored state is
@@ -209,23 +165,6 @@ class Store:
             except BadState as exc:
                 bad[u] = str(exc)
         return states, bad
-
-    async def read_neighbours(self, items: list[str]) -> dict[str, list[str]]:
-        """Co-visitation neighbours of `items` (absent items map to nothing).
-
-        A table of the wrong type serves no neighbours (lists fall back to trending items) rather than
-        stopping every partition; it is logged so an operator reloads it with `rankstream load`.
-        """
-        if not items:
-            return {}
-        try:
-            raw = await self._r.hmget(NEIGHBOURS_KEY, items)
-        except REDIS_ERRORS as exc:
-            if user_fault(exc):
-                log.error("%s is unusable, serving without neighbours; run `rankstream load`: %s", NEIGHBOURS_KEY, exc)
-                return {it: [] for it in items}
-            raise StoreError(f"reading {NEIGHBOURS_KEY} failed: {exc}") from exc
-        return {it: r.split(",") if r else [] for it, r in zip(items, raw, strict=True)}
 
     async def write_lists(
         self, writes: list[ListWrite], quality: dict[str, tuple[int, int]] | None = None

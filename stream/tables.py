@@ -1,40 +1,118 @@
-"""The item tables a scorer reads: catalog, trending and item statistics at start, neighbours on demand."""
+"""The item tables a scorer reads: the catalog at start; neighbours, item counts and trending from the
+live tables (`stream.livestore`), merged over their shares and cached for at most `max_age_s`.
+"""
 
-from rankstream.stream.errors import RankstreamError
-from rankstream.stream.signals import ItemStats
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from rankstream.stream.errors import RankstreamError, StoreError
+from rankstream.stream.live import (
+    ItemCounts,
+    LiveParams,
+    merge_counts,
+    merge_neighbours,
+    merge_trending,
+    parse_neighbours,
+    parse_trend,
+)
+from rankstream.stream.livestore import read_merged_parts, read_meta, read_trends
+from rankstream.stream.redis_client import REDIS_ERRORS
 from rankstream.stream.store import Store
 
-_NEIGHBOUR_CACHE_MAX = 200_000
+log = logging.getLogger(__name__)
+
+_CACHE_MAX = 200_000
+T = TypeVar("T")
 
 
 class Tables:
-    """One scorer's copy of the tables in Redis. Neighbour lists are cached, bounded, and re-read after."""
+    """One scorer's view of the tables in Redis. Reads are cached per item for at most `max_age_s`, so
+    what the tables job wrote is served within that much more time, at one pipelined read per chunk."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_age_s: float = 0.5) -> None:
         self._store = store
+        self.max_age_s = max_age_s
         self.catalog: dict[str, str] = {}
-        self.trending: list[str] = []
-        self.item_stats: dict[str, ItemStats] = {}
-        self._neighbours: dict[str, list[str]] = {}
+        self.topic = ""
+        self.partitions = 0
+        self.params = LiveParams()
+        self._nb: dict[str, tuple[float, list[str]]] = {}
+        self._counts: dict[str, tuple[float, ItemCounts]] = {}
+        self._trending: tuple[float, list[str]] = (-1e18, [])
 
-    async def load(self, *, need_item_stats: bool) -> None:
-        """Read the catalog, trending items and item statistics; RankstreamError if `load` never ran."""
+    async def load(self) -> None:
+        """Read the catalog and where the live tables are; RankstreamError if `load` never ran."""
         self.catalog = await self._store.read_catalog()
         if not self.catalog:
             raise RankstreamError("the catalog in Redis is empty: run `rankstream load` first")
-        self.trending = await self._store.read_trending()
-        self.item_stats = await self._store.read_item_stats()
-        if not self.item_stats and need_item_stats:
-            raise RankstreamError("the item statistics in Redis are empty: run `rankstream load` again")
+        try:
+            self.topic, self.partitions, self.params = await read_meta(self._store.client)
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"reading the live tables' meta failed: {exc}") from exc
 
     async def neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
-        """Co-visitation neighbours of `items`, from the cache or one Redis read for the missing ones."""
-        missing = [it for it in items if it not in self._neighbours]
-        if missing:
-            if len(self._neighbours) > _NEIGHBOUR_CACHE_MAX:
-                self._neighbours.clear()  # bounded memory; the tables are cheap to re-read
-            self._neighbours.update(await self._store.read_neighbours(missing))
-        return {it: self._neighbours.get(it, []) for it in items}
+        """Co-visitation neighbours of `items`, merged over the shares, best first."""
+        n = self.params.neighbours
+
+        def merge(parts: list[str | None]) -> list[str]:
+            return merge_neighbours((parse_neighbours(p) if p else None for p in parts), n)
+
+        return await self._cached(self._nb, items, 1, merge)
+
+    async def counts_for(self, items: list[str]) -> dict[str, ItemCounts]:
+        """Each item's sales over all shares (`ItemCounts.stats_at` turns them into signal inputs)."""
+
+        def merge(parts: list[str | None]) -> ItemCounts:
+            return merge_counts(ItemCounts.parse(p) if p else None for p in parts)
+
+        return await self._cached(self._counts, items, 2, merge)
+
+    async def trending(self) -> list[str]:
+        fetched, value = self._trending
+        now = time.monotonic()
+        if now - fetched <= self.max_age_s:
+            return value
+        raw = await self._read(read_trends(self._store.client, self.topic, self.partitions))
+        trends = []
+        for p, r in enumerate(raw):
+            try:
+                trends.append(parse_trend(r)[1] if r else [])
+            except ValueError as exc:
+                log.error("share %s:%d: trend unreadable, left out (run `rankstream load`): %r", self.topic, p, exc)
+        self._trending = (now, merge_trending(trends, self.params.trending))
+        return self._trending[1]
+
+    async def _cached(
+        self,
+        cache: dict[str, tuple[float, T]],
+        items: Iterable[str],
+        field_key: int,
+        merge: Callable[[list[str | None]], T],
+    ) -> dict[str, T]:
+        now = time.monotonic()
+        wanted = list(dict.fromkeys(items))
+        stale = [it for it in wanted if it not in cache or now - cache[it][0] > self.max_age_s]
+        if stale:
+            if len(cache) > _CACHE_MAX:
+                cache.clear()  # bounded memory; everything is re-read within max_age_s anyway
+            per_share = await self._read(
+                read_merged_parts(self._store.client, self.topic, self.partitions, field_key, stale)
+            )
+            for k, it in enumerate(stale):
+                try:
+                    cache[it] = (now, merge([values[k] for values in per_share]))
+                except ValueError as exc:  # a value no share writes: serve without it, say so
+                    log.error("live tables: %s is unreadable in a share, left out (run `rankstream load`): %r", it, exc)
+                    cache[it] = (now, merge([None]))
+        return {it: cache[it][1] for it in wanted}
+
+    async def _read(self, call):  # type: ignore[no-untyped-def]
+        try:
+            return await call
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"reading the live tables failed: {exc}") from exc
 
     def sample_titles(self, n: int = 50) -> list[str]:
         """Some catalog titles, for warming a new model up at serving shapes."""

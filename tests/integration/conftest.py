@@ -13,6 +13,7 @@ from rankstream.deploy import stack as local_stack
 from rankstream.stream.settings import Settings
 from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import Store
+from tests.live_seed import seed_lists
 
 CATALOG = {
     f"I{i:03d}": f"{colour} {thing}"
@@ -72,7 +73,7 @@ async def store(stack: local_stack.StackInfo) -> AsyncIterator[Store]:
     client = aioredis.from_url(stack.redis_url, decode_responses=True)
     await client.flushdb()
     s = Store(client, ttl_s=3600)
-    await s.load_tables(CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
+    await seed_lists(s, CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
     yield s
     await s.close()
 
@@ -105,3 +106,14 @@ async def wait_for(predicate, limit_s: float = 60.0, every: float = 0.2):  # typ
             if result:
                 return result
             await asyncio.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Redis with ACL users and TLS only, Kafka with SASL_SSL (SCRAM-SHA-512) only, and the CA that signed
+    both, in a temp dir (tests/integration/secure.py); started for the security tests only."""
+    from .secure import start_stack, stop_stack
+
+    secured = start_stack(tmp_path_factory.mktemp("secure"))
+    yield secured
+    stop_stack(secured)

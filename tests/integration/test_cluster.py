@@ -7,16 +7,21 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from rankstream.deploy import redis_local
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import StoreError
+from rankstream.stream.live import LiveParams
+from rankstream.stream.livestore import FenceMoved, read_share, seed, share_keys, write_share
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.redis_client import connect
 from rankstream.stream.registry import ACTIVE_KEY, ANNOUNCE_CHANNEL, LOG_KEY, SERVING_KEY, Registry
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.settings import load_settings
 from rankstream.stream.store import ListWrite, Store, hist_key, rec_key
+from rankstream.stream.tables import Tables
+from tests.live_seed import seed_lists, share_from_lists
 
 from .conftest import CATALOG, ITEM_STATS, ITEMS, NEIGHBOURS, TRENDING, scorer_settings
 from .serving import events_for, produce, run_until_drained, setup_topics
@@ -39,7 +44,7 @@ async def cstore(cluster: redis_local.LocalCluster) -> AsyncIterator[Store]:
     store = Store.from_settings(load_settings(redis_url=cluster.url, redis_cluster=True))
     assert isinstance(store.client, aioredis.RedisCluster)
     await store.client.flushdb()  # sent to every primary
-    await store.load_tables(CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
+    await seed_lists(store, CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
     yield store
     await store.close()
 
@@ -60,20 +65,26 @@ def write(user: str, offset: int, item: str, ts: int = 1_000) -> ListWrite:
     return ListWrite(user, (item, "I001"), ((item, 2.0), ("I002", 1.0)), "v1", 0, offset, ts, topic="clicks")
 
 
-async def test_tables_round_trip_on_the_cluster(cstore: Store, cluster: redis_local.LocalCluster) -> None:
+async def test_live_tables_round_trip_on_the_cluster(cstore: Store, cluster: redis_local.LocalCluster) -> None:
     assert await cstore.read_catalog() == CATALOG
-    assert await cstore.read_trending() == TRENDING
-    assert await cstore.read_item_stats() == ITEM_STATS
-    assert await cstore.read_neighbours(ITEMS[:3] + ["missing"]) == {
-        **{it: NEIGHBOURS[it] for it in ITEMS[:3]},
-        "missing": [],
-    }
-    tables = set().union(*node_keys(cluster, "rs:*").values())
-    assert tables == {"rs:catalog", "rs:nb", "rs:trending", "rs:itemstats"}
-    # Reloading replaces the tables, even though DEL of the three hashes spans slots on several nodes.
-    await cstore.load_tables({"I000": "x"}, {}, ["I000"])
-    assert await cstore.read_catalog() == {"I000": "x"}
-    assert await cstore.read_item_stats() == {} and await cstore.read_neighbours(["I001"]) == {"I001": []}
+    # Four shares, each one slot: the fenced write of each is one script wherever its slot lives.
+    shares = [share_from_lists({it: NEIGHBOURS[it][p::4] for it in ITEMS}, TRENDING[p::4]) for p in range(4)]
+    await seed(cstore.client, "clicks", shares, LiveParams())
+    tables = Tables(cstore, max_age_s=0)
+    await tables.load()
+    assert tables.partitions == 4
+    got = await tables.neighbours_for(ITEMS[:3] + ["missing"])
+    assert {it: set(v) for it, v in got.items()} == {**{it: set(NEIGHBOURS[it]) for it in ITEMS[:3]}, "missing": set()}
+    assert set(await tables.trending()) == set(TRENDING)
+    share = await read_share(cstore.client, "clicks", 2, LiveParams())
+    share.apply("u", ITEMS[0], 1_300_000_000_000, offset=0)
+    await write_share(cstore.client, "clicks", 2, share, share.take_dirty(), expected=-1)
+    with pytest.raises(FenceMoved):
+        await write_share(cstore.client, "clicks", 2, share, share.take_dirty(), expected=-1)
+    slots = {key_slot(k.encode()) for k in share_keys("clicks", 2)}
+    assert len(slots) == 1
+    spread = [keys for keys in node_keys(cluster, "rs:lt:*").values() if keys]
+    assert len(spread) >= 2  # the shares live on several masters
 
 
 async def test_fenced_lists_spread_over_all_masters(cstore: Store, cluster: redis_local.LocalCluster) -> None:
@@ -207,7 +218,7 @@ async def test_the_scorer_serves_from_kafka_into_the_cluster(
     )
     store = Store.from_settings(s)
     await store.client.flushdb()
-    await store.load_tables(CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
+    await seed_lists(store, CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
     await setup_topics(stack, topic)
     evs = events_for(users=12, per_user=3)
     await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])

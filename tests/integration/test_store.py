@@ -1,12 +1,15 @@
 """The Redis write fence on the real server: a list never goes backwards."""
 
+import time
+
 import pytest
 
 from rankstream.stream.guard import Attempt, Guard, guard_key
-from rankstream.stream.signals import ItemStats
+from rankstream.stream.livestore import share_keys
 from rankstream.stream.store import ListWrite, Store, rec_key
+from rankstream.stream.tables import Tables
 
-from .conftest import CATALOG, ITEM_STATS, NEIGHBOURS, TRENDING
+from .conftest import ITEM_STATS, NEIGHBOURS, TRENDING
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +65,15 @@ async def test_quality_counters_accumulate_per_version(store: Store) -> None:
     assert states["u1"].shown == ("a",) and states["u1"].shown_version == "v1"
 
 
-async def test_item_stats_are_loaded_and_replaced_with_the_tables(store: Store) -> None:
-    assert await store.read_item_stats() == ITEM_STATS
-    await store.load_tables(CATALOG, NEIGHBOURS, TRENDING, {"I000": ItemStats(baskets=1)})
-    assert await store.read_item_stats() == {"I000": ItemStats(baskets=1)}
-    await store.load_tables(CATALOG, NEIGHBOURS, TRENDING)  # tables without statistics leave none behind
-    assert await store.read_item_stats() == {}
+async def test_live_tables_read_back_as_seeded(store: Store) -> None:
+    tables = Tables(store, max_age_s=0)
+    await tables.load()
+    assert await tables.neighbours_for(["I000", "missing"]) == {"I000": NEIGHBOURS["I000"], "missing": []}
+    assert await tables.trending() == TRENDING
+    counts = await tables.counts_for(["I000", "missing"])
+    now = int(time.time() * 1000)
+    assert counts["I000"].stats_at(now) == ITEM_STATS["I000"]
+    assert counts["missing"].baskets == 0
 
 
 async def test_unusable_user_state_is_reported_per_user(store: Store) -> None:
@@ -102,15 +108,19 @@ async def test_unusable_user_state_is_reported_per_user(store: Store) -> None:
 
 
 async def test_stray_tables_degrade_and_do_not_stop(store: Store) -> None:
+    """A share key of the wrong type reads as empty, an unparsable value as missing: served, logged."""
     r = store.client
-    await r.delete("rs:nb", "rs:trending")
-    await r.set("rs:nb", "garbage")
-    await r.hset("rs:trending", "x", "y")
-    await r.hset("rs:itemstats", "I000", "{broken")
-    assert await store.read_neighbours(["I000", "I001"]) == {"I000": [], "I001": []}
-    assert await store.read_trending() == []
-    stats = await store.read_item_stats()
-    assert "I000" not in stats and "I001" in stats
+    meta, nb, counts, _, _ = share_keys("clicks", 0)
+    await r.delete(nb)
+    await r.set(nb, "garbage")
+    await r.hset(counts, "I000", "{broken")
+    await r.hset(meta, "trend", "not;a:trend:x")
+    tables = Tables(store, max_age_s=0)
+    await tables.load()
+    assert await tables.neighbours_for(["I000", "I001"]) == {"I000": [], "I001": []}
+    got = await tables.counts_for(["I000", "I001"])
+    assert got["I000"].baskets == 0 and got["I001"].baskets == ITEM_STATS["I001"].baskets
+    assert await tables.trending() == []
 
 
 async def test_crash_loop_guard_counts_owners_and_isolates_suspect_ranges(store: Store) -> None:

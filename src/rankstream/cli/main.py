@@ -193,6 +193,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tables(args: argparse.Namespace) -> int:
+    from rankstream.stream.settings import load_settings
+    from rankstream.stream.tablesjob import run_tables
+
+    asyncio.run(run_tables(load_settings()))
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from rankstream.ops.load import replay_split
     from rankstream.stream.settings import load_settings
@@ -262,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     by_days.add_argument("--valid-days", type=int, metavar="N")
     s.set_defaults(fn=_prepare)
 
-    s = sub.add_parser("load", help="load catalog and candidate tables into Redis; create topics")
+    s = sub.add_parser(
+        "load", help="load the catalog, seed the live tables with the history before the test split; create topics"
+    )
     s.add_argument("--data", type=Path)
     s.add_argument("--partitions", type=int, default=4)
     s.set_defaults(fn=_load)
@@ -332,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run one scorer replica (settings from RANKSTREAM_* variables)")
     s.add_argument("--model-dir", type=Path)
     s.set_defaults(fn=_serve)
+
+    s = sub.add_parser("tables", help="run one live-tables replica: every valid click moves the item tables in Redis")
+    s.set_defaults(fn=_tables)
 
     s = sub.add_parser("replay", help="publish a split's interactions as click events, in time order")
     s.add_argument("--data", type=Path)

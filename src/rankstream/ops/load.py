@@ -3,31 +3,42 @@
 import asyncio
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
+from functools import partial
 from pathlib import Path
 
+from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import Prepared
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.ops.replay import replay
 from rankstream.stream.events import ClickEvent
+from rankstream.stream.kafka_check import check_kafka
+from rankstream.stream.livestore import seed
+from rankstream.stream.redis_client import check_redis
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
 
 async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions: int = 4) -> str:
-    """Create the clicks and DLQ topics and load catalog, co-visitation and trending into Redis."""
+    """Create the clicks and DLQ topics, load the catalog, seed the live tables with the history before test."""
     prepared = Prepared.load(data_dir)
-    await asyncio.to_thread(
-        create_topics, settings.kafka_bootstrap, {settings.topic: partitions, settings.dlq_topic: 1}
-    )
     store = Store.from_settings(settings)
     try:
-        await store.load_tables(prepared.catalog, prepared.neighbours, prepared.trending, prepared.item_stats)
+        # Before anything is written: a refused login or an untrusted certificate is one line saying which.
+        await check_redis(store.client)
+        await check_kafka(settings)
+        topics = {settings.topic: partitions, settings.dlq_topic: 1}
+        await asyncio.to_thread(
+            partial(create_topics, settings.kafka_bootstrap, topics, **settings.kafka_client_options())
+        )
+        tables = await asyncio.to_thread(seeded, prepared, partitions)
+        await store.load_catalog(prepared.catalog)
+        await seed(store.client, settings.topic, tables.shares, tables.params)
     finally:
         await store.close()
     return (
-        f"loaded {len(prepared.catalog)} catalog items, {len(prepared.neighbours)} neighbour lists, "
-        f"{len(prepared.trending)} trending items, {len(prepared.item_stats)} item statistics; "
-        f"topics {settings.topic} ({partitions} partitions), "
+        f"loaded {len(prepared.catalog)} catalog items; live tables seeded from {tables.applied:,} events before "
+        f"the test split into {partitions} shares ({sum(len(s.neighbours) for s in tables.shares):,} neighbour "
+        f"maps, {len(tables.trending())} trending items); topics {settings.topic} ({partitions} partitions), "
         f"{settings.dlq_topic}"
     )
 

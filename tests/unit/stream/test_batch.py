@@ -57,15 +57,19 @@ def test_candidate_pairs_use_shared_text_and_skip_unknown_items() -> None:
 
 
 def test_signals_need_the_candidates_neighbour_lists_and_use_the_shared_function() -> None:
+    from rankstream.stream.live import DAY_MS, ItemCounts, event_ms
     from rankstream.stream.signals import ItemStats, candidate_signals
 
     plan = b.UserPlan("u", ("a", "c"), valid("u", "a", 1), 1)
     assert b.signal_items([["b", "x"], ["x", "y"]]) == ["b", "x", "y"]
     nb = {"a": ["b", "x"], "b": ["c"], "x": []}
-    stats = {"b": ItemStats(baskets=3, buyers=2)}
+    at = event_ms(plan.last.event)
+    counts = {"b": ItemCounts(baskets=3, first_ms=at - 40 * DAY_MS, buyers=2, days={at // DAY_MS - 3: 2})}
     catalog = {"a": "Red Mug", "b": "Blue Mug", "c": "Tea", "x": "Box"}
-    rows = b.user_signals(plan, ["b", "x"], nb, stats, catalog)
+    rows = b.user_signals(plan, ["b", "x"], nb, counts, catalog)
     assert rows.shape == (2, 8)
+    # The statistics are read at the user's event time: 2 baskets in the last 7 and 30 days, 40 days old.
+    stats = {"b": ItemStats(baskets=3, baskets_7d=2, baskets_30d=2, buyers=2, age_days=40)}
     assert (rows == candidate_signals(("a", "c"), ["b", "x"], nb, stats, catalog)).all()
 
 

@@ -1,0 +1,188 @@
+"""The live tables in Redis: each share under its own hash tag, written with its offset in one step.
+
+Keys of the share of partition P of topic T (the braces are a Redis Cluster hash tag, so one share is
+one slot and its write is one atomic script wherever the cluster puts it):
+    rs:lt:{T:P}:meta     hash: offset (the last applied; -1: seeded only), last_ms, trend
+    rs:lt:{T:P}:nb       hash: item -> neighbour:weight,... (forward-decayed weights, this share only)
+    rs:lt:{T:P}:counts   hash: item -> baskets,first_ms,buyers;day:n,...
+    rs:lt:{T:P}:users    hash: user -> [open basket ts, items, previous basket ts, items]
+    rs:lt:{T:P}:bought   set: user\\x1fitem, whoever bought what (distinct buyers)
+and `rs:lt:meta` (hash: topic, partitions, params), written by `load` when it seeds the shares.
+
+Why a fence and absolute values: a replica writes, after each batch, the new values of whatever the
+batch changed plus the batch's last offset, only if the stored offset is still the one its state was
+read at. A replica that crashed before writing leaves the old values and offset, so the events are
+applied again from there, once; a replica that lost its partition to another (a zombie) finds the
+offset moved and writes nothing.
+"""
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from rankstream.stream.errors import RankstreamError
+from rankstream.stream.live import (
+    Dirty,
+    ItemCounts,
+    LiveParams,
+    Share,
+    UserBaskets,
+    dump_neighbours,
+    dump_trend,
+    parse_neighbours,
+    parse_trend,
+)
+from rankstream.stream.redis_client import RedisClient
+from rankstream.stream.store import user_fault
+
+log = logging.getLogger(__name__)
+
+META_KEY = "rs:lt:meta"
+_SEED_CHUNK = 2_000  # fields per command when seeding, so no single reply or script is huge
+
+# KEYS: meta, nb, counts, users, bought. ARGV: expected offset, new offset, last_ms, trend ('' = keep),
+# then three counted runs of field/value pairs (nb, counts, users) and a counted run of bought members.
+_WRITE_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'offset')
+if cur ~= ARGV[1] then return cur or 'missing' end
+local i = 5
+for k = 2, 4 do
+  local n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1]); i = i + 2 end
+end
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('SADD', KEYS[5], ARGV[i]); i = i + 1 end
+redis.call('HSET', KEYS[1], 'offset', ARGV[2], 'last_ms', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'trend', ARGV[4]) end
+return 'ok'
+"""
+
+
+class FenceMoved(RankstreamError):
+    """The stored offset is not the one this share was read at: another replica owns the partition now."""
+
+
+def share_keys(topic: str, partition: int) -> tuple[str, str, str, str, str]:
+    tag = f"rs:lt:{{{topic}:{partition}}}"
+    return (f"{tag}:meta", f"{tag}:nb", f"{tag}:counts", f"{tag}:users", f"{tag}:bought")
+
+
+def _runs(share: Share, dirty: Dirty, *, everything: bool) -> tuple[list[tuple[str, str]], ...]:
+    nb_items = share.neighbours if everything else dirty.neighbours
+    count_items = share.counts if everything else dirty.counts
+    users = share.users if everything else dirty.users
+    return (
+        [(it, dump_neighbours(share.neighbours[it])) for it in sorted(nb_items)],
+        [(it, share.counts[it].dump()) for it in sorted(count_items)],
+        [(u, json.dumps(share.users[u].dump(), separators=(",", ":"))) for u in sorted(users)],
+    )
+
+
+async def write_share(
+    client: RedisClient, topic: str, partition: int, share: Share, dirty: Dirty, expected: int
+) -> None:
+    """Write what `dirty` names and the share's offset, if the stored offset is still `expected`.
+
+    Raises:
+        FenceMoved: it is not; nothing was written.
+    """
+    args: list[Any] = [str(expected), str(share.offset), str(share.last_ms)]
+    args.append(dump_trend(share.trend, share.trend_day) if dirty.trend else "")
+    for run in _runs(share, dirty, everything=False):
+        args.append(len(run))
+        for field, value in run:
+            args += [field, value]
+    args.append(len(dirty.bought))
+    args += dirty.bought
+    keys = share_keys(topic, partition)
+    got = await client.eval(_WRITE_LUA, len(keys), *keys, *args)
+    if got != "ok":
+        raise FenceMoved(f"share {topic}:{partition}: stored offset {got}, this replica read {expected}")
+
+
+async def seed(client: RedisClient, topic: str, shares: Sequence[Share], params: LiveParams) -> None:
+    """Replace every share of `topic` with `shares` (offset -1: nothing of the topic applied yet).
+
+    For `load`, with no tables job running. The meta key goes last, so a half-written seed is refused.
+    """
+    await client.delete(META_KEY)
+    for p, share in enumerate(shares):
+        meta, nb, counts, users, bought = share_keys(topic, p)
+        await client.delete(meta, nb, counts, users, bought)
+        for key, run in zip((nb, counts, users), _runs(share, Dirty(), everything=True), strict=True):
+            for start in range(0, len(run), _SEED_CHUNK):
+                await client.hset(key, mapping=dict(run[start : start + _SEED_CHUNK]))
+        members = sorted(share.bought)
+        for start in range(0, len(members), _SEED_CHUNK):
+            await client.sadd(bought, *members[start : start + _SEED_CHUNK])
+        trend = dump_trend(share.trend, share.trend_day)
+        await client.hset(meta, mapping={"offset": "-1", "last_ms": str(share.last_ms), "trend": trend})
+    await client.hset(
+        META_KEY, mapping={"topic": topic, "partitions": str(len(shares)), "params": json.dumps(asdict(params))}
+    )
+
+
+async def read_meta(client: RedisClient) -> tuple[str, int, LiveParams]:
+    """(topic, partitions, params) of the seeded tables; RankstreamError if `load` never seeded them."""
+    meta = await client.hgetall(META_KEY)
+    if not meta:
+        raise RankstreamError(f"no live tables in Redis ({META_KEY} is missing): run `rankstream load` first")
+    try:
+        return meta["topic"], int(meta["partitions"]), LiveParams(**json.loads(meta["params"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RankstreamError(f"{META_KEY} is unreadable ({exc}): run `rankstream load` again") from exc
+
+
+async def read_share(client: RedisClient, topic: str, partition: int, params: LiveParams) -> Share:
+    """A share as stored, in one transaction (one slot), ready to go on from its offset."""
+    meta_key, nb, counts, users, bought = share_keys(topic, partition)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(meta_key).hgetall(nb).hgetall(counts).hgetall(users).smembers(bought)
+        meta, nb_raw, counts_raw, users_raw, bought_raw = await pipe.execute()
+    if not meta:
+        raise RankstreamError(f"share {topic}:{partition} is not seeded: run `rankstream load` first")
+    share = Share(params)
+    share.offset = int(meta["offset"])
+    share.last_ms = int(meta.get("last_ms", 0))
+    if meta.get("trend"):
+        share.trend_day, share.trend = parse_trend(meta["trend"])
+    share.neighbours = {it: parse_neighbours(v) for it, v in nb_raw.items()}
+    share.counts = {it: ItemCounts.parse(v) for it, v in counts_raw.items()}
+    for u, v in users_raw.items():
+        ts, items, prev_ts, prev_items = json.loads(v)
+        share.users[u] = UserBaskets(ts, items, prev_ts, prev_items)
+    share.bought = set(bought_raw)
+    return share
+
+
+async def read_merged_parts(
+    client: RedisClient, topic: str, partitions: int, field_key: int, items: Iterable[str]
+) -> list[list[str | None]]:
+    """For each share, the raw values of `items` in its hash number `field_key` (1: nb, 2: counts).
+
+    A share key of the wrong type reads as empty (logged): one broken share must not stop the scorer."""
+    wanted = list(items)
+    async with client.pipeline(transaction=False) as pipe:
+        for p in range(partitions):
+            pipe.hmget(share_keys(topic, p)[field_key], wanted)
+        replies = await pipe.execute(raise_on_error=False)
+    return [_usable(r, topic, p, [None] * len(wanted)) for p, r in enumerate(replies)]
+
+
+async def read_trends(client: RedisClient, topic: str, partitions: int) -> list[str | None]:
+    async with client.pipeline(transaction=False) as pipe:
+        for p in range(partitions):
+            pipe.hget(share_keys(topic, p)[0], "trend")
+        replies = await pipe.execute(raise_on_error=False)
+    return [_usable(r, topic, p, None) for p, r in enumerate(replies)]
+
+
+def _usable(reply: Any, topic: str, partition: int, empty: Any) -> Any:
+    if isinstance(reply, Exception):
+        if user_fault(reply):
+            log.error("share %s:%d is unusable, read as empty (run `rankstream load`): %s", topic, partition, reply)
+            return empty
+        raise reply
+    return reply

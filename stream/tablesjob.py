@@ -1,0 +1,168 @@
+"""`rankstream tables`: keeps the live tables moving with every valid click, effectively once.
+
+Its own consumer group on the clicks topic, any number of replicas. A replica that is given a partition
+reads that partition's share from Redis and seeks to the offset after the one the share reflects (the
+Kafka commit is only for lag dashboards; the share's stored offset is the truth). After each fetch it
+applies the records in order and writes the share's changed values with the new offset, fenced on the
+old one (`livestore.write_share`). Whatever kills it between two writes, the next owner starts from the
+last write, so every event is counted once.
+
+Invalid records are skipped and counted, never dead-lettered here: the scorer, reading the same topic,
+dead-letters them with their reason, once.
+"""
+
+import asyncio
+import logging
+import signal
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from rankstream.stream import metrics as m
+from rankstream.stream.errors import RankstreamError
+from rankstream.stream.events import Rejected, parse_event
+from rankstream.stream.live import LiveParams, Share, event_ms
+from rankstream.stream.livestore import FenceMoved, read_meta, read_share, write_share
+from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect_from_settings
+from rankstream.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Assign(ConsumerRebalanceListener):
+    def __init__(self, job: "TablesJob") -> None:
+        self.job = job
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self.job.shares.pop(tp.partition, None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            await self.job.take(tp)
+
+
+class TablesJob:
+    """One replica of the tables job. `run` until `stop`."""
+
+    def __init__(self, settings: Settings, client: RedisClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.params = LiveParams()
+        self.shares: dict[int, Share] = {}
+        self.applied = 0
+        self.skipped = 0
+        self._stop = asyncio.Event()
+        self._consumer = AIOKafkaConsumer(
+            group_id=settings.tables_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **settings.kafka_client_options(),
+        )
+
+    async def start(self) -> None:
+        topic, partitions, self.params = await read_meta(self.client)
+        if topic != self.settings.topic:
+            raise RankstreamError(
+                f"the live tables were seeded for topic {topic!r}, this job reads {self.settings.topic!r}: "
+                "run `rankstream load` for this topic"
+            )
+        await self._consumer.start()
+        found = self._consumer.partitions_for_topic(topic) or set()
+        if found and len(found) != partitions:
+            raise RankstreamError(
+                f"topic {topic} has {len(found)} partitions, the tables were seeded for {partitions}: users "
+                "moved partitions, so the shares no longer match; run `rankstream load` again"
+            )
+        self._consumer.subscribe([topic], listener=_Assign(self))
+        log.info("tables job started: topic=%s group=%s shares=%d", topic, self.settings.tables_group_id, partitions)
+
+    async def take(self, tp: TopicPartition) -> None:
+        """Own a partition: its share as stored, and the records after the offset it reflects."""
+        share = await read_share(self.client, tp.topic, tp.partition, self.params)
+        self.shares[tp.partition] = share
+        self._consumer.seek(tp, share.offset + 1)
+        log.info("share %s:%d taken at offset %d", tp.topic, tp.partition, share.offset)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            try:
+                fetched = await self._consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
+                await asyncio.gather(*(self._apply(tp, records) for tp, records in fetched.items()))
+                delay = 0.0
+            except (*REDIS_ERRORS, KafkaError, RankstreamError) as exc:
+                delay = min(5.0, max(0.1, delay * 2))
+                log.warning("tables job: %s; going back to the stored shares in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                await self._retake()
+
+    async def _apply(self, tp: TopicPartition, records: list) -> None:  # type: ignore[type-arg]
+        share = self.shares.get(tp.partition)
+        if share is None:
+            if tp in self._consumer.assignment():
+                await self.take(tp)  # dropped after a failed write: start again from what is stored
+            return
+        if not records:
+            return
+        expected = share.offset
+        now = None
+        for rec in records:
+            if rec.offset <= share.offset:
+                continue  # fetched before a seek back
+            try:
+                ev = parse_event(rec.value, self.settings.max_event_bytes, now)
+            except Rejected:
+                self.skipped += 1
+                m.TABLES_SKIPPED.inc()
+            else:
+                share.apply(ev.user_id, ev.item_id, event_ms(ev))
+                self.applied += 1
+                m.TABLES_APPLIED.inc()
+            share.offset = rec.offset
+        if share.offset == expected:
+            return
+        try:
+            await write_share(self.client, tp.topic, tp.partition, share, share.take_dirty(), expected)
+        except FenceMoved as exc:
+            # Another replica owns it now and has written past us: ours is stale, drop it.
+            log.warning("%s; dropping this replica's copy", exc)
+            m.TABLES_WRITES.labels("fence_moved").inc()
+            self.shares.pop(tp.partition, None)
+            return
+        except BaseException:
+            # The share in memory is ahead of Redis and cannot be rolled back: read it again.
+            self.shares.pop(tp.partition, None)
+            raise
+        m.TABLES_WRITES.labels("ok").inc()
+        await self._consumer.commit({tp: share.offset + 1})
+
+    async def _retake(self) -> None:
+        for tp in self._consumer.assignment():
+            if tp.partition in self.shares:
+                continue
+            try:
+                await self.take(tp)
+            except (*REDIS_ERRORS, RankstreamError) as exc:
+                log.warning("share %s:%d not taken yet: %s", tp.topic, tp.partition, exc)
+
+    async def close(self) -> None:
+        await self._consumer.stop()
+
+
+async def run_tables(settings: Settings) -> None:
+    """Run one tables replica until SIGTERM/SIGINT."""
+    client = connect_from_settings(settings)
+    job = TablesJob(settings, client)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, job.stop)
+    try:
+        await job.start()
+        await job.run()
+    finally:
+        await job.close()
+        await client.aclose()
