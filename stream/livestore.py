@@ -144,15 +144,21 @@ async def read_share(client: RedisClient, topic: str, partition: int, params: Li
     if not meta:
         raise RankstreamError(f"share {topic}:{partition} is not seeded: run `rankstream load` first")
     share = Share(params)
-    share.offset = int(meta["offset"])
-    share.last_ms = int(meta.get("last_ms", 0))
-    if meta.get("trend"):
-        share.trend_day, share.trend = parse_trend(meta["trend"])
-    share.neighbours = {it: parse_neighbours(v) for it, v in nb_raw.items()}
-    share.counts = {it: ItemCounts.parse(v) for it, v in counts_raw.items()}
-    for u, v in users_raw.items():
-        ts, items, prev_ts, prev_items = json.loads(v)
-        share.users[u] = UserBaskets(ts, items, prev_ts, prev_items)
+    try:
+        share.offset = int(meta["offset"])
+        share.last_ms = int(meta.get("last_ms", 0))
+        if meta.get("trend"):
+            share.trend_day, share.trend = parse_trend(meta["trend"])
+        share.neighbours = {it: parse_neighbours(v) for it, v in nb_raw.items()}
+        share.counts = {it: ItemCounts.parse(v) for it, v in counts_raw.items()}
+        for u, v in users_raw.items():
+            ts, items, prev_ts, prev_items = json.loads(v)
+            share.users[u] = UserBaskets(int(ts), list(items), prev_ts, list(prev_items))
+    except (KeyError, ValueError, TypeError) as exc:
+        # Counting on from a share that is not what this job wrote would make every later count wrong.
+        raise RankstreamError(
+            f"share {topic}:{partition} is unreadable ({exc!r}): run `rankstream load` again"
+        ) from exc
     share.bought = set(bought_raw)
     return share
 
