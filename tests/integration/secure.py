@@ -248,10 +248,11 @@ class SecureStack:
             "kafka password": self.kafka.password,
             "kafka broker password": self.kafka.broker_password,
         }
-        # Any base64 line of the server's private key (the PEM header alone is not secret, but is checked too).
-        for i, line in enumerate(self.tls.key.read_text().splitlines()):
-            if len(line) >= 40 and "-----" not in line:
-                found[f"private key line {i}"] = line
+        # Any base64 line of the server's or the CA's private key; the PEM header is checked too.
+        for key in (self.tls.key, self.tls.ca.with_suffix(".key")):
+            for i, line in enumerate(key.read_text().splitlines()):
+                if len(line) >= 40 and "-----" not in line:
+                    found[f"{key.name} line {i}"] = line
         found["private key header"] = "PRIVATE KEY-----"
         return found
 
