@@ -229,15 +229,39 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("command", ["serve", "load"])
-@pytest.mark.parametrize("refusal", list(REFUSALS))
+# Every command that opens a connection, with each refusal it can meet (`models` uses Redis only).
+REFUSED_COMMANDS = [
+    (refusal, command)
+    for refusal in REFUSALS
+    for command in ("serve", "load", "recompress", "models")
+    if not (command == "models" and refusal.startswith("kafka"))
+]
+
+
+def command_line(command: str, prepared: Path, stand_in: Path, folder: Path) -> list[str]:
+    """Arguments that get `command` as far as its first connection; none of it runs past the check."""
+    if command == "serve":
+        return ["serve", "--model-dir", str(stand_in)]
+    if command == "load":
+        return ["load", "--data", str(prepared)]
+    if command == "models":
+        return ["models", "list"]
+    return ["recompress", "--preset", "tiny", "--from-kafka", "--data", str(prepared), "--work", str(folder)]
+
+
+@pytest.mark.parametrize(("refusal", "command"), REFUSED_COMMANDS)
 async def test_a_wrong_password_or_an_untrusted_ca_stops_at_start_with_one_line(
-    secure_stack: SecureStack, prepared: Path, stand_in: Path, refusal: str, command: str
+    secure_stack: SecureStack, prepared: Path, stand_in: Path, tmp_path: Path, refusal: str, command: str
 ) -> None:
     variable, says = REFUSALS[refusal]
     bad = str(secure_stack.stranger_ca) if refusal.endswith(" ca") else WRONG
-    env = secure_stack.env(RANKSTREAM_TOPIC=TOPIC, RANKSTREAM_DLQ_TOPIC=f"{TOPIC}.dlq", **{variable: bad})
-    args = ["serve", "--model-dir", str(stand_in)] if command == "serve" else ["load", "--data", str(prepared)]
+    env = secure_stack.env(
+        RANKSTREAM_TOPIC=TOPIC,
+        RANKSTREAM_DLQ_TOPIC=f"{TOPIC}.dlq",
+        RANKSTREAM_MODEL_DIR=str(tmp_path / "models"),
+        **{variable: bad},
+    )
+    args = command_line(command, prepared, stand_in, tmp_path / "work")
     run = await run_cli(env, *args, limit_s=60)
     # Progress logged at INFO before the check may stay; no warning, no traceback, one error line.
     lines = [line for line in run.stderr.strip().splitlines() if " INFO " not in line]

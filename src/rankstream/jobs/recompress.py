@@ -48,8 +48,9 @@ from rankstream.jobs.schedule import THREADS, run_scheduled
 from rankstream.jobs.window import Window, split_holdout, window_from_events, window_from_files, window_start
 from rankstream.stream.artifact import MANIFEST, load_manifest, stamp_metrics
 from rankstream.stream.errors import ConfigError, JobError
+from rankstream.stream.kafka_check import check_kafka
 from rankstream.stream.ranker import Ranker
-from rankstream.stream.redis_client import connect
+from rankstream.stream.redis_client import check_redis, connect
 from rankstream.stream.registry import Registry
 from rankstream.stream.settings import Settings
 
@@ -358,6 +359,10 @@ async def with_registry(settings: Settings, paths: Paths, config: RecompressPres
     """One cycle with a Registry on the settings' Redis (closed afterwards)."""
     client = connect(settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_options())
     try:
+        # Before the cycle's work: a refused login or an untrusted certificate is one line saying which.
+        await check_redis(client)
+        if config.from_kafka:
+            await check_kafka(settings)
         return await recompress_cycle(Registry(paths.registry, client), paths, config, settings)
     finally:
         await client.aclose()
