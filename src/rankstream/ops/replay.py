@@ -25,15 +25,25 @@ class Produced:
 
     records: int = 0
     last: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    # With produce(..., keep_all=True): every record's (partition, offset, Kafka timestamp in ms).
+    all: list[tuple[int, int, int]] | None = None
 
-    def note(self, key: bytes, partition: int, offset: int) -> None:
+    def note(self, key: bytes, partition: int, offset: int, timestamp_ms: int = 0) -> None:
         # Same key, same partition: a later offset is a later record.
         if key not in self.last or offset > self.last[key][1]:
             self.last[key] = (partition, offset)
+        if self.all is not None:
+            self.all.append((partition, offset, timestamp_ms))
 
 
 async def produce(
-    bootstrap: str, topic: str, records: Iterable[Record], *, rate: float | None = None, linger_ms: int = 5
+    bootstrap: str,
+    topic: str,
+    records: Iterable[Record],
+    *,
+    rate: float | None = None,
+    linger_ms: int = 5,
+    keep_all: bool = False,
 ) -> Produced:
     """Send (key, value) records in order at `rate` records/s, or as fast as the broker takes them.
 
@@ -45,7 +55,7 @@ async def produce(
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
     await producer.start()
-    produced = Produced()
+    produced = Produced(all=[] if keep_all else None)
     pending: list[tuple[bytes, asyncio.Future]] = []
     t0 = time.perf_counter()
     try:
@@ -75,7 +85,7 @@ async def produce(
 async def _acknowledged(pending: list[tuple[bytes, asyncio.Future]], produced: Produced) -> None:
     """Wait for every pending send, note where each landed, and empty `pending`."""
     for key, meta in zip((k for k, _ in pending), await asyncio.gather(*(f for _, f in pending)), strict=True):
-        produced.note(key, meta.partition, meta.offset)
+        produced.note(key, meta.partition, meta.offset, meta.timestamp)
     pending.clear()
 
 

@@ -1,0 +1,50 @@
+"""The live-tables job on the real Kafka and Redis: `rankstream tables` processes killed with SIGKILL
+over and over while a whole test period streams in end with the same tables as an uninterrupted run
+and as the offline recomputation, exactly."""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from rankstream.bench.tables import bench_tables_on
+from rankstream.data.prepare import Split, prepare
+from rankstream.deploy import stack as local_stack
+from rankstream.stream.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def shop(folder: Path, users: int = 300, items: int = 120) -> Path:
+    """Eight weeks of baskets in the BYO format: co-bought pairs, a few users coming back often."""
+    rng = random.Random(1)
+    folder.mkdir()
+    lines = ["user_id,item_id,ts,event"]
+    for user in range(users):
+        for day in sorted(rng.sample(range(1, 57), rng.randint(3, 14))):
+            a = rng.randrange(items // 2)
+            hour = rng.randrange(8, 20)
+            for item in {2 * a, 2 * a + 1, rng.randrange(items), rng.randrange(items)}:
+                lines.append(
+                    f"u{user},i{item},2024-{1 + (day - 1) // 28:02d}-{1 + (day - 1) % 28:02d}T{hour:02d}:00:00Z,purchase"
+                )
+    (folder / "interactions.csv").write_text("\n".join(lines) + "\n")
+    (folder / "catalog.csv").write_text("item_id,title\n" + "".join(f"i{n},Item {n}\n" for n in range(items)))
+    return folder
+
+
+async def test_twenty_kills_leave_the_tables_exactly_as_an_uninterrupted_run(
+    stack: local_stack.StackInfo, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    prepare(shop(tmp_path / "src"), data, Split("2024-01-29", "2024-02-12"))
+    settings = Settings(kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    result = await bench_tables_on(settings, data, logs, rate=300.0, replicas=2, kills=20, every_s=0.4)
+    assert result.events > 1_000
+    assert result.kills >= 20
+    assert result.lost == 0
+    assert result.differences == []
+    assert result.equal_uninterrupted and result.equal_offline
+    assert result.max_events_per_s > 0 and result.freshness_ms["p99"] > 0
