@@ -24,10 +24,9 @@ def shop(folder: Path, users: int = 300, items: int = 120) -> Path:
         for day in sorted(rng.sample(range(1, 57), rng.randint(3, 14))):
             a = rng.randrange(items // 2)
             hour = rng.randrange(8, 20)
+            stamp = f"2024-{1 + (day - 1) // 28:02d}-{1 + (day - 1) % 28:02d}T{hour:02d}:00:00Z"
             for item in {2 * a, 2 * a + 1, rng.randrange(items), rng.randrange(items)}:
-                lines.append(
-                    f"u{user},i{item},2024-{1 + (day - 1) // 28:02d}-{1 + (day - 1) % 28:02d}T{hour:02d}:00:00Z,purchase"
-                )
+                lines.append(f"u{user},i{item},{stamp},purchase")
     (folder / "interactions.csv").write_text("\n".join(lines) + "\n")
     (folder / "catalog.csv").write_text("item_id,title\n" + "".join(f"i{n},Item {n}\n" for n in range(items)))
     return folder
