@@ -150,8 +150,14 @@ class Ranker:
         threads: int = 2,
         batch_size: int = 32,
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        accept_signals: str | None = None,
     ) -> "Ranker":
-        """Verify an artifact (checksums, input spec, smoke test) and open it; ArtifactError if refused."""
+        """Verify an artifact (checksums, input spec, smoke test) and open it; ArtifactError if refused.
+
+        `accept_signals` names one more signal set to accept besides `SIGNALS.version`, with the same
+        columns: for offline comparison of a model trained on an earlier definition of their inputs. The
+        scorer never passes it.
+        """
         if threads < 1 or batch_size < 1:
             raise ConfigError(f"threads ({threads}) and batch_size ({batch_size}) must be at least 1")
         missing = [p for p in providers if p not in ort.get_available_providers()]
@@ -163,7 +169,7 @@ class Ranker:
         directory = Path(directory)
         manifest = load_manifest(directory)
         spec = manifest.input_spec
-        _check_spec(directory, spec)
+        _check_spec(directory, spec, accept_signals)
         try:
             session = ort.InferenceSession(
                 str(directory / spec.model_file),
@@ -321,14 +327,15 @@ class Ranker:
         return out
 
 
-def _check_spec(directory: Path, spec: InputSpec) -> None:
-    """ArtifactError unless this scorer builds the pairs and computes the signals the artifact expects."""
+def _check_spec(directory: Path, spec: InputSpec, accept_signals: str | None = None) -> None:
+    """ArtifactError unless this scorer builds the pairs and computes the signals the artifact expects
+    (or, offline, the signal set `accept_signals` names)."""
     if spec.pair_format != features.PAIR_FORMAT:
         raise ArtifactError(
             f"{directory}: refused: pair format {spec.pair_format!r}, this scorer builds "
             f"{features.PAIR_FORMAT!r}; rebuild the model or deploy a scorer that speaks its format"
         )
-    if spec.signals is not None and spec.signals != SIGNALS.version:
+    if spec.signals is not None and spec.signals not in (SIGNALS.version, accept_signals):
         raise ArtifactError(
             f"{directory}: refused: signal set {spec.signals!r}, this scorer computes {SIGNALS.version!r}; "
             "rebuild the model or deploy a scorer that computes its signals"

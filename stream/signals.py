@@ -6,9 +6,12 @@ numbers for one user's candidate list, and training, evaluation and the scorer a
 is fed at serving time exactly what it learned from. Pure Python and numpy: the scorer image has no torch.
 
 Inputs: the user's history (newest first), the candidate list, co-visitation neighbour lists (at least
-those of the 5 newest history items and of every candidate), per-item sales statistics computed on the
-training data (`ItemStats`) and the catalog titles. A model artifact records `SIGNALS.version`; the
-scorer refuses one built on another signal set, so any change to the list below must bump the version.
+those of the 5 newest history items and of every candidate), per-item sales statistics (`ItemStats`) and
+the catalog titles. Neighbours and statistics are the live tables at the moment of scoring
+(`stream.live`: the merged shares, `ItemCounts.stats_at`), in training and evaluation as in the scorer
+(`rankstream.data.live_instances` replays them offline). A model artifact records `SIGNALS.version`; the
+scorer refuses one built on another signal set, so any change to the list below, or to the tables it
+reads, must bump the version.
 """
 
 import json
@@ -30,16 +33,18 @@ class SignalSet:
 
 
 SIGNALS = SignalSet(
-    version="covisit-pop-8-v1",
+    # -live-: the inputs are the live tables at the basket's time; v1 read tables frozen per training
+    # window (and the train split's at serving), so a v1 model's head is fitted to other distributions.
+    version="covisit-pop-8-live-v1",
     names=(
         "vote5_log",  # log(co-visitation vote of the 5 newest items + 1e-3): the candidate order's own score
         "rev_log",  # log(reverse vote + 1e-3): history items found in the candidate's neighbour list
         "nrev50",  # how many of the 50 newest history items are in the candidate's neighbour list
         "tokcov",  # share of the candidate's title words (3+ letters) found in the history's titles
         "trend_ratio",  # log((baskets in the last 30 days + 1) / (all baskets + 30) * 10)
-        "pop7_log",  # log1p(baskets in the last 7 days of the statistics window)
+        "pop7_log",  # log1p(baskets in the 7 days ending on the day of scoring)
         "buyers_log",  # log1p(distinct buyers)
-        "age_log",  # log1p(days from the item's first sale to the end of the statistics window)
+        "age_log",  # log1p(days from the item's first sale to the time of scoring)
     ),
 )
 HISTORY_ITEMS = 50  # history items the signals read (newest first); the scorer keeps 50 by default
@@ -50,13 +55,13 @@ _WORD = re.compile(r"[a-z]+")
 
 @dataclass(frozen=True)
 class ItemStats:
-    """An item's sales in the statistics window (the train split): counts of baskets holding it."""
+    """An item's sales up to the moment they are read (`stream.live.ItemCounts.stats_at`): counts of baskets."""
 
     baskets: int = 0
-    baskets_7d: int = 0  # in the last 7 days of the window
-    baskets_30d: int = 0  # in the last 30 days of the window
+    baskets_7d: int = 0  # in the 7 days ending on the day read
+    baskets_30d: int = 0  # in the 30 days ending on the day read
     buyers: int = 0
-    age_days: int = 0  # whole days from its first sale to the window's last event (0: never sold)
+    age_days: int = 0  # whole days from its first sale to the moment read (0: never sold)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

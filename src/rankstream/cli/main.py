@@ -173,6 +173,24 @@ def _bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_live(args: argparse.Namespace) -> int:
+    from rankstream.bench.live import bench_live, format_live
+    from rankstream.stream.service import resolve_model_dir
+
+    model = resolve_model_dir(args.model or home() / "models")
+    result = bench_live(home(), model, rate=args.rate, limit=args.limit)
+    print(result.to_json() if args.json else format_live(result))
+    return 0
+
+
+def _bench_tables(args: argparse.Namespace) -> int:
+    from rankstream.bench.tables import bench_tables, format_tables
+
+    result = bench_tables(home(), rate=args.rate, replicas=args.replicas, kills=args.kills, every_s=args.every)
+    print(result.to_json() if args.json else format_tables(result))
+    return 0 if result.equal_offline and result.equal_uninterrupted and not result.lost else 1
+
+
 def _bench_swap(args: argparse.Namespace) -> int:
     from rankstream.bench.swap import bench_swap, format_swap
 
@@ -215,6 +233,15 @@ def _eval(args: argparse.Namespace) -> int:
     from rankstream.evaluation.evaluate import evaluate, format_table
     from rankstream.stream.service import resolve_model_dir
 
+    if args.end_to_end:
+        from rankstream.evaluation.endtoend import installed_model, run_end_to_end
+        from rankstream.stream.settings import load_settings
+
+        chosen = resolve_model_dir(args.model) if args.model else installed_model(home() / "models")
+        data = args.data or home() / "data"
+        e2e = run_end_to_end(data, args.split, chosen, load_settings(), accept_signals=args.accept_signal_set)
+        print(e2e.to_json() if args.json else e2e.format())
+        return 0
     model = resolve_model_dir(args.model or home() / "models")
     result = evaluate(args.data or home() / "data", model, split=args.split, max_instances=args.max_instances)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
@@ -330,6 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_stream)
+    b = bench.add_parser("live", help="served-list hit-rate over the test period, tables frozen vs live")
+    b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
+    b.add_argument("--rate", type=float, default=500.0, help="events/s, the same for both arms")
+    b.add_argument("--limit", type=int, help="only the first N test events (default: the whole test period)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_live)
+    b = bench.add_parser("tables", help="the live-tables job: maximum rate, freshness, shares after kill -9s")
+    b.add_argument("--rate", type=float, default=800.0, help="events/s for the freshness and kill runs")
+    b.add_argument("--replicas", type=int, default=2)
+    b.add_argument("--kills", type=int, default=20)
+    b.add_argument("--every", type=float, default=3.0, help="seconds between kills, on average")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_tables)
     b = bench.add_parser("swap", help="replicas under steady load while the active version flips every N seconds")
     b.add_argument("--models", type=Path, nargs=2, required=True, help="two artifact directories to alternate")
     b.add_argument("--rate", type=float, required=True, help="events/s (80%% of `bench stream`'s maximum sustained)")
@@ -358,6 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path)
     s.add_argument("--split", choices=["valid", "test"], default="test")
     s.add_argument("--max-instances", type=int, default=1000)
+    s.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="every eligible basket, against all its new items: frozen vs live co-visitation vs the model "
+        "(default model: the newest in $RANKSTREAM_HOME/models, if any); ignores --max-instances",
+    )
+    s.add_argument(
+        "--accept-signal-set", metavar="SET", help="with --end-to-end: measure a model trained on this older signal set"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_eval)
 

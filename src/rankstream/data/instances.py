@@ -85,6 +85,37 @@ def _eligible(
     return out
 
 
+Eligible = tuple[int, str, str, tuple[str, ...], frozenset[str]]  # (t in µs, user, key, history, positives)
+
+
+def eligible_baskets(interactions_all: pd.DataFrame, split_frame: pd.DataFrame) -> tuple[list[Eligible], int]:
+    """The split's eligible baskets in time order (ties by user, then key), and how many baskets it has.
+
+    A basket is eligible when its user has a history before it and it holds an item not in that history.
+    """
+    if split_frame.empty:
+        return [], 0
+    targets = _targets(split_frame)
+    eligible = _eligible(interactions_all, targets)
+    eligible.sort(key=lambda e: (e[0], e[1], e[2]))
+    return eligible, len(targets)
+
+
+def sample_eligible(eligible: Sequence[Eligible], max_instances: int | None, seed: int) -> list[Eligible]:
+    """A seeded uniform sample of at most `max_instances` baskets (all of them with None), still in time order."""
+    if max_instances is None or len(eligible) <= max_instances:
+        return list(eligible)
+    keep = np.sort(np.random.default_rng(seed).choice(len(eligible), size=max_instances, replace=False))
+    return [eligible[k] for k in keep]
+
+
+def instance_at(basket: Eligible, candidates: Sequence[str]) -> Instance:
+    """The Instance of one eligible basket with its candidate list."""
+    t, user, _key, history, positives = basket
+    ts = pd.Timestamp(t, unit="us", tz="UTC").to_pydatetime()
+    return Instance(user_id=user, ts=ts, history=history, candidates=tuple(candidates), positives=positives)
+
+
 def build_instances(
     interactions_all: pd.DataFrame,
     split_frame: pd.DataFrame,
@@ -94,32 +125,18 @@ def build_instances(
     max_instances: int | None = None,
     seed: int = 0,
 ) -> list[Instance]:
-    """One Instance per basket in `split_frame`, in time order.
+    """One Instance per basket in `split_frame`, in time order, candidates from fixed tables.
 
     History is drawn from `interactions_all` (every split up to the basket), so a test basket sees the
     user's train and valid purchases. Baskets with no history or no new item are skipped. With
     `max_instances`, a seeded uniform sample of the eligible baskets is kept, still in time order.
+    Training and evaluation read the live tables at each basket's time instead
+    (`rankstream.data.live_instances`); this is the frozen-table order they are compared with.
     """
-    if split_frame.empty:
-        return []
-    eligible = _eligible(interactions_all, _targets(split_frame))
-    eligible.sort(key=lambda e: (e[0], e[1], e[2]))
-    total = len(eligible)
-    if max_instances is not None and total > max_instances:
-        keep = np.sort(np.random.default_rng(seed).choice(total, size=max_instances, replace=False))
-        eligible = [eligible[k] for k in keep]
-
-    instances = [
-        Instance(
-            user_id=user,
-            ts=pd.Timestamp(t, unit="us", tz="UTC").to_pydatetime(),
-            history=history,
-            candidates=tuple(covisit_candidates(history, neighbours, trending, n_candidates)),
-            positives=positives,
-        )
-        for t, user, _key, history, positives in eligible
-    ]
-    log.info("built %d instances (%d eligible) from %d rows", len(instances), total, len(split_frame))
+    eligible, _ = eligible_baskets(interactions_all, split_frame)
+    picked = sample_eligible(eligible, max_instances, seed)
+    instances = [instance_at(e, covisit_candidates(e[3], neighbours, trending, n_candidates)) for e in picked]
+    log.info("built %d instances (%d eligible) from %d rows", len(instances), len(eligible), len(split_frame))
     return instances
 
 

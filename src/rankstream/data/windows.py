@@ -1,39 +1,35 @@
-"""Training windows: the train split's last weeks, each seen through what was known before it began.
+"""Training windows: the train split's last weeks, every basket seen through the live tables just before it.
 
-Co-visitation, trending and item statistics built on the whole train split already contain every train
-basket, so on train instances they "predict" baskets they were computed from, and a model trained there
-learns to trust them more than it should on the future. A window instead gets tables built from the
-interactions before its start, exactly as valid and test get tables built from the train split: the
-signals a model learns from have the same meaning as those it is judged and served on.
+A basket's candidates and signals come from the tables the scorer would have read at that moment
+(`rankstream.data.live_instances`: every earlier event replayed through the tables job's shares), never
+from tables that already contain the basket, so the signals a model learns from mean what they mean
+when it is judged and served. The windows only group the baskets by time for the run record.
 """
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from rankstream.data.covisit import covisitation, trending
-from rankstream.data.instances import Instance, build_instances
-from rankstream.data.itemstats import item_stats
+from rankstream.data.instances import Instance
+from rankstream.data.live_instances import PARTITIONS, live_instances
 from rankstream.stream.candidates import in_catalog
-from rankstream.stream.signals import ItemStats, candidate_signals
+from rankstream.stream.live import LiveParams
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Window:
-    """Baskets in [start, end), their instances, and the tables built from everything before `start`."""
+    """Baskets in [start, end) and their signal rows, each read from the live tables just before it."""
 
     start: datetime
     end: datetime
     instances: list[Instance]
-    neighbours: dict[str, list[str]]
-    trending: list[str]
-    item_stats: dict[str, ItemStats]
+    signals: list[np.ndarray]  # one `candidate_signals` matrix per instance, in `ranked_candidates` order
 
 
 def ranked_candidates(inst: Instance, catalog: Mapping[str, str]) -> list[str]:
@@ -41,41 +37,39 @@ def ranked_candidates(inst: Instance, catalog: Mapping[str, str]) -> list[str]:
     return in_catalog(inst.candidates, catalog)
 
 
-def instance_signals(
-    inst: Instance,
-    neighbours: Mapping[str, Sequence[str]],
-    stats: Mapping[str, ItemStats],
-    catalog: Mapping[str, str],
-) -> np.ndarray:
-    """`candidate_signals` rows for `ranked_candidates(inst, catalog)`."""
-    return candidate_signals(inst.history, ranked_candidates(inst, catalog), neighbours, stats, catalog)
-
-
 def training_windows(
     interactions: pd.DataFrame,
     train_end: datetime,
+    catalog: Mapping[str, str],
     *,
     windows: int = 4,
     days: int = 30,
-    k: int = 30,
-    trending_days: int = 30,
-    n_trending: int = 100,
     n_candidates: int = 50,
+    params: LiveParams | None = None,
+    partitions: int = PARTITIONS,
 ) -> list[Window]:
-    """`windows` consecutive windows of `days` ending at `train_end`, oldest first (empty-past ones skipped)."""
-    ts = interactions["ts"]
+    """`windows` consecutive windows of `days` ending at `train_end`, oldest first (empty ones skipped)."""
     end_ts = pd.Timestamp(train_end)
+    bounds = [end_ts - timedelta(days=w * days) for w in range(windows, -1, -1)]
+    ts = interactions["ts"]
+    frame = interactions.loc[(ts >= bounds[0]) & (ts < end_ts)]
+    live = live_instances(
+        interactions.loc[ts < end_ts], frame, catalog, n_candidates=n_candidates, params=params, partitions=partitions
+    )
+    rows = live.signals or []
     out = []
-    for w in range(windows, 0, -1):
-        start, end = end_ts - timedelta(days=w * days), end_ts - timedelta(days=(w - 1) * days)
-        past = interactions.loc[ts < start]
-        frame = interactions.loc[(ts >= start) & (ts < end)]
-        if past.empty or frame.empty:
-            log.warning("training window %s..%s skipped: nothing before it or in it", start, end)
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        picked = [k for k, inst in enumerate(live.instances) if start <= inst.ts < end]
+        if not picked:
+            log.warning("training window %s..%s skipped: no basket in it with a history and a new item", start, end)
             continue
-        neighbours = covisitation(past, k=k)
-        trend = trending(past, days=trending_days, n=n_trending)
-        instances = build_instances(interactions, frame, neighbours, trend, n_candidates=n_candidates)
-        out.append(Window(start.to_pydatetime(), end.to_pydatetime(), instances, neighbours, trend, item_stats(past)))
-        log.info("training window %s..%s: %d instances", start.date(), end.date(), len(instances))
+        out.append(
+            Window(
+                start.to_pydatetime(),
+                end.to_pydatetime(),
+                [live.instances[k] for k in picked],
+                [rows[k] for k in picked],
+            )
+        )
+        log.info("training window %s..%s: %d instances", start.date(), end.date(), len(picked))
     return out

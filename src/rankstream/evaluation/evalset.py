@@ -1,9 +1,10 @@
 """One held-out candidate set scored by many models: quality (NDCG@10, Recall@10, MRR) and speed.
 
 Every model and both non-neural orders see the same lists, built once; quality scores one batch per
-instance (as the scorer scores one batch per user), speed times fixed-size batches of pairs. Each list
-carries its candidates' serve-time signals (`stream.signals.candidate_signals`, the scorer's function,
-on the train split's tables), which models with a signal head read.
+instance (as the scorer scores one batch per user), speed times fixed-size batches of pairs. Candidates
+and their serve-time signals come from the live tables just before each basket
+(`rankstream.data.live_instances`: the scorer's functions on the tables it would have read), and models
+with a signal head read those signals.
 """
 
 import logging
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rankstream.data.instances import Instance, build_instances
+from rankstream.data.instances import Instance
+from rankstream.data.live_instances import live_instances
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.metrics import MetricSums
 from rankstream.stream.candidates import in_catalog
 from rankstream.stream.features import candidate_text, history_text
-from rankstream.stream.signals import ItemStats, candidate_signals
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,16 @@ class EvalSet:
     @classmethod
     def build(cls, data_dir: Path, split: str, *, max_instances: int | None, seed: int = 0) -> "EvalSet":
         prepared = Prepared.load(data_dir)
-        instances = build_instances(
+        live = live_instances(
             prepared.interactions,
             prepared.frame(split),
-            prepared.neighbours,
-            prepared.trending,
+            prepared.catalog,
             n_candidates=N_CANDIDATES,
             max_instances=max_instances,
             seed=seed,
         )
         popularity = prepared.frame("train")["item_id"].value_counts().to_dict()
-        return cls.from_instances(
-            split,
-            instances,
-            prepared.catalog,
-            popularity,
-            neighbours=prepared.neighbours,
-            item_stats=prepared.item_stats,
-        )
+        return cls.from_instances(split, live.instances, prepared.catalog, popularity, signals=live.signals)
 
     @classmethod
     def from_instances(
@@ -72,17 +65,18 @@ class EvalSet:
         catalog: Mapping[str, str],
         popularity: Mapping[str, int],
         *,
-        neighbours: Mapping[str, Sequence[str]] | None = None,
-        item_stats: Mapping[str, ItemStats] | None = None,
+        signals: Sequence[np.ndarray] | None = None,
     ) -> "EvalSet":
         """The rankable ones of `instances` (a positive among the candidates); `popularity`: item -> count.
 
-        With `neighbours` (the tables the candidates were built from) and `item_stats`, every list also
-        carries its signals.
+        With `signals` (one `candidate_signals` matrix per instance, rows in `in_catalog` order, as
+        `live_instances` gives them), every list also carries its rows.
         """
+        if signals is not None and len(signals) != len(instances):
+            raise ValueError(f"{len(signals)} signal matrices for {len(instances)} instances")
         lists, cands_all, relevant_all, pop = [], [], [], []
-        signals: list[np.ndarray] | None = [] if neighbours is not None else None
-        for inst in instances:
+        kept: list[np.ndarray] | None = [] if signals is not None else None
+        for k, inst in enumerate(instances):
             cands = in_catalog(inst.candidates, catalog)
             relevant = inst.positives.intersection(cands)
             if not relevant:
@@ -92,8 +86,8 @@ class EvalSet:
             cands_all.append(tuple(cands))
             relevant_all.append(frozenset(relevant))
             pop.append(tuple(sorted(cands, key=lambda c: -popularity.get(c, 0))))
-            if signals is not None and neighbours is not None:
-                signals.append(candidate_signals(inst.history, cands, neighbours, item_stats or {}, catalog))
+            if kept is not None and signals is not None:
+                kept.append(signals[k])
         return cls(
             split,
             len(instances),
@@ -101,7 +95,7 @@ class EvalSet:
             tuple(cands_all),
             tuple(relevant_all),
             tuple(pop),
-            None if signals is None else tuple(signals),
+            None if kept is None else tuple(kept),
         )
 
     @property

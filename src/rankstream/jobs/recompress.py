@@ -3,8 +3,10 @@ active model on the newest held-out baskets, and publish it only if it holds up.
 
 One cycle:
 1. Window (jobs/window.py, jobs/kafka_window.py): the clicks since `since`, or in the last `days`.
-2. Instances, one per basket and in time order, built as training and evaluation build them. The newest
-   `holdout` share is held out for the gate; training lists come from the rest.
+2. Instances, one per basket and in time order, built as training and evaluation build them: candidates
+   and signals from the live tables just before each basket (`rankstream.data.live_instances`, every
+   earlier event of the window's history replayed). The newest `holdout` share is held out for the gate;
+   training lists come from the rest.
 3. The compress run's fp32 teacher re-scores the training lists; the student the active version was
    exported from (else the compress run's best INT8 student) is distilled on them and exported to INT8.
 4. New student and active model rank the same held-out lists. The gate passes when the new NDCG@10 is
@@ -36,9 +38,8 @@ from rankstream.compression.distil import Group, teacher_scores
 from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.pairs import make_groups
 from rankstream.compression.redistil import StudentSource, recompress_chain, redistil
-from rankstream.data.instances import build_instances
+from rankstream.data.live_instances import live_instances
 from rankstream.data.prepare import Prepared
-from rankstream.data.windows import instance_signals
 from rankstream.evaluation.evalset import N_CANDIDATES, EvalSet, ScoreLists
 from rankstream.jobs.cycle_record import CYCLE_FILE, CycleRecord
 from rankstream.jobs.kafka_window import read_kafka_window
@@ -233,27 +234,25 @@ class Cycle:
 
     def lists(self) -> tuple[list[Group], EvalSet]:
         """Training lists from the window's older baskets, and the evaluation set of the newest ones."""
-        window, prepared, config, catalog = self.window, self.prepared, self.config, self.prepared.catalog
-        instances = build_instances(
-            window.history, window.events, prepared.neighbours, prepared.trending, n_candidates=N_CANDIDATES
+        window, config, catalog = self.window, self.config, self.prepared.catalog
+        # A teacher that reads serve-time signals: every list carries them, from the live tables at its basket.
+        with_signals = load_manifest(self.run.teacher_artifact).input_spec.signals is not None
+        live = live_instances(
+            window.history, window.events, catalog, n_candidates=N_CANDIDATES, with_signals=with_signals
         )
+        instances = live.instances
         train, held = split_holdout(instances, config.holdout)
+        signals = live.signals[: len(train)] if live.signals is not None else None
+        held_signals = live.signals[len(train) :] if live.signals is not None else None
         older = window.events[window.events["ts"] < pd.Timestamp(held[0].ts)]
         popularity = older["item_id"].value_counts().to_dict()
         if config.max_eval_instances is not None and len(held) > config.max_eval_instances:
             keep = np.sort(np.random.default_rng(0).choice(len(held), config.max_eval_instances, replace=False))
             held = [held[i] for i in keep]
-        # A teacher that reads serve-time signals: every list carries them, from the tables the scorer serves with.
-        with_signals = load_manifest(self.run.teacher_artifact).input_spec.signals is not None
-        tables = {"neighbours": prepared.neighbours, "item_stats": prepared.item_stats} if with_signals else {}
-        evalset = EvalSet.from_instances("holdout", held, catalog, popularity, **tables)
+            held_signals = None if held_signals is None else [held_signals[i] for i in keep]
+        evalset = EvalSet.from_instances("holdout", held, catalog, popularity, signals=held_signals)
         if not evalset.lists:
             raise JobError(f"none of the {len(held)} held-out baskets has a positive among its candidates")
-        signals = (
-            [instance_signals(inst, prepared.neighbours, prepared.item_stats, catalog) for inst in train]
-            if with_signals
-            else None
-        )
         groups = make_groups(
             train, catalog, neg_per_instance=config.neg_per_instance, top_negatives=0, seed=0, signals=signals
         )

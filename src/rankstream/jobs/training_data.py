@@ -1,6 +1,7 @@
 """Training data for `rankstream compress`:
-instances from the train split's last windows (rankstream.data.windows), each candidate's signals from
-its window's tables, the position prior, and the linear signal head fitted on all of them.
+instances from the train split's last windows (rankstream.data.windows), each basket's candidates and
+signals from the live tables just before it, the position prior, and the linear signal head fitted on all
+of them.
 """
 
 import logging
@@ -12,7 +13,7 @@ from rankstream.compression.model import position_prior
 from rankstream.compression.signal_head import SignalHead, fit_signal_head
 from rankstream.data.instances import Instance
 from rankstream.data.prepare import Prepared
-from rankstream.data.windows import instance_signals, ranked_candidates, training_windows
+from rankstream.data.windows import ranked_candidates, training_windows
 from rankstream.jobs.presets import HEAD_L2
 from rankstream.jobs.runs import TrainWindow
 from rankstream.stream.errors import JobError
@@ -40,25 +41,16 @@ def signal_training_data(
     seed: int = 0,
 ) -> SignalTrainingData:
     """Window instances with their signals, the position prior and the fitted head (see module doc)."""
-    params = prepared.params
-    found = training_windows(
-        prepared.interactions,
-        prepared.split.train_end,
-        windows=windows,
-        days=days,
-        k=params.get("k", 30),
-        trending_days=params.get("trending_days", 30),
-        n_trending=params.get("n_trending", 100),
-    )
-    pool = [(inst, w) for w in found for inst in w.instances]
+    catalog = prepared.catalog
+    found = training_windows(prepared.interactions, prepared.split.train_end, catalog, windows=windows, days=days)
+    pool = [(inst, rows) for w in found for inst, rows in zip(w.instances, w.signals, strict=True)]
     if not pool:
         raise JobError(
             f"no training instances in {windows} windows of {days} days before {prepared.split.train_end}; "
             "the train split is too short for them (use fewer or shorter windows)"
         )
-    catalog = prepared.catalog
     prior = position_prior([inst for inst, _ in pool], catalog)
-    signals = [instance_signals(inst, w.neighbours, w.item_stats, catalog) for inst, w in pool]
+    signals = [rows for _, rows in pool]
     lists = []
     for (inst, _), rows in zip(pool, signals, strict=True):
         ranked = ranked_candidates(inst, catalog)

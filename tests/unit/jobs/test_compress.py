@@ -85,9 +85,12 @@ def test_evalset_lists_carry_the_scorers_signals_and_pass_them_to_the_model() ->
     insts = [Inst(("i1", "i2"), ("i3", "ghost", "i4"), frozenset({"i4"})), Inst(("i5",), ("i6",), frozenset({"x"}))]
     nb = {"i1": ["i3", "i4"], "i4": ["i2"]}
     stats = {"i3": ItemStats(baskets=5, buyers=2)}
-    evalset = EvalSet.from_instances("valid", insts, CATALOG, {}, neighbours=nb, item_stats=stats)
+    rows = [candidate_signals(i.history, [c for c in i.candidates if c in CATALOG], nb, stats, CATALOG) for i in insts]
+    evalset = EvalSet.from_instances("valid", insts, CATALOG, {}, signals=rows)
     assert evalset.signals is not None and len(evalset.signals) == 1  # the second one is not rankable
     np.testing.assert_array_equal(evalset.signals[0], candidate_signals(("i1", "i2"), ["i3", "i4"], nb, stats, CATALOG))
+    with pytest.raises(ValueError, match="1 signal matrices for 2 instances"):
+        EvalSet.from_instances("valid", insts, CATALOG, {}, signals=rows[:1])
     got: list[object] = []
 
     def score_lists(lists: object, signals: object) -> list[np.ndarray]:

@@ -211,6 +211,10 @@ def test_unknown_signal_set_is_refused(signal_int8_artifact: Path, artifact_copy
     _rewrite(d, input_spec=load_manifest(d).input_spec.model_copy(update={"signals": "covisit-pop-3-v0"}))
     with pytest.raises(ArtifactError, match="signal set 'covisit-pop-3-v0', this scorer computes"):
         Ranker.load(d)
+    with pytest.raises(ArtifactError, match="signal set 'covisit-pop-3-v0'"):
+        Ranker.load(d, accept_signals="covisit-pop-4-v0")
+    # Offline, an older set of the same columns may be named explicitly; the scorer never does.
+    assert Ranker.load(d, accept_signals="covisit-pop-3-v0").signals == "covisit-pop-3-v0"
 
 
 def test_signals_input_without_a_signal_set_is_refused(

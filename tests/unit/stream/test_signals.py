@@ -102,23 +102,3 @@ def test_item_stats_count_baskets_buyers_and_age_at_the_frames_end() -> None:
     assert stats["a"] == ItemStats(baskets=3, baskets_7d=2, baskets_30d=2, buyers=2, age_days=30)
     assert stats["b"] == ItemStats(baskets=1, baskets_7d=1, baskets_30d=1, buyers=1, age_days=6)
     assert stats["c"] == ItemStats(baskets=1, baskets_7d=1, baskets_30d=1, buyers=1, age_days=0)
-
-
-def test_training_windows_see_only_tables_from_before_them() -> None:
-    from datetime import UTC, datetime
-
-    from rankstream.data.windows import training_windows
-
-    rows = []
-    for day in range(1, 29):  # a and b bought together all month; c and d only in the last week
-        rows += [(f"u{day}", "a", f"2024-01-{day:02d}T10:00:00Z"), (f"u{day}", "b", f"2024-01-{day:02d}T10:00:00Z")]
-    for day in range(22, 29):
-        rows += [(f"v{day}", "a", f"2024-01-{day:02d}T11:00:00Z"), (f"v{day}", "c", f"2024-01-{day:02d}T11:00:00Z")]
-        rows += [(f"v{day}", "d", f"2024-01-{day + 1:02d}T11:00:00Z")]
-    windows = training_windows(_frame(rows), datetime(2024, 1, 29, tzinfo=UTC), windows=2, days=7)
-    assert [w.start.day for w in windows] == [15, 22]
-    last = windows[-1]
-    assert "c" not in last.neighbours.get("a", []) and "c" not in last.item_stats  # c first sold in the window
-    assert last.neighbours["a"] == ["b"] and last.item_stats["a"].baskets == 21
-    # Instances of the last window: the v-users' second baskets (d), ranked from what a had before.
-    assert any(inst.positives == frozenset({"d"}) for inst in last.instances)

@@ -1,0 +1,173 @@
+"""`rankstream eval --end-to-end` on a hand-made shop whose every figure is worked out below by hand."""
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rankstream.data.prepare import Prepared, prepare
+from rankstream.data.split import Split
+from rankstream.evaluation.endtoend import BasketScores, measure, resample_indices
+from rankstream.stream.live import partition_of
+from rankstream.stream.signals import SIGNALS
+
+# Users all on partition 0 of 4, so the live tables are one share and its trending is worked out below.
+U1, U2, U3, U4, U5 = "u1", "u9", "u10", "u12", "u13"
+ROWS = [
+    # train (before Jan 10)
+    (U1, "a", "2024-01-01"),
+    (U1, "b", "2024-01-01"),
+    (U2, "a", "2024-01-02"),
+    (U2, "b", "2024-01-02"),
+    (U3, "c", "2024-01-03"),
+    (U3, "d", "2024-01-03"),
+    # valid: e is first sold here
+    (U4, "a", "2024-01-12"),
+    (U4, "e", "2024-01-12"),
+    # test (from Jan 20): 4 baskets, 2 eligible
+    (U1, "c", "2024-01-21"),  # history (b, a); positives c (warm), e (cold: never sold in train)
+    (U1, "e", "2024-01-21"),
+    (U3, "d", "2024-01-22"),  # history (d, c); positive f only (cold, never sold at all)
+    (U3, "f", "2024-01-22"),
+    (U5, "a", "2024-01-22T11:00:00"),  # no history: not eligible
+    (U4, "e", "2024-01-23"),  # nothing new: not eligible
+]
+IDEAL2 = 1 + 1 / math.log2(3)  # DCG of two hits at the top
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    src = tmp_path_factory.mktemp("shop") / "src"
+    src.mkdir()
+    stamp = [t if "T" in t else f"{t}T10:00:00" for _, _, t in ROWS]
+    lines = [f"{u},{i},{t}Z,purchase" for (u, i, _), t in zip(ROWS, stamp, strict=True)]
+    (src / "interactions.csv").write_text("user_id,item_id,ts,event\n" + "\n".join(lines) + "\n")
+    (src / "catalog.csv").write_text("item_id,title\n" + "".join(f"{i},{i} thing\n" for i in "abcdefg"))
+    return prepare(src, src.parent / "data", Split("2024-01-10", "2024-01-20"))
+
+
+class Reverser:
+    """A stand-in model that ranks each list backwards, recording what it was given."""
+
+    version = "reverser"
+
+    def __init__(self, signals: str | None = None) -> None:
+        self.signals = signals
+        self.calls: list[tuple[Sequence[object], Sequence[np.ndarray] | None, int]] = []
+
+    def score_lists(
+        self, lists: Sequence[Sequence[tuple[str, str]]], signals: Sequence[np.ndarray] | None = None, *, top: int = 0
+    ) -> list[np.ndarray]:
+        self.calls.append((lists, signals, top))
+        return [np.arange(len(pairs), dtype=np.float32) for pairs in lists]
+
+
+def test_users_share_one_partition() -> None:
+    assert {partition_of(u, 4) for u in (U1, U2, U3, U4, U5)} == {0}
+
+
+def test_every_figure_by_hand(shop: Prepared) -> None:
+    model = Reverser()
+    result = measure(shop, "test", ranker=model, rerank_top=10)
+    assert (result.split_baskets, result.baskets, result.positives, result.cold_positives) == (4, 2, 3, 2)
+
+    # Frozen (train only): neighbours a<->b, c<->d; trending a, b, c, d. Neither history votes for anything
+    # new, so the lists are trending minus history: u1 [c, d] (hits c at 1), u10 [a, b] (no hit).
+    frozen = result.orders["covisit-frozen"].metrics
+    assert frozen["ndcg@10"] == pytest.approx((1 / IDEAL2 + 0) / 2)
+    assert frozen["recall@10"] == pytest.approx(0.25) and frozen["mrr"] == pytest.approx(0.5)
+    assert frozen["candidate_recall@50"] == pytest.approx(0.25)
+    assert frozen["cold_reached"] == 0.0 and frozen["warm_reached"] == 1.0
+
+    # Live before u1's basket (Jan 21): a's neighbours are b (Jan 1 + Jan 2) then e (Jan 12: 2^(11/30) <
+    # 2^0 + 2^(1/30)), so a votes for e; trending (rolled on Jan 12's first event) a, b, c, d -> [e, c, d],
+    # both positives on top. Before u10's (Jan 22): u1's basket made c's neighbours e (Jan 21) then d, so
+    # [e] + trending (rolled Jan 21: a, b, c, d, e) minus history -> [e, a, b]: f is nowhere.
+    live = result.orders["covisit-live"].metrics
+    assert live["ndcg@10"] == pytest.approx(0.5) and live["recall@10"] == pytest.approx(0.5)
+    assert live["mrr"] == pytest.approx(0.5) and live["candidate_recall@50"] == pytest.approx(0.5)
+    assert live["cold_reached"] == pytest.approx(0.5) and live["warm_reached"] == 1.0  # e reached, f not
+
+    # The model reverses the live lists: u1 [d, c, e] (hits at 2 and 3), u10 [b, a, e].
+    ((lists, signals, top),) = model.calls
+    assert [[p[1] for p in lst] for lst in lists] == [
+        ["1 | e thing", "2 | c thing", "3 | d thing"],
+        ["1 | e thing", "2 | a thing", "3 | b thing"],
+    ]
+    assert signals is None and top == 10  # a text-only model is given no signals
+    ranked = result.orders["model-live"].metrics
+    assert ranked["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / IDEAL2 / 2)
+    assert ranked["recall@10"] == pytest.approx(0.5) and ranked["mrr"] == pytest.approx(0.25)
+    assert ranked["candidate_recall@50"] == pytest.approx(0.5)
+
+    ratios = result.paired["covisit-live_vs_covisit-frozen"]
+    assert ratios["candidate_recall@50"].ratio == pytest.approx(2.0)
+    assert ratios["ndcg@10"].ratio == pytest.approx(IDEAL2)
+    # Resampling 2 baskets: where u1's is drawn, live/frozen candidate recall is 2 (1 vs 0.5, or 0.5 vs 0.25);
+    # where only u10's is, both are 0 and the ratio is left out.
+    assert ratios["candidate_recall@50"].ci95 == pytest.approx((2.0, 2.0))
+    assert result.paired["model-live_vs_covisit-live"]["candidate_recall@50"].ratio == pytest.approx(1.0)
+    # Means over {u1, u10} drawn twice: 0, 1/2 or 1 for live candidate recall, so the 95% band is [0, 1].
+    assert result.orders["covisit-live"].ci95["candidate_recall@50"] == pytest.approx((0.0, 1.0))
+    assert result.orders["covisit-frozen"].ci95["ndcg@10"] == pytest.approx((0.0, 1 / IDEAL2))
+
+
+def test_a_model_with_signals_gets_the_live_rows(shop: Prepared) -> None:
+    from rankstream.data.live_instances import live_instances
+
+    model = Reverser(SIGNALS.version)
+    result = measure(shop, "test", ranker=model, rerank_top=0)
+    ((_, signals, top),) = model.calls
+    live = live_instances(shop.interactions, shop.frame("test"), shop.catalog)
+    assert signals is not None and live.signals is not None and top == 0
+    for got, want in zip(signals, live.signals, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert result.model is not None and result.model.fed == SIGNALS.version == result.model.signal_set
+
+
+def test_basket_scores_count_missed_positives_as_misses() -> None:
+    scores = BasketScores.of([["x", "p"], []], [frozenset({"p", "q"}), frozenset({"r"})], sold_in_train={"p"})
+    assert scores.ndcg.tolist() == pytest.approx([(1 / math.log2(3)) / IDEAL2, 0.0])
+    assert scores.recall.tolist() == [0.5, 0.0] and scores.candidate_recall.tolist() == [0.5, 0.0]
+    assert scores.mrr.tolist() == [0.5, 0.0]
+    assert (scores.cold_reached.tolist(), scores.cold.tolist()) == ([0, 0], [1, 1])  # q and r, not reached
+    assert (scores.warm_reached.tolist(), scores.warm.tolist()) == ([1, 0], [1, 0])
+    assert float(scores.value("cold_reached")) == 0.0 and float(scores.value("warm_reached")) == 1.0
+    idx = resample_indices(2, 5, seed=3)
+    assert idx.shape == (5, 2) and (resample_indices(2, 5, seed=3) == idx).all()
+
+
+def test_cli_json_has_every_order_metric_interval_and_ratio(
+    shop: Prepared, signal_fp32_artifact: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rankstream.cli.main import main
+
+    for k in [k for k in os.environ if k.startswith("RANKSTREAM_")]:
+        monkeypatch.delenv(k)
+    argv = ["eval", "--end-to-end", "--json", "--data", str(shop.out_dir), "--model", str(signal_fp32_artifact)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["baskets"] == 2 and out["split_baskets"] == 4
+    metrics = {"ndcg@10", "recall@10", "mrr", "candidate_recall@50", "cold_reached", "warm_reached"}
+    for order in ("covisit-frozen", "covisit-live", "model-live"):
+        assert set(out[order]) == metrics | {"ci95"} and set(out[order]["ci95"]) == metrics
+        assert all(len(v) == 2 for v in out[order]["ci95"].values() if v is not None)
+    assert set(out["paired"]) == {
+        "covisit-live_vs_covisit-frozen",
+        "model-live_vs_covisit-live",
+        "model-live_vs_covisit-frozen",
+    }
+    for ratios in out["paired"].values():
+        assert set(ratios) == {"ndcg@10", "recall@10", "candidate_recall@50"}
+        assert all(set(r) == {"ratio", "ci95"} for r in ratios.values())
+    assert out["model"]["signal_set"] == SIGNALS.version and out["model"]["rerank_top"] in (0, 10)
+
+    # Without a model anywhere, the model-live row is left out and the table says so.
+    monkeypatch.setenv("RANKSTREAM_HOME", str(shop.out_dir.parent / "empty-home"))
+    assert main(["eval", "--end-to-end", "--data", str(shop.out_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "covisit-live" in table and "model-live: no model given or installed" in table
