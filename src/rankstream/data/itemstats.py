@@ -1,7 +1,7 @@
 """Per-item sales statistics for the serve-time signals (`rankstream.stream.signals.ItemStats`).
 
-Computed from one frame (the train split at prepare time; a training window's past when training), so
-a model never sees statistics that include the baskets it is judged on.
+Computed from one frame (the train split, at prepare time): the frozen statistics. Training, evaluation
+and the scorer read the live ones instead (`stream.live.ItemCounts.stats_at` at each basket's time).
 """
 
 import logging

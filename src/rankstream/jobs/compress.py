@@ -2,9 +2,10 @@
 each variant evaluated on the valid split, gated against the teacher, and reported.
 Students come as fp32, dynamic and static INT8 (calibrated, batch-invariant): the report shows both costs.
 
-Training lists come from the train split's last weeks, each window ranked and described by tables built
-before it (rankstream.data.windows); a linear head over the signals and the position prior is fitted on
-them first, and the teacher starts from that linear scorer.
+Training lists come from the train split's last weeks, each basket ranked and described by the live
+tables just before it (rankstream.data.windows, rankstream.data.live_instances), as is the valid split
+the variants are gated on; a linear head over the signals and the position prior is fitted on them
+first, and the teacher starts from that linear scorer.
 
 Every step writes its result under `out_root/<preset>/` and is skipped when that result exists, so a
 killed run continues where it stopped (training steps resume from their last checkpoint).
