@@ -67,15 +67,24 @@ async def produce_events(
 ) -> dict[str, tuple[int, int]]:
     """Send events from a separate process (a producer sharing the scorer's interpreter would steal its
     GIL and CPU, which no deployment does); return each user's last (partition, offset)."""
-    records = list(event_records(events))
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        produced = await loop.run_in_executor(pool, _produce_blocking, bootstrap, topic, records, rate)
+    produced = await produce_elsewhere(bootstrap, topic, events, rate)
     return {key.decode(): at for key, at in produced.last.items()}
 
 
-def _produce_blocking(bootstrap: str, topic: str, records: list[Record], rate: float | None) -> Produced:
-    return asyncio.run(produce(bootstrap, topic, records, rate=rate, linger_ms=_LINGER_MS))
+async def produce_elsewhere(
+    bootstrap: str, topic: str, events: list[ClickEvent], rate: float | None, *, keep_all: bool = False
+) -> Produced:
+    """`produce` in a process of its own (see `produce_events`)."""
+    records = list(event_records(events))
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return await loop.run_in_executor(pool, _produce_blocking, bootstrap, topic, records, rate, keep_all)
+
+
+def _produce_blocking(
+    bootstrap: str, topic: str, records: list[Record], rate: float | None, keep_all: bool = False
+) -> Produced:
+    return asyncio.run(produce(bootstrap, topic, records, rate=rate, linger_ms=_LINGER_MS, keep_all=keep_all))
 
 
 async def count_not_reflected(store: Store, topic: str, last: dict[str, tuple[int, int]]) -> int:
@@ -121,14 +130,14 @@ async def _phase(
     await scorer.start()
     task = asyncio.create_task(scorer.run())
     try:
-        timing, live = await _drive(scorer, task, settings, events, rate)
+        timing, live = await drive(scorer, task, settings, events, rate)
     finally:
         scorer.stop()
         await task
         await scorer.close()
     last = backlog if backlog is not None else live
     assert last is not None  # one of the two produced the phase's events
-    return await _phase_result(scorer, store, topic, len(events), rate, timing, last)
+    return await phase_result(scorer, store, topic, len(events), rate, timing, last)
 
 
 async def _wait_assigned(scorer: Scorer, topic: str) -> None:
@@ -143,7 +152,7 @@ async def _wait_assigned(scorer: Scorer, topic: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _drive(
+async def drive(
     scorer: Scorer, task: asyncio.Task[Any], settings: Settings, events: list[ClickEvent], rate: float | None
 ) -> tuple[_Timing, dict[str, tuple[int, int]] | None]:
     """Produce live (when `rate` is given) once the scorer serves, then wait until the group's lag is gone.
@@ -172,7 +181,7 @@ async def _drive(
     return timing, None if producing is None else producing.result()
 
 
-async def _phase_result(
+async def phase_result(
     scorer: Scorer,
     store: Store,
     topic: str,

@@ -40,6 +40,7 @@ class UserPlan:
     hits: int = 0  # of those, events whose item was in the list the user was shown
     shown_version: str | None = None  # the model version that wrote that list
     since_ms: int = 0  # Kafka time of the oldest of those events: how long this user has been waiting
+    ranks: tuple[int, ...] = ()  # each event's item's place in the list on screen (-1: not in it); () if none
 
 
 def group_by_user(events: Iterable[Valid]) -> dict[str, list[Valid]]:
@@ -56,11 +57,13 @@ def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_l
     fresh = [v for v in events if not state.applied(v.topic, v.partition, v.offset)]
     if not fresh:
         return None
-    shown = set(state.shown)
+    shown = {item: rank for rank, item in enumerate(state.shown)}
     hits = 0
+    ranks = []
     for v in fresh:
         item = v.event.item_id
         # Every event of this batch happened while the stored list was on screen.
+        ranks.append(shown.get(item, -1))
         hits += item in shown
         if item in history:
             history.remove(item)
@@ -73,6 +76,7 @@ def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_l
         hits,
         state.shown_version,
         min(v.timestamp_ms for v in fresh),
+        tuple(ranks) if state.shown_version is not None else (),
     )
 
 

@@ -13,6 +13,7 @@ training, evaluation and the scorer see the same tables at the same moment.
 Pure Python, no I/O.
 """
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -197,7 +198,7 @@ class Share:
 
 def top_weighted(weights: Mapping[str, float], n: int) -> list[tuple[str, float]]:
     """The `n` heaviest entries, heaviest first, ties by id: the one order every reader uses."""
-    return sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return heapq.nsmallest(n, weights.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def dump_neighbours(nb: Mapping[str, float]) -> str:

@@ -16,6 +16,7 @@ applied again from there, once; a replica that lost its partition to another (a 
 offset moved and writes nothing.
 """
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -136,13 +137,33 @@ async def read_meta(client: RedisClient) -> tuple[str, int, LiveParams]:
 
 
 async def read_share(client: RedisClient, topic: str, partition: int, params: LiveParams) -> Share:
-    """A share as stored, in one transaction (one slot), ready to go on from its offset."""
+    """A share as stored, ready to go on from its offset.
+
+    Not a transaction (a cluster pipeline cannot hold one): should another replica write between these
+    reads, the offset read first is older than what it wrote, and this replica's first write is refused
+    by the fence (`FenceMoved`), so a torn read is never built upon."""
     meta_key, nb, counts, users, bought = share_keys(topic, partition)
-    async with client.pipeline(transaction=True) as pipe:
+    async with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(meta_key).hgetall(nb).hgetall(counts).hgetall(users).smembers(bought)
         meta, nb_raw, counts_raw, users_raw, bought_raw = await pipe.execute()
     if not meta:
         raise RankstreamError(f"share {topic}:{partition} is not seeded: run `rankstream load` first")
+    # Parsing a big share takes a while: off the event loop, so the consumer keeps its heartbeats.
+    return await asyncio.to_thread(
+        _parse_share, topic, partition, params, meta, nb_raw, counts_raw, users_raw, bought_raw
+    )
+
+
+def _parse_share(  # noqa: PLR0913 - the raw parts of one share, as read
+    topic: str,
+    partition: int,
+    params: LiveParams,
+    meta: dict[str, str],
+    nb_raw: dict[str, str],
+    counts_raw: dict[str, str],
+    users_raw: dict[str, str],
+    bought_raw: set[str],
+) -> Share:
     share = Share(params)
     try:
         share.offset = int(meta["offset"])

@@ -47,6 +47,9 @@ class Recorder:
         # (`chunk_started`): whether a slow event waited in the queue or in its chunk's model call.
         self.latency_parts: deque[tuple[float, float]] = deque(maxlen=latency_samples)
         self._chunk_started_ms: float | None = None
+        # (user, rank of the event's item in the list on screen, -1 if absent) of the most recent events
+        # checked for the live hit-rate, for the streaming quality benchmark.
+        self.outcomes: deque[tuple[str, int]] = deque(maxlen=latency_samples)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

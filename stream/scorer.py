@@ -298,6 +298,8 @@ class Scorer:
         failed = scored.failed
         chunk = [p for p in chunk if p.user_id not in failed]
         quality = b.live_quality(chunk)
+        if self.recorder.outcomes.maxlen:
+            self.recorder.outcomes.extend((p.user_id, r) for p in chunk for r in p.ranks)
         with self.recorder.stage("write"):
             written = await self.store.write_lists(scored.writes, quality)
         failed |= {u: Rejected("bad_state", detail) for u, detail in written.bad.items()}

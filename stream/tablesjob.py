@@ -30,16 +30,20 @@ log = logging.getLogger(__name__)
 
 
 class _Assign(ConsumerRebalanceListener):
+    """Notes what was assigned and pauses it; the loop reads the shares outside the rebalance, because a
+    share takes seconds to read and the group would otherwise time the member out mid-rebalance."""
+
     def __init__(self, job: "TablesJob") -> None:
         self.job = job
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
             self.job.shares.pop(tp.partition, None)
+            self.job.pending.discard(tp)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        for tp in assigned:
-            await self.job.take(tp)
+        self.job.pending |= set(assigned)
+        self.job.consumer.pause(*assigned)
 
 
 class TablesJob:
@@ -50,10 +54,11 @@ class TablesJob:
         self.client = client
         self.params = LiveParams()
         self.shares: dict[int, Share] = {}
+        self.pending: set[TopicPartition] = set()  # assigned, share not read yet (paused until then)
         self.applied = 0
         self.skipped = 0
         self._stop = asyncio.Event()
-        self._consumer = AIOKafkaConsumer(
+        self.consumer = AIOKafkaConsumer(
             group_id=settings.tables_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -67,21 +72,25 @@ class TablesJob:
                 f"the live tables were seeded for topic {topic!r}, this job reads {self.settings.topic!r}: "
                 "run `rankstream load` for this topic"
             )
-        await self._consumer.start()
-        found = self._consumer.partitions_for_topic(topic) or set()
+        await self.consumer.start()
+        found = self.consumer.partitions_for_topic(topic) or set()
         if found and len(found) != partitions:
             raise RankstreamError(
                 f"topic {topic} has {len(found)} partitions, the tables were seeded for {partitions}: users "
                 "moved partitions, so the shares no longer match; run `rankstream load` again"
             )
-        self._consumer.subscribe([topic], listener=_Assign(self))
+        self.consumer.subscribe([topic], listener=_Assign(self))
         log.info("tables job started: topic=%s group=%s shares=%d", topic, self.settings.tables_group_id, partitions)
 
     async def take(self, tp: TopicPartition) -> None:
         """Own a partition: its share as stored, and the records after the offset it reflects."""
         share = await read_share(self.client, tp.topic, tp.partition, self.params)
+        if tp not in self.consumer.assignment():
+            return  # revoked while it was read
         self.shares[tp.partition] = share
-        self._consumer.seek(tp, share.offset + 1)
+        self.consumer.seek(tp, share.offset + 1)
+        self.consumer.resume(tp)
+        self.pending.discard(tp)
         log.info("share %s:%d taken at offset %d", tp.topic, tp.partition, share.offset)
 
     def stop(self) -> None:
@@ -91,20 +100,23 @@ class TablesJob:
         delay = 0.0
         while not self._stop.is_set():
             try:
-                fetched = await self._consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
+                for tp in list(self.pending):
+                    await self.take(tp)
+                fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
                 await asyncio.gather(*(self._apply(tp, records) for tp, records in fetched.items()))
                 delay = 0.0
             except (*REDIS_ERRORS, KafkaError, RankstreamError) as exc:
                 delay = min(5.0, max(0.1, delay * 2))
                 log.warning("tables job: %s; going back to the stored shares in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
                 await self._retake()
+                await asyncio.sleep(delay)
 
     async def _apply(self, tp: TopicPartition, records: list) -> None:  # type: ignore[type-arg]
         share = self.shares.get(tp.partition)
         if share is None:
-            if tp in self._consumer.assignment():
-                await self.take(tp)  # dropped after a failed write: start again from what is stored
+            if tp in self.consumer.assignment():
+                self.pending.add(tp)  # dropped after a failed write: start again from what is stored
+                self.consumer.pause(tp)
             return
         if not records:
             return
@@ -138,19 +150,17 @@ class TablesJob:
             self.shares.pop(tp.partition, None)
             raise
         m.TABLES_WRITES.labels("ok").inc()
-        await self._consumer.commit({tp: share.offset + 1})
+        await self.consumer.commit({tp: share.offset + 1})
 
     async def _retake(self) -> None:
-        for tp in self._consumer.assignment():
-            if tp.partition in self.shares:
-                continue
-            try:
-                await self.take(tp)
-            except (*REDIS_ERRORS, RankstreamError) as exc:
-                log.warning("share %s:%d not taken yet: %s", tp.topic, tp.partition, exc)
+        """After a failure: every assigned partition whose share may be ahead of Redis is read again."""
+        for tp in self.consumer.assignment():
+            if tp.partition not in self.shares:
+                self.pending.add(tp)
+                self.consumer.pause(tp)
 
     async def close(self) -> None:
-        await self._consumer.stop()
+        await self.consumer.stop()
 
 
 async def run_tables(settings: Settings) -> None:

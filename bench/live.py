@@ -1,0 +1,277 @@
+"""`rankstream bench live`: what users would have seen, with the item tables frozen and with them live.
+
+Two arms on the real Kafka and Redis, the same events (the whole test period, in time order) at the same
+fixed rate, the same model, each arm on a topic and a flushed Redis database of its own, seeded like
+`rankstream load` seeds:
+- frozen: the scorer alone; the tables stay as seeded (the history before the test period);
+- live: the scorer and one `rankstream tables` replica (a process) sharing the machine.
+For every event whose user had a list on screen, the scorer notes where the event's item stood in that
+list (the live hit-rate it already counts). hit_rate@10: the share of those events whose item was in
+the top 10; ndcg@10: 1 / log2(rank + 2) for such an event, else 0 (one relevant item per event).
+Intervals: 95% bootstrap over users (1,000 resamples, seed 0), users resampled together for the ratio.
+Freshness (live arm): from a record's Kafka timestamp to the first poll (every 20 ms) that finds its
+partition's share in Redis at or past it.
+"""
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rankstream.bench.latency import percentile
+from rankstream.bench.stream import count_not_reflected, produce_elsewhere
+from rankstream.bench.tables import PARTITIONS, Replicas, Topic, stored_offsets
+from rankstream.data.live_replay import LiveReplay, seeded
+from rankstream.data.prepare import Prepared, prepare
+from rankstream.deploy import stack
+from rankstream.deploy.kafka_local import create_topics
+from rankstream.ops.load import split_events
+from rankstream.ops.replay import Produced
+from rankstream.stream.events import ClickEvent
+from rankstream.stream.lag import group_lag
+from rankstream.stream.livestore import seed
+from rankstream.stream.ranker import Ranker
+from rankstream.stream.redis_client import RedisClient, connect_from_settings
+from rankstream.stream.scorer import Scorer
+from rankstream.stream.settings import Settings
+from rankstream.stream.store import Store
+
+log = logging.getLogger(__name__)
+
+BENCH_DB = 3
+_RESAMPLES = 1_000
+_POLL_S = 0.02
+
+
+@dataclass
+class Arm:
+    events: int  # events checked against a list on screen
+    hit_rate_at_10: float
+    ndcg_at_10: float
+    ci95: dict[str, list[float]]
+    lost: int
+    users_not_reflected: int
+    p99_ms: float | None  # event -> list in Redis, for the scorer's load at this rate
+
+
+@dataclass
+class LiveBench:
+    events: int
+    rate: float
+    model: str
+    frozen: Arm
+    live: Arm
+    ratio: dict[str, dict[str, float | list[float]]]  # live / frozen, with its interval
+    freshness_ms: dict[str, float | None]
+    lost: int
+
+    def to_json(self) -> str:
+        out = asdict(self)
+        for arm in ("frozen", "live"):  # the issue's key names
+            a = out[arm]
+            a["hit_rate@10"], a["ndcg@10"] = a.pop("hit_rate_at_10"), a.pop("ndcg_at_10")
+        return json.dumps(out, indent=2)
+
+
+def format_live(r: LiveBench) -> str:
+    def row(name: str, a: Arm) -> str:
+        hr, nd = a.ci95["hit_rate@10"], a.ci95["ndcg@10"]
+        return (
+            f"{name:<7} {a.events:>8,} {a.hit_rate_at_10:.4f} [{hr[0]:.4f}, {hr[1]:.4f}]  "
+            f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lost:>4}"
+        )
+
+    hr = r.ratio["hit_rate@10"]
+    return "\n".join(
+        [
+            f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}",
+            "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lost",
+            row("frozen", r.frozen),
+            row("live", r.live),
+            f"live / frozen hit-rate@10: {hr['ratio']:.3f} [{hr['ci95'][0]:.3f}, {hr['ci95'][1]:.3f}]",  # type: ignore[index]
+            f"freshness: p50 {r.freshness_ms['p50']} ms, p99 {r.freshness_ms['p99']} ms",
+        ]
+    )
+
+
+def per_user(outcomes: Sequence[tuple[str, int]]) -> dict[str, tuple[int, int, float]]:
+    """user -> (events, hits in the top 10, summed gain)."""
+    out: dict[str, tuple[int, int, float]] = {}
+    for user, rank in outcomes:
+        n, h, g = out.get(user, (0, 0, 0.0))
+        hit = 0 <= rank < 10
+        out[user] = (n + 1, h + hit, g + (1.0 / math.log2(rank + 2) if hit else 0.0))
+    return out
+
+
+def _sums(table: dict[str, tuple[int, int, float]], users: list[str]) -> np.ndarray:
+    return np.array([table.get(u, (0, 0, 0.0)) for u in users], dtype=float).reshape(-1, 3)
+
+
+def summarize(
+    frozen: Sequence[tuple[str, int]], live: Sequence[tuple[str, int]], seed_: int = 0
+) -> tuple[dict[str, tuple[float, list[float]]], dict[str, tuple[float, list[float]]], dict[str, dict]]:
+    """Each arm's (value, ci95) per metric, and live / frozen with its paired interval."""
+    a, b = per_user(frozen), per_user(live)
+    users = sorted(set(a) | set(b))
+    fa, fb = _sums(a, users), _sums(b, users)
+    idx = np.random.default_rng(seed_).integers(0, len(users), size=(_RESAMPLES, len(users))) if users else None
+
+    def metrics(s: np.ndarray) -> dict[str, float]:
+        n = s[..., 0].sum(axis=-1)
+        return {
+            "hit_rate@10": s[..., 1].sum(axis=-1) / np.maximum(n, 1),
+            "ndcg@10": s[..., 2].sum(axis=-1) / np.maximum(n, 1),
+        }
+
+    point_a, point_b = metrics(fa), metrics(fb)
+    boot_a = metrics(fa[idx]) if idx is not None else None
+    boot_b = metrics(fb[idx]) if idx is not None else None
+
+    def ci(x: np.ndarray | None) -> list[float]:
+        return (
+            [round(float(np.percentile(x, 2.5)), 5), round(float(np.percentile(x, 97.5)), 5)] if x is not None else []
+        )
+
+    arm_a = {k: (round(float(v), 5), ci(boot_a[k] if boot_a else None)) for k, v in point_a.items()}
+    arm_b = {k: (round(float(v), 5), ci(boot_b[k] if boot_b else None)) for k, v in point_b.items()}
+    ratio = {}
+    for k in point_a:
+        r = float(point_b[k] / point_a[k]) if point_a[k] else float("nan")
+        boots = boot_b[k] / np.maximum(boot_a[k], 1e-12) if boot_a and boot_b else None
+        ratio[k] = {"ratio": round(r, 4), "ci95": ci(boots)}
+    return arm_a, arm_b, ratio
+
+
+async def _arm(
+    name: str,
+    base: Settings,
+    ranker: Ranker,
+    client: RedisClient,
+    catalog: dict[str, str],
+    tables: LiveReplay,
+    events: list[ClickEvent],
+    rate: float,
+    log_dir: Path,
+    with_tables: bool,
+) -> tuple[list[tuple[str, int]], int, int, float | None, dict[str, float | None]]:
+    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness)."""
+    topic = Topic(base, client, name)
+    settings = base.model_copy(
+        update={"topic": topic.name, "dlq_topic": f"{topic.name}.dlq", "group_id": f"g-{topic.name}"}
+    )
+    await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic.name: PARTITIONS, f"{topic.name}.dlq": 1})
+    await client.flushdb()
+    store = Store(client, ttl_s=base.rec_ttl_s)
+    await store.load_catalog(catalog)
+    await seed(client, topic.name, tables.shares, tables.params)
+    replicas = Replicas(topic.env(), 1, log_dir) if with_tables else None
+    scorer = Scorer(settings, ranker, store, latency_samples=len(events) + 10_000)
+    await scorer.start()
+    task = asyncio.create_task(scorer.run())
+    reached: dict[int, list[tuple[int, float]]] = {}
+    try:
+        await asyncio.sleep(3.0)  # the scorer and the tables replica join their groups
+        producing = asyncio.create_task(
+            produce_elsewhere(settings.kafka_bootstrap, topic.name, events, rate, keep_all=True)
+        )
+        while True:
+            if task.done():
+                task.result()
+            if replicas is not None:
+                replicas.check()
+                now = time.time() * 1000
+                for p, off in (await stored_offsets(client, topic.name)).items():
+                    if not reached.get(p) or reached[p][-1][0] != off:
+                        reached.setdefault(p, []).append((off, now))
+            await asyncio.sleep(_POLL_S)
+            if not producing.done():
+                continue
+            produced: Produced = producing.result()
+            lag = await group_lag(settings.kafka_bootstrap, topic.name, settings.group_id)
+            ends = {
+                p: max(o for q, o, _ in produced.all or [] if q == p) for p in {q for q, _, _ in produced.all or []}
+            }
+            settled = replicas is None or all(reached.get(p, [(-1, 0)])[-1][0] >= o for p, o in ends.items())
+            if lag and sum(lag.values()) == 0 and settled:
+                break
+    finally:
+        scorer.stop()
+        await task
+        await scorer.close()
+        if replicas is not None:
+            replicas.stop()
+    last = {key.decode(): at for key, at in produced.last.items()}
+    not_reflected = await count_not_reflected(store, topic.name, last)
+    st = scorer.stats
+    lost = len(events) - st.events - st.dlq
+    p99 = percentile(sorted(ms for _, ms in scorer.latencies), 99)
+    fresh: dict[str, float | None] = {"p50": None, "p99": None}
+    if replicas is not None:
+        delays = []
+        for p, off, sent_ms in produced.all or []:
+            seen = next((t for o, t in reached.get(p, []) if o >= off), None)
+            if seen is not None:
+                delays.append(max(0.0, seen - sent_ms))
+        fresh = {"p50": percentile(delays, 50), "p99": percentile(delays, 99)}
+    return list(scorer.recorder.outcomes), lost, not_reflected, p99, fresh
+
+
+async def bench_live_on(
+    base: Settings, data_dir: Path, model_dir: Path, log_dir: Path, *, rate: float, limit: int | None = None
+) -> LiveBench:
+    prepared = Prepared.load(data_dir)
+    events = split_events(data_dir, "test", limit)
+    tables = await asyncio.to_thread(seeded, prepared, PARTITIONS)
+    ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
+    client = connect_from_settings(base)
+    try:
+        arms = {}
+        for name, with_tables in (("frozen", False), ("live", True)):
+            arms[name] = await _arm(
+                name, base, ranker, client, prepared.catalog, tables, events, rate, log_dir, with_tables
+            )
+    finally:
+        await client.aclose()
+    fa, fb, ratio = summarize(arms["frozen"][0], arms["live"][0])
+
+    def arm(name: str, m: dict[str, tuple[float, list[float]]]) -> Arm:
+        outcomes, lost, not_reflected, p99, _ = arms[name]
+        return Arm(
+            events=len(outcomes),
+            hit_rate_at_10=m["hit_rate@10"][0],
+            ndcg_at_10=m["ndcg@10"][0],
+            ci95={k: v[1] for k, v in m.items()},
+            lost=lost,
+            users_not_reflected=not_reflected,
+            p99_ms=p99,
+        )
+
+    frozen, live = arm("frozen", fa), arm("live", fb)
+    return LiveBench(
+        events=len(events),
+        rate=rate,
+        model=ranker.version,
+        frozen=frozen,
+        live=live,
+        ratio=ratio,
+        freshness_ms=arms["live"][4],
+        lost=frozen.lost + live.lost,
+    )
+
+
+def bench_live(home: Path, model_dir: Path, *, rate: float, limit: int | None = None, **scorer: object) -> LiveBench:
+    """`rankstream bench live` on the local stack and the prepared data of `home`."""
+    info = stack.up(home / "stack")
+    redis_url = info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
+    base = Settings(kafka_bootstrap=info.bootstrap, redis_url=redis_url, model_dir=model_dir, **scorer)  # type: ignore[arg-type]
+    log_dir = home / "bench-live"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    prepare(None, home / "data")
+    return asyncio.run(bench_live_on(base, home / "data", model_dir, log_dir, rate=rate, limit=limit))
