@@ -41,12 +41,13 @@ def test_docker_compose_accepts_the_file() -> None:
 
 def test_services_and_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"kafka", "redis", "prepare", "model-builder", "scorer"} <= set(services)
+    assert {"kafka", "redis", "prepare", "model-builder", "scorer", "tables"} <= set(services)
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
     assert services["redis"]["image"] == "redis:7"
     assert "healthcheck" in services["kafka"] and "healthcheck" in services["redis"]
     assert _env(services["kafka"])["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert services["scorer"]["build"]["dockerfile"] == "deploy/docker/Dockerfile.scorer"
+    for served in ("scorer", "tables"):
+        assert services[served]["build"]["dockerfile"] == "deploy/docker/Dockerfile.scorer"
     for job in ("prepare", "model-builder"):
         assert services[job]["build"]["dockerfile"] == "deploy/docker/Dockerfile.jobs"
 
@@ -79,6 +80,27 @@ def test_scorer_environment_and_model_volume(compose: dict[str, Any]) -> None:
     assert "models" in compose["volumes"]
     # `--scale scorer=3` needs replicas without a fixed name or host port.
     assert "container_name" not in services["scorer"] and "ports" not in services["scorer"]
+
+
+def test_tables_job_runs_beside_the_scorer(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    tables = services["tables"]
+    # The image's ENTRYPOINT is `rankstream serve`: a `command` would only add arguments to it.
+    assert tables["entrypoint"] == ["rankstream", "tables"] and "command" not in tables
+    assert tables["image"] == services["scorer"]["image"]
+    kafka_redis = ("RANKSTREAM_KAFKA", "RANKSTREAM_REDIS", "RANKSTREAM_TOPIC")
+    scorer = {k: v for k, v in _env(services["scorer"]).items() if k.startswith(kafka_redis)}
+    assert {k: v for k, v in _env(tables).items() if k.startswith(kafka_redis)} == scorer
+    assert _env(tables)["RANKSTREAM_TABLES_GROUP_ID"] != _env(services["scorer"])["RANKSTREAM_GROUP_ID"]
+    # `load` (in prepare) seeds the shares the job reads; it needs no model.
+    assert tables["depends_on"] == {
+        "kafka": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+        "prepare": {"condition": "service_completed_successfully"},
+    }
+    assert "volumes" not in tables
+    # `--scale tables=2`: no fixed name or host port.
+    assert "container_name" not in tables and "ports" not in tables
 
 
 def test_job_commands(compose: dict[str, Any]) -> None:
