@@ -99,6 +99,7 @@ class StreamBench(Record):
     max_sustained_events_per_s: float | None
     fixed_share: float
     fixed: Phase
+    tables_job: bool = False  # a `rankstream tables` replica ran beside the scorer in every phase
 
 
 @dataclass(frozen=True)

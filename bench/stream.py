@@ -32,6 +32,7 @@ from typing import Any
 
 from rankstream.bench.latency import latency_split, percentile
 from rankstream.bench.results import BatchShape, Latency, Phase, StreamBench
+from rankstream.bench.tables import Replicas, replica_env
 from rankstream.data.live_replay import LiveReplay, seeded
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
@@ -114,8 +115,10 @@ async def _phase(
     tables: Tables,
     events: list[ClickEvent],
     rate: float | None,
+    tables_log: Path | None = None,
 ) -> Phase:
-    """One phase on a fresh topic and a flushed database, with a scorer of its own."""
+    """One phase on a fresh topic and a flushed database, with a scorer of its own (and, with
+    `tables_log`, a `rankstream tables` replica beside it, logging into that folder)."""
     topic = f"bench-{name}-{int(time.time() * 1000)}"
     settings = base.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq", "group_id": f"g-{topic}"})
     await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic: 4, f"{topic}.dlq": 1})
@@ -124,6 +127,7 @@ async def _phase(
     catalog, seeded_tables = tables
     await store.load_catalog(catalog)
     await seed(client, topic, seeded_tables.shares, seeded_tables.params)
+    replicas = Replicas(replica_env(settings, topic), 1, tables_log) if tables_log is not None else None
     await asyncio.sleep(_SETTLE_S)
     backlog = None if rate is not None else await produce_events(settings.kafka_bootstrap, topic, events, None)
     scorer = Scorer(settings, ranker, store, latency_samples=1_000_000)
@@ -135,6 +139,9 @@ async def _phase(
         scorer.stop()
         await task
         await scorer.close()
+        if replicas is not None:
+            replicas.check()
+            replicas.stop()
     last = backlog if backlog is not None else live
     assert last is not None  # one of the two produced the phase's events
     return await phase_result(scorer, store, topic, len(events), rate, timing, last)
@@ -239,6 +246,7 @@ async def bench_stream(
     share: float = 0.8,
     live_events: int | None = None,
     steps: int = 8,
+    with_tables: bool = False,
     **scorer_settings: Any,
 ) -> StreamBench:
     """Run the phases and return the figures (see the module docstring). `scorer_settings` override the
@@ -253,11 +261,16 @@ async def bench_stream(
     evs = split_events(home / "data", "test", None)
     live = evs[events:][:live_events]
 
+    tables_log = None
+    if with_tables:
+        tables_log = home / "bench-stream"
+        tables_log.mkdir(parents=True, exist_ok=True)
+
     def live_phase(name: str) -> Callable[[float], Awaitable[Phase]]:
-        return lambda rate: _phase(name, base, ranker, client, tables, live, rate)
+        return lambda rate: _phase(name, base, ranker, client, tables, live, rate, tables_log)
 
     try:
-        backlog = await _phase("max", base, ranker, client, tables, evs[:events], None)
+        backlog = await _phase("max", base, ranker, client, tables, evs[:events], None, tables_log)
         ladder = await _ladder(live_phase("step"), round(backlog.events_per_s * 0.5, 1), steps)
         passed = [s.rate_target for s in ladder if s.kept_up and s.rate_target is not None]
         sustained = max(passed) if passed else ladder[0].rate_target
@@ -281,6 +294,7 @@ async def bench_stream(
         max_sustained_events_per_s=sustained if passed else None,
         fixed_share=share,
         fixed=fixed,
+        tables_job=with_tables,
     )
 
 

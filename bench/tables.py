@@ -177,14 +177,19 @@ class Topic:
         await seed(self.client, self.name, replay.shares, replay.params)
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "RANKSTREAM_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            "RANKSTREAM_REDIS_URL": self.settings.redis_url,
-            "RANKSTREAM_TOPIC": self.name,
-            "RANKSTREAM_TABLES_GROUP_ID": f"g-{self.name}",
-            "RANKSTREAM_KAFKA_CONSUMER_OPTIONS": json.dumps(_CONSUMER),
-        }
+        return replica_env(self.settings, self.name)
+
+
+def replica_env(settings: Settings, topic: str) -> dict[str, str]:
+    """The environment of a `rankstream tables` replica on `topic` of the settings' Kafka and Redis."""
+    return {
+        **os.environ,
+        "RANKSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "RANKSTREAM_REDIS_URL": settings.redis_url,
+        "RANKSTREAM_TOPIC": topic,
+        "RANKSTREAM_TABLES_GROUP_ID": f"g-tables-{topic}",
+        "RANKSTREAM_KAFKA_CONSUMER_OPTIONS": json.dumps(_CONSUMER),
+    }
 
 
 async def freshness(

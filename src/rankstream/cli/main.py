@@ -164,6 +164,7 @@ def _bench_stream(args: argparse.Namespace) -> int:
     given = (("rerank_top", args.rerank_top), ("score_chunk_users", args.chunk_users), ("user_quiet_ms", args.quiet_ms))
     overrides = {k: v for k, v in given if v is not None}
     options = {"events": args.events, "share": args.share, "live_events": args.live_events, **overrides}
+    options["with_tables"] = args.with_tables
     if args.repeat is not None:
         repeated = asyncio.run(bench_stream_repeated(home(), model, args.repeat, **options))
         print(repeated.to_json() if args.json else format_repeated(repeated))
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rerank-top", type=int, help="RANKSTREAM_RERANK_TOP for this run")
     b.add_argument("--chunk-users", type=int, help="RANKSTREAM_SCORE_CHUNK_USERS for this run")
     b.add_argument("--quiet-ms", type=int, help="RANKSTREAM_USER_QUIET_MS for this run")
+    b.add_argument("--with-tables", action="store_true", help="a `rankstream tables` replica beside the scorer")
     b.add_argument(
         "--repeat", type=_positive, help="run the whole benchmark N times back to back; report each and the worst"
     )
