@@ -24,6 +24,7 @@ def test_stream_bench_json_keeps_its_keys() -> None:
         "max_sustained_events_per_s",
         "fixed_share",
         "fixed",
+        "tables_job",
     ]
     assert doc["batch"] == {"max_records": 64, "linger_ms": 5}
     assert list(doc["ladder"][0]) == [
