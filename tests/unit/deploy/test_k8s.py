@@ -159,6 +159,41 @@ def _check_scorer(docs: list[Manifest]) -> None:
     assert _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def _tables(docs: list[Manifest]) -> Manifest:
+    return _one(docs, "Deployment", "rankstream-tables")
+
+
+def _check_tables(docs: list[Manifest]) -> None:
+    """The live-tables job: `rankstream tables` with the scorers' ConfigMap and Secret, in its own group."""
+    deployment = _tables(docs)
+    container = _container(deployment)
+    # The image's ENTRYPOINT is `rankstream serve`; `command` replaces it (`args` alone would extend it).
+    assert container["command"] == ["rankstream", "tables"] and "args" not in container
+    assert container["image"] == _container(_scorer(docs))["image"]
+    sources = _env_sources(container)
+    assert sources == _env_sources(_container(_scorer(docs)))
+    assert _one(docs, "ConfigMap", sources["configMapRef"]) and _one(docs, "Secret", sources["secretRef"])
+    assert not any(e["name"].startswith(("RANKSTREAM_KAFKA", "RANKSTREAM_REDIS")) for e in container.get("env", []))
+    config = _config(docs)
+    assert config.get("RANKSTREAM_TABLES_GROUP_ID", "rankstream-tables") != config["RANKSTREAM_GROUP_ID"], (
+        "the tables job in the scorers' group would take their partitions"
+    )
+    # It serves no port: an HTTP probe would fail, and an exec probe could only check that the process runs.
+    assert not {"startupProbe", "livenessProbe", "readinessProbe", "ports"} & set(container)
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
+    # Its pods are not the scorers': their selector, PDB and PodMonitor leave the tables pods out, and back.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    scorer_labels = _scorer(docs)["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        _scorer(docs)["spec"]["selector"]["matchLabels"],
+        _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        _one(docs, "PodMonitor")["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert not deployment["spec"]["selector"]["matchLabels"].items() <= scorer_labels.items()
+
+
 def _mounts(pod: Manifest, container: Manifest) -> dict[str, str]:
     """mount path -> claim name, for the container's PVC mounts."""
     claims = {
@@ -193,7 +228,7 @@ def _check_settings(docs: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.metrics_port == 9100
 
 
-CHECKS = [_check_scaled_object, _check_pod_monitor, _check_scorer, _check_model_volume]
+CHECKS = [_check_scaled_object, _check_pod_monitor, _check_scorer, _check_tables, _check_model_volume]
 
 
 def test_base_lists_every_manifest_beside_it() -> None:
@@ -246,9 +281,16 @@ def test_local_overlay_is_one_small_replica_from_a_local_registry(local: list[Ma
     assert deployment["spec"]["replicas"] == 1
     assert _one(local, "ScaledObject")["spec"]["maxReplicaCount"] == 1
     assert _container(deployment)["resources"]["limits"]["cpu"] == "1"
+    assert _tables(local)["spec"]["replicas"] == 1
     job = _one(local, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    images = [_container(deployment)["image"]] + [c["image"] for c in job["containers"]]
+    images = [_container(deployment)["image"], _container(_tables(local))["image"]]
+    images += [c["image"] for c in job["containers"]]
     assert all(image.startswith("localhost:5000/") for image in images), images
+
+
+def test_base_runs_two_tables_replicas(base: list[Manifest]) -> None:
+    # Fixed, not scaled: a lost replica's partitions move to the other at once.
+    assert _tables(base)["spec"]["replicas"] == 2
 
 
 def test_recompress_reads_the_scorers_settings_and_credentials(base: list[Manifest]) -> None:
