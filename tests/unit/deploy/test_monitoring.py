@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 ALERTS = MONITORING / "alerts.yml"
+ALERT_TESTS = MONITORING / "alerts-test.yml"
 
 # The series each metric type puts on /metrics (prometheus_client: a family's name has no _total).
 SUFFIXES = {
@@ -94,19 +95,35 @@ def test_alerts_cover_the_failure_modes() -> None:
         "RankstreamDLQSpike",
         "RankstreamModelRefused",
         "RankstreamReplicaNotReady",
+        "RankstreamTablesFenceMoved",
+        "RankstreamTablesSkipping",
     }
     assert "> 0.25" in rules["RankstreamP99OverObjective"]["expr"]  # the 250 ms objective, in seconds
     assert rules["RankstreamReplicaNotReady"]["expr"].strip() == "rankstream_ready == 0"
     assert rules["RankstreamReplicaNotReady"]["for"].endswith("m")
+    fence = rules["RankstreamTablesFenceMoved"]
+    assert 'rankstream_tables_share_writes_total{outcome="fence_moved"}' in fence["expr"]
+    assert fence["for"] == "10m"
     for rule in rules.values():
         assert rule["labels"]["severity"] and rule["annotations"]["summary"], rule["alert"]
 
 
-def test_promtool_accepts_the_rules() -> None:
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not found: install Debian's `prometheus` package (deploy/setup.sh does)")
-    done = subprocess.run(
-        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60, check=False
-    )
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_promtool_accepts_the_rules() -> None:
+    done = _promtool("check", "rules", str(ALERTS))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_tables_alerts_fire_when_they_should() -> None:
+    """promtool's rule unit tests: each tables alert fires on its failure and stays silent just short of it."""
+    done = _promtool("test", "rules", str(ALERT_TESTS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    cases = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    tested = {t["alertname"] for case in cases for t in case["alert_rule_test"]}
+    assert tested == {"RankstreamTablesFenceMoved", "RankstreamTablesSkipping"}
