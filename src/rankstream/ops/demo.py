@@ -1,7 +1,8 @@
 """`rankstream demo`: the whole stream on real data, from nothing to recommendations a person can read.
 
-stack up -> prepare data -> compress a model (fast preset, once) -> load tables -> start a scorer process -> replay the
-start of the test period (plus a few malformed events) -> wait for lag 0 -> print lists from Redis.
+stack up -> prepare data -> compress a model (fast preset, once) -> load tables -> start a scorer process and a
+live-tables process -> replay the start of the test period (plus a few malformed events) -> wait for lag 0 and for
+the tables to reach the topic's end -> print lists from Redis.
 
 The data is UCI Online Retail with its documented split, or a bring-your-own folder (`--source`) split as
 `rankstream prepare --source` splits it; what is replayed is the start of that data's test split.
@@ -14,10 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from rankstream.data.prepare import prepare
@@ -33,7 +36,9 @@ from rankstream.stream.artifact import copy_artifact, load_manifest
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import topic_size
+from rankstream.stream.livestore import read_meta, share_keys
 from rankstream.stream.recorder import Stats
+from rankstream.stream.redis_client import connect_from_settings
 from rankstream.stream.service import resolve_model_dir
 from rankstream.stream.settings import Settings, load_settings
 from rankstream.stream.store import Store
@@ -92,12 +97,24 @@ def run_demo(home: Path, *, events: int = 3000, source: Path | None = None, user
     _banner("tables into Redis, topics into Kafka")
     print(asyncio.run(load_tables_and_topics(settings, data_dir)))
 
-    _banner(f"scorer: `rankstream serve` as its own process; replay {events} test-period events")
+    _banner(f"`rankstream serve` and `rankstream tables`, each its own process; replay {events} test-period events")
     log_path = home / "demo-scorer.log"
+    tables_log = home / "demo-tables.log"
     evs = split_events(data_dir, "test", events)
-    run = _serve_and_replay(settings, env, evs, log_path)
+    earlier = asyncio.run(topic_size(settings.kafka_bootstrap, settings.topic))
+    tables = _start_tables(env, tables_log)
+    try:
+        run = _serve_and_replay(settings, env, evs, log_path)
+        if run is not None:
+            asyncio.run(_wait_for_tables(settings, tables, tables_log))
+    finally:
+        code = _stop(tables)
     if run is None:
         return 1
+    if code != 0:
+        print(f"tables job exited with {code}; see {tables_log}", file=sys.stderr)
+        return 1
+    position = asyncio.run(read_tables_position(settings))  # after its last write
 
     _banner("recommendations, read back from Redis as a frontend would")
     asyncio.run(_show_users(settings, evs, users_shown))
@@ -112,6 +129,16 @@ def run_demo(home: Path, *, events: int = 3000, source: Path | None = None, user
     print(f"lists written:  {stats.lists_written}   pairs scored: {stats.pairs}")
     print(f"dead-lettered:  {run.dlq} (by reason: {stats.dlq_reasons})")
     print(f"consumer lag:   {run.lag}")
+    behind = "" if position.caught_up else ", short of the topic's end"
+    print(
+        f"live tables:    {position.records} records read by the tables job into {position.partitions} shares "
+        f"(valid ones applied, invalid ones skipped){behind}   log: {tables_log}"
+    )
+    if earlier:
+        print(
+            f"                the topic held {earlier} records from earlier runs: `load` seeds the shares at "
+            "offset -1, so the tables job read those again too"
+        )
     print(f"wall time:      {time.perf_counter() - t0:.0f}s   scorer log: {log_path}")
     return 0
 
@@ -179,6 +206,86 @@ async def _replay_and_follow(
         return await sending, lag
     finally:
         sending.cancel()  # a no-op once it is done; asyncio.run awaits it on the way out
+
+
+def _start_tables(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start one `rankstream tables` replica, its output into `log_path`."""
+    with log_path.open("w") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rankstream.cli.main", "tables"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 60) -> int:
+    """SIGTERM (the tables job writes the batch in hand, then exits), SIGKILL after `grace_s`; the exit code."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+@dataclass(frozen=True)
+class TablesPosition:
+    """Where the live-table shares stand against the clicks topic."""
+
+    records: int  # records of the topic the shares went through since `load` seeded them
+    partitions: int
+    caught_up: bool  # every share reflects its partition up to the end
+
+
+def tables_progress(offsets: Mapping[int, int], bounds: Mapping[int, tuple[int, int]]) -> tuple[int, bool]:
+    """(records the shares went through, whether each reached its partition's end).
+
+    Args:
+        offsets: each share's stored offset, the last record it applied or skipped (-1: seeded only; a
+            missing share counts as that).
+        bounds: each partition's (beginning, end) offsets.
+    """
+    records, caught_up = 0, True
+    for partition, (begin, end) in bounds.items():
+        last = offsets.get(partition, -1)
+        records += max(0, last + 1 - begin)
+        caught_up = caught_up and last + 1 >= end
+    return records, caught_up
+
+
+async def read_tables_position(settings: Settings) -> TablesPosition:
+    """The shares' stored offsets (Redis) against the topic's offsets (the brokers)."""
+    client = connect_from_settings(settings)
+    try:
+        topic, partitions, _ = await read_meta(client)
+        stored = [await client.hget(share_keys(topic, p)[0], "offset") for p in range(partitions)]
+    finally:
+        await client.aclose()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka_client_options())
+    await consumer.start()
+    try:
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    offsets = {p: int(v) for p, v in enumerate(stored) if v is not None}
+    records, caught_up = tables_progress(offsets, {tp.partition: (begins[tp], ends[tp]) for tp in tps})
+    return TablesPosition(records, partitions, caught_up)
+
+
+async def _wait_for_tables(
+    settings: Settings, tables: subprocess.Popen[bytes], log_path: Path, limit_s: float = 120
+) -> None:
+    """Until the shares reflect every record of the topic, or `limit_s`; fails fast if the job exits."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if tables.poll() is not None:
+            raise StackError(f"the demo's tables job exited early with {tables.returncode}; see {log_path}")
+        if (await read_tables_position(settings)).caught_up:
+            return
+        await asyncio.sleep(1.0)
 
 
 async def _show_users(settings: Settings, evs: list[ClickEvent], n: int) -> None:
