@@ -26,7 +26,7 @@ import numpy as np
 
 from rankstream.bench.latency import percentile
 from rankstream.bench.stream import count_not_reflected, produce_elsewhere
-from rankstream.bench.tables import PARTITIONS, Replicas, Topic, stored_offsets
+from rankstream.bench.tables import PARTITIONS, Replicas, Topic, stored_offsets, wait_taken
 from rankstream.data.live_replay import LiveReplay, seeded
 from rankstream.data.prepare import Prepared, prepare
 from rankstream.deploy import stack
@@ -171,13 +171,16 @@ async def _arm(
     store = Store(client, ttl_s=base.rec_ttl_s)
     await store.load_catalog(catalog)
     await seed(client, topic.name, tables.shares, tables.params)
+    started_ms = time.time() * 1000
     replicas = Replicas(topic.env(), 1, log_dir) if with_tables else None
     scorer = Scorer(settings, ranker, store, latency_samples=len(events) + 10_000)
     await scorer.start()
     task = asyncio.create_task(scorer.run())
     reached: dict[int, list[tuple[int, float]]] = {}
     try:
-        await asyncio.sleep(3.0)  # the scorer and the tables replica join their groups
+        await asyncio.sleep(3.0)  # the scorer joins its group
+        if replicas is not None:
+            await wait_taken(client, topic.name, started_ms, replicas)  # and the tables replica serves
         producing = asyncio.create_task(
             produce_elsewhere(settings.kafka_bootstrap, topic.name, events, rate, keep_all=True)
         )

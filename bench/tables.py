@@ -134,6 +134,21 @@ async def stored_offsets(client: RedisClient, topic: str) -> dict[int, int]:
         return {p: int(v) if v is not None else -1 for p, v in enumerate(await pipe.execute())}
 
 
+async def wait_taken(client: RedisClient, topic: str, since_ms: float, replicas: "Replicas") -> None:
+    """Until every share of `topic` was taken by a replica after `since_ms`: the job serves from then."""
+    deadline = time.monotonic() + _SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        replicas.check()
+        async with client.pipeline(transaction=False) as pipe:
+            for p in range(PARTITIONS):
+                pipe.hget(share_keys(topic, p)[0], "taken_ms")
+            taken = await pipe.execute()
+        if all(t is not None and int(t) >= since_ms for t in taken):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the tables replicas took not every share of {topic} in {_SETTLE_TIMEOUT_S:.0f}s")
+
+
 async def settle(client: RedisClient, topic: str, last: dict[int, int], replicas: Replicas) -> int:
     """Wait until every share reflects its partition's last record; the records still not reflected."""
     deadline = time.monotonic() + _SETTLE_TIMEOUT_S
@@ -197,6 +212,7 @@ async def freshness(
 ) -> dict[str, float]:
     """p50/p99 ms from a record's Kafka timestamp (its send) to the first poll that finds its share
     reflecting it; one replica, `rate` events/s. Polled every 10 ms, so that is the resolution."""
+    started_ms = time.time() * 1000
     replicas = Replicas(topic.env(), 1, log_dir)
     reached: dict[int, list[tuple[int, float]]] = {}  # partition -> (stored offset, first seen, ms)
     stop = asyncio.Event()
@@ -210,7 +226,7 @@ async def freshness(
             await asyncio.sleep(0.01)
 
     try:
-        await asyncio.sleep(3.0)  # the replica joins its group before the clock starts
+        await wait_taken(client, topic.name, started_ms, replicas)  # the clock starts once it serves
         poller = asyncio.create_task(poll())
         records = event_records(events)
         produced = await produce(topic.settings.kafka_bootstrap, topic.name, records, rate=rate, keep_all=True)

@@ -2,7 +2,8 @@
 
 Keys of the share of partition P of topic T (the braces are a Redis Cluster hash tag, so one share is
 one slot and its write is one atomic script wherever the cluster puts it):
-    rs:lt:{T:P}:meta     hash: offset (the last applied; -1: seeded only), last_ms, trend
+    rs:lt:{T:P}:meta     hash: offset (the last applied; -1: seeded only), last_ms, trend; owner, taken_ms
+                         (the replica that took the share last, and when; informational)
     rs:lt:{T:P}:nb       hash: item -> neighbour:weight,... (forward-decayed weights, this share only)
     rs:lt:{T:P}:counts   hash: item -> baskets,first_ms,buyers;day:n,...
     rs:lt:{T:P}:users    hash: user -> [open basket ts, items, previous basket ts, items]
@@ -19,6 +20,7 @@ offset moved and writes nothing.
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -123,6 +125,12 @@ async def seed(client: RedisClient, topic: str, shares: Sequence[Share], params:
     await client.hset(
         META_KEY, mapping={"topic": topic, "partitions": str(len(shares)), "params": json.dumps(asdict(params))}
     )
+
+
+async def mark_taken(client: RedisClient, topic: str, partition: int, replica: str) -> None:
+    """Record which replica took a share and when (outside the fence: nothing reads it to count)."""
+    now_ms = int(time.time() * 1000)
+    await client.hset(share_keys(topic, partition)[0], mapping={"owner": replica, "taken_ms": str(now_ms)})
 
 
 async def read_meta(client: RedisClient) -> tuple[str, int, LiveParams]:

@@ -13,7 +13,9 @@ dead-letters them with their reason, once.
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -22,7 +24,7 @@ from rankstream.stream import metrics as m
 from rankstream.stream.errors import RankstreamError
 from rankstream.stream.events import Rejected, parse_event
 from rankstream.stream.live import LiveParams, Share, event_ms
-from rankstream.stream.livestore import FenceMoved, read_meta, read_share, write_share
+from rankstream.stream.livestore import FenceMoved, mark_taken, read_meta, read_share, write_share
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect_from_settings
 from rankstream.stream.settings import Settings
 
@@ -55,6 +57,7 @@ class TablesJob:
         self.params = LiveParams()
         self.shares: dict[int, Share] = {}
         self.pending: set[TopicPartition] = set()  # assigned, share not read yet (paused until then)
+        self.replica = settings.replica or f"{socket.gethostname()}-{os.getpid()}"
         self.applied = 0
         self.skipped = 0
         self._stop = asyncio.Event()
@@ -91,6 +94,8 @@ class TablesJob:
         self.consumer.seek(tp, share.offset + 1)
         self.consumer.resume(tp)
         self.pending.discard(tp)
+        # Who owns the share since when, for operators (and benchmarks that wait for a replica to serve).
+        await mark_taken(self.client, tp.topic, tp.partition, self.replica)
         log.info("share %s:%d taken at offset %d", tp.topic, tp.partition, share.offset)
 
     def stop(self) -> None:
