@@ -2,8 +2,8 @@
 
 Keys of the share of partition P of topic T (the braces are a Redis Cluster hash tag, so one share is
 one slot and its write is one atomic script wherever the cluster puts it):
-    rs:lt:{T:P}:meta     hash: offset (the last applied; -1: seeded only), last_ms, trend; owner, taken_ms
-                         (the replica that took the share last, and when; informational)
+    rs:lt:{T:P}:meta     hash: offset (the last applied; at seeding: the topic's end - 1), last_ms, trend;
+                         owner, taken_ms (the replica that took the share last, and when; informational)
     rs:lt:{T:P}:nb       hash: item -> neighbour:weight,... (forward-decayed weights, this share only)
     rs:lt:{T:P}:counts   hash: item -> baskets,first_ms,buyers;day:n,...
     rs:lt:{T:P}:users    hash: user -> [open basket ts, items, previous basket ts, items]
@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -105,23 +105,33 @@ async def write_share(
         raise FenceMoved(f"share {topic}:{partition}: stored offset {got}, this replica read {expected}")
 
 
-async def seed(client: RedisClient, topic: str, shares: Sequence[Share], params: LiveParams) -> None:
-    """Replace every share of `topic` with `shares` (offset -1: nothing of the topic applied yet).
+async def seed(
+    client: RedisClient,
+    topic: str,
+    shares: Sequence[Share],
+    params: LiveParams,
+    start: Mapping[int, int] | None = None,
+) -> None:
+    """Replace every share of `topic` with `shares`; the tables job then applies partition p's records from
+    offset `start[p]` on (default 0). `load` passes the topic's end offsets: records already in the topic
+    (an earlier replay) belong to the past the seed stands for and are not counted again.
 
     For `load`, with no tables job running. The meta key goes last, so a half-written seed is refused.
     """
+    start = start or {}
     await client.delete(META_KEY)
     for p, share in enumerate(shares):
         meta, nb, counts, users, bought = share_keys(topic, p)
         await client.delete(meta, nb, counts, users, bought)
         for key, run in zip((nb, counts, users), _runs(share, Dirty(), everything=True), strict=True):
-            for start in range(0, len(run), _SEED_CHUNK):
-                await client.hset(key, mapping=dict(run[start : start + _SEED_CHUNK]))
+            for at in range(0, len(run), _SEED_CHUNK):
+                await client.hset(key, mapping=dict(run[at : at + _SEED_CHUNK]))
         members = sorted(share.bought)
-        for start in range(0, len(members), _SEED_CHUNK):
-            await client.sadd(bought, *members[start : start + _SEED_CHUNK])
+        for at in range(0, len(members), _SEED_CHUNK):
+            await client.sadd(bought, *members[at : at + _SEED_CHUNK])
         trend = dump_trend(share.trend, share.trend_day)
-        await client.hset(meta, mapping={"offset": "-1", "last_ms": str(share.last_ms), "trend": trend})
+        offset = str(start.get(p, 0) - 1)
+        await client.hset(meta, mapping={"offset": offset, "last_ms": str(share.last_ms), "trend": trend})
     await client.hset(
         META_KEY, mapping={"topic": topic, "partitions": str(len(shares)), "params": json.dumps(asdict(params))}
     )

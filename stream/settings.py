@@ -80,6 +80,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _combinations(self) -> "Settings":
+        if self.tables_group_id == self.group_id:
+            raise ValueError(
+                f"RANKSTREAM_TABLES_GROUP_ID equals RANKSTREAM_GROUP_ID ({self.group_id!r}): the tables job and the "
+                "scorer would split the partitions between them; give the tables job a group of its own"
+            )
         if self.top_k > self.candidates:
             raise ValueError(
                 f"top_k ({self.top_k}) is larger than candidates ({self.candidates}); "

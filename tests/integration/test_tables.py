@@ -3,6 +3,7 @@ over and over while a whole test period streams in end with the same tables as a
 and as the offline recomputation, exactly."""
 
 import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,12 @@ import pytest
 from rankstream.bench.tables import bench_tables_on
 from rankstream.data.prepare import Split, prepare
 from rankstream.deploy import stack as local_stack
+from rankstream.ops.load import load_tables_and_topics, split_events
+from rankstream.ops.replay import event_records, produce
+from rankstream.stream.livestore import share_keys
+from rankstream.stream.redis_client import connect
 from rankstream.stream.settings import Settings
+from tests.model_builders import tiny_prepared
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,3 +53,26 @@ async def test_twenty_kills_leave_the_tables_exactly_as_an_uninterrupted_run(
     assert result.differences == []
     assert result.equal_uninterrupted and result.equal_offline
     assert result.max_events_per_s > 0 and result.freshness_ms["p99"] > 0
+
+
+async def test_load_seeds_at_the_topics_end_so_records_already_there_are_not_counted_again(
+    stack: local_stack.StackInfo, tmp_path: Path
+) -> None:
+    data = tiny_prepared(tmp_path)
+    topic = f"seeded-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, topic=topic, dlq_topic=f"{topic}.dlq"
+    )
+    await load_tables_and_topics(settings, data, partitions=2)
+    events = split_events(data, "test", 30)
+    produced = await produce(stack.bootstrap, topic, event_records(events))
+    await load_tables_and_topics(settings, data, partitions=2)  # the replayed records are now the past
+    client = connect(stack.redis_url)
+    try:
+        stored = {p: int(await client.hget(share_keys(topic, p)[0], "offset")) for p in range(2)}
+    finally:
+        await client.aclose()
+    last = {p: -1 for p in range(2)}
+    for partition, offset in produced.last.values():
+        last[partition] = max(last[partition], offset)
+    assert stored == last and max(last.values()) >= 0

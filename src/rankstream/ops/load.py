@@ -1,10 +1,13 @@
 """Glue between prepared data files and the running stream: load tables, create topics, replay, read."""
 
 import asyncio
+import logging
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
 from functools import partial
 from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import Prepared
@@ -16,6 +19,24 @@ from rankstream.stream.livestore import seed
 from rankstream.stream.redis_client import check_redis
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's end offset (the offset the next record gets)."""
+    producer = AIOKafkaProducer(**settings.kafka_client_options())
+    await producer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(await producer.partitions_for(topic))]
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options())
+    await consumer.start()
+    try:
+        return {tp.partition: off for tp, off in (await consumer.end_offsets(parts)).items()}
+    finally:
+        await consumer.stop()
 
 
 async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions: int = 4) -> str:
@@ -30,9 +51,15 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
         await asyncio.to_thread(
             partial(create_topics, settings.kafka_bootstrap, topics, **settings.kafka_client_options())
         )
+        ends = await topic_ends(settings, settings.topic)
+        if len(ends) != partitions:
+            log.warning(
+                "topic %s has %d partitions, not %d: seeding that many shares", settings.topic, len(ends), partitions
+            )
+            partitions = len(ends)
         tables = await asyncio.to_thread(seeded, prepared, partitions)
         await store.load_catalog(prepared.catalog)
-        await seed(store.client, settings.topic, tables.shares, tables.params)
+        await seed(store.client, settings.topic, tables.shares, tables.params, ends)
     finally:
         await store.close()
     return (

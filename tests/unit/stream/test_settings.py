@@ -105,3 +105,8 @@ def test_rerank_top_refuses_a_model_without_a_linear_part_at_start(fp32_artifact
     ranker = Ranker.load(fp32_artifact)
     with pytest.raises(ConfigError, match="set RANKSTREAM_RERANK_TOP=0"):
         Scorer(load_settings(rerank_top=20), ranker, store=None)  # type: ignore[arg-type]
+
+
+def test_the_tables_job_needs_a_group_of_its_own() -> None:
+    with pytest.raises(ConfigError, match="RANKSTREAM_TABLES_GROUP_ID"):
+        load_settings(group_id="g", tables_group_id="g")
