@@ -105,8 +105,7 @@ class TablesJob:
         delay = 0.0
         while not self._stop.is_set():
             try:
-                for tp in list(self.pending):
-                    await self.take(tp)
+                await self._take_pending()
                 fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
                 await asyncio.gather(*(self._apply(tp, records) for tp, records in fetched.items()))
                 delay = 0.0
@@ -115,6 +114,15 @@ class TablesJob:
                 log.warning("tables job: %s; going back to the stored shares in %.1fs", exc, delay)
                 await self._retake()
                 await asyncio.sleep(delay)
+
+    async def _take_pending(self) -> None:
+        """Read the shares of newly assigned partitions. One that cannot be read (a stray value; Redis
+        away) stays paused and is tried again next turn, logged; the other partitions go on."""
+        for tp in list(self.pending):
+            try:
+                await self.take(tp)
+            except (*REDIS_ERRORS, RankstreamError) as exc:
+                log.error("share %s:%d not taken: %s", tp.topic, tp.partition, exc)
 
     async def _apply(self, tp: TopicPartition, records: list) -> None:  # type: ignore[type-arg]
         share = self.shares.get(tp.partition)

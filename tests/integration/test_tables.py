@@ -2,13 +2,14 @@
 over and over while a whole test period streams in end with the same tables as an uninterrupted run
 and as the offline recomputation, exactly."""
 
+import asyncio
 import random
 import uuid
 from pathlib import Path
 
 import pytest
 
-from rankstream.bench.tables import bench_tables_on
+from rankstream.bench.tables import Replicas, bench_tables_on, replica_env, stored_offsets
 from rankstream.data.prepare import Split, prepare
 from rankstream.deploy import stack as local_stack
 from rankstream.ops.load import load_tables_and_topics, split_events
@@ -76,3 +77,35 @@ async def test_load_seeds_at_the_topics_end_so_records_already_there_are_not_cou
     for partition, offset in produced.last.values():
         last[partition] = max(last[partition], offset)
     assert stored == last and max(last.values()) >= 0
+
+
+async def test_a_share_that_cannot_be_read_waits_while_the_others_go_on(
+    stack: local_stack.StackInfo, tmp_path: Path
+) -> None:
+    data = tiny_prepared(tmp_path)
+    topic = f"broken-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, topic=topic, dlq_topic=f"{topic}.dlq"
+    )
+    await load_tables_and_topics(settings, data, partitions=2)
+    client = connect(stack.redis_url)
+    replicas = None
+    try:
+        _, nb, _, _, _ = share_keys(topic, 1)
+        await client.delete(nb)
+        await client.set(nb, "garbage")  # a stray tool's value of the wrong type
+        replicas = Replicas(replica_env(settings, topic), 1, tmp_path)
+        produced = await produce(stack.bootstrap, topic, event_records(split_events(data, "test", 60)))
+        last = {p: max(o for q, o in produced.last.values() if q == p) for p in (0, 1)}
+        for _ in range(300):
+            replicas.check()  # it never exits
+            offsets = await stored_offsets(client, topic)
+            if offsets[0] == last[0]:
+                break
+            await asyncio.sleep(0.1)
+        assert offsets[0] == last[0]  # the readable share went through its partition
+        assert offsets[1] == -1  # the broken one counted nothing on top of what it cannot read
+    finally:
+        if replicas is not None:
+            replicas.stop()
+        await client.aclose()
