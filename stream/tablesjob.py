@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from rankstream.stream import metrics as m
 from rankstream.stream.errors import RankstreamError
 from rankstream.stream.events import Rejected, parse_event
+from rankstream.stream.health import HealthServer, Probe
 from rankstream.stream.live import LiveParams, Share, event_ms
 from rankstream.stream.livestore import FenceMoved, mark_taken, read_meta, read_share, write_share
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect_from_settings
@@ -61,6 +62,9 @@ class TablesJob:
         self.applied = 0
         self.skipped = 0
         self._stop = asyncio.Event()
+        # The scorer's probes, same meaning: /healthz fails when the loop stops turning, /readyz while
+        # nothing is assigned, a failure is being backed off from, or Redis does not answer.
+        self.probe = Probe(settings.liveness_s, ping=client.ping)
         self.consumer = AIOKafkaConsumer(
             group_id=settings.tables_group_id,
             enable_auto_commit=False,
@@ -83,6 +87,9 @@ class TablesJob:
                 "moved partitions, so the shares no longer match; run `rankstream load` again"
             )
         self.consumer.subscribe([topic], listener=_Assign(self))
+        self.probe.assigned = lambda: len(self.consumer.assignment())
+        self.probe.started = True
+        self.probe.progressed()
         log.info("tables job started: topic=%s group=%s shares=%d", topic, self.settings.tables_group_id, partitions)
 
     async def take(self, tp: TopicPartition) -> None:
@@ -109,7 +116,11 @@ class TablesJob:
                 fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
                 await asyncio.gather(*(self._apply(tp, records) for tp, records in fetched.items()))
                 delay = 0.0
+                self.probe.failing = ""
+                self.probe.progressed()
             except (*REDIS_ERRORS, KafkaError, RankstreamError) as exc:
+                self.probe.failing = str(exc)
+                self.probe.progressed()  # backing off is the loop turning, not a hang
                 delay = min(5.0, max(0.1, delay * 2))
                 log.warning("tables job: %s; going back to the stored shares in %.1fs", exc, delay)
                 await self._retake()
@@ -177,15 +188,20 @@ class TablesJob:
 
 
 async def run_tables(settings: Settings) -> None:
-    """Run one tables replica until SIGTERM/SIGINT."""
+    """Run one tables replica until SIGTERM/SIGINT; /metrics, /healthz, /readyz on RANKSTREAM_METRICS_PORT."""
     client = connect_from_settings(settings)
     job = TablesJob(settings, client)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, job.stop)
+    health = HealthServer(job.probe, settings.metrics_port) if settings.metrics_port else None
     try:
+        if health is not None:
+            await health.start()
         await job.start()
         await job.run()
     finally:
         await job.close()
+        if health is not None:
+            await health.stop()
         await client.aclose()

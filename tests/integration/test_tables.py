@@ -4,6 +4,7 @@ and as the offline recomputation, exactly."""
 
 import asyncio
 import random
+import socket
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from rankstream.ops.replay import event_records, produce
 from rankstream.stream.livestore import share_keys
 from rankstream.stream.redis_client import connect
 from rankstream.stream.settings import Settings
+from tests.integration.test_health import get
 from tests.model_builders import tiny_prepared
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -79,6 +81,12 @@ async def test_load_seeds_at_the_topics_end_so_records_already_there_are_not_cou
     assert stored == last and max(last.values()) >= 0
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def test_a_share_that_cannot_be_read_waits_while_the_others_go_on(
     stack: local_stack.StackInfo, tmp_path: Path
 ) -> None:
@@ -94,7 +102,9 @@ async def test_a_share_that_cannot_be_read_waits_while_the_others_go_on(
         _, nb, _, _, _ = share_keys(topic, 1)
         await client.delete(nb)
         await client.set(nb, "garbage")  # a stray tool's value of the wrong type
-        replicas = Replicas(replica_env(settings, topic), 1, tmp_path)
+        port = free_port()
+        env = {**replica_env(settings, topic), "RANKSTREAM_METRICS_PORT": str(port)}
+        replicas = Replicas(env, 1, tmp_path)
         produced = await produce(stack.bootstrap, topic, event_records(split_events(data, "test", 60)))
         last = {p: max(o for q, o in produced.last.values() if q == p) for p in (0, 1)}
         for _ in range(300):
@@ -105,6 +115,10 @@ async def test_a_share_that_cannot_be_read_waits_while_the_others_go_on(
             await asyncio.sleep(0.1)
         assert offsets[0] == last[0]  # the readable share went through its partition
         assert offsets[1] == -1  # the broken one counted nothing on top of what it cannot read
+        code, metrics = await asyncio.to_thread(get, port, "/metrics")
+        applied = next(line for line in metrics.splitlines() if line.startswith("rankstream_tables_events_total "))
+        assert code == 200 and float(applied.split()[1]) > 0
+        assert (await asyncio.to_thread(get, port, "/healthz"))[0] == 200
     finally:
         if replicas is not None:
             replicas.stop()
