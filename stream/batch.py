@@ -10,9 +10,9 @@ import numpy as np
 
 from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.events import ClickEvent
-from rankstream.stream.features import HISTORY_ITEMS, candidate_text, history_text
+from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.live import ItemCounts, event_ms
-from rankstream.stream.signals import candidate_signals
+from rankstream.stream.signals import RECENT_ITEMS, candidate_signals
 from rankstream.stream.store import UserState
 
 
@@ -111,8 +111,11 @@ def live_quality(plans: Iterable[UserPlan]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def recent_items(plans: Iterable[UserPlan], recent: int = HISTORY_ITEMS) -> list[str]:
-    """Items whose neighbour lists the batch needs, without duplicates."""
+def recent_items(plans: Iterable[UserPlan], recent: int = RECENT_ITEMS) -> list[str]:
+    """Items whose neighbour lists the candidates need (each user's `recent` newest), without duplicates.
+
+    Only these: every list read is merged from the live tables' shares, so the 50 items the signals
+    look at in the history (matched against the candidates' lists) are not read for themselves."""
     seen: dict[str, None] = {}
     for p in plans:
         for it in p.history[:recent]:

@@ -42,6 +42,7 @@ class LiveParams:
     half_life_days: float = 30.0
     next_basket_days: float = 7.0  # a basket's items pair with the same user's next basket within this
     keep: int = 100  # neighbours per item kept in each share (the merged list serves the top `neighbours`)
+    share_top: int = 60  # each share's heaviest neighbours per item, the part readers merge
     neighbours: int = 30
     trending: int = 100
     trending_days: int = 30
@@ -190,6 +191,11 @@ class Share:
         }
         self.trend = sorted(recent.items(), key=lambda kv: (-kv[1], kv[0]))[: self.params.trending * _TRIM_SLACK]
         self.dirty.trend = True
+
+    def top(self, item: str) -> list[tuple[str, float]]:
+        """The item's `share_top` heaviest neighbours in this share: what every reader merges, so the
+        scorer reads a few dozen entries per share instead of the whole map."""
+        return top_weighted(self.neighbours.get(item, {}), self.params.share_top)
 
     def take_dirty(self) -> Dirty:
         dirty, self.dirty = self.dirty, Dirty()

@@ -6,6 +6,8 @@ one slot and its write is one atomic script wherever the cluster puts it):
                          owner, taken_ms (the replica that took the share last, and when; informational)
     rs:lt:{T:P}:nb       hash: item -> neighbour:weight,... (forward-decayed weights, this share only)
     rs:lt:{T:P}:counts   hash: item -> baskets,first_ms,buyers;day:n,...
+    rs:lt:{T:P}:top      hash: item -> its `LiveParams.share_top` heaviest neighbours in this share, what
+                         readers merge (the full map stays for the job's restarts)
     rs:lt:{T:P}:users    hash: user -> [open basket ts, items, previous basket ts, items]
     rs:lt:{T:P}:bought   set: user\\x1fitem, whoever bought what (distinct buyers)
 and `rs:lt:meta` (hash: topic, partitions, params), written by `load` when it seeds the shares.
@@ -45,18 +47,18 @@ log = logging.getLogger(__name__)
 META_KEY = "rs:lt:meta"
 _SEED_CHUNK = 2_000  # fields per command when seeding, so no single reply or script is huge
 
-# KEYS: meta, nb, counts, users, bought. ARGV: expected offset, new offset, last_ms, trend ('' = keep),
-# then three counted runs of field/value pairs (nb, counts, users) and a counted run of bought members.
+# KEYS: meta, nb, counts, users, top, bought. ARGV: expected offset, new offset, last_ms, trend ('' = keep),
+# then four counted runs of field/value pairs (nb, counts, users, top) and a counted run of bought members.
 _WRITE_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if cur ~= ARGV[1] then return cur or 'missing' end
 local i = 5
-for k = 2, 4 do
+for k = 2, 5 do
   local n = tonumber(ARGV[i]); i = i + 1
   for _ = 1, n do redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1]); i = i + 2 end
 end
 local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('SADD', KEYS[5], ARGV[i]); i = i + 1 end
+for _ = 1, n do redis.call('SADD', KEYS[6], ARGV[i]); i = i + 1 end
 redis.call('HSET', KEYS[1], 'offset', ARGV[2], 'last_ms', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'trend', ARGV[4]) end
 return 'ok'
@@ -67,9 +69,13 @@ class FenceMoved(RankstreamError):
     """The stored offset is not the one this share was read at: another replica owns the partition now."""
 
 
-def share_keys(topic: str, partition: int) -> tuple[str, str, str, str, str]:
+NB, COUNTS, TOP = 1, 2, 4  # indexes into `share_keys` of the hashes readers merge
+
+
+def share_keys(topic: str, partition: int) -> tuple[str, str, str, str, str, str]:
+    """meta, nb, counts, users, top, bought of one share."""
     tag = f"rs:lt:{{{topic}:{partition}}}"
-    return (f"{tag}:meta", f"{tag}:nb", f"{tag}:counts", f"{tag}:users", f"{tag}:bought")
+    return (f"{tag}:meta", f"{tag}:nb", f"{tag}:counts", f"{tag}:users", f"{tag}:top", f"{tag}:bought")
 
 
 def _runs(share: Share, dirty: Dirty, *, everything: bool) -> tuple[list[tuple[str, str]], ...]:
@@ -80,6 +86,7 @@ def _runs(share: Share, dirty: Dirty, *, everything: bool) -> tuple[list[tuple[s
         [(it, dump_neighbours(share.neighbours[it])) for it in sorted(nb_items)],
         [(it, share.counts[it].dump()) for it in sorted(count_items)],
         [(u, json.dumps(share.users[u].dump(), separators=(",", ":"))) for u in sorted(users)],
+        [(it, dump_neighbours(dict(share.top(it)))) for it in sorted(nb_items)],
     )
 
 
@@ -121,9 +128,9 @@ async def seed(
     start = start or {}
     await client.delete(META_KEY)
     for p, share in enumerate(shares):
-        meta, nb, counts, users, bought = share_keys(topic, p)
-        await client.delete(meta, nb, counts, users, bought)
-        for key, run in zip((nb, counts, users), _runs(share, Dirty(), everything=True), strict=True):
+        meta, nb, counts, users, top, bought = share_keys(topic, p)
+        await client.delete(meta, nb, counts, users, top, bought)
+        for key, run in zip((nb, counts, users, top), _runs(share, Dirty(), everything=True), strict=True):
             for at in range(0, len(run), _SEED_CHUNK):
                 await client.hset(key, mapping=dict(run[at : at + _SEED_CHUNK]))
         members = sorted(share.bought)
@@ -160,7 +167,7 @@ async def read_share(client: RedisClient, topic: str, partition: int, params: Li
     Not a transaction (a cluster pipeline cannot hold one): should another replica write between these
     reads, the offset read first is older than what it wrote, and this replica's first write is refused
     by the fence (`FenceMoved`), so a torn read is never built upon."""
-    meta_key, nb, counts, users, bought = share_keys(topic, partition)
+    meta_key, nb, counts, users, _, bought = share_keys(topic, partition)
     async with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(meta_key).hgetall(nb).hgetall(counts).hgetall(users).smembers(bought)
         meta, nb_raw, counts_raw, users_raw, bought_raw = await pipe.execute()
@@ -205,7 +212,7 @@ def _parse_share(  # noqa: PLR0913 - the raw parts of one share, as read
 async def read_merged_parts(
     client: RedisClient, topic: str, partitions: int, field_key: int, items: Iterable[str]
 ) -> list[list[str | None]]:
-    """For each share, the raw values of `items` in its hash number `field_key` (1: nb, 2: counts).
+    """For each share, the raw values of `items` in its hash number `field_key` (`TOP` or `COUNTS`).
 
     A share key of the wrong type reads as empty (logged): one broken share must not stop the scorer."""
     wanted = list(items)

@@ -17,7 +17,7 @@ from rankstream.stream.live import (
     parse_neighbours,
     parse_trend,
 )
-from rankstream.stream.livestore import read_merged_parts, read_meta, read_trends
+from rankstream.stream.livestore import COUNTS, TOP, read_merged_parts, read_meta, read_trends
 from rankstream.stream.redis_client import REDIS_ERRORS
 from rankstream.stream.store import Store
 
@@ -59,7 +59,7 @@ class Tables:
         def merge(parts: list[str | None]) -> list[str]:
             return merge_neighbours((parse_neighbours(p) if p else None for p in parts), n)
 
-        return await self._cached(self._nb, items, 1, merge)
+        return await self._cached(self._nb, items, TOP, merge)
 
     async def counts_for(self, items: list[str]) -> dict[str, ItemCounts]:
         """Each item's sales over all shares (`ItemCounts.stats_at` turns them into signal inputs)."""
@@ -67,7 +67,7 @@ class Tables:
         def merge(parts: list[str | None]) -> ItemCounts:
             return merge_counts(ItemCounts.parse(p) if p else None for p in parts)
 
-        return await self._cached(self._counts, items, 2, merge)
+        return await self._cached(self._counts, items, COUNTS, merge)
 
     async def trending(self) -> list[str]:
         fetched, value = self._trending

@@ -110,7 +110,7 @@ async def test_unusable_user_state_is_reported_per_user(store: Store) -> None:
 async def test_stray_tables_degrade_and_do_not_stop(store: Store) -> None:
     """A share key of the wrong type reads as empty, an unparsable value as missing: served, logged."""
     r = store.client
-    meta, nb, counts, _, _ = share_keys("clicks", 0)
+    meta, _, counts, _, nb, _ = share_keys("clicks", 0)
     await r.delete(nb)
     await r.set(nb, "garbage")
     await r.hset(counts, "I000", "{broken")

@@ -99,7 +99,7 @@ async def test_a_share_that_cannot_be_read_waits_while_the_others_go_on(
     client = connect(stack.redis_url)
     replicas = None
     try:
-        _, nb, _, _, _ = share_keys(topic, 1)
+        _, nb, _, _, _, _ = share_keys(topic, 1)
         await client.delete(nb)
         await client.set(nb, "garbage")  # a stray tool's value of the wrong type
         port = free_port()
