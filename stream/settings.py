@@ -1,11 +1,11 @@
 """The scorer's one settings object: frozen, typed, read from RANKSTREAM_* environment variables."""
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiokafka.helpers import create_ssl_context
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rankstream.stream.errors import ConfigError
 
@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     # RANKSTREAM_REDIS_URL names one node of a Redis Cluster; the client discovers the others and routes
     # each key to its slot's primary (stream/redis_client.py).
     redis_cluster: bool = False
+    # Sentinels (`host:port,host:port`) that name the primary of `redis_sentinel_master`: the client asks
+    # them for the primary and follows it across a failover; the URL's host and port are then not used.
+    redis_sentinels: Annotated[tuple[str, ...], NoDecode] = ()
+    redis_sentinel_master: str = "mymaster"
+    # N > 0: every Redis round trip of a batch ends in WAIT N, and the batch fails (rewound, retried) when
+    # fewer replicas acknowledged within redis_wait_timeout_ms, so no offset is committed for writes that
+    # a failover could take back (stream/store.py). 0: don't wait.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=100)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)  # WAIT 0 would block for ever
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
@@ -78,6 +87,14 @@ class Settings(BaseSettings):
     # Passed to the consumer only (session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms, …).
     kafka_consumer_options: dict[str, Any] = {}
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        """`host:port,host:port` as an operator writes it in one environment variable."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
     @model_validator(mode="after")
     def _combinations(self) -> "Settings":
         if self.tables_group_id == self.group_id:
@@ -110,7 +127,49 @@ class Settings(BaseSettings):
                 raise ValueError(f"RANKSTREAM_{name.upper()}={path} is not a readable file")
         if self.redis_ssl_ca is not None and not self.redis_url.startswith("rediss://"):
             raise ValueError("RANKSTREAM_REDIS_SSL_CA is set but RANKSTREAM_REDIS_URL is not rediss://")
+        self._check_replication()
         return self
+
+    def _check_replication(self) -> None:
+        """The Sentinel and WAIT settings against each other and the rest of the Redis settings."""
+        if self.redis_sentinels:
+            self.sentinel_addresses()  # each one host:port
+            if self.redis_cluster:
+                raise ValueError(
+                    "RANKSTREAM_REDIS_SENTINELS and RANKSTREAM_REDIS_CLUSTER=true are both set: a Redis Cluster "
+                    "fails over by itself; unset one of them"
+                )
+            if self.redis_url.startswith("rediss://"):
+                raise ValueError(
+                    "RANKSTREAM_REDIS_SENTINELS is set with a rediss:// URL: TLS through Sentinel is not "
+                    "supported; use redis:// or unset RANKSTREAM_REDIS_SENTINELS"
+                )
+            if not self.redis_sentinel_master:
+                raise ValueError("RANKSTREAM_REDIS_SENTINELS is set but RANKSTREAM_REDIS_SENTINEL_MASTER is empty")
+        if not self.redis_wait_replicas:
+            return
+        if self.redis_cluster:
+            raise ValueError(
+                "RANKSTREAM_REDIS_WAIT_REPLICAS is not supported with RANKSTREAM_REDIS_CLUSTER=true (WAIT would "
+                "have to run on every master a batch wrote); use a primary with replicas and Sentinel "
+                "(RANKSTREAM_REDIS_SENTINELS), or set RANKSTREAM_REDIS_WAIT_REPLICAS=0"
+            )
+        if self.redis_wait_timeout_ms >= self.redis_timeout_s * 1000:
+            raise ValueError(
+                f"RANKSTREAM_REDIS_WAIT_TIMEOUT_MS ({self.redis_wait_timeout_ms}) is not below "
+                f"RANKSTREAM_REDIS_TIMEOUT_S ({self.redis_timeout_s:g} s): the socket would time out before WAIT "
+                "answers; lower RANKSTREAM_REDIS_WAIT_TIMEOUT_MS or raise RANKSTREAM_REDIS_TIMEOUT_S"
+            )
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """RANKSTREAM_REDIS_SENTINELS as (host, port) pairs; ValueError naming the entry that is not host:port."""
+        out = []
+        for entry in self.redis_sentinels:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+                raise ValueError(f"RANKSTREAM_REDIS_SENTINELS: {entry!r} is not host:port (e.g. 10.0.0.7:26379)")
+            out.append((host, int(port)))
+        return out
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client of this process gets."""

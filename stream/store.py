@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from rankstream.stream.errors import StoreError
+from rankstream.stream.errors import ConfigError, StoreError
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect, connect_from_settings, is_cluster
 from rankstream.stream.settings import Settings
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 CATALOG_KEY = "rs:catalog"
 QUALITY_KEY = "rs:quality"
+WAIT_CHANNEL = "rs:wait"  # an empty message before each WAIT (`Store._queue_wait`); nobody subscribes
 
 # One atomic step per user: skip if this state is not newer than what is stored (a replayed or late
 # batch), else write history and list together. Same topic and partition (ARGV[1] = "topic:partition"):
@@ -96,13 +98,22 @@ class ListWrite:
 
 
 class Store:
-    """Async Redis access for one scorer. Raises StoreError (retriable) on any Redis failure."""
+    """Async Redis access for one scorer. Raises StoreError (retriable) on any Redis failure.
 
-    def __init__(self, client: RedisClient, ttl_s: int) -> None:
+    With `wait_replicas` > 0, the scorer's reads and writes of user state (`read_states`, `write_lists`)
+    succeed only once that many replicas acknowledged everything the primary had taken until then
+    (Settings.redis_wait_replicas), so a batch's offsets are committed only for state a failover keeps.
+    """
+
+    def __init__(self, client: RedisClient, ttl_s: int, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self._r = client
         self._ttl_s = ttl_s
         self._write = client.register_script(_WRITE_LUA)
         self._cluster = is_cluster(client)
+        if wait_replicas and self._cluster:
+            raise ConfigError("no replica waits on a Redis Cluster: set RANKSTREAM_REDIS_WAIT_REPLICAS=0")
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int = 7 * 86_400, cluster: bool = False, **options: Any) -> "Store":
@@ -112,8 +123,14 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
-        """A Store on the settings' Redis (`connect_from_settings`), lists kept for `rec_ttl_s`."""
-        return cls(connect_from_settings(settings), settings.rec_ttl_s)
+        """A Store on the settings' Redis (`connect_from_settings`), lists kept for `rec_ttl_s`, waiting for
+        `redis_wait_replicas` replicas."""
+        return cls(
+            connect_from_settings(settings),
+            settings.rec_ttl_s,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
 
     @property
     def client(self) -> RedisClient:
@@ -154,9 +171,15 @@ class Store:
                 for u in users:
                     pipe.hmget(hist_key(u), "items", "p", "o")
                     pipe.get(rec_key(u))
+                if self._wait_replicas:
+                    self._queue_wait(pipe)
                 replies = await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             raise StoreError(f"reading user state failed: {exc}") from exc
+        if self._wait_replicas:
+            # A user whose stored state shows an event as applied is not written again: that state must
+            # be one a failover keeps before the batch's offsets are committed.
+            replies = await self._check_replicated(replies, f"the state of {len(users)} users")
         states: dict[str, UserState] = {}
         bad: dict[str, str] = {}
         for u, hist, rec in zip(users, replies[::2], replies[1::2], strict=True):
@@ -198,9 +221,13 @@ class Store:
                 for version, (checked, hits) in (quality or {}).items():
                     pipe.hincrby(QUALITY_KEY, f"{version}:events", checked)
                     pipe.hincrby(QUALITY_KEY, f"{version}:hits", hits)
+                if self._wait_replicas:
+                    self._queue_wait(pipe)
                 results = await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             raise StoreError(f"writing {len(writes)} lists failed: {exc}") from exc
+        if self._wait_replicas:
+            results = await self._check_replicated(results, f"{len(writes)} lists")
         applied, bad = 0, {}
         for w, r in zip(writes, results, strict=False):
             if isinstance(r, Exception):
@@ -215,6 +242,37 @@ class Store:
                 log.error("updating %s failed; lists are written, the live hit-rate is not: %s", QUALITY_KEY, r)
                 break
         return Written(applied, bad)
+
+    def _queue_wait(self, pipe: Any) -> None:
+        """End a pipeline with PUBLISH and WAIT: its reply says how many replicas have everything up to here.
+
+        Newer Redis versions have WAIT count acknowledgements of its own connection's last write only
+        (7.0: of its last command of any kind), and a replayed batch whose writes the fence refuses
+        writes nothing (what it relies on came through another connection: an earlier attempt). PUBLISH
+        is a write the primary sends to every replica even with no subscriber, after whatever any client
+        wrote before it, so the WAIT behind it on the same connection covers all of that on any version.
+        A pipeline keeps its one connection, so a failover between the writes and the WAIT cannot go
+        unnoticed.
+        """
+        pipe.publish(WAIT_CHANNEL, "")
+        pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+
+    async def _check_replicated(self, replies: list[Any], what: str) -> list[Any]:
+        """`replies` less the two of `_queue_wait`; StoreError (the batch is retried) if too few replicas answered."""
+        *replies, published, acked = replies
+        if isinstance(published, Exception) or isinstance(acked, Exception) or acked < self._wait_replicas:
+            # The connection may lead to a primary that was just demoted, or one a failover left without
+            # its replica: close the idle ones, so the retry connects again (through Sentinel, to the
+            # primary it names now).
+            if isinstance(self._r, Redis):
+                await self._r.connection_pool.disconnect(inuse_connections=False)
+            got = published if isinstance(published, Exception) else acked
+            raise StoreError(
+                f"{what} not acknowledged by {self._wait_replicas} replica(s) within {self._wait_timeout_ms} ms "
+                f"(WAIT: {got}); the batch is retried. A failover, or a replica down or behind: see INFO "
+                "replication on the primary, or lower RANKSTREAM_REDIS_WAIT_REPLICAS"
+            )
+        return replies
 
     async def read_quality(self) -> dict[str, dict[str, float]]:
         """Live hit-rate per model version: events checked, hits, and their ratio."""
