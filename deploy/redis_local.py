@@ -151,3 +151,159 @@ def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# Replicated Redis: a primary, a replica and Sentinels (tests/integration/test_failover.py).
+
+# A demoted or restarted node resyncs in full; without these it would wait 5 s for more replicas first.
+_SYNC_NOW = {"--repl-diskless-sync": "yes", "--repl-diskless-sync-delay": 0}
+SENTINEL_DOWN_AFTER_MS = 2000  # how long a primary stays unanswered before a Sentinel calls it down
+
+
+@dataclass
+class LocalReplicated:
+    """A primary, one replica and the Sentinels watching them on loopback, started by `start_replicated`.
+
+    Which node is the primary changes with every failover (`named_primary`); `nodes` maps each data
+    node's port to its process, replaced when `restart_node` starts a node again.
+    """
+
+    master_name: str
+    nodes: dict[int, subprocess.Popen[bytes]]
+    sentinels: dict[int, subprocess.Popen[bytes]]
+    data_dir: Path
+
+    @property
+    def sentinel_list(self) -> str:
+        """The Sentinels as RANKSTREAM_REDIS_SENTINELS lists them."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+
+
+def start_replicated(
+    data_dir: Path, *, sentinels: int = 3, master_name: str = "mymaster", timeout: float = 30.0
+) -> LocalReplicated:
+    """Start a primary, a replica of it and `sentinels` Sentinels (quorum: a majority) on free ports, and
+    wait until every Sentinel sees the replica and the other Sentinels. Stop it with `stop_replicated`.
+
+    No persistence, as for the single server: a node that is killed comes back empty and resyncs.
+    """
+    primary, replica = free_port(), free_port()
+    replicated = LocalReplicated(master_name, {}, {}, data_dir)
+    try:
+        replicated.nodes[primary] = start_node(data_dir, primary)
+        replicated.nodes[replica] = start_node(data_dir, replica, replica_of=primary)
+        for port, proc in replicated.nodes.items():
+            wait_ready(url(port), timeout, lambda p=proc: p.poll() is None)
+        for _ in range(sentinels):
+            port = free_port()
+            replicated.sentinels[port] = _start_sentinel(data_dir, port, master_name, primary, sentinels // 2 + 1)
+        for port, proc in replicated.sentinels.items():
+            wait_ready(url(port), timeout, lambda p=proc: p.poll() is None)
+        wait_whole(replicated, timeout)
+    except BaseException:
+        stop_replicated(replicated)
+        raise
+    log.info("replicated redis up: nodes %s, sentinels %s", list(replicated.nodes), list(replicated.sentinels))
+    return replicated
+
+
+def start_node(data_dir: Path, port: int, replica_of: int | None = None) -> subprocess.Popen[bytes]:
+    """One data node of a replicated set on `port`; a replica of the node on `replica_of` if given."""
+    node_dir = data_dir / f"node-{port}"
+    argv = server_argv(port, node_dir) + _flags(_SYNC_NOW)
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    with (node_dir / "redis.out").open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=node_dir)
+
+
+def restart_node(replicated: LocalReplicated, port: int, replica_of: int, timeout: float = 30.0) -> None:
+    """Start the (stopped) node on `port` again, empty, as a replica of the node on `replica_of`."""
+    proc = start_node(replicated.data_dir, port, replica_of=replica_of)
+    replicated.nodes[port] = proc
+    wait_ready(url(port), timeout, lambda: proc.poll() is None)
+
+
+def _start_sentinel(data_dir: Path, port: int, master_name: str, primary: int, quorum: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("redis-server not found: install it with `apt-get install -y redis-server`")
+    sentinel_dir = data_dir / f"sentinel-{port}"
+    sentinel_dir.mkdir(parents=True, exist_ok=True)
+    # Sentinel rewrites its config file as it learns the replica, the other Sentinels and each failover.
+    config = sentinel_dir / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {sentinel_dir}\n"
+        f"sentinel monitor {master_name} 127.0.0.1 {primary} {quorum}\n"
+        f"sentinel down-after-milliseconds {master_name} {SENTINEL_DOWN_AFTER_MS}\n"
+        f"sentinel failover-timeout {master_name} 5000\n"
+    )
+    with (sentinel_dir / "sentinel.out").open("ab") as out:
+        return subprocess.Popen(
+            [binary, str(config), "--sentinel"], stdout=out, stderr=subprocess.STDOUT, cwd=sentinel_dir
+        )
+
+
+def named_primary(replicated: LocalReplicated) -> int | None:
+    """The port of the primary the Sentinels name, if they all name the same one (None otherwise)."""
+    named = set()
+    for port in replicated.sentinels:
+        with _client(port) as sentinel:
+            _, primary = sentinel.sentinel_get_master_addr_by_name(replicated.master_name)
+            named.add(int(primary))
+    return named.pop() if len(named) == 1 else None
+
+
+def wait_whole(replicated: LocalReplicated, timeout: float) -> int:
+    """Block until the set can fail over again; the primary's port. StackError after `timeout` saying what
+    is missing.
+
+    Whole: every Sentinel names the same primary, sees the other Sentinels and sees the other node as a
+    replica of that primary with its link up; the primary reports that replica online.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            primary, missing = _whole(replicated)
+        except redis.RedisError as exc:
+            primary, missing = None, str(exc)
+        if primary is not None:
+            return primary
+        if time.monotonic() > deadline:
+            raise StackError(f"replicated Redis not whole after {timeout:.0f}s: {missing}")
+        time.sleep(0.1)
+
+
+def _whole(replicated: LocalReplicated) -> tuple[int | None, str]:
+    """(the primary's port, "") when the set is whole (see `wait_whole`), else (None, what is missing)."""
+    primary = named_primary(replicated)
+    if primary is None:
+        return None, "the Sentinels name different primaries"
+    (replica,) = set(replicated.nodes) - {primary}
+    for port in replicated.sentinels:
+        with _client(port) as sentinel:
+            master = sentinel.sentinel_master(replicated.master_name)
+            if master["num-other-sentinels"] < len(replicated.sentinels) - 1:
+                return None, f"Sentinel {port} knows {master['num-other-sentinels']} other Sentinels"
+            if master["is_sdown"] or master["is_odown"] or "failover_in_progress" in master["flags"]:
+                return None, f"Sentinel {port}: primary flags {master['flags']}"
+            seen = {r["port"]: r for r in sentinel.sentinel_slaves(replicated.master_name)}
+            r = seen.get(replica)
+            if r is None or r["is_sdown"] or r["is_disconnected"] or r.get("master-link-status") != "ok":
+                return None, f"Sentinel {port} does not see replica {replica} up: {r}"
+            if r.get("master-port") != primary:
+                return None, f"Sentinel {port} sees replica {replica} following {r.get('master-port')}"
+    with _client(primary) as node:
+        info = node.info("replication")
+    if info.get("role") != "master" or info.get("slave0", {}).get("state") != "online":
+        return None, f"primary {primary}: role {info.get('role')}, replica {info.get('slave0')}"
+    return primary, ""
+
+
+def _client(port: int) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+
+
+def stop_replicated(replicated: LocalReplicated) -> None:
+    """Stop the Sentinels and both nodes of a set started by `start_replicated` (their data is gone)."""
+    _terminate([*replicated.sentinels.values(), *replicated.nodes.values()])

@@ -117,3 +117,14 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     secured = start_stack(tmp_path_factory.mktemp("secure"))
     yield secured
     stop_stack(secured)
+
+
+@pytest.fixture(scope="session")
+def replicated_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A primary, one replica and three Sentinels, real redis-server processes on free ports
+    (deploy/redis_local.py); started for the failover tests only."""
+    from rankstream.deploy import redis_local
+
+    replicated = redis_local.start_replicated(tmp_path_factory.mktemp("replicated"))
+    yield replicated
+    redis_local.stop_replicated(replicated)
