@@ -132,16 +132,18 @@ class Watch:
         self.backwards: list[str] = []
         self.polls = 0
 
+    def note(self, user: str, offset: int) -> None:
+        if offset < self.seen.get(user, -1):
+            self.backwards.append(f"{user}: {self.seen[user]} -> {offset}")
+        self.seen[user] = max(self.seen.get(user, -1), offset)
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 for u in self.users:
                     rec = await self.store.read_list(u)
-                    if rec is None:
-                        continue
-                    if rec["offset"] < self.seen.get(u, -1):
-                        self.backwards.append(f"{u}: {self.seen[u]} -> {rec['offset']}")
-                    self.seen[u] = max(self.seen.get(u, -1), rec["offset"])
+                    if rec is not None:
+                        self.note(u, rec["offset"])
                 self.polls += 1
             except Exception:  # noqa: BLE001 - Redis may be down on purpose in some tests
                 pass

@@ -13,6 +13,8 @@ from rankstream.stream.errors import StoreError
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
+from .faults import Watch
+
 Failover = Literal["sentinel", "kill"]
 
 
@@ -95,7 +97,7 @@ def _wait_named(replicated: LocalReplicated, port: int, timeout: float) -> None:
         time.sleep(0.1)
 
 
-class ReplicatedWatch:
+class ReplicatedWatch(Watch):
     """Polls every user's stored offset with reads a replica acknowledged, and records any that went back.
 
     A read of the primary alone can see a write that a failover then takes back (WAIT does not stop
@@ -104,11 +106,7 @@ class ReplicatedWatch:
     """
 
     def __init__(self, store: Store, users: int) -> None:
-        self.store = store
-        self.users = [f"u{i}" for i in range(users)]
-        self.seen: dict[str, int] = {}
-        self.backwards: list[str] = []
-        self.polls = 0
+        super().__init__(store, users)
         self.unacknowledged = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -119,10 +117,7 @@ class ReplicatedWatch:
                 self.unacknowledged += 1
             else:
                 for user, state in states.items():
-                    if state.offset is None:
-                        continue
-                    if state.offset < self.seen.get(user, -1):
-                        self.backwards.append(f"{user}: {self.seen[user]} -> {state.offset}")
-                    self.seen[user] = max(self.seen.get(user, -1), state.offset)
+                    if state.offset is not None:
+                        self.note(user, state.offset)
                 self.polls += 1
             await asyncio.sleep(0.1)
