@@ -58,15 +58,21 @@ async def test_twenty_kills_leave_the_tables_exactly_as_an_uninterrupted_run(
     assert result.max_events_per_s > 0 and result.freshness_ms["p99"] > 0
 
 
-async def test_load_seeds_at_the_topics_end_so_records_already_there_are_not_counted_again(
-    stack: local_stack.StackInfo, tmp_path: Path
-) -> None:
+async def loaded_topic(stack: local_stack.StackInfo, tmp_path: Path, prefix: str) -> tuple[Path, str, Settings]:
+    """Tiny prepared data, a topic of its own with 2 partitions, `rankstream load` run on it."""
     data = tiny_prepared(tmp_path)
-    topic = f"seeded-{uuid.uuid4().hex[:8]}"
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, topic=topic, dlq_topic=f"{topic}.dlq"
     )
     await load_tables_and_topics(settings, data, partitions=2)
+    return data, topic, settings
+
+
+async def test_load_seeds_at_the_topics_end_so_records_already_there_are_not_counted_again(
+    stack: local_stack.StackInfo, tmp_path: Path
+) -> None:
+    data, topic, settings = await loaded_topic(stack, tmp_path, "seeded")
     events = split_events(data, "test", 30)
     produced = await produce(stack.bootstrap, topic, event_records(events))
     await load_tables_and_topics(settings, data, partitions=2)  # the replayed records are now the past
@@ -90,12 +96,7 @@ def free_port() -> int:
 async def test_a_share_that_cannot_be_read_waits_while_the_others_go_on(
     stack: local_stack.StackInfo, tmp_path: Path
 ) -> None:
-    data = tiny_prepared(tmp_path)
-    topic = f"broken-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, topic=topic, dlq_topic=f"{topic}.dlq"
-    )
-    await load_tables_and_topics(settings, data, partitions=2)
+    data, topic, settings = await loaded_topic(stack, tmp_path, "broken")
     client = connect(stack.redis_url)
     replicas = None
     try:

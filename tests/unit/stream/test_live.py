@@ -171,11 +171,7 @@ def test_trend_round_trips(trend: list[tuple[str, int]], day: int) -> None:
 @given(st.text(max_size=60) | st.binary(max_size=60).map(lambda b: b.decode("latin-1")))
 def test_stored_values_that_do_not_parse_raise_value_error_only(raw: str) -> None:
     """What Redis hands back may be anything a stray tool wrote: readers catch ValueError, nothing else."""
-    for parse in (parse_neighbours, ItemCounts.parse, parse_trend):
-        try:
-            parse(raw)
-        except ValueError:
-            pass
+    assert_parses_or_refuses(raw)
 
 
 @st.composite
@@ -206,8 +202,19 @@ def mutated_dumps(draw: st.DrawFn) -> str:
 
 @given(mutated_dumps())
 def test_mutated_stored_values_raise_value_error_only(raw: str) -> None:
-    for parse in (parse_neighbours, ItemCounts.parse, parse_trend):
+    assert_parses_or_refuses(raw)
+
+
+def assert_parses_or_refuses(raw: str) -> None:
+    """Each parser returns a value of its type, or raises ValueError; any other exception fails the test."""
+    checks = (
+        (parse_neighbours, lambda v: all(isinstance(w, float) for w in v.values())),
+        (ItemCounts.parse, lambda v: isinstance(v, ItemCounts) and all(isinstance(n, int) for n in v.days.values())),
+        (parse_trend, lambda v: isinstance(v[0], int) and all(isinstance(n, int) for _, n in v[1])),
+    )
+    for parse, well_typed in checks:
         try:
-            parse(raw)
+            value = parse(raw)
         except ValueError:
-            pass
+            continue
+        assert well_typed(value), f"{parse.__name__}({raw!r}) returned {value!r}"
