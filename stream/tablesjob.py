@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -30,6 +31,8 @@ from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect_fr
 from rankstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_COMMIT_EVERY_S = 1.0
 
 
 class _Assign(ConsumerRebalanceListener):
@@ -62,6 +65,8 @@ class TablesJob:
         self.applied = 0
         self.skipped = 0
         self._stop = asyncio.Event()
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._committed_at = 0.0
         # The scorer's probes, same meaning: /healthz fails when the loop stops turning, /readyz while
         # nothing is assigned, a failure is being backed off from, or Redis does not answer.
         self.probe = Probe(settings.liveness_s, ping=client.ping)
@@ -115,6 +120,7 @@ class TablesJob:
                 await self._take_pending()
                 fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
                 await asyncio.gather(*(self._apply(tp, records) for tp, records in fetched.items()))
+                await self._commit_now_and_then()
                 delay = 0.0
                 self.probe.failing = ""
                 self.probe.progressed()
@@ -125,6 +131,20 @@ class TablesJob:
                 log.warning("tables job: %s; going back to the stored shares in %.1fs", exc, delay)
                 await self._retake()
                 await asyncio.sleep(delay)
+
+    async def _commit_now_and_then(self) -> None:
+        """Commit the written offsets to Kafka at most once a second: the commit only feeds lag
+        dashboards (the shares' stored offsets are what a replica resumes from), so a round trip to the
+        broker after every write would be work on the hot path for nothing."""
+        now = time.monotonic()
+        if not self._to_commit or now - self._committed_at < _COMMIT_EVERY_S:
+            return
+        owned = self.consumer.assignment()
+        offsets = {tp: off for tp, off in self._to_commit.items() if tp in owned}
+        self._to_commit.clear()
+        self._committed_at = now
+        if offsets:
+            await self.consumer.commit(offsets)
 
     async def _take_pending(self) -> None:
         """Read the shares of newly assigned partitions. One that cannot be read (a stray value; Redis
@@ -174,7 +194,7 @@ class TablesJob:
             self.shares.pop(tp.partition, None)
             raise
         m.TABLES_WRITES.labels("ok").inc()
-        await self.consumer.commit({tp: share.offset + 1})
+        self._to_commit[tp] = share.offset + 1
 
     async def _retake(self) -> None:
         """After a failure: every assigned partition whose share may be ahead of Redis is read again."""
