@@ -71,6 +71,10 @@ class Scorer:
         # so no commit passes them; and per partition, the offset after the last record processed.
         self._held: list[b.Valid] = []
         self._fetched: dict[TopicPartition, int] = {}
+        # Counts revocations. Records fetched before one are not processed: the revocation dropped the
+        # events held before them, and whoever owns their partitions now starts from the committed offset
+        # (every rebalance makes a new assignment whose positions start there, this replica's included).
+        self._generation = 0
         listener = FinishBeforeRevoke(self._batch_lock, self._commits.wait, self._forget)
         self._consumer.subscribe([settings.topic], listener=listener)
         self._producer = AIOKafkaProducer(acks="all", **common)
@@ -146,18 +150,19 @@ class Scorer:
         while not self._stopping.is_set():
             self.probe.progressed()
             m.READY.set(0 if self.probe.failing or not self._consumer.assignment() else 1)
+            generation = self._generation
             records = await self._poll()
             if not records and not self._held:
                 continue
-            failed = await self._process_and_commit(records, hold=True)
+            failed = await self._process_and_commit(records, generation, hold=True)
             if failed is not None:
                 self.probe.failing = str(failed) or type(failed).__name__
-                await self._backoff.failed(records, failed)
+                await self._backoff.wait(sum(len(r) for r in records.values()), failed)
                 continue
             self.probe.failing = ""
             self._backoff.succeeded()
         if self._held:  # score the users held back now rather than leave them to the next owner
-            if (failed := await self._process_and_commit({}, hold=False)) is not None:
+            if (failed := await self._process_and_commit({}, self._generation, hold=False)) is not None:
                 log.warning("users held back not scored while stopping; the next owner replays them: %s", failed)
         await self._commits.wait()
         log.info("scorer stopping: %s", self.stats)
@@ -167,21 +172,32 @@ class Scorer:
         """Commit offsets whose events are in Redis; retry while the broker is away (never skip ahead)."""
         await commit_owned(self._consumer, offsets, self._stopping)
 
-    async def _process_and_commit(self, records: Records, *, hold: bool) -> Exception | None:
-        """Process a batch and start its commit; the store or Kafka error that failed it, if one did."""
+    async def _process_and_commit(self, records: Records, generation: int, *, hold: bool) -> Exception | None:
+        """Process a batch fetched in `generation` and start its commit; the store or Kafka error that
+        failed it, if one did (the batch is rewound then)."""
         # Held while a batch is processed; a revocation takes it, then waits for the batch's commit
         # (see FinishBeforeRevoke).
         async with self._batch_lock:
+            if generation != self._generation:
+                # Processing these after the events held before them were dropped would write histories
+                # without those events and fence them out when they are replayed.
+                log.info(
+                    "a rebalance came after %d records were fetched; their owner re-reads them",
+                    sum(len(r) for r in records.values()),
+                )
+                return None
             try:
                 offsets = await self.process(records, hold=hold)
             except (StoreError, KafkaError) as exc:
                 self.recorder.failed_batch(exc)
+                self._backoff.rewind(records)
                 return exc
             await self._commits.start(offsets)
         return None
 
     def _forget(self, revoked: set[TopicPartition]) -> None:
         """Drop what this replica holds of revoked partitions: uncommitted, their next owner replays it."""
+        self._generation += 1
         self._held = [v for v in self._held if TopicPartition(v.topic, v.partition) not in revoked]
         for tp in revoked:
             self._fetched.pop(tp, None)

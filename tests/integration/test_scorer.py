@@ -196,3 +196,46 @@ async def test_users_held_back_are_not_committed_and_are_scored_at_stop(stack, s
     for u in ("u0", "u1"):
         assert await store.read_history(u) == [e.item_id for e in reversed(evs) if e.user_id == u]
     assert sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == 0
+
+
+async def test_a_batch_fetched_before_a_rebalance_is_not_processed(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
+    """A revocation drops the events held back for a user. Records fetched before it and processed after
+    it would write that user's history without them, and the held events, replayed by the next owner,
+    would then be fenced out as already applied: the batch is left to the next owner instead."""
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
+    evs = [(e.user_id.encode(), e.to_bytes()) for e in events_for(users=1, per_user=3)]
+    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=200, user_quiet_ms=10_000)
+    scorer = Scorer(s, Ranker.load(tiny_model), store)
+    await scorer.start()
+    other = AIOKafkaConsumer(topic, bootstrap_servers=stack.bootstrap, group_id=s.group_id, enable_auto_commit=False)
+    try:
+        await produce(stack.bootstrap, topic, evs[:2])
+
+        async def both_held() -> bool:
+            batch = await scorer._poll()
+            assert await scorer._process_and_commit(batch, scorer._generation, hold=True) is None
+            return len(scorer._held) == 2  # u0 is still clicking
+
+        await wait_for(both_held, limit_s=60)
+        await produce(stack.bootstrap, topic, evs[2:])
+        generation = scorer._generation
+
+        async def polled() -> dict:  # type: ignore[type-arg]
+            return await scorer._poll()
+
+        last = await wait_for(polled, limit_s=30)
+        await other.start()  # joins the group: the scorer's partition is revoked, its held events dropped
+
+        async def revoked() -> bool:
+            return scorer._generation != generation
+
+        await wait_for(revoked, limit_s=60)
+        assert not scorer._held
+        assert await scorer._process_and_commit(last, generation, hold=False) is None
+        assert await store.read_list("u0") is None  # not written from the stale batch
+    finally:
+        await other.stop()
+        await scorer.close()
+    s2 = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50)
+    await run_until_drained(Scorer(s2, Ranker.load(tiny_model), store), s2)
+    assert await store.read_history("u0") == [e.item_id for e in reversed(events_for(users=1, per_user=3))]
