@@ -71,10 +71,12 @@ class Scorer:
         # so no commit passes them; and per partition, the offset after the last record processed.
         self._held: list[b.Valid] = []
         self._fetched: dict[TopicPartition, int] = {}
-        # Counts revocations. Records fetched before one are not processed: the revocation dropped the
-        # events held before them, and whoever owns their partitions now starts from the committed offset
-        # (every rebalance makes a new assignment whose positions start there, this replica's included).
+        # Counts revocations. Records fetched across one are not processed: the revocation dropped the
+        # events held before them (processing the later ones alone would write histories without those
+        # and fence them out when replayed). Their partitions, if still this replica's, go back to the
+        # committed offset (`_resync`) before anything else of theirs is processed.
         self._generation = 0
+        self._resync: set[TopicPartition] = set()
         listener = FinishBeforeRevoke(self._batch_lock, self._commits.wait, self._forget)
         self._consumer.subscribe([settings.topic], listener=listener)
         self._producer = AIOKafkaProducer(acks="all", **common)
@@ -157,7 +159,7 @@ class Scorer:
             failed = await self._process_and_commit(records, generation, hold=True)
             if failed is not None:
                 self.probe.failing = str(failed) or type(failed).__name__
-                await self._backoff.wait(sum(len(r) for r in records.values()), failed)
+                await self._backoff.wait(_count(records), failed)
                 continue
             self.probe.failing = ""
             self._backoff.succeeded()
@@ -178,15 +180,15 @@ class Scorer:
         # Held while a batch is processed; a revocation takes it, then waits for the batch's commit
         # (see FinishBeforeRevoke).
         async with self._batch_lock:
-            if generation != self._generation:
-                # Processing these after the events held before them were dropped would write histories
-                # without those events and fence them out when they are replayed.
-                log.info(
-                    "a rebalance came after %d records were fetched; their owner re-reads them",
-                    sum(len(r) for r in records.values()),
-                )
-                return None
+            if generation != self._generation and records:
+                log.info("a rebalance came while %d records were fetched: read again", _count(records))
+                self._resync |= set(records)
             try:
+                if self._resync:
+                    records = {tp: recs for tp, recs in records.items() if tp not in self._resync}
+                    await self._back_to_committed()
+                if not records and not self._held:
+                    return None
                 offsets = await self.process(records, hold=hold)
             except (StoreError, KafkaError) as exc:
                 self.recorder.failed_batch(exc)
@@ -194,6 +196,17 @@ class Scorer:
                 return exc
             await self._commits.start(offsets)
         return None
+
+    async def _back_to_committed(self) -> None:
+        """Seek the partitions in `_resync` that are still assigned to their committed offsets."""
+        for tp in list(self._resync):
+            if tp in self._consumer.assignment():
+                committed = await self._consumer.committed(tp)
+                if committed is None:  # nothing committed yet: where auto_offset_reset="earliest" starts
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, committed)
+            self._resync.discard(tp)
 
     def _forget(self, revoked: set[TopicPartition]) -> None:
         """Drop what this replica holds of revoked partitions: uncommitted, their next owner replays it."""
@@ -343,3 +356,7 @@ class Scorer:
             tp = TopicPartition(v.topic, v.partition)
             offsets[tp] = min(offsets[tp], v.offset)
         return offsets
+
+
+def _count(records: Records) -> int:
+    return sum(len(r) for r in records.values())
