@@ -13,8 +13,8 @@ training, evaluation and the scorer see the same tables at the same moment.
 Pure Python, no I/O.
 """
 
-import heapq
 import math
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -204,21 +204,29 @@ class Share:
 
 def top_weighted(weights: Mapping[str, float], n: int) -> list[tuple[str, float]]:
     """The `n` heaviest entries, heaviest first, ties by id: the one order every reader uses."""
-    return heapq.nsmallest(n, weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    # Two stable sorts with C-level keys (ids, then weights descending; ties keep the id order): four
+    # times faster than a heap with a Python key, and the job computes this for every item it writes.
+    ids = sorted(weights)
+    ids.sort(key=weights.__getitem__, reverse=True)
+    return [(k, weights[k]) for k in ids[:n]]
 
 
 def dump_neighbours(nb: Mapping[str, float]) -> str:
-    # repr round-trips a float exactly, so a share read back equals the share written.
-    return ",".join(f"{k}:{w!r}" for k, w in nb.items())
+    """Ids joined by ',' (item ids never hold one), then ';' and the weights as the hex of their
+    little-endian doubles: exact, so a share read back equals the share written, and a C loop each way
+    (a repr and a float() per entry took most of the tables job's time)."""
+    return ",".join(nb) + ";" + struct.pack(f"<{len(nb)}d", *nb.values()).hex()
 
 
 def parse_neighbours(raw: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in raw.split(","):
-        if part:
-            k, _, w = part.rpartition(":")  # item ids may hold ':' but never ','
-            out[k] = float(w)
-    return out
+    names, sep, packed = raw.rpartition(";")
+    if not sep:
+        raise ValueError("a neighbour list is ids;hex-weights, and this has no ';'")
+    keys = names.split(",") if names else []
+    data = bytes.fromhex(packed)
+    if len(data) != 8 * len(keys):
+        raise ValueError(f"{len(keys)} ids but {len(data)} bytes of weights")
+    return dict(zip(keys, struct.unpack(f"<{len(keys)}d", data), strict=True))
 
 
 def dump_trend(trend: Sequence[tuple[str, int]], day: int) -> str:

@@ -4,7 +4,7 @@ Keys of the share of partition P of topic T (the braces are a Redis Cluster hash
 one slot and its write is one atomic script wherever the cluster puts it):
     rs:lt:{T:P}:meta     hash: offset (the last applied; at seeding: the topic's end - 1), last_ms, trend;
                          owner, taken_ms (the replica that took the share last, and when; informational)
-    rs:lt:{T:P}:nb       hash: item -> neighbour:weight,... (forward-decayed weights, this share only)
+    rs:lt:{T:P}:nb       hash: item -> neighbours;weights (`live.dump_neighbours`: forward-decayed, this share only)
     rs:lt:{T:P}:counts   hash: item -> baskets,first_ms,buyers;day:n,...
     rs:lt:{T:P}:top      hash: item -> its `LiveParams.share_top` heaviest neighbours in this share, what
                          readers merge (the full map stays for the job's restarts)
@@ -45,6 +45,9 @@ from rankstream.stream.store import user_fault
 log = logging.getLogger(__name__)
 
 META_KEY = "rs:lt:meta"
+# How the values are written (2: neighbour weights as packed doubles). A reader refuses another format
+# at start, with the fix, instead of failing on every value.
+FORMAT = "2"
 _SEED_CHUNK = 2_000  # fields per command when seeding, so no single reply or script is huge
 
 # KEYS: meta, nb, counts, users, top, bought. ARGV: expected offset, new offset, last_ms, trend ('' = keep),
@@ -140,7 +143,13 @@ async def seed(
         offset = str(start.get(p, 0) - 1)
         await client.hset(meta, mapping={"offset": offset, "last_ms": str(share.last_ms), "trend": trend})
     await client.hset(
-        META_KEY, mapping={"topic": topic, "partitions": str(len(shares)), "params": json.dumps(asdict(params))}
+        META_KEY,
+        mapping={
+            "topic": topic,
+            "partitions": str(len(shares)),
+            "params": json.dumps(asdict(params)),
+            "format": FORMAT,
+        },
     )
 
 
@@ -155,6 +164,11 @@ async def read_meta(client: RedisClient) -> tuple[str, int, LiveParams]:
     meta = await client.hgetall(META_KEY)
     if not meta:
         raise RankstreamError(f"no live tables in Redis ({META_KEY} is missing): run `rankstream load` first")
+    if meta.get("format") != FORMAT:
+        raise RankstreamError(
+            f"the live tables in Redis are in format {meta.get('format', '1')}, this version reads {FORMAT}: "
+            "run `rankstream load` again"
+        )
     try:
         return meta["topic"], int(meta["partitions"]), LiveParams(**json.loads(meta["params"]))
     except (KeyError, ValueError, TypeError) as exc:

@@ -15,7 +15,8 @@ from rankstream.data.prepare import Split, prepare
 from rankstream.deploy import stack as local_stack
 from rankstream.ops.load import load_tables_and_topics, split_events
 from rankstream.ops.replay import event_records, produce
-from rankstream.stream.livestore import share_keys
+from rankstream.stream.errors import RankstreamError
+from rankstream.stream.livestore import META_KEY, read_meta, share_keys
 from rankstream.stream.redis_client import connect
 from rankstream.stream.settings import Settings
 from tests.integration.test_health import get
@@ -85,6 +86,19 @@ async def test_load_seeds_at_the_topics_end_so_records_already_there_are_not_cou
     for partition, offset in produced.last.values():
         last[partition] = max(last[partition], offset)
     assert stored == last and max(last.values()) >= 0
+
+
+async def test_tables_in_another_format_are_refused_with_the_fix(store) -> None:  # type: ignore[no-untyped-def]
+    client = store.client
+    topic, partitions, _ = await read_meta(client)  # as seeded
+    assert partitions >= 1 and topic
+    for stale in ("1", None):
+        if stale is None:
+            await client.hdel(META_KEY, "format")
+        else:
+            await client.hset(META_KEY, "format", stale)
+        with pytest.raises(RankstreamError, match="run `rankstream load` again"):
+            await read_meta(client)
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from rankstream.stream.live import (
     parse_neighbours,
     parse_trend,
     partition_of,
+    top_weighted,
 )
 
 NO_DECAY = LiveParams(half_life_days=math.inf, keep=10_000)
@@ -218,3 +219,8 @@ def assert_parses_or_refuses(raw: str) -> None:
         except ValueError:
             continue
         assert well_typed(value), f"{parse.__name__}({raw!r}) returned {value!r}"
+
+
+@given(st.dictionaries(ids, st.sampled_from([0.0, 0.5, 1.0, 2.5]) | st.floats(0, 1e9), max_size=60), st.integers(0, 70))
+def test_top_weighted_is_heaviest_first_ties_by_id(weights: dict[str, float], n: int) -> None:
+    assert top_weighted(weights, n) == sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
