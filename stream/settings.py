@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     tables_group_id: str = "rankstream-tables"  # the live-tables job's own consumer group
     # How long a scorer serves a live-table read before reading it again: freshness against Redis load.
     tables_max_age_ms: int = Field(default=500, ge=0, le=600_000)
+    # The tables job writes a share at most this often: an item that events of many fetches change is
+    # written once per interval, not once per fetch. Adds up to this much to the tables' freshness.
+    tables_flush_ms: int = Field(default=200, ge=0, le=10_000)
     top_k: int = Field(default=10, ge=1, le=200)
     candidates: int = Field(default=50, ge=1, le=1000)
     history_len: int = Field(default=50, ge=1, le=1000)

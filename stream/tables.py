@@ -5,7 +5,8 @@ live tables (`stream.livestore`), merged over their shares and cached for at mos
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from rankstream.stream.errors import RankstreamError, StoreError
 from rankstream.stream.live import (
@@ -27,6 +28,13 @@ _CACHE_MAX = 200_000
 T = TypeVar("T")
 
 
+@dataclass
+class _Entry(Generic[T]):
+    read_at: float  # time.monotonic() of the last read
+    raw: list[str | None]  # each share's value as read, to skip parsing what did not change
+    value: T
+
+
 class Tables:
     """One scorer's view of the tables in Redis. Reads are cached per item for at most `max_age_s`, so
     what the tables job wrote is served within that much more time, at one pipelined read per chunk."""
@@ -38,8 +46,8 @@ class Tables:
         self.topic = ""
         self.partitions = 0
         self.params = LiveParams()
-        self._nb: dict[str, tuple[float, list[str]]] = {}
-        self._counts: dict[str, tuple[float, ItemCounts]] = {}
+        self._nb: dict[str, _Entry[list[str]]] = {}
+        self._counts: dict[str, _Entry[ItemCounts]] = {}
         self._trending: tuple[float, list[str]] = (-1e18, [])
 
     async def load(self) -> None:
@@ -86,14 +94,14 @@ class Tables:
 
     async def _cached(
         self,
-        cache: dict[str, tuple[float, T]],
+        cache: dict[str, "_Entry[T]"],
         items: Iterable[str],
         field_key: int,
         merge: Callable[[list[str | None]], T],
     ) -> dict[str, T]:
         now = time.monotonic()
         wanted = list(dict.fromkeys(items))
-        stale = [it for it in wanted if it not in cache or now - cache[it][0] > self.max_age_s]
+        stale = [it for it in wanted if it not in cache or now - cache[it].read_at > self.max_age_s]
         if stale:
             if len(cache) > _CACHE_MAX:
                 cache.clear()  # bounded memory; everything is re-read within max_age_s anyway
@@ -101,12 +109,17 @@ class Tables:
                 read_merged_parts(self._store.client, self.topic, self.partitions, field_key, stale)
             )
             for k, it in enumerate(stale):
+                raw = [values[k] for values in per_share]
+                old = cache.get(it)
+                if old is not None and old.raw == raw:
+                    old.read_at = now  # most items did not change since the last read: no parsing, no merge
+                    continue
                 try:
-                    cache[it] = (now, merge([values[k] for values in per_share]))
+                    cache[it] = _Entry(now, raw, merge(raw))
                 except ValueError as exc:  # a value no share writes: serve without it, say so
                     log.error("live tables: %s is unreadable in a share, left out (run `rankstream load`): %r", it, exc)
-                    cache[it] = (now, merge([None]))
-        return {it: cache[it][1] for it in wanted}
+                    cache[it] = _Entry(now, raw, merge([None]))
+        return {it: cache[it].value for it in wanted}
 
     async def _read(self, call):  # type: ignore[no-untyped-def]
         try:

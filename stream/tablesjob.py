@@ -5,7 +5,8 @@ reads that partition's share from Redis and seeks to the offset after the one th
 Kafka commit is only for lag dashboards; the share's stored offset is the truth). After each fetch it
 applies the records in order and writes the share's changed values with the new offset, fenced on the
 old one (`livestore.write_share`). Whatever kills it between two writes, the next owner starts from the
-last write, so every event is counted once.
+last write, so every event is counted once. Writes are spaced by `tables_flush_ms` per share: the
+records fetched meanwhile are applied in memory and written together.
 
 Invalid records are skipped and counted, never dead-lettered here: the scorer, reading the same topic,
 dead-letters them with their reason, once.
@@ -60,6 +61,8 @@ class TablesJob:
         self.client = client
         self.params = LiveParams()
         self.shares: dict[int, Share] = {}
+        self._stored: dict[int, int] = {}  # partition -> the offset its share in Redis reflects (the fence)
+        self._written_at: dict[int, float] = {}  # partition -> when its share was last written (monotonic)
         self.pending: set[TopicPartition] = set()  # assigned, share not read yet (paused until then)
         self.replica = settings.replica or f"{socket.gethostname()}-{os.getpid()}"
         self.applied = 0
@@ -103,6 +106,7 @@ class TablesJob:
         if tp not in self.consumer.assignment():
             return  # revoked while it was read
         self.shares[tp.partition] = share
+        self._stored[tp.partition] = share.offset
         self.consumer.seek(tp, share.offset + 1)
         self.consumer.resume(tp)
         self.pending.discard(tp)
@@ -119,7 +123,9 @@ class TablesJob:
             try:
                 await self._take_pending()
                 fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
-                await asyncio.gather(*(self._apply(tp, records) for tp, records in fetched.items()))
+                for tp, records in fetched.items():
+                    self._apply(tp, records)
+                await self._write_due()
                 await self._commit_now_and_then()
                 delay = 0.0
                 self.probe.failing = ""
@@ -131,6 +137,10 @@ class TablesJob:
                 log.warning("tables job: %s; going back to the stored shares in %.1fs", exc, delay)
                 await self._retake()
                 await asyncio.sleep(delay)
+        try:
+            await self._write_due(everything=True)
+        except (*REDIS_ERRORS, RankstreamError) as exc:
+            log.warning("stopping with records applied but not written; the next owner applies them again: %s", exc)
 
     async def _commit_now_and_then(self) -> None:
         """Commit the written offsets to Kafka at most once a second: the commit only feeds lag
@@ -155,16 +165,14 @@ class TablesJob:
             except (*REDIS_ERRORS, RankstreamError) as exc:
                 log.error("share %s:%d not taken: %s", tp.topic, tp.partition, exc)
 
-    async def _apply(self, tp: TopicPartition, records: list) -> None:  # type: ignore[type-arg]
+    def _apply(self, tp: TopicPartition, records: list) -> None:  # type: ignore[type-arg]
+        """Apply records to the share in memory; `_write_due` writes it."""
         share = self.shares.get(tp.partition)
         if share is None:
             if tp in self.consumer.assignment():
                 self.pending.add(tp)  # dropped after a failed write: start again from what is stored
                 self.consumer.pause(tp)
             return
-        if not records:
-            return
-        expected = share.offset
         now = None
         for rec in records:
             if rec.offset <= share.offset:
@@ -179,22 +187,37 @@ class TablesJob:
                 self.applied += 1
                 m.TABLES_APPLIED.inc()
             share.offset = rec.offset
-        if share.offset == expected:
-            return
+
+    async def _write_due(self, *, everything: bool = False) -> None:
+        """Write the shares with unwritten records whose last write is `tables_flush_ms` old (all of them
+        with `everything`), concurrently: each is one script on its own slot."""
+        now = time.monotonic()
+        flush_s = self.settings.tables_flush_ms / 1000
+        due = [
+            p
+            for p, share in self.shares.items()
+            if share.offset != self._stored[p] and (everything or now - self._written_at.get(p, 0.0) >= flush_s)
+        ]
+        await asyncio.gather(*(self._write(p) for p in due))
+
+    async def _write(self, partition: int) -> None:
+        share, expected = self.shares[partition], self._stored[partition]
         try:
-            await write_share(self.client, tp.topic, tp.partition, share, share.take_dirty(), expected)
+            await write_share(self.client, self.settings.topic, partition, share, share.take_dirty(), expected)
         except FenceMoved as exc:
             # Another replica owns it now and has written past us: ours is stale, drop it.
             log.warning("%s; dropping this replica's copy", exc)
             m.TABLES_WRITES.labels("fence_moved").inc()
-            self.shares.pop(tp.partition, None)
+            self.shares.pop(partition, None)
             return
         except BaseException:
             # The share in memory is ahead of Redis and cannot be rolled back: read it again.
-            self.shares.pop(tp.partition, None)
+            self.shares.pop(partition, None)
             raise
         m.TABLES_WRITES.labels("ok").inc()
-        self._to_commit[tp] = share.offset + 1
+        self._stored[partition] = share.offset
+        self._written_at[partition] = time.monotonic()
+        self._to_commit[TopicPartition(self.settings.topic, partition)] = share.offset + 1
 
     async def _retake(self) -> None:
         """After a failure: every assigned partition whose share may be ahead of Redis is read again."""
