@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from rankstream.stream import batch as b
 from rankstream.stream import metrics as m
@@ -202,10 +202,13 @@ class Scorer:
         for tp in list(self._resync):
             if tp in self._consumer.assignment():
                 committed = await self._consumer.committed(tp)
-                if committed is None:  # nothing committed yet: where auto_offset_reset="earliest" starts
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, committed)
+                try:
+                    if committed is None:  # nothing committed yet: where auto_offset_reset="earliest" starts
+                        await self._consumer.seek_to_beginning(tp)
+                    else:
+                        self._consumer.seek(tp, committed)
+                except IllegalStateError:
+                    pass  # revoked meanwhile: its next assignment starts from the committed offset anyway
             self._resync.discard(tp)
 
     def _forget(self, revoked: set[TopicPartition]) -> None:
