@@ -8,6 +8,11 @@ fixed rate, the same model, each arm on a topic and a flushed Redis database of 
 For every event whose user had a list on screen, the scorer notes where the event's item stood in that
 list (the live hit-rate it already counts). hit_rate@10: the share of those events whose item was in
 the top 10; ndcg@10: 1 / log2(rank + 2) for such an event, else 0 (one relevant item per event).
+Next basket: the same, over the events whose list on screen was written before their basket began (the
+list reflects an event of another time). An event whose list was written from earlier events of its own
+basket (the same user, the same time) is checked against co-visitation within the basket it is part of;
+how many such events there are depends on how fast the scorer writes, not on the tables, so the next-basket
+figures compare the arms on what only the tables decide.
 Intervals: 95% bootstrap over users (1,000 resamples, seed 0), users resampled together for the ratio.
 Freshness (live arm): from a record's Kafka timestamp to the first poll (every 20 ms) that finds its
 partition's share in Redis at or past it.
@@ -35,8 +40,10 @@ from rankstream.ops.load import split_events
 from rankstream.ops.replay import Produced
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag
+from rankstream.stream.live import event_ms
 from rankstream.stream.livestore import seed
 from rankstream.stream.ranker import Ranker
+from rankstream.stream.recorder import Outcome
 from rankstream.stream.redis_client import RedisClient, connect_from_settings
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.settings import Settings
@@ -58,6 +65,7 @@ class Arm:
     lost: int
     users_not_reflected: int
     p99_ms: float | None  # event -> list in Redis, for the scorer's load at this rate
+    next_basket: dict[str, object]  # events, hit_rate@10, ndcg@10, ci95 over next-basket events only
 
 
 @dataclass
@@ -68,6 +76,7 @@ class LiveBench:
     frozen: Arm
     live: Arm
     ratio: dict[str, dict[str, float | list[float]]]  # live / frozen, with its interval
+    ratio_next_basket: dict[str, dict[str, float | list[float]]]
     freshness_ms: dict[str, float | None]
     lost: int
 
@@ -87,7 +96,7 @@ def format_live(r: LiveBench) -> str:
             f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lost:>4}"
         )
 
-    hr = r.ratio["hit_rate@10"]
+    hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(
         [
             f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}",
@@ -95,15 +104,21 @@ def format_live(r: LiveBench) -> str:
             row("frozen", r.frozen),
             row("live", r.live),
             f"live / frozen hit-rate@10: {hr['ratio']:.3f} [{hr['ci95'][0]:.3f}, {hr['ci95'][1]:.3f}]",  # type: ignore[index]
+            *(
+                f"next basket, {name}: {a.next_basket['events']:,} events, hit-rate@10 "
+                f"{a.next_basket['hit_rate@10']:.4f}, ndcg@10 {a.next_basket['ndcg@10']:.4f}"
+                for name, a in (("frozen", r.frozen), ("live", r.live))
+            ),
+            f"next basket, live / frozen hit-rate@10: {nb['ratio']:.3f} [{nb['ci95'][0]:.3f}, {nb['ci95'][1]:.3f}]",  # type: ignore[index]
             f"freshness: p50 {r.freshness_ms['p50']} ms, p99 {r.freshness_ms['p99']} ms",
         ]
     )
 
 
-def per_user(outcomes: Sequence[tuple[str, int]]) -> dict[str, tuple[int, int, float]]:
+def per_user(outcomes: Sequence[Outcome]) -> dict[str, tuple[int, int, float]]:
     """user -> (events, hits in the top 10, summed gain)."""
     out: dict[str, tuple[int, int, float]] = {}
-    for user, rank in outcomes:
+    for user, rank, *_ in outcomes:
         n, h, g = out.get(user, (0, 0, 0.0))
         hit = 0 <= rank < 10
         out[user] = (n + 1, h + hit, g + (1.0 / math.log2(rank + 2) if hit else 0.0))
@@ -114,8 +129,19 @@ def _sums(table: dict[str, tuple[int, int, float]], users: list[str]) -> np.ndar
     return np.array([table.get(u, (0, 0, 0.0)) for u in users], dtype=float).reshape(-1, 3)
 
 
+def next_basket(outcomes: Sequence[Outcome], basket: dict[tuple[int, int], int]) -> list[Outcome]:
+    """The outcomes whose list on screen reflects an event of another time than theirs (`basket`:
+    (partition, offset) -> event time)."""
+    return [
+        o
+        for o in outcomes
+        if basket.get((o.partition, o.shown_offset if o.shown_offset is not None else -1))
+        != basket[(o.partition, o.offset)]
+    ]
+
+
 def summarize(
-    frozen: Sequence[tuple[str, int]], live: Sequence[tuple[str, int]], seed_: int = 0
+    frozen: Sequence[Outcome], live: Sequence[Outcome], seed_: int = 0
 ) -> tuple[dict[str, tuple[float, list[float]]], dict[str, tuple[float, list[float]]], dict[str, dict]]:
     """Each arm's (value, ci95) per metric, and live / frozen with its paired interval."""
     a, b = per_user(frozen), per_user(live)
@@ -160,8 +186,8 @@ async def _arm(
     rate: float,
     log_dir: Path,
     with_tables: bool,
-) -> tuple[list[tuple[str, int]], int, int, float | None, dict[str, float | None]]:
-    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness)."""
+) -> tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome]]:
+    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes)."""
     topic = Topic(base, client, name)
     settings = base.model_copy(
         update={"topic": topic.name, "dlq_topic": f"{topic.name}.dlq", "group_id": f"g-{topic.name}"}
@@ -223,7 +249,9 @@ async def _arm(
             if seen is not None:
                 delays.append(max(0.0, seen - sent_ms))
         fresh = {"p50": percentile(delays, 50), "p99": percentile(delays, 99)}
-    return list(scorer.recorder.outcomes), lost, not_reflected, p99, fresh
+    basket = {(p, off): event_ms(ev) for ev, (p, off, _) in zip(events, produced.all or [], strict=True)}
+    outcomes = list(scorer.recorder.outcomes)
+    return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket)
 
 
 async def bench_live_on(
@@ -243,9 +271,10 @@ async def bench_live_on(
     finally:
         await client.aclose()
     fa, fb, ratio = summarize(arms["frozen"][0], arms["live"][0])
+    na, nb, ratio_nb = summarize(arms["frozen"][5], arms["live"][5])
 
-    def arm(name: str, m: dict[str, tuple[float, list[float]]]) -> Arm:
-        outcomes, lost, not_reflected, p99, _ = arms[name]
+    def arm(name: str, m: dict[str, tuple[float, list[float]]], n: dict[str, tuple[float, list[float]]]) -> Arm:
+        outcomes, lost, not_reflected, p99, _, nexts = arms[name]
         return Arm(
             events=len(outcomes),
             hit_rate_at_10=m["hit_rate@10"][0],
@@ -254,9 +283,14 @@ async def bench_live_on(
             lost=lost,
             users_not_reflected=not_reflected,
             p99_ms=p99,
+            next_basket={
+                "events": len(nexts),
+                **{k: v[0] for k, v in n.items()},
+                "ci95": {k: v[1] for k, v in n.items()},
+            },
         )
 
-    frozen, live = arm("frozen", fa), arm("live", fb)
+    frozen, live = arm("frozen", fa, na), arm("live", fb, nb)
     return LiveBench(
         events=len(events),
         rate=rate,
@@ -264,6 +298,7 @@ async def bench_live_on(
         frozen=frozen,
         live=live,
         ratio=ratio,
+        ratio_next_basket=ratio_nb,
         freshness_ms=arms["live"][4],
         lost=frozen.lost + live.lost,
     )

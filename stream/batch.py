@@ -41,6 +41,8 @@ class UserPlan:
     shown_version: str | None = None  # the model version that wrote that list
     since_ms: int = 0  # Kafka time of the oldest of those events: how long this user has been waiting
     ranks: tuple[int, ...] = ()  # each event's item's place in the list on screen (-1: not in it); () if none
+    offsets: tuple[int, ...] = ()  # those events' offsets (same order as `ranks`)
+    shown_offset: int | None = None  # the offset of the event the list on screen reflects
 
 
 def group_by_user(events: Iterable[Valid]) -> dict[str, list[Valid]]:
@@ -77,6 +79,8 @@ def plan_user(user_id: str, events: Sequence[Valid], state: UserState, history_l
         state.shown_version,
         min(v.timestamp_ms for v in fresh),
         tuple(ranks) if state.shown_version is not None else (),
+        tuple(v.offset for v in fresh) if state.shown_version is not None else (),
+        state.offset,
     )
 
 

@@ -7,8 +7,19 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rankstream.stream import metrics as m
+
+
+class Outcome(NamedTuple):
+    """One event checked against the list its user had on screen (benchmarks keep these)."""
+
+    user_id: str
+    rank: int  # the event's item's place in that list, -1 if not in it
+    partition: int
+    offset: int  # the event's
+    shown_offset: int | None  # the event that list reflects (same partition)
 
 
 @dataclass
@@ -49,7 +60,7 @@ class Recorder:
         self._chunk_started_ms: float | None = None
         # (user, rank of the event's item in the list on screen, -1 if absent) of the most recent events
         # checked for the live hit-rate, for the streaming quality benchmark.
-        self.outcomes: deque[tuple[str, int]] = deque(maxlen=latency_samples)
+        self.outcomes: deque[Outcome] = deque(maxlen=latency_samples)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

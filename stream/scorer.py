@@ -28,7 +28,7 @@ from rankstream.stream.events import Rejected, internal_error, parse_event
 from rankstream.stream.guard import Guard
 from rankstream.stream.health import Probe
 from rankstream.stream.ranker import Ranker
-from rankstream.stream.recorder import Recorder, Stats
+from rankstream.stream.recorder import Outcome, Recorder, Stats
 from rankstream.stream.scoring import score_users
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store, UserState
@@ -331,7 +331,11 @@ class Scorer:
         chunk = [p for p in chunk if p.user_id not in failed]
         quality = b.live_quality(chunk)
         if self.recorder.outcomes.maxlen:
-            self.recorder.outcomes.extend((p.user_id, r) for p in chunk for r in p.ranks)
+            self.recorder.outcomes.extend(
+                Outcome(p.user_id, r, p.last.partition, o, p.shown_offset)
+                for p in chunk
+                for r, o in zip(p.ranks, p.offsets, strict=True)
+            )
         with self.recorder.stage("write"):
             written = await self.store.write_lists(scored.writes, quality)
         failed |= {u: Rejected("bad_state", detail) for u, detail in written.bad.items()}

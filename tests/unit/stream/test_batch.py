@@ -115,3 +115,13 @@ def test_users_still_clicking_are_held_back_but_not_for_ever() -> None:
     assert b.hold_back(plans, 1100, quiet_ms=0) == (plans, [])
     # A producer clock ahead of ours must not hold anybody back.
     assert b.hold_back(plans, 1050, quiet_ms=30)[1] == []
+
+
+def test_plan_notes_each_checked_event_and_the_list_it_was_checked_against() -> None:
+    state = UserState(("a",), 0, 4, shown=("x", "b"), shown_version="v1", topic="")
+    plan = b.plan_user("u", [valid("u", "b", 3), valid("u", "b", 5), valid("u", "y", 7)], state, 10)
+    assert plan is not None
+    assert plan.ranks == (1, -1) and plan.offsets == (5, 7)  # offset 3 is already reflected
+    assert plan.shown_offset == 4
+    unseen = b.plan_user("u", [valid("u", "b", 1)], EMPTY_STATE, 10)
+    assert unseen is not None and unseen.ranks == () and unseen.offsets == ()

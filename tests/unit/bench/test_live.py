@@ -1,0 +1,22 @@
+"""`bench live`'s next-basket filter: which checked events count as next-basket predictions."""
+
+from rankstream.bench.live import next_basket, per_user
+from rankstream.stream.recorder import Outcome
+
+
+def test_events_checked_against_a_list_from_their_own_basket_are_left_out() -> None:
+    # Partition 0: offsets 0-1 one basket at t=100, offsets 2-4 the next at t=200.
+    basket = {(0, 0): 100, (0, 1): 100, (0, 2): 200, (0, 3): 200, (0, 4): 200}
+    outcomes = [
+        Outcome("u", 3, 0, 2, 1),  # list from the previous basket: kept
+        Outcome("u", -1, 0, 3, 2),  # list written after offset 2, same basket: left out
+        Outcome("u", 0, 0, 4, 1),  # the scorer had not written since the previous basket: kept
+        Outcome("u", 5, 0, 1, None),  # no known event behind the list: kept
+    ]
+    assert next_basket(outcomes, basket) == [outcomes[0], outcomes[2], outcomes[3]]
+
+
+def test_per_user_sums_events_hits_and_gain() -> None:
+    out = per_user([Outcome("u", 0, 0, 1, 0), Outcome("u", 12, 0, 2, 0), Outcome("v", -1, 1, 1, 0)])
+    assert out["u"][:2] == (2, 1) and abs(out["u"][2] - 1.0) < 1e-12
+    assert out["v"] == (1, 0, 0.0)
