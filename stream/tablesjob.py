@@ -194,30 +194,37 @@ class TablesJob:
         now = time.monotonic()
         flush_s = self.settings.tables_flush_ms / 1000
         due = [
-            p
+            (p, share)
             for p, share in self.shares.items()
             if share.offset != self._stored[p] and (everything or now - self._written_at.get(p, 0.0) >= flush_s)
         ]
-        await asyncio.gather(*(self._write(p) for p in due))
+        await asyncio.gather(*(self._write(p, share) for p, share in due))
 
-    async def _write(self, partition: int) -> None:
-        share, expected = self.shares[partition], self._stored[partition]
+    async def _write(self, partition: int, share: Share) -> None:
+        # The share is passed in, not looked up: a revocation may drop it from `shares` before this runs.
+        expected = self._stored[partition]
         try:
             await write_share(self.client, self.settings.topic, partition, share, share.take_dirty(), expected)
         except FenceMoved as exc:
             # Another replica owns it now and has written past us: ours is stale, drop it.
             log.warning("%s; dropping this replica's copy", exc)
             m.TABLES_WRITES.labels("fence_moved").inc()
-            self.shares.pop(partition, None)
+            self._drop(partition, share)
             return
         except BaseException:
             # The share in memory is ahead of Redis and cannot be rolled back: read it again.
-            self.shares.pop(partition, None)
+            self._drop(partition, share)
             raise
         m.TABLES_WRITES.labels("ok").inc()
+        if self.shares.get(partition) is not share:
+            return  # revoked (and perhaps taken again) while it was written: the new copy is the one to go on
         self._stored[partition] = share.offset
         self._written_at[partition] = time.monotonic()
         self._to_commit[TopicPartition(self.settings.topic, partition)] = share.offset + 1
+
+    def _drop(self, partition: int, share: Share) -> None:
+        if self.shares.get(partition) is share:
+            self.shares.pop(partition)
 
     async def _retake(self) -> None:
         """After a failure: every assigned partition whose share may be ahead of Redis is read again."""
