@@ -19,11 +19,14 @@ from redis.exceptions import RedisError
 
 from rankstream.stream import metrics as m
 from rankstream.stream.artifact import MANIFEST
+from rankstream.stream.canary import Policy
 from rankstream.stream.errors import ArtifactError, StoreError
 from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.registry import ANNOUNCE_CHANNEL, Registry
-from rankstream.stream.scorer import Scorer
+from rankstream.stream.rollouts import Canary, Shadow, conclude, judge, read_canary, read_shadow
+from rankstream.stream.scorer import Arm, Scorer
+from rankstream.stream.shadow import ShadowScorer
 from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,8 @@ def warm_up(ranker: Ranker, titles: list[str], lists: int = 3, per_list: int = 5
 
 
 class ModelFollower:
-    """Keeps one scorer on the registry's active version; refuses bad artifacts and keeps serving."""
+    """Keeps one scorer on the registry's active version, and on its canary and shadow versions if any;
+    refuses bad artifacts and keeps serving; judges a running canary (stream/rollouts.py)."""
 
     def __init__(
         self, registry: Registry, scorer: Scorer, load: LoadRanker, *, replica: str, poll_s: float = 2.0
@@ -94,24 +98,70 @@ class ModelFollower:
                 await pubsub.aclose()
 
     async def check(self) -> bool:
-        """Swap if the active version differs from the one served; True when a swap happened."""
+        """Swap if the active version differs from the one served; True when a swap happened. Then
+        follow the canary and the shadow, and judge the canary."""
         version = await self.registry.active()
         current = self.scorer.ranker.version
         swapped = False
         if version is not None and version != current and not self._still_refused(version):
             swapped = await self.swap_to(version)
+        await self._follow_canary(await read_canary(self.registry))
+        await self._follow_shadow(await read_shadow(self.registry))
         await self.registry.report_serving(self.replica, self.scorer.ranker.version, self._since)
         return swapped
+
+    async def _follow_canary(self, canary: Canary | None) -> None:
+        arm = self.scorer.canary
+        if canary is None or canary.version == self.scorer.ranker.version:
+            if arm is not None:
+                self.scorer.use_canary(None)
+                log.info("canary %s ended on this replica", arm.ranker.version)
+            return
+        if arm is None or arm.ranker.version != canary.version or arm.share != canary.share:
+            if arm is not None and arm.ranker.version == canary.version:
+                ranker = arm.ranker
+            elif (ranker := await self._load(canary.version)) is None:
+                await conclude(self.registry, canary, "canary-rollback", False, {"reason": "artifact refused"})
+                return
+            self.scorer.use_canary(Arm(ranker, canary.share))
+            log.info("canary %s serves %.1f%% of users beside %s", canary.version, canary.share * 100, canary.active)
+        s = self.scorer.settings
+        policy = Policy(s.canary_min_events, s.canary_max_p99_ratio, s.canary_p99_slack_ms, s.canary_max_error_excess)
+        await judge(self.registry, policy)
+
+    async def _follow_shadow(self, shadow: Shadow | None) -> None:
+        current = self.scorer.shadow
+        wanted = None if shadow is None else (shadow.version, shadow.sample)
+        if current is not None and wanted != (current.version, current.sample):
+            self.scorer.use_shadow(None)
+            await current.close()
+            current = None
+        if shadow is None or current is not None or self._still_refused(shadow.version):
+            return
+        if (ranker := await self._load(shadow.version)) is not None:
+            s = self.scorer.settings
+            self.scorer.use_shadow(ShadowScorer(ranker, shadow.sample, s, self.scorer.tables, s.shadow_max_share))
+            log.info("shadow %s scores %.1f%% of users off the hot path", shadow.version, shadow.sample * 100)
+
+    async def _load(self, version: str) -> Ranker | None:
+        """The version loaded, verified and warmed up off the hot path; None (and logged) if refused."""
+        try:
+            return await asyncio.to_thread(self._load_and_warm, version)
+        except ArtifactError as exc:
+            self._refused[version] = self._manifest_mtime(version)
+            m.MODELS_REFUSED.labels(version).inc()
+            log.error("refused model %s, still serving %s: %s", version, self.scorer.ranker.version, exc)
+            return None
 
     async def swap_to(self, version: str) -> bool:
         old = self.scorer.ranker.version
         t0 = time.perf_counter()
-        try:
-            ranker = await asyncio.to_thread(self._load_and_warm, version)
-        except ArtifactError as exc:
-            self._refused[version] = self._manifest_mtime(version)
-            m.MODELS_REFUSED.labels(version).inc()
-            log.error("refused model %s, still serving %s: %s", version, old, exc)
+        arm = self.scorer.canary
+        if arm is not None and arm.ranker.version == version:  # a promoted canary: already loaded and warm
+            ranker: Ranker | None = arm.ranker
+        else:
+            ranker = await self._load(version)
+        if ranker is None:
             return False
         self.scorer.use(ranker)
         # The old session goes once the batch in flight (which may hold it) is written; then hand its

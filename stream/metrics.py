@@ -43,3 +43,23 @@ TABLES_SKIPPED = Counter(
 TABLES_WRITES = Counter(
     "rankstream_tables_share_writes_total", "Share writes, by outcome (ok, fence_moved)", ["outcome"]
 )
+VERSION_LATENCY = Histogram(
+    "rankstream_version_event_to_list_seconds",
+    "Event -> list latency by the model version that wrote the list (canary arms side by side)",
+    ["model_version"],
+    buckets=_LATENCY_BUCKETS,
+)
+VERSION_ERRORS = Counter(
+    "rankstream_version_errors_total", "Events a model version failed to score (dead-lettered)", ["model_version"]
+)
+SHADOW_EVENTS = Counter(
+    "rankstream_shadow_events_total", "Events checked against a shadow version's would-be list", ["model_version"]
+)
+SHADOW_HITS = Counter(
+    "rankstream_shadow_hits_total", "Events whose item was in the shadow version's would-be list", ["model_version"]
+)
+SHADOW_SKIPPED = Counter(
+    "rankstream_shadow_skipped_users_total",
+    "Sampled users not shadow-scored: the shadow was busy or over its CPU share",
+    ["model_version"],
+)

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -92,8 +92,9 @@ class Recorder:
         st.stale_skipped += stale
         st.pairs += pairs
 
-    def batch(self, version: str, records: int, events: int, coalesced: int) -> None:
-        """One batch: records taken, events it finished (scored or already reflected), events folded."""
+    def batch(self, events_by_version: Mapping[str, int], records: int, coalesced: int) -> None:
+        """One batch: records taken, events it finished per version (scored or already reflected), events folded."""
+        events = sum(events_by_version.values())
         m.BATCH_RECORDS.observe(records)
         m.EVENTS.inc(events)
         m.COALESCED.inc(coalesced)
@@ -101,8 +102,9 @@ class Recorder:
         st.batches += 1
         st.events += events
         st.coalesced += coalesced
-        if events:
-            st.events_by_version[version] = st.events_by_version.get(version, 0) + events
+        for version, n in events_by_version.items():
+            if n:
+                st.events_by_version[version] = st.events_by_version.get(version, 0) + n
 
     def chunk_started(self) -> None:
         """The chunk about to be scored starts now: the next `reflected` splits its events' latency here."""

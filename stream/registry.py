@@ -55,9 +55,13 @@ def list_versions(root: Path) -> list[str]:
 @dataclass(frozen=True)
 class Activation:
     version: str
-    reason: str  # publish | promote | rollback | pin
+    reason: str  # publish | promote | rollback | pin | canary | canary-promote | canary-rollback | shadow
     at: str  # ISO time
     previous: str | None
+    detail: dict[str, Any] | None = None  # a canary decision's figures (stream/canary.py)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in self.__dict__.items() if v is not None or k == "previous"})
 
 
 class Registry:
@@ -102,13 +106,13 @@ class Registry:
     # -- decisions in Redis ---------------------------------------------------------------------------
 
     async def active(self) -> str | None:
-        return await self._call("reading the active version", self.client.get(ACTIVE_KEY))
+        return await self.call("reading the active version", self.client.get(ACTIVE_KEY))
 
     async def pinned(self) -> str | None:
-        return await self._call("reading the pin", self.client.get(PINNED_KEY))
+        return await self.call("reading the pin", self.client.get(PINNED_KEY))
 
     async def activations(self, limit: int = 50) -> list[Activation]:
-        raw = await self._call("reading the activation log", self.client.lrange(LOG_KEY, 0, limit - 1))
+        raw = await self.call("reading the activation log", self.client.lrange(LOG_KEY, 0, limit - 1))
         return [Activation(**json.loads(r)) for r in raw]
 
     async def activate(self, version: str, reason: str) -> Activation:
@@ -118,10 +122,10 @@ class Registry:
         record = Activation(version, reason, datetime.now(UTC).isoformat(timespec="seconds"), previous)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(ACTIVE_KEY, version)
-            pipe.lpush(LOG_KEY, json.dumps(record.__dict__))
+            pipe.lpush(LOG_KEY, record.to_json())
             pipe.ltrim(LOG_KEY, 0, _LOG_MAX - 1)
-            await self._call("activating a version", pipe.execute())
-        await self._call("announcing a version", self.client.publish(ANNOUNCE_CHANNEL, version))
+            await self.call("activating a version", pipe.execute())
+        await self.call("announcing a version", self.client.publish(ANNOUNCE_CHANNEL, version))
         log.info("active model %s -> %s (%s)", previous, version, reason)
         return record
 
@@ -136,12 +140,12 @@ class Registry:
         return version, True
 
     async def promote(self, version: str) -> Activation:
-        await self._refuse_if_pinned("promote")
+        await self.refuse_if_pinned("promote")
         return await self.activate(version, "promote")
 
     async def rollback(self) -> Activation:
         """Activate the version that was active before the current one."""
-        await self._refuse_if_pinned("roll back")
+        await self.refuse_if_pinned("roll back")
         current = await self.active()
         for record in await self.activations(_LOG_MAX):
             if record.version != current and record.version in self.versions():
@@ -150,31 +154,31 @@ class Registry:
 
     async def pin(self, version: str) -> Activation:
         record = await self.activate(version, "pin")
-        await self._call("pinning", self.client.set(PINNED_KEY, version))
+        await self.call("pinning", self.client.set(PINNED_KEY, version))
         return record
 
     async def unpin(self) -> None:
-        await self._call("unpinning", self.client.delete(PINNED_KEY))
+        await self.call("unpinning", self.client.delete(PINNED_KEY))
 
     async def report_serving(self, replica: str, version: str, since: float) -> None:
         """A replica says what it serves (read by `models list` and the swap benchmark)."""
         value = json.dumps({"version": version, "since": since, "at": time.time()})
-        await self._call("reporting the served version", self.client.hset(SERVING_KEY, replica, value))
+        await self.call("reporting the served version", self.client.hset(SERVING_KEY, replica, value))
 
     async def serving(self) -> dict[str, dict[str, Any]]:
-        raw = await self._call("reading served versions", self.client.hgetall(SERVING_KEY))
+        raw = await self.call("reading served versions", self.client.hgetall(SERVING_KEY))
         return {k: json.loads(v) for k, v in raw.items()}
 
     async def forget_replica(self, replica: str) -> None:
-        await self._call("removing a replica", self.client.hdel(SERVING_KEY, replica))
+        await self.call("removing a replica", self.client.hdel(SERVING_KEY, replica))
 
-    async def _refuse_if_pinned(self, what: str) -> None:
+    async def refuse_if_pinned(self, what: str) -> None:
         pinned = await self.pinned()
         if pinned is not None:
             raise ConfigError(f"cannot {what}: pinned to {pinned}; run `rankstream models unpin` first")
 
     @staticmethod
-    async def _call(what: str, awaitable: Any) -> Any:
+    async def call(what: str, awaitable: Any) -> Any:
         try:
             return await awaitable
         except REDIS_ERRORS as exc:

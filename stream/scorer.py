@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -21,6 +22,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from rankstream.stream import batch as b
 from rankstream.stream import metrics as m
 from rankstream.stream.backoff import Backoff
+from rankstream.stream.canary import in_share, latency_fields
 from rankstream.stream.commits import CommitPipeline, FinishBeforeRevoke, commit_owned
 from rankstream.stream.deadletter import DeadLetters, Source
 from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError, StoreError
@@ -31,6 +33,7 @@ from rankstream.stream.ranker import Ranker
 from rankstream.stream.recorder import Outcome, Recorder, Stats
 from rankstream.stream.scoring import score_users
 from rankstream.stream.settings import Settings
+from rankstream.stream.shadow import ShadowScorer
 from rankstream.stream.store import Store, UserState
 from rankstream.stream.tables import Tables
 
@@ -38,7 +41,18 @@ log = logging.getLogger(__name__)
 
 Records = Mapping[TopicPartition, Sequence[ConsumerRecord]]
 
-__all__ = ["Scorer", "Stats"]
+__all__ = ["Arm", "Scorer", "Stats"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A canary version and the share of users it serves (stream/canary.py `in_share`)."""
+
+    ranker: Ranker
+    share: float
+
+    def serves(self, user_id: str) -> bool:
+        return in_share(user_id, self.share, self.ranker.version)
 
 
 class Scorer:
@@ -51,6 +65,8 @@ class Scorer:
         except ArtifactError as exc:
             raise ConfigError(str(exc)) from exc
         self.ranker = ranker
+        self.canary: Arm | None = None
+        self.shadow: ShadowScorer | None = None
         self.store = store
         self.recorder = Recorder(latency_samples)
         self.tables = Tables(store)
@@ -122,6 +138,13 @@ class Scorer:
         old, self.ranker = self.ranker, ranker
         m.MODEL.labels(old.version).set(0)
         m.MODEL.labels(ranker.version).set(1)
+
+    def use_canary(self, arm: Arm | None) -> None:
+        """Serve `arm.share` of users with the canary version from the next batch on (None: nobody)."""
+        self.canary = arm
+
+    def use_shadow(self, shadow: ShadowScorer | None) -> None:
+        self.shadow = shadow
 
     def check_servable(self, ranker: Ranker) -> None:
         """ArtifactError when this scorer's settings cannot serve `ranker`."""
@@ -258,11 +281,16 @@ class Scorer:
             plans = self._plans(by_user, states)
             due, held = b.hold_back(plans, time.time() * 1000, s.user_quiet_ms if hold else 0)
             neighbours = await self.tables.neighbours_for(b.recent_items(due))
-        # One version scores the whole batch: the ranker reference is read once, here.
-        ranker = self.ranker
-        rejected = 0
-        for chunk in b.oldest_first_chunks(due, s.score_chunk_users):
-            rejected += await self._score_and_write(ranker, chunk, by_user, neighbours)
+        # The versions are read once, here: a swap never changes the version of a user inside a batch.
+        ranker, canary = self.ranker, self.canary
+        rejected = canary_finished = 0
+        for arm, arm_plans in _arms(due, ranker, canary):
+            arm_rejected = 0
+            for chunk in b.oldest_first_chunks(arm_plans, s.score_chunk_users):
+                arm_rejected += await self._score_and_write(arm, chunk, by_user, neighbours)
+            rejected += arm_rejected
+            if arm is not ranker:
+                canary_finished = sum(len(by_user[p.user_id]) for p in arm_plans) - arm_rejected
         if self._dlq.pending:
             with self.recorder.stage("write"):
                 await self._dlq.flush()
@@ -272,7 +300,10 @@ class Scorer:
         waiting = {p.user_id for p in held}
         finished = sum(len(evs) for u, evs in by_user.items() if u not in waiting) - rejected
         taken = sum(len(r) for r in records.values())
-        self.recorder.batch(ranker.version, taken, finished, sum(p.events - 1 for p in due))
+        by_version = {ranker.version: finished - canary_finished}
+        if canary is not None:
+            by_version[canary.ranker.version] = canary_finished
+        self.recorder.batch(by_version, taken, sum(p.events - 1 for p in due))
         # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
         # with the users held before it).
         self._held = [v for p in held for v in by_user[p.user_id]]
@@ -330,6 +361,7 @@ class Scorer:
         failed = scored.failed
         chunk = [p for p in chunk if p.user_id not in failed]
         quality = b.live_quality(chunk)
+        counters = self._counters(ranker.version, chunk, failed, by_user)
         if self.recorder.outcomes.maxlen:
             self.recorder.outcomes.extend(
                 Outcome(p.user_id, r, p.last.partition, o, p.shown_offset)
@@ -337,14 +369,37 @@ class Scorer:
                 for r, o in zip(p.ranks, p.offsets, strict=True)
             )
         with self.recorder.stage("write"):
-            written = await self.store.write_lists(scored.writes, quality)
+            written = await self.store.write_lists(scored.writes, quality, counters)
         failed |= {u: Rejected("bad_state", detail) for u, detail in written.bad.items()}
         for user, rej in failed.items():
             await self._reject_user(by_user[user], rej)
         self.recorder.reflected([v.timestamp_ms for p in chunk if p.user_id not in failed for v in by_user[p.user_id]])
         stale = len(scored.writes) - written.applied - len(written.bad)
         self.recorder.written(written.applied, stale, scored.pairs, quality)
+        if self.shadow is not None:
+            self.shadow.offer(chunk, neighbours)
         return sum(len(by_user[u]) for u in failed)
+
+    def _counters(
+        self,
+        version: str,
+        chunk: Sequence[b.UserPlan],
+        failed: Mapping[str, Rejected],
+        by_user: Mapping[str, list[b.Valid]],
+    ) -> dict[str, int]:
+        """Per-version counters written with the chunk's lists: latency histogram, errors, shadow checks."""
+        now_ms = time.time() * 1000
+        latencies = [max(now_ms - v.timestamp_ms, 0.0) for p in chunk for v in by_user[p.user_id]]
+        histogram = m.VERSION_LATENCY.labels(version)
+        for ms in latencies:
+            histogram.observe(ms / 1000)
+        counters = latency_fields(version, latencies)
+        if errors := sum(len(by_user[u]) for u in failed):
+            counters[f"{version}:errors"] = errors
+            m.VERSION_ERRORS.labels(version).inc(errors)
+        if self.shadow is not None:
+            counters |= self.shadow.check(chunk, by_user)
+        return counters
 
     async def _reject(self, source: Source, rejected: Rejected) -> None:
         self.recorder.dead_letter(rejected.reason)
@@ -363,6 +418,15 @@ class Scorer:
             tp = TopicPartition(v.topic, v.partition)
             offsets[tp] = min(offsets[tp], v.offset)
         return offsets
+
+
+def _arms(due: list[b.UserPlan], ranker: Ranker, canary: Arm | None) -> list[tuple[Ranker, list[b.UserPlan]]]:
+    """The batch's users by the version that scores them: the canary's share, and everyone else."""
+    if canary is None:
+        return [(ranker, due)]
+    picked = [p for p in due if canary.serves(p.user_id)]
+    rest = [p for p in due if not canary.serves(p.user_id)]
+    return [(ranker, rest), (canary.ranker, picked)]
 
 
 def _count(records: Records) -> int:

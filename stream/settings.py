@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     # version active in Redis is served and followed (hot swap), see stream/registry.py.
     model_dir: Path | None = None
     model_poll_s: float = Field(default=2.0, gt=0, le=3600)  # how often the active version is re-read
+    # A canary is judged once both arms have this many events checked against their lists (earlier only
+    # on overwhelming evidence), and rolled back on worse hit-rate (one-sided z-test at 5%), on a p99
+    # latency above both the ratio and the slack over the active version's, or on an error rate above
+    # the active one's by more than the excess (stream/canary.py).
+    canary_min_events: int = Field(default=2000, ge=10, le=100_000_000)
+    canary_max_p99_ratio: float = Field(default=1.5, ge=1.0, le=100.0)
+    canary_p99_slack_ms: float = Field(default=50.0, ge=0.0, le=60_000.0)
+    canary_max_error_excess: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Most of a replica's wall time a shadow version may spend scoring (stream/shadow.py).
+    shadow_max_share: float = Field(default=0.1, gt=0.0, le=1.0)
     replica: str = ""  # this replica's name in the registry's serving report (default: host-pid)
     topic: str = "clicks"
     dlq_topic: str = "clicks.dlq"

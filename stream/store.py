@@ -9,12 +9,14 @@ The `{<user>}` braces are literal Redis Cluster hash tags: both keys a write tou
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from rankstream.stream.canary import group_counters
 from rankstream.stream.errors import ConfigError, StoreError
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect, connect_from_settings, is_cluster
 from rankstream.stream.settings import Settings
@@ -190,14 +192,18 @@ class Store:
         return states, bad
 
     async def write_lists(
-        self, writes: list[ListWrite], quality: dict[str, tuple[int, int]] | None = None
+        self,
+        writes: list[ListWrite],
+        quality: dict[str, tuple[int, int]] | None = None,
+        counters: Mapping[str, int] | None = None,
     ) -> "Written":
         """Write every user's history and list, fenced (see Written for what comes back).
 
         `quality` (model version -> (events checked, hits)) is added to the live hit-rate counters in
-        the same round trip.
+        the same round trip, and so is `counters` (`version:field` -> increment: latency histogram,
+        errors; stream/canary.py).
         """
-        if not writes and not quality:
+        if not writes and not quality and not counters:
             return Written(0, {})
         now = time.time()
         try:
@@ -221,6 +227,8 @@ class Store:
                 for version, (checked, hits) in (quality or {}).items():
                     pipe.hincrby(QUALITY_KEY, f"{version}:events", checked)
                     pipe.hincrby(QUALITY_KEY, f"{version}:hits", hits)
+                for name, n in (counters or {}).items():
+                    pipe.hincrby(QUALITY_KEY, name, n)
                 if self._wait_replicas:
                     self._queue_wait(pipe)
                 results = await pipe.execute(raise_on_error=False)
@@ -276,14 +284,16 @@ class Store:
 
     async def read_quality(self) -> dict[str, dict[str, float]]:
         """Live hit-rate per model version: events checked, hits, and their ratio."""
-        raw = await self._r.hgetall(QUALITY_KEY)
         out: dict[str, dict[str, float]] = {}
-        for field, value in raw.items():
-            version, _, kind = field.rpartition(":")
-            out.setdefault(version, {"events": 0, "hits": 0})[kind] = int(value)
-        for q in out.values():
-            q["hit_rate"] = q["hits"] / q["events"] if q["events"] else 0.0
+        for version, fields in (await self.read_counters()).items():
+            if "events" in fields or "hits" in fields:
+                events, hits = fields.get("events", 0), fields.get("hits", 0)
+                out[version] = {"events": events, "hits": hits, "hit_rate": hits / events if events else 0.0}
         return out
+
+    async def read_counters(self) -> dict[str, dict[str, int]]:
+        """Every per-version counter of the live-quality hash, by version then field."""
+        return group_counters(await self._r.hgetall(QUALITY_KEY))
 
     async def read_list(self, user_id: str) -> dict | None:
         """A frontend's read, for the CLI and tests."""

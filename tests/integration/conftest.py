@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from rankstream.deploy import stack as local_stack
+from rankstream.stream.registry import Registry
 from rankstream.stream.settings import Settings
 from rankstream.stream.signals import ItemStats
 from rankstream.stream.store import Store
@@ -76,6 +77,29 @@ async def store(stack: local_stack.StackInfo) -> AsyncIterator[Store]:
     await seed_lists(s, CATALOG, NEIGHBOURS, TRENDING, ITEM_STATS)
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another real artifact, trained on the opposite labels, so its scores differ from tiny_model's."""
+    from rankstream.compression.pairs import LabelledPair
+    from rankstream.jobs.build import build_artifact
+    from rankstream.jobs.presets import tiny
+
+    pairs = [
+        LabelledPair(f"{CATALOG[a]} ; {CATALOG[b]}", CATALOG[c], float((k + 1) % 2))
+        for k, (a, b, c) in enumerate(zip(ITEMS, ITEMS[3:], ITEMS[7:], strict=False))
+    ]
+    groups = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]
+    return build_artifact(groups, tmp_path_factory.mktemp("models-b"), version="vtest-tiny-b", preset=tiny())
+
+
+@pytest.fixture
+def registry(store: Store, tiny_model: Path, second_model: Path, tmp_path: Path) -> Registry:
+    reg = Registry(tmp_path / "registry", store.client)
+    reg.add(tiny_model)
+    reg.add(second_model)
+    return reg
 
 
 def scorer_settings(stack: local_stack.StackInfo, topic: str, **overrides: Any) -> Settings:

@@ -4,7 +4,6 @@ import asyncio
 import json
 import shutil
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -18,36 +17,13 @@ from rankstream.stream.scorer import Scorer
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
-from .conftest import CATALOG, ITEMS, scorer_settings, wait_for
+from .conftest import scorer_settings, wait_for
 from .faults import Reference, assert_all_reflected, produce_steadily, scorer_env, spawn_scorer, stop_gracefully
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 USERS = 30
 load = partial(Ranker.load, threads=1, batch_size=32)
-
-
-@pytest.fixture(scope="session")
-def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another real artifact, trained on the opposite labels, so its scores differ from tiny_model's."""
-    from rankstream.compression.pairs import LabelledPair
-    from rankstream.jobs.build import build_artifact
-    from rankstream.jobs.presets import tiny
-
-    pairs = [
-        LabelledPair(f"{CATALOG[a]} ; {CATALOG[b]}", CATALOG[c], float((k + 1) % 2))
-        for k, (a, b, c) in enumerate(zip(ITEMS, ITEMS[3:], ITEMS[7:], strict=False))
-    ]
-    groups = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]
-    return build_artifact(groups, tmp_path_factory.mktemp("models-b"), version="vtest-tiny-b", preset=tiny())
-
-
-@pytest.fixture
-def registry(store: Store, tiny_model: Path, second_model: Path, tmp_path: Path) -> Registry:
-    reg = Registry(tmp_path / "registry", store.client)
-    reg.add(tiny_model)
-    reg.add(second_model)
-    return reg
 
 
 def settings_for(stack, topic: str) -> Settings:  # type: ignore[no-untyped-def]
@@ -71,9 +47,9 @@ class RecordingStore(Store):
 
         scorer.process = recorded  # type: ignore[method-assign]
 
-    async def write_lists(self, writes, quality=None):  # type: ignore[no-untyped-def, override]
+    async def write_lists(self, writes, quality=None, counters=None):  # type: ignore[no-untyped-def, override]
         self.batch_versions[-1].update(w.model_version for w in writes)
-        return await super().write_lists(writes, quality)
+        return await super().write_lists(writes, quality, counters)
 
 
 async def test_swaps_under_load_lose_nothing_and_never_mix_versions(stack, store, registry, topic) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-"""`rankstream models list | inspect | publish | promote | rollback | pin | unpin`: the registry for operators.
+"""`rankstream models list | inspect | publish | promote | rollback | pin | unpin | canary | shadow`: the
+registry for operators.
 
 Reads the same registry the scorers follow: artifacts under RANKSTREAM_MODEL_DIR (default
 $RANKSTREAM_HOME/models), decisions in the Redis of RANKSTREAM_REDIS_URL.
@@ -11,11 +12,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from rankstream.stream.canary import ArmCounts
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.redis_client import check_redis, connect_from_settings
 from rankstream.stream.registry import Registry
+from rankstream.stream.rollouts import (
+    end_canary,
+    read_canary,
+    read_counters,
+    read_shadow,
+    start_canary,
+    start_shadow,
+    stop_shadow,
+)
 from rankstream.stream.settings import Settings
-from rankstream.stream.store import Store
 
 
 def open_registry(settings: Settings, default_root: Path) -> Registry:
@@ -23,9 +33,9 @@ def open_registry(settings: Settings, default_root: Path) -> Registry:
     return Registry(root, connect_from_settings(settings))
 
 
-async def _live_quality(registry: Registry) -> dict[str, dict[str, float]]:
-    """Each version's live hit-rate, from the Redis the registry uses (a read: the TTL is never applied)."""
-    return await Store(registry.client, ttl_s=60).read_quality()
+async def _live_quality(registry: Registry) -> dict[str, dict[str, float | int | None]]:
+    """Each version's live figures since it was first served: hit-rate, events written, p99, error rate."""
+    return {v: ArmCounts.from_fields(f).summary() for v, f in (await read_counters(registry)).items()}
 
 
 async def describe_versions(registry: Registry) -> dict[str, Any]:
@@ -51,22 +61,71 @@ async def describe_versions(registry: Registry) -> dict[str, Any]:
     serving = await registry.serving()
     now = time.time()
     replicas = {name: s | {"seen_s_ago": round(now - s["at"], 1)} for name, s in serving.items()}
-    return {"root": str(registry.root), "active": active, "pinned": pinned, "versions": versions, "replicas": replicas}
+    canary, shadow = await read_canary(registry), await read_shadow(registry)
+    return {
+        "root": str(registry.root),
+        "active": active,
+        "pinned": pinned,
+        "canary": None if canary is None else _canary_state(canary, await read_counters(registry)),
+        "shadow": None if shadow is None else _shadow_state(shadow, await read_counters(registry)),
+        "versions": versions,
+        "replicas": replicas,
+    }
+
+
+def _shadow_state(shadow: Any, counters: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The shadow version and its would-be hit-rate beside the served lists' on the same events."""
+    f = counters.get(shadow.version, {})
+    events = f.get("shadow_events", 0)
+
+    def rate(hits: int) -> float | None:
+        return round(hits / events, 5) if events else None
+
+    return shadow.__dict__ | {
+        "events": events,
+        "hit_rate": rate(f.get("shadow_hits", 0)),
+        "served_hit_rate": rate(f.get("shadow_served_hits", 0)),
+    }
+
+
+def _canary_state(canary: Any, counters: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The running canary and both arms' figures since it started."""
+    active, arm = canary.arms(counters)
+    return {
+        "version": canary.version,
+        "share": canary.share,
+        "against": canary.active,
+        "running_s": round(time.time() - canary.started_at, 1),
+        "arms": {"active": active.summary(), "canary": arm.summary()},
+    }
 
 
 def format_versions(state: dict[str, Any]) -> str:
     lines = [f"registry {state['root']}  active: {state['active']}  pinned: {state['pinned'] or '-'}"]
-    lines.append(f"  {'':2} {'version':<40} {'NDCG@10':>13} {'live hit@k':>10}  chain")
+    lines.append(f"  {'':2} {'version':<40} {'NDCG@10':>13} {'live hit@k':>10} {'p99 ms':>7} {'errors':>7}  chain")
     for row in state["versions"]:
         mark = ("*" if row["active"] else " ") + ("P" if row["pinned"] else " ")
         if not row["ok"]:
             lines.append(f"  {mark} {row['version']:<40} REFUSED: {row['problem']}")
             continue
         ndcg = row["metrics"].get("valid_ndcg@10", row["metrics"].get("holdout_ndcg@10"))
-        live = row["live"].get("hit_rate")
+        live, p99, errors = (row["live"].get(k) for k in ("hit_rate", "p99_ms", "error_rate"))
         lines.append(
             f"  {mark} {row['version']:<40} {'-' if ndcg is None else f'{ndcg:.4f}':>13} "
-            f"{'-' if live is None else f'{live:.3f}':>10}  {' -> '.join(row['method_chain'])}"
+            f"{'-' if live is None else f'{live:.3f}':>10} {'-' if p99 is None else f'{p99:.0f}':>7} "
+            f"{'-' if errors is None else f'{errors:.2%}':>7}  {' -> '.join(row['method_chain'])}"
+        )
+    if (c := state["canary"]) is not None:
+        a, k = c["arms"]["active"], c["arms"]["canary"]
+        lines.append(
+            f"canary {c['version']} at {c['share']:.0%} vs {c['against']} for {c['running_s']:.0f}s: "
+            f"hit-rate {k['hit_rate']:.4f} ({k['events']} events) vs {a['hit_rate']:.4f} ({a['events']}), "
+            f"p99 {k['p99_ms']} vs {a['p99_ms']} ms"
+        )
+    if (sh := state["shadow"]) is not None:
+        lines.append(
+            f"shadow {sh['version']} scores {sh['sample']:.0%} of users (not served): would-be hit-rate "
+            f"{sh['hit_rate']} vs served {sh['served_hit_rate']} on the same {sh['events']} events"
         )
     lines.append("replicas:" if state["replicas"] else "replicas: none reporting")
     for name, s in sorted(state["replicas"].items()):
@@ -93,6 +152,22 @@ async def run_models(args: argparse.Namespace, settings: Settings, default_root:
             version, activated = await registry.publish(args.artifact)
             held = "" if activated else f" (not activated: pinned to {await registry.pinned()})"
             return f"published {version}{held}"
+        if args.action == "canary":
+            if args.end:
+                ended = await end_canary(registry)
+                return f"canary {ended.version} ended; {ended.active} serves every user"
+            if args.version is None:
+                return "give a VERSION to canary, or --end"
+            c = await start_canary(registry, args.version, args.share)
+            return f"canary {c.version} serves {c.share:.0%} of users beside {c.active}; replicas follow within seconds"
+        if args.action == "shadow":
+            if args.stop:
+                await stop_shadow(registry)
+                return "shadow stopped"
+            if args.version is None:
+                return "give a VERSION to shadow, or --stop"
+            sh = await start_shadow(registry, args.version, args.sample)
+            return f"shadow {sh.version} scores {sh.sample:.0%} of users off the hot path (lists not written)"
         if args.action == "promote":
             action = lambda: registry.promote(args.version)  # noqa: E731
         elif args.action == "rollback":
@@ -119,4 +194,12 @@ def add_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:
     acts.add_parser("rollback", help="activate the version that was active before the current one")
     acts.add_parser("pin", help="activate a version and hold it: publishes stop activating").add_argument("version")
     acts.add_parser("unpin", help="let publishes activate again")
+    c = acts.add_parser("canary", help="serve a version to a share of users; promoted or rolled back on live figures")
+    c.add_argument("version", nargs="?")
+    c.add_argument("--share", type=float, default=0.1, help="share of users, by a hash of the user id (default 0.1)")
+    c.add_argument("--end", action="store_true", help="stop the running canary without promoting it")
+    c = acts.add_parser("shadow", help="score a sample of users with a version too, without serving its lists")
+    c.add_argument("version", nargs="?")
+    c.add_argument("--sample", type=float, default=0.05, help="share of users scored (default 0.05)")
+    c.add_argument("--stop", action="store_true", help="stop shadow scoring")
     s.set_defaults(fn=handler)
