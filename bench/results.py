@@ -166,3 +166,47 @@ class SwapBench(Record):
     rss_mib: Rss
     publish_to_all_serving_s: Convergence
     lists_by_version: dict[str, int]
+
+
+@dataclass(frozen=True)
+class FaultRecord(Record):
+    """One fault of `bench chaos`: when it began (s after the load started), how long until it was
+    injected and recovered from, and what it did."""
+
+    kind: str
+    at_s: float
+    recovered_s: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class ChaosBench(Record):
+    """`bench chaos`: replica processes under a steady load through scheduled faults. `events`: valid
+    events produced; `lost`, `not_reflected`: against the reference of what was produced (bench/chaos.py);
+    `dlq`: distinct source records dead-lettered, `dlq_by_reason` of those; `dlq_repeats`: letters for a
+    source already dead-lettered (a replay after a kill); `dlq_mismatched`: bad records missing from the
+    DLQ or under another reason; `corrupt_served`: replicas that served a corrupt artifact;
+    `p99_ms_by_minute`: event -> Redis latency of the lists seen in Redis, by minute of the run."""
+
+    minutes: float
+    rate: float
+    replicas: int
+    seed: int
+    events: int
+    users: int
+    users_reflected: int
+    lost: int
+    not_reflected: int
+    bad_records: int
+    dlq: int
+    dlq_by_reason: dict[str, int]
+    dlq_repeats: int
+    dlq_mismatched: int
+    corrupt_served: int
+    faults: dict[str, int]
+    p99_ms_by_minute: list[float | None]
+    lists_by_minute: list[int]
+    minutes_without_progress_after_recovery: int
+    first_recovery_s: float | None
+    caught_up_s: float | None
+    fault_log: list[FaultRecord]

@@ -202,6 +202,19 @@ def _bench_swap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_chaos(args: argparse.Namespace) -> int:
+    from rankstream.bench.chaos import bench_chaos
+    from rankstream.bench.chaos_figures import format_chaos
+    from rankstream.stream.service import resolve_model_dir
+
+    model = resolve_model_dir(args.model or home() / "models")
+    options = {"minutes": args.minutes, "rate": args.rate, "replicas": args.replicas, "seed": args.seed}
+    result = asyncio.run(bench_chaos(home(), model, **options))
+    print(result.to_json() if args.json else format_chaos(result))
+    clean = result.lost == result.not_reflected == result.dlq_mismatched == result.corrupt_served == 0
+    return 0 if clean and result.minutes_without_progress_after_recovery == 0 else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     from rankstream.stream.service import serve
     from rankstream.stream.settings import load_settings
@@ -380,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--replicas", type=int, default=2)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_swap)
+    b = bench.add_parser(
+        "chaos", help="replicas under steady load through kill -9s, broker and Redis faults, bad input"
+    )
+    b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
+    b.add_argument("--minutes", type=float, default=10.0, help="how long the load runs")
+    b.add_argument("--rate", type=float, required=True, help="events/s (50%% of `bench stream`'s maximum sustained)")
+    b.add_argument("--replicas", type=int, default=2)
+    b.add_argument("--seed", type=int, default=0, help="the fault schedule's seed: the same seed, the same run")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_chaos)
 
     s = sub.add_parser("serve", help="run one scorer replica (settings from RANKSTREAM_* variables)")
     s.add_argument("--model-dir", type=Path)
