@@ -62,7 +62,9 @@ class _Swaps:
     rss_series: list[float] = field(default_factory=list)  # after each swap: a leak grows steadily, a warm-up settles
 
 
-async def _open_registry(settings: Settings, home: Path, models: list[Path]) -> tuple[Store, Registry, list[str]]:
+async def open_registry(
+    settings: Settings, home: Path, models: list[Path], name: str = "bench-swap"
+) -> tuple[Store, Registry, list[str]]:
     """A flushed bench database with the tables loaded, and a fresh registry of `models`, the first active."""
     prepared = prepare(None, home / "data")
     store = Store.from_settings(settings)
@@ -70,13 +72,15 @@ async def _open_registry(settings: Settings, home: Path, models: list[Path]) -> 
     await store.load_catalog(prepared.catalog)
     tables = seeded(prepared, 4)
     await seed(store.client, settings.topic, tables.shares, tables.params)
-    root = home / "bench-swap" / "registry"
+    root = home / name / "registry"
     shutil.rmtree(root, ignore_errors=True)
     registry = Registry(root, store.client)
     versions = [registry.add(m) for m in models]
     if len(set(versions)) < 2:
         await store.close()
-        raise ConfigError(f"bench swap needs two different versions, got {versions}; pass two distinct artifacts")
+        raise ConfigError(
+            f"{name.replace('-', ' ')} needs two different versions, got {versions}; pass two distinct artifacts"
+        )
     await registry.activate(versions[0], "bench")
     return store, registry, versions
 
@@ -109,7 +113,7 @@ async def _swap_every(
     return seen
 
 
-async def _drained(settings: Settings) -> None:
+async def drained(settings: Settings) -> None:
     while True:
         lag = await group_lag(settings.kafka_bootstrap, settings.topic, settings.group_id)
         if lag and sum(lag.values()) == 0:
@@ -117,7 +121,7 @@ async def _drained(settings: Settings) -> None:
         await asyncio.sleep(0.5)
 
 
-def _spawn_fleet(settings: Settings, registry: Registry, replicas: int, folder: Path) -> list[Replica]:
+def spawn_fleet(settings: Settings, registry: Registry, replicas: int, folder: Path, **extra: object) -> list[Replica]:
     """`replicas` serve processes on the registry; each gets its share of the machine's threads."""
     threads = max(settings.threads // replicas, 1)
     common = {
@@ -129,7 +133,7 @@ def _spawn_fleet(settings: Settings, registry: Registry, replicas: int, folder: 
         "dlq_topic": settings.dlq_topic,
         "group_id": settings.group_id,
         "threads": threads,
-    }
+    } | extra
     return [spawn(f"bench-{i}", replica_env(dict(os.environ), free_port(), **common), folder) for i in range(replicas)]
 
 
@@ -157,7 +161,7 @@ async def _run_load(
     try:
         seen = await _swap_every(registry, fleet, load.versions, load.swaps, load.every_s)
         last = await producing
-        await _drained(settings)
+        await drained(settings)
     finally:
         done.set()
         await asyncio.gather(watching, return_exceptions=True)
@@ -180,14 +184,14 @@ async def bench_swap(
         dlq_topic=f"{topic}.dlq",
         group_id=f"g-{topic}",
     )
-    store, registry, versions = await _open_registry(settings, home, models)
+    store, registry, versions = await open_registry(settings, home, models)
     try:
         await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic: 4, f"{topic}.dlq": 1})
         evs = split_events(home / "data", "test", None)
         needed = int(rate * (swaps + 1) * every_s)
         events = (evs * (needed // len(evs) + 1))[:needed]  # the test period again if the run outlasts it
         load = _Load(events, rate, versions, swaps, every_s)
-        fleet = _spawn_fleet(settings, registry, replicas, home / "bench-swap" / "replicas")
+        fleet = spawn_fleet(settings, registry, replicas, home / "bench-swap" / "replicas")
         try:
             seen, last, samples = await _run_load(settings, registry, fleet, load)
         finally:

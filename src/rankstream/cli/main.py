@@ -202,6 +202,17 @@ def _bench_swap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_canary(args: argparse.Namespace) -> int:
+    from rankstream.bench.canary import bench_canary, format_canary
+    from rankstream.stream.service import resolve_model_dir
+
+    model = resolve_model_dir(args.model or home() / "models")
+    options = {"share": args.share, "replicas": args.replicas, "min_events": args.min_events, "max_s": args.max_s}
+    result = asyncio.run(bench_canary(home(), model, kind=args.kind, rate=args.rate, **options))
+    print(result.to_json() if args.json else format_canary(result))
+    return 0
+
+
 def _bench_chaos(args: argparse.Namespace) -> int:
     from rankstream.bench.chaos import bench_chaos
     from rankstream.bench.chaos_figures import format_chaos
@@ -393,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--replicas", type=int, default=2)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_swap)
+    b = bench.add_parser("canary", help="a canary under load, promoted or rolled back by the replicas on live figures")
+    b.add_argument("--kind", choices=["worse", "equal"], required=True, help="the candidate (bench/canary.py)")
+    b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
+    b.add_argument("--rate", type=float, required=True, help="events/s")
+    b.add_argument("--share", type=float, default=0.1, help="share of users the canary serves")
+    b.add_argument("--replicas", type=int, default=2)
+    b.add_argument("--min-events", type=int, default=2000, help="events per arm before the final look")
+    b.add_argument("--max-s", type=float, default=240.0, help="seconds of load after the canary starts")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_canary)
     b = bench.add_parser(
         "chaos", help="replicas under steady load through kill -9s, broker and Redis faults, bad input"
     )
