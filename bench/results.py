@@ -100,6 +100,20 @@ class StreamBench(Record):
     fixed_share: float
     fixed: Phase
     tables_job: bool = False  # a `rankstream tables` replica ran beside the scorer in every phase
+    shadow: "ShadowCost | None" = None  # with --shadow: the fixed rate again with a shadow version on
+
+
+@dataclass(frozen=True)
+class ShadowCost(Record):
+    """The fixed rate with a shadow version scoring `sample` of users, between two phases without one
+    (same rate, same events): its p99 over the mean of theirs, and how many users it scored or skipped."""
+
+    sample: float
+    with_shadow: Phase
+    without_after: Phase
+    p99_ratio: float | None
+    shadow_scored_users: int
+    shadow_skipped_users: int
 
 
 @dataclass(frozen=True)

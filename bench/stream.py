@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rankstream.bench.latency import latency_split, percentile
-from rankstream.bench.results import BatchShape, Latency, Phase, StreamBench
+from rankstream.bench.results import BatchShape, Latency, Phase, ShadowCost, StreamBench
 from rankstream.bench.tables import Replicas, replica_env
 from rankstream.data.live_replay import LiveReplay, seeded
 from rankstream.data.prepare import prepare
@@ -48,6 +48,7 @@ from rankstream.stream.redis_client import RedisClient, connect_from_settings
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.scoring import rerank_top_for
 from rankstream.stream.settings import Settings
+from rankstream.stream.shadow import ShadowScorer
 from rankstream.stream.store import Store
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,16 @@ async def count_not_reflected(store: Store, topic: str, last: dict[str, tuple[in
     return missing
 
 
+@dataclass
+class _ShadowRun:
+    """A shadow version for one phase, and what it did there."""
+
+    ranker: Ranker
+    sample: float
+    scored: int = 0
+    skipped: int = 0
+
+
 @dataclass(frozen=True)
 class _Timing:
     """perf_counter marks of one phase: first batch scored, production started and done, lag gone."""
@@ -116,9 +127,11 @@ async def _phase(
     events: list[ClickEvent],
     rate: float | None,
     tables_log: Path | None = None,
+    shadow: "_ShadowRun | None" = None,
 ) -> Phase:
     """One phase on a fresh topic and a flushed database, with a scorer of its own (and, with
-    `tables_log`, a `rankstream tables` replica beside it, logging into that folder)."""
+    `tables_log`, a `rankstream tables` replica beside it, logging into that folder; with `shadow`, its
+    version scoring its sample of users off the hot path, and its counts filled in)."""
     topic = f"bench-{name}-{int(time.time() * 1000)}"
     settings = base.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq", "group_id": f"g-{topic}"})
     await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic: 4, f"{topic}.dlq": 1})
@@ -131,6 +144,9 @@ async def _phase(
     await asyncio.sleep(_SETTLE_S)
     backlog = None if rate is not None else await produce_events(settings.kafka_bootstrap, topic, events, None)
     scorer = Scorer(settings, ranker, store, latency_samples=1_000_000)
+    if shadow is not None:
+        share = settings.shadow_max_share
+        scorer.use_shadow(ShadowScorer(shadow.ranker, shadow.sample, settings, scorer.tables, share))
     await scorer.start()
     task = asyncio.create_task(scorer.run())
     try:
@@ -139,6 +155,9 @@ async def _phase(
         scorer.stop()
         await task
         await scorer.close()
+        if shadow is not None and scorer.shadow is not None:
+            await scorer.shadow.close()
+            shadow.scored, shadow.skipped = scorer.shadow.scored_users, scorer.shadow.skipped_users
         if replicas is not None:
             replicas.check()
             replicas.stop()
@@ -247,6 +266,7 @@ async def bench_stream(
     live_events: int | None = None,
     steps: int = 8,
     with_tables: bool = False,
+    shadow_sample: float | None = None,
     **scorer_settings: Any,
 ) -> StreamBench:
     """Run the phases and return the figures (see the module docstring). `scorer_settings` override the
@@ -266,8 +286,8 @@ async def bench_stream(
         tables_log = home / "bench-stream"
         tables_log.mkdir(parents=True, exist_ok=True)
 
-    def live_phase(name: str) -> Callable[[float], Awaitable[Phase]]:
-        return lambda rate: _phase(name, base, ranker, client, tables, live, rate, tables_log)
+    def live_phase(name: str, shadow: _ShadowRun | None = None) -> Callable[[float], Awaitable[Phase]]:
+        return lambda rate: _phase(name, base, ranker, client, tables, live, rate, tables_log, shadow)
 
     try:
         backlog = await _phase("max", base, ranker, client, tables, evs[:events], None, tables_log)
@@ -276,6 +296,14 @@ async def bench_stream(
         sustained = max(passed) if passed else ladder[0].rate_target
         assert sustained is not None  # every ladder phase has a rate
         fixed = await live_phase("fixed")(round(sustained * share, 1))
+        cost = None
+        if shadow_sample is not None:
+            # A second session of the same files, as a replica loads a shadow version beside the active one.
+            twin = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
+            run = _ShadowRun(twin, shadow_sample)
+            with_shadow = await live_phase("shadow", run)(round(sustained * share, 1))
+            after = await live_phase("fixed-again")(round(sustained * share, 1))
+            cost = shadow_cost(shadow_sample, fixed, with_shadow, after, run.scored, run.skipped)
     finally:
         await client.aclose()
     return StreamBench(
@@ -295,7 +323,18 @@ async def bench_stream(
         fixed_share=share,
         fixed=fixed,
         tables_job=with_tables,
+        shadow=cost,
     )
+
+
+def shadow_cost(
+    sample: float, before: Phase, with_shadow: Phase, after: Phase, scored: int, skipped: int
+) -> ShadowCost:
+    """The shadow phase's p99 over the mean of the phases without it on either side."""
+    base = [p.latency_ms.p99 for p in (before, after) if p.latency_ms.p99 is not None]
+    shadowed = with_shadow.latency_ms.p99
+    ratio = round(shadowed / (sum(base) / len(base)), 3) if base and shadowed is not None else None
+    return ShadowCost(sample, with_shadow, after, ratio, scored, skipped)
 
 
 def format_bench(result: StreamBench) -> str:
@@ -312,7 +351,10 @@ def format_bench(result: StreamBench) -> str:
         f"{'coalesced':>9} {'lost':>5} {'dlq':>4} {'wait p50/p99':>13} {'score p50/p99':>13}"
     )
     phases = [("backlog", result.max)] + [(f"@{p.rate_target}", p) for p in result.ladder]
-    for name, p in [*phases, (f"80%@{result.fixed.rate_target}", result.fixed)]:
+    phases.append((f"80%@{result.fixed.rate_target}", result.fixed))
+    if (cost := result.shadow) is not None:
+        phases += [(f"+shadow {cost.sample:.0%}", cost.with_shadow), ("80% again", cost.without_after)]
+    for name, p in phases:
         lat, split = p.latency_ms, p.latency_split_ms
         waiting = f"{split.waiting.p50}/{split.waiting.p99}"
         scoring = f"{split.scoring.p50}/{split.scoring.p99}"
@@ -323,4 +365,10 @@ def format_bench(result: StreamBench) -> str:
         )
     rows.append(f"maximum sustained: {result.max_sustained_events_per_s} events/s (p99 <= {_P99_LIMIT_MS:.0f} ms)")
     rows.append(f"time per stage (s), backlog phase: {result.max.stage_s}")
+    if cost is not None:
+        rows.append(
+            f"shadow at {cost.sample:.0%}: p99 x{cost.p99_ratio} of the mean without it; "
+            f"{cost.shadow_scored_users} users shadow-scored, {cost.shadow_skipped_users} skipped "
+            "(busy or over its share)"
+        )
     return "\n".join(rows)

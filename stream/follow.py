@@ -117,13 +117,13 @@ class ModelFollower:
                 self.scorer.use_canary(None)
                 log.info("canary %s ended on this replica", arm.ranker.version)
             return
-        if arm is None or arm.ranker.version != canary.version or arm.share != canary.share:
+        if arm is None or (arm.ranker.version, arm.share, arm.tag) != (canary.version, canary.share, canary.tag):
             if arm is not None and arm.ranker.version == canary.version:
                 ranker = arm.ranker
             elif (ranker := await self._load(canary.version)) is None:
                 await conclude(self.registry, canary, "canary-rollback", False, {"reason": "artifact refused"})
                 return
-            self.scorer.use_canary(Arm(ranker, canary.share))
+            self.scorer.use_canary(Arm(ranker, canary.share, canary.tag))
             log.info("canary %s serves %.1f%% of users beside %s", canary.version, canary.share * 100, canary.active)
         s = self.scorer.settings
         policy = Policy(s.canary_min_events, s.canary_max_p99_ratio, s.canary_p99_slack_ms, s.canary_max_error_excess)

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from rankstream.stream.canary import ArmCounts, Policy, Verdict, decide, group_counters
+from rankstream.stream.canary import ArmCounts, Clusters, Policy, Verdict, decide, group_counters
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.registry import ACTIVE_KEY, ANNOUNCE_CHANNEL, LOG_KEY, Activation, Registry
 from rankstream.stream.store import QUALITY_KEY
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CANARY_KEY = "rs:{model}:canary"
 SHADOW_KEY = "rs:{model}:shadow"
 _LOG_MAX = 200
+DEFAULT_SHADOW_SAMPLE = 0.05  # `models shadow` without --sample
 
 # KEYS: canary, active, log. ARGV: the canary record judged, the version to make active ("" to keep the
 # active one), the log record. 0 when the canary changed meanwhile (another replica decided first).
@@ -48,12 +49,18 @@ class Canary:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    @property
+    def tag(self) -> str:
+        """Names this canary's per-user sums in the quality hash (`<version>@<tag>:<field>`)."""
+        return f"c{int(self.started_at * 1000)}"
+
     def arms(self, counters: dict[str, dict[str, int]]) -> tuple[ArmCounts, ArmCounts]:
-        """(active, canary) counters since the canary started."""
+        """(active, canary) counters since the canary started, with their per-user sums."""
 
         def since(version: str) -> ArmCounts:
             now = ArmCounts.from_fields(counters.get(version, {}))
-            return now.minus(ArmCounts.from_fields(self.baseline.get(version, {})))
+            grown = now.minus(ArmCounts.from_fields(self.baseline.get(version, {})))
+            return grown.with_clusters(Clusters.from_fields(counters.get(f"{version}@{self.tag}", {})))
 
         return since(self.active), since(self.version)
 

@@ -13,6 +13,7 @@ import gc
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from rankstream.stream import batch as b
 from rankstream.stream import metrics as m
 from rankstream.stream.backoff import Backoff
-from rankstream.stream.canary import in_share, latency_fields
+from rankstream.stream.canary import UserTotals, in_share, latency_fields
 from rankstream.stream.commits import CommitPipeline, FinishBeforeRevoke, commit_owned
 from rankstream.stream.deadletter import DeadLetters, Source
 from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError, StoreError
@@ -50,6 +51,7 @@ class Arm:
 
     ranker: Ranker
     share: float
+    tag: str  # the canary's (rollouts.Canary.tag): names its per-user sums
 
     def serves(self, user_id: str) -> bool:
         return in_share(user_id, self.share, self.ranker.version)
@@ -66,6 +68,7 @@ class Scorer:
             raise ConfigError(str(exc)) from exc
         self.ranker = ranker
         self.canary: Arm | None = None
+        self._user_totals = UserTotals()
         self.shadow: ShadowScorer | None = None
         self.store = store
         self.recorder = Recorder(latency_samples)
@@ -399,6 +402,12 @@ class Scorer:
             m.VERSION_ERRORS.labels(version).inc(errors)
         if self.shadow is not None:
             counters |= self.shadow.check(chunk, by_user)
+        if (canary := self.canary) is not None:  # per-user sums, for the canary's test over users
+            sums: Counter[str] = Counter()
+            for p in chunk:
+                if p.shown_version is not None and p.events:
+                    sums.update(self._user_totals.add(canary.tag, p.shown_version, p.user_id, p.events, p.hits))
+            counters |= sums
         return counters
 
     async def _reject(self, source: Source, rejected: Rejected) -> None:

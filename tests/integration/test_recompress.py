@@ -16,6 +16,7 @@ from rankstream.jobs.recompress import CompressRun, Paths, recompress_cycle
 from rankstream.ops.replay import replay
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.registry import ANNOUNCE_CHANNEL, Registry
+from rankstream.stream.rollouts import read_canary
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 from tests.model_builders import tiny_compress_run, tiny_prepared
@@ -72,5 +73,16 @@ async def test_a_kafka_window_cycle_publishes_activates_and_announces(
             return message["data"] if message else None
 
         assert await wait_for(announced, limit_s=10) == result.version
+
+        # The next cycle goes into a canary instead: the active version stays until the replicas decide.
+        into_canary = await recompress_cycle(registry, paths, replace(config, canary_share=0.2), settings)
+        assert into_canary.published and into_canary.canary and not into_canary.activated
+        assert await registry.active() == result.version
+        canary = await read_canary(registry)
+        assert canary is not None and (canary.version, canary.share, canary.active) == (
+            into_canary.version,
+            0.2,
+            result.version,
+        )
     finally:
         await pubsub.aclose()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from rankstream.cli import models as models_cli
 from rankstream.stream.errors import ConfigError, RankstreamError
+from rankstream.stream.rollouts import DEFAULT_SHADOW_SAMPLE
 
 if TYPE_CHECKING:  # pandas-free at run time: `rankstream serve` starts without it
     from rankstream.data.split import Split, SplitByDays
@@ -125,6 +126,7 @@ def _recompress(args: argparse.Namespace) -> int:
         steps=args.steps,
         tolerance=args.tolerance,
         holdout=args.holdout,
+        canary=args.canary,
     )
     result = run_job(settings, paths, config, every=args.every)
     if result is None:  # --every runs until the process is stopped
@@ -165,6 +167,7 @@ def _bench_stream(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in given if v is not None}
     options = {"events": args.events, "share": args.share, "live_events": args.live_events, **overrides}
     options["with_tables"] = args.with_tables
+    options["shadow_sample"] = args.shadow
     if args.repeat is not None:
         repeated = asyncio.run(bench_stream_repeated(home(), model, args.repeat, **options))
         print(repeated.to_json() if args.json else format_repeated(repeated))
@@ -350,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="distillation steps (fast preset: 200)")
     s.add_argument("--tolerance", type=float, help="NDCG@10 the new model may lose vs the active one (default 0.01)")
     s.add_argument("--holdout", type=float, help="share of the newest baskets held out for the gate (default 0.2)")
+    s.add_argument(
+        "--canary", type=float, metavar="SHARE", help="publish into a canary at SHARE of users, not straight to active"
+    )
     s.add_argument("--every", metavar="DURATION", help="run a cycle every DURATION (30m, 6h, 1d) until stopped")
     s.add_argument("--data", type=Path)
     s.add_argument("--compress-run", type=Path, help="default: $RANKSTREAM_HOME/compress/fast")
@@ -378,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chunk-users", type=int, help="RANKSTREAM_SCORE_CHUNK_USERS for this run")
     b.add_argument("--quiet-ms", type=int, help="RANKSTREAM_USER_QUIET_MS for this run")
     b.add_argument("--with-tables", action="store_true", help="a `rankstream tables` replica beside the scorer")
+    b.add_argument(
+        "--shadow",
+        type=float,
+        nargs="?",
+        const=DEFAULT_SHADOW_SAMPLE,
+        metavar="SAMPLE",
+        help=f"then the 80%% phase with a shadow version scoring SAMPLE of users, and without again "
+        f"(default sample {DEFAULT_SHADOW_SAMPLE})",
+    )
     b.add_argument(
         "--repeat", type=_positive, help="run the whole benchmark N times back to back; report each and the worst"
     )

@@ -17,6 +17,7 @@ from rankstream.stream.errors import ArtifactError
 from rankstream.stream.redis_client import check_redis, connect_from_settings
 from rankstream.stream.registry import Registry
 from rankstream.stream.rollouts import (
+    DEFAULT_SHADOW_SAMPLE,
     end_canary,
     read_canary,
     read_counters,
@@ -200,6 +201,8 @@ def add_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:
     c.add_argument("--end", action="store_true", help="stop the running canary without promoting it")
     c = acts.add_parser("shadow", help="score a sample of users with a version too, without serving its lists")
     c.add_argument("version", nargs="?")
-    c.add_argument("--sample", type=float, default=0.05, help="share of users scored (default 0.05)")
+    c.add_argument(
+        "--sample", type=float, default=DEFAULT_SHADOW_SAMPLE, help=f"share of users (default {DEFAULT_SHADOW_SAMPLE})"
+    )
     c.add_argument("--stop", action="store_true", help="stop shadow scoring")
     s.set_defaults(fn=handler)

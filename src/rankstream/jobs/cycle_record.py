@@ -30,6 +30,7 @@ class CycleRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     published: bool = False
     activated: bool = False
+    canary: bool = False  # published into a canary (the replicas promote or roll it back)
 
     def save(self, folder: Path) -> None:
         (Path(folder) / CYCLE_FILE).write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
@@ -43,6 +44,8 @@ class CycleRecord:
     def verdict(self) -> str:
         if not self.published:
             return "REFUSED by the gate, nothing published"
+        if self.canary:
+            return "published into a canary (the replicas promote or roll it back on live figures)"
         return "published and activated" if self.activated else "published, not activated (the registry is pinned)"
 
     def summary(self) -> str:

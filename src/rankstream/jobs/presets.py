@@ -133,8 +133,11 @@ class RecompressPreset:
     neg_per_instance: int = 15
     max_eval_instances: int | None = 1000
     tolerance: float = 0.01
+    canary_share: float | None = None  # publish into a canary at this share of users, not straight to active
 
     def __post_init__(self) -> None:
+        if self.canary_share is not None and not 0.0 < self.canary_share < 1.0:
+            raise ConfigError(f"--canary is a share of users in (0, 1), got {self.canary_share}")
         if not 0.0 < self.holdout < 1.0:
             raise ConfigError(f"holdout is a share of the window's baskets in (0, 1), got {self.holdout}")
         if self.since is None and (self.days is None or self.days <= 0):

@@ -53,6 +53,7 @@ from rankstream.stream.kafka_check import check_kafka
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.redis_client import check_redis, connect
 from rankstream.stream.registry import Registry
+from rankstream.stream.rollouts import start_canary
 from rankstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def config_from(
     steps: int | None = None,
     tolerance: float | None = None,
     holdout: float | None = None,
+    canary: float | None = None,
 ) -> RecompressPreset:
     """A preset with the command line's overrides (`since` wins over the preset's window; so does `days`)."""
     base = recompress_preset(preset)
@@ -101,6 +103,8 @@ def config_from(
         changes["tolerance"] = tolerance
     if holdout is not None:
         changes["holdout"] = holdout
+    if canary is not None:
+        changes["canary_share"] = canary
     return replace(base, **changes)
 
 
@@ -335,7 +339,7 @@ async def recompress_cycle(
         raise
     if result.gate.passed:
         with cycle.timed("publish"):
-            _, result.activated = await registry.publish(result.artifact)
+            await _publish(registry, result, config.canary_share if active is not None else None)
         result.published = True
     else:
         log.warning("recompress %s refused by the gate: %s; nothing published", version, result.gate.reason)
@@ -344,6 +348,19 @@ async def recompress_cycle(
     _prune(paths.work, keep={version, await registry.active() or version}, newest=KEEP_CYCLES)
     log.info("recompress %s", result.summary())
     return result
+
+
+async def _publish(registry: Registry, result: CycleRecord, canary_share: float | None) -> None:
+    """Activate the new version, or put it into a canary; a canary that cannot start leaves it registered."""
+    if canary_share is None:
+        _, result.activated = await registry.publish(result.artifact)
+        return
+    version = registry.add(result.artifact)
+    try:
+        await start_canary(registry, version, canary_share)
+        result.canary = True
+    except ConfigError as exc:  # pinned, or a canary already running: registered, not served
+        log.warning("recompress %s registered but not in canary: %s", version, exc)
 
 
 def _prune(work: Path, *, keep: set[str], newest: int) -> None:

@@ -9,12 +9,15 @@ from hypothesis import strategies as st
 from rankstream.stream.canary import (
     LATENCY_BOUNDS_MS,
     ArmCounts,
+    Clusters,
     Policy,
+    UserTotals,
     decide,
     group_counters,
     in_share,
     latency_bucket,
     latency_fields,
+    z_score,
 )
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.rollouts import Canary, parse_canary, parse_shadow
@@ -119,11 +122,16 @@ def test_a_canary_with_half_the_hit_rate_is_caught_nearly_always() -> None:
 
 
 def test_the_figures_since_a_canary_started_exclude_what_came_before() -> None:
-    canary = Canary("v2", 0.1, "v1", 0.0, {"v1": {"events": 100, "hits": 10, "lat3": 5}})
-    counters = {"v1": {"events": 150, "hits": 12, "lat3": 9}, "v2": {"events": 20, "hits": 4}}
+    canary = Canary("v2", 0.1, "v1", 1.5, {"v1": {"events": 100, "hits": 10, "lat3": 5}})
+    counters = {
+        "v1": {"events": 150, "hits": 12, "lat3": 9},
+        "v2": {"events": 20, "hits": 4},
+        "v2@c1500": {"users": 3, "n": 20, "h": 4, "nn": 150, "hh": 6, "hn": 30},
+    }
     active, c = canary.arms(counters)
     assert (active.events, active.hits, active.latency[3]) == (50, 2, 4)
     assert (c.events, c.hits) == (20, 4)
+    assert c.clusters == Clusters(3, 20, 4, 150, 6, 30) and active.clusters == Clusters()
 
 
 def test_a_stored_canary_reads_back() -> None:
@@ -180,3 +188,85 @@ def test_any_text_in_the_shadow_key_is_a_shadow_or_a_config_error(raw: str) -> N
     except ConfigError:
         return
     assert 0 < shadow.sample <= 1
+
+
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.integers(0, 5), st.integers(0, 5)), max_size=40))
+def test_the_running_increments_add_up_to_the_per_user_sums(adds: list[tuple[str, int, int]]) -> None:
+    totals = UserTotals()
+    summed: dict[str, int] = {}
+    final: dict[str, tuple[int, int]] = {}
+    for user, n, h in adds:
+        if n == 0:
+            assert not totals.add("c1", "v", user, n, h)  # nothing checked: nothing to add
+            continue
+        for k, v in totals.add("c1", "v", user, n, min(h, n)).items():
+            summed[k] = summed.get(k, 0) + v
+        n0, h0 = final.get(user, (0, 0))
+        final[user] = (n0 + n, h0 + min(h, n))
+    got = Clusters.from_fields({k.split(":")[1]: v for k, v in summed.items()})
+    assert got.users == len(final)
+    assert (got.n, got.h) == (sum(n for n, _ in final.values()), sum(h for _, h in final.values()))
+    assert got.nn == sum(n * n for n, _ in final.values())
+    assert got.hh == sum(h * h for _, h in final.values())
+    assert got.hn == sum(n * h for n, h in final.values())
+
+
+def test_a_new_canary_starts_the_per_user_sums_afresh() -> None:
+    totals = UserTotals()
+    totals.add("c1", "v", "u1", 3, 1)
+    assert totals.add("c2", "v", "u1", 2, 0) == {
+        "v@c2:n": 2,
+        "v@c2:h": 0,
+        "v@c2:nn": 4,
+        "v@c2:hh": 0,
+        "v@c2:hn": 0,
+        "v@c2:users": 1,
+    }
+
+
+def _clustered_arm(rng: random.Random, users: int, scale: float) -> ArmCounts:
+    """Users with their own hit propensity and basket-sized bursts of events, as in the click stream."""
+    totals = UserTotals()
+    sums: dict[str, int] = {}
+    events = hits = 0
+    for u in range(users):
+        propensity = min(rng.betavariate(0.3, 5.0) * scale, 1.0)
+        n = rng.randint(1, 40)
+        h = sum(rng.random() < propensity for _ in range(n))
+        events, hits = events + n, hits + h
+        for k, v in totals.add("c", "v", f"u{u}", n, h).items():
+            sums[k] = sums.get(k, 0) + v
+    clusters = Clusters.from_fields({k.split(":")[1]: v for k, v in sums.items()})
+    return ArmCounts(events, hits, clusters=clusters)
+
+
+def test_on_clustered_events_the_test_over_users_keeps_false_rollbacks_near_five_percent() -> None:
+    """Identical arms whose events come in per-user bursts: counting events as independent rolls back far
+    more often than 5%; the variance over users does not."""
+    rng = random.Random(3)
+    over_users = over_events = 0
+    runs = 400
+    for _ in range(runs):
+        a, c = _clustered_arm(rng, 300, 1.0), _clustered_arm(rng, 100, 1.0)
+        over_users += decide(a, c, Policy(min_events=500)).action == "rollback"
+        z = z_score(ArmCounts(a.events, a.hits), ArmCounts(c.events, c.hits))
+        over_events += z is not None and z <= -1.645
+    assert over_users / runs < 0.08
+    assert over_events / runs > 0.12
+
+
+def test_on_clustered_events_a_canary_at_a_third_of_the_hit_rate_is_caught() -> None:
+    rng = random.Random(5)
+    caught = sum(
+        decide(_clustered_arm(rng, 300, 1.0), _clustered_arm(rng, 100, 1 / 3), Policy(min_events=500)).action
+        == "rollback"
+        for _ in range(100)
+    )
+    assert caught >= 90
+
+
+def test_too_few_users_wait_for_more() -> None:
+    rng = random.Random(1)
+    a, c = _clustered_arm(rng, 300, 1.0), _clustered_arm(rng, 10, 1.0)
+    assert decide(a, c, Policy(min_events=50)).action in ("wait", "rollback")
+    assert decide(a, c, Policy(min_events=50)).action != "promote"
