@@ -14,8 +14,8 @@ identical model back (z = -1.85 on ~2,000 events per arm). The replicas keep, pe
 during a canary, the running number of checked events n and hits h, and add to the quality hash the
 growth of the per-user sums (users, sum n, sum h, sum n^2, sum h^2, sum h*n: `UserTotals`). The canary
 is rolled back when it is worse with z <= -Z_FINAL at the final look, once both arms have `min_events`
-checked events and `MIN_USERS` users, and at any earlier look (from a quarter of that) only when
-z <= -Z_INTERIM. A very strict interim bound
+checked events, and at any earlier look (from a quarter of that) only when z <= -Z_INTERIM; no look
+before both arms have `MIN_USERS` users. A very strict interim bound
 with the nominal one at the end is the Haybittle-Peto rule: the repeated looks leave the overall false
 rollback rate close to the nominal 5%. The canary is promoted at the final look unless a test says it is
 worse (on hit-rate, p99 latency or errors): a canary is a guard against regressions, not a proof that
@@ -265,12 +265,12 @@ def decide(active: ArmCounts, canary: ArmCounts, policy: Policy) -> Verdict:
         return verdict("rollback", f"error rate {canary.error_rate:.3%} vs {active.error_rate:.3%}")
     looked = min(active.events, canary.events)
     users = min(active.clusters.users, canary.clusters.users)
+    if 0 < users < MIN_USERS:
+        return verdict("wait", f"{users} of {MIN_USERS} users per arm")
     if looked >= policy.min_events // 4 and z is not None and z <= -Z_INTERIM:
         return verdict("rollback", f"hit-rate {canary.hit_rate:.4f} vs {active.hit_rate:.4f}, z={z:.2f} (interim)")
     if looked < policy.min_events:
         return verdict("wait", f"{looked} of {policy.min_events} events per arm")
-    if 0 < users < MIN_USERS:
-        return verdict("wait", f"{users} of {MIN_USERS} users per arm")
     if z is not None and z <= -Z_FINAL:
         return verdict("rollback", f"hit-rate {canary.hit_rate:.4f} vs {active.hit_rate:.4f}, z={z:.2f}")
     p99_a, p99_c = active.p99_ms(), canary.p99_ms()
