@@ -41,6 +41,7 @@ from rankstream.deploy.kafka_local import create_topics
 from rankstream.ops.load import split_events
 from rankstream.ops.replay import Produced, Record, event_records, produce
 from rankstream.stream.events import ClickEvent
+from rankstream.stream.follow import warm_up
 from rankstream.stream.lag import group_lag
 from rankstream.stream.livestore import seed
 from rankstream.stream.ranker import Ranker
@@ -298,8 +299,9 @@ async def bench_stream(
         fixed = await live_phase("fixed")(round(sustained * share, 1))
         cost = None
         if shadow_sample is not None:
-            # A second session of the same files, as a replica loads a shadow version beside the active one.
-            twin = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
+            # A second session of the same files, loaded and warmed up as a replica loads a shadow version.
+            twin = Ranker.load(model_dir, threads=1, batch_size=base.score_batch_size, spin=False)
+            warm_up(twin, list(tables[0].values())[:50])
             run = _ShadowRun(twin, shadow_sample)
             with_shadow = await live_phase("shadow", run)(round(sustained * share, 1))
             after = await live_phase("fixed-again")(round(sustained * share, 1))

@@ -12,7 +12,6 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -31,7 +30,7 @@ from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
-LoadRanker = Callable[[Path], Ranker]
+LoadRanker = Callable[..., Ranker]  # (artifact dir, **Ranker.load options) -> Ranker
 _RELEASE_AFTER_S = 2.0
 
 
@@ -138,15 +137,16 @@ class ModelFollower:
             current = None
         if shadow is None or current is not None or self._still_refused(shadow.version):
             return
-        if (ranker := await self._load(shadow.version)) is not None:
+        # One thread that sleeps between runs: the shadow must not take the serving session's cores.
+        if (ranker := await self._load(shadow.version, threads=1, spin=False)) is not None:
             s = self.scorer.settings
             self.scorer.use_shadow(ShadowScorer(ranker, shadow.sample, s, self.scorer.tables, s.shadow_max_share))
             log.info("shadow %s scores %.1f%% of users off the hot path", shadow.version, shadow.sample * 100)
 
-    async def _load(self, version: str) -> Ranker | None:
+    async def _load(self, version: str, **options: object) -> Ranker | None:
         """The version loaded, verified and warmed up off the hot path; None (and logged) if refused."""
         try:
-            return await asyncio.to_thread(self._load_and_warm, version)
+            return await asyncio.to_thread(self._load_and_warm, version, **options)
         except ArtifactError as exc:
             self._refused[version] = self._manifest_mtime(version)
             m.MODELS_REFUSED.labels(version).inc()
@@ -174,8 +174,8 @@ class ModelFollower:
         log.info("swapped model %s -> %s (load, verify, smoke test, warm-up: %.2fs)", old, version, took)
         return True
 
-    def _load_and_warm(self, version: str) -> Ranker:
-        ranker = self.load(self.registry.path(version))
+    def _load_and_warm(self, version: str, **options: object) -> Ranker:
+        ranker = self.load(self.registry.path(version), **options)
         self.scorer.check_servable(ranker)
         warm_up(ranker, self.scorer.sample_titles())
         return ranker

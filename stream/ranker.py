@@ -70,10 +70,16 @@ class PairEncoder:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """Session options for scoring: `threads` intra-op threads, one inter-op, all graph optimizations."""
+def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
+    """Session options for scoring: `threads` intra-op threads, one inter-op, all graph optimizations.
+
+    Without `spin`, the intra-op threads sleep as soon as a run ends instead of spinning for more work:
+    for a session that runs now and then beside the one serving (a shadow version), whose spinning
+    threads would otherwise take the cores from the serving session's next run."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -151,6 +157,7 @@ class Ranker:
         batch_size: int = 32,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         accept_signals: str | None = None,
+        spin: bool = True,
     ) -> "Ranker":
         """Verify an artifact (checksums, input spec, smoke test) and open it; ArtifactError if refused.
 
@@ -173,7 +180,7 @@ class Ranker:
         try:
             session = ort.InferenceSession(
                 str(directory / spec.model_file),
-                sess_options=session_options(threads),
+                sess_options=session_options(threads, spin),
                 providers=list(providers),
             )
             encoder = PairEncoder(directory / spec.tokenizer_file, spec.max_length)

@@ -51,7 +51,7 @@ from rankstream.stream.artifact import MANIFEST, load_manifest, stamp_metrics
 from rankstream.stream.errors import ConfigError, JobError
 from rankstream.stream.kafka_check import check_kafka
 from rankstream.stream.ranker import Ranker
-from rankstream.stream.redis_client import check_redis, connect
+from rankstream.stream.redis_client import check_redis, connect_from_settings
 from rankstream.stream.registry import Registry
 from rankstream.stream.rollouts import start_canary
 from rankstream.stream.settings import Settings
@@ -373,7 +373,7 @@ def _prune(work: Path, *, keep: set[str], newest: int) -> None:
 
 async def with_registry(settings: Settings, paths: Paths, config: RecompressPreset) -> CycleRecord:
     """One cycle with a Registry on the settings' Redis (closed afterwards)."""
-    client = connect(settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_options())
+    client = connect_from_settings(settings)  # URL, Cluster or Sentinels: the Redis the scorers use
     try:
         # Before the cycle's work: a refused login or an untrusted certificate is one line saying which.
         await check_redis(client)
