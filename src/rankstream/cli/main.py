@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from rankstream.stream.rollouts import DEFAULT_SHADOW_SAMPLE
 
 if TYPE_CHECKING:  # pandas-free at run time: `rankstream serve` starts without it
     from rankstream.data.split import Split, SplitByDays
+    from rankstream.evaluation.text import ItemVectors
 
 
 def home() -> Path:
@@ -257,6 +259,15 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrained_vectors(catalog: Mapping[str, str]) -> "ItemVectors":
+    """The catalog's titles through the installed all-MiniLM-L6-v2, untrained (`--text`)."""
+    from rankstream.compression.embed import item_vectors
+    from rankstream.evaluation.text import ItemVectors
+
+    matrix, ids = item_vectors(catalog)
+    return ItemVectors(tuple(ids), matrix)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rankstream.evaluation.evaluate import evaluate, format_table
     from rankstream.stream.service import resolve_model_dir
@@ -267,7 +278,16 @@ def _eval(args: argparse.Namespace) -> int:
 
         chosen = resolve_model_dir(args.model) if args.model else installed_model(home() / "models")
         data = args.data or home() / "data"
-        e2e = run_end_to_end(data, args.split, chosen, load_settings(), accept_signals=args.accept_signal_set)
+        embed = _pretrained_vectors if args.text else None
+        e2e = run_end_to_end(
+            data,
+            args.split,
+            chosen,
+            load_settings(),
+            accept_signals=args.accept_signal_set,
+            embed=embed,
+            encoder="all-MiniLM-L6-v2 (pretrained, mean-pooled, normalised)",
+        )
         print(e2e.to_json() if args.json else e2e.format())
         return 0
     model = resolve_model_dir(args.model or home() / "models")
@@ -467,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--accept-signal-set", metavar="SET", help="with --end-to-end: measure a model trained on this older signal set"
+    )
+    s.add_argument(
+        "--text",
+        action="store_true",
+        help="with --end-to-end: add the text orders, from the catalog titles through the pretrained "
+        "all-MiniLM-L6-v2 (text neighbours, merged with covisit-live, covisit-live by text similarity)",
     )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_eval)

@@ -13,6 +13,9 @@ Definitions (also in docs/results.md, "End to end on all test baskets"):
   `model-live`: the live candidates re-ordered by a model fed their live signals at the basket's time,
   its linear part pre-selecting the top `rerank_top_for` candidates for the cross-encoder, the rest
   following in the linear part's order (`Ranker.score_lists`, as the scorer calls it).
+  With item vectors given (`--text`): `text-pretrained`, the text neighbours of the user's newest items;
+  `merged-pretrained`, `covisit-live` and those neighbours merged; `covisit-live-cosine`, the live
+  candidates re-ordered by their text similarity to the user (`rankstream.evaluation.text` defines all three).
 - ndcg@10, recall@10, mrr: of the order against ALL positives, averaged over baskets. A positive that is
   not among the candidates is a miss; the ideal DCG counts min(10, |positives|) hits.
 - candidate_recall@50: mean over baskets of |positives ∩ candidates| / |positives|.
@@ -25,8 +28,8 @@ Definitions (also in docs/results.md, "End to end on all test baskets"):
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +38,7 @@ import numpy as np
 from rankstream.data.live_instances import PARTITIONS, LiveInstances, live_instances
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.metrics import ndcg_at, recall_at, reciprocal_rank
+from rankstream.evaluation.text import COSINE, MERGED, TEXT, ItemVectors, TextNote, text_orders
 from rankstream.stream.artifact import load_manifest
 from rankstream.stream.batch import top_k
 from rankstream.stream.candidates import covisit_candidates, in_catalog
@@ -56,6 +60,9 @@ MEAN_METRICS = ("ndcg@10", "recall@10", "mrr", "candidate_recall@50")
 POOLED_METRICS = ("cold_reached", "warm_reached")
 PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN))
 PAIRED_METRICS = ("ndcg@10", "recall@10", "candidate_recall@50")
+# Text's case rests on reaching items co-visitation cannot, new ones above all: its pairs add that share.
+TEXT_PAIRS = ((TEXT, LIVE), (MERGED, LIVE), (COSINE, LIVE))
+TEXT_PAIRED_METRICS = (*PAIRED_METRICS, "cold_reached")
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -176,10 +183,13 @@ def summarise(scores: BasketScores, idx: np.ndarray) -> OrderResult:
     return OrderResult(metrics, ci)
 
 
-def paired(a: BasketScores, b: BasketScores, idx: np.ndarray) -> dict[str, Ratio]:
-    """mean(a) / mean(b) per metric, with its interval from the same resamples for both."""
+def paired(
+    a: BasketScores, b: BasketScores, idx: np.ndarray, metrics: Sequence[str] = PAIRED_METRICS
+) -> dict[str, Ratio]:
+    """mean(a) / mean(b) per metric (a pooled one: reached / all pooled, as its order's figure), with its
+    interval from the same resamples for both."""
     out = {}
-    for m in PAIRED_METRICS:
+    for m in metrics:
         num, den = a.value(m), b.value(m)
         ratio = _number(num / den) if den else None
         ra, rb = a.value(m, idx), b.value(m, idx)
@@ -218,6 +228,7 @@ class EndToEnd:
     model: ModelNote | None
     resamples: int
     seconds: dict[str, float] = field(default_factory=dict)
+    text: TextNote | None = None
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -234,6 +245,8 @@ class EndToEnd:
             for pair, ms in self.paired.items()
         }
         out["model"] = None if self.model is None else asdict(self.model)
+        if self.text is not None:
+            out["text"] = asdict(self.text)
         out["bootstrap"] = {"resamples": self.resamples, "seed": SEED}
         out["seconds"] = self.seconds
         return out
@@ -250,12 +263,12 @@ class EndToEnd:
                 return "-"
             return f"{v:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
-        head = f"{'order':<15} {'NDCG@10 [95% CI]':<26} {'Recall@10':>9} {'cand.recall@50 [95% CI]':<26} "
+        head = f"{'order':<19} {'NDCG@10 [95% CI]':<26} {'Recall@10':>9} {'cand.recall@50 [95% CI]':<26} "
         rows = [head + f"{'cold':>6} {'warm':>6}"]
         for name, r in self.orders.items():
             cold, warm = (r.metrics[m] for m in POOLED_METRICS)
             rows.append(
-                f"{name:<15} {cell(r, 'ndcg@10'):<26} {r.metrics['recall@10'] or 0:>9.4f} "
+                f"{name:<19} {cell(r, 'ndcg@10'):<26} {r.metrics['recall@10'] or 0:>9.4f} "
                 f"{cell(r, 'candidate_recall@50'):<26} {cold or 0:>6.3f} {warm or 0:>6.3f}"
             )
         for pair, ms in self.paired.items():
@@ -275,6 +288,8 @@ class EndToEnd:
             rows.append(f"model-live: {m.version}{fed}, top {m.rerank_top} cross-encoded")
         else:
             rows.append("model-live: no model given or installed")
+        if self.text is not None:
+            rows.append(f"text orders: {self.text.encoder}, {self.text.items:,} item vectors of {self.text.dim}")
         return "\n".join(rows)
 
 
@@ -304,8 +319,11 @@ def measure(
     model_path: Path | None = None,
     resamples: int = RESAMPLES,
     partitions: int = PARTITIONS,
+    vectors: ItemVectors | None = None,
+    encoder: str = "",
 ) -> EndToEnd:
-    """Every order on every eligible basket of `split` (see the module doc)."""
+    """Every order on every eligible basket of `split` (see the module doc); the text orders too when
+    `vectors` (made by `encoder`) are given."""
     t0 = time.perf_counter()
     catalog = prepared.catalog
     with_signals = ranker is not None and ranker.signals is not None
@@ -335,9 +353,18 @@ def measure(
         seconds["model"] = round(time.perf_counter() - t1, 1)
         fed = SIGNALS.version if ranker.signals is not None else None
         note = ModelNote(ranker.version, str(model_path or ""), ranker.signals, fed, rerank_top)
+    text_note = None
+    if vectors is not None:
+        t2 = time.perf_counter()
+        orders.update(text_orders(vectors, [i.history for i in insts], orders[LIVE], catalog, N_CANDIDATES))
+        seconds["text"] = round(time.perf_counter() - t2, 1)
+        text_note = TextNote(encoder, len(vectors.ids), int(vectors.matrix.shape[1]))
     scores = {name: BasketScores.of(o, positives, sold) for name, o in orders.items()}
     idx = resample_indices(len(insts), resamples)
     pairs = {f"{a}_vs_{b}": paired(scores[a], scores[b], idx) for a, b in PAIRS if a in scores and b in scores}
+    for a, b in TEXT_PAIRS:
+        if a in scores:
+            pairs[f"{a}_vs_{b}"] = paired(scores[a], scores[b], idx, TEXT_PAIRED_METRICS)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     n_pos = sum(len(p) for p in positives)
     n_cold = sum(sum(x not in sold for x in p) for p in positives)
@@ -352,6 +379,7 @@ def measure(
         note,
         resamples,
         seconds,
+        text_note,
     )
 
 
@@ -384,11 +412,23 @@ def load_model(model_dir: Path, settings: Settings, *, accept_signals: str | Non
 
 
 def run_end_to_end(
-    data_dir: Path, split: str, model_dir: Path | None, settings: Settings, *, accept_signals: str | None = None
+    data_dir: Path,
+    split: str,
+    model_dir: Path | None,
+    settings: Settings,
+    *,
+    accept_signals: str | None = None,
+    embed: Callable[[Mapping[str, str]], ItemVectors] | None = None,
+    encoder: str = "",
 ) -> EndToEnd:
-    """`measure` on prepared data, with `model_dir` (None: no model-live row) loaded as the scorer loads it."""
+    """`measure` on prepared data, with `model_dir` (None: no model-live row) loaded as the scorer loads it,
+    and the text orders when `embed` (the catalog's titles -> their vectors, made by `encoder`) is given."""
     prepared = Prepared.load(data_dir)
-    if model_dir is None:
-        return measure(prepared, split)
-    ranker, top = load_model(model_dir, settings, accept_signals=accept_signals)
-    return measure(prepared, split, ranker=ranker, rerank_top=top, model_path=model_dir)
+    t0 = time.perf_counter()
+    vectors = None if embed is None else embed(prepared.catalog)
+    embed_s = round(time.perf_counter() - t0, 1)
+    ranker, top = (None, 0) if model_dir is None else load_model(model_dir, settings, accept_signals=accept_signals)
+    result = measure(
+        prepared, split, ranker=ranker, rerank_top=top, model_path=model_dir, vectors=vectors, encoder=encoder
+    )
+    return result if vectors is None else replace(result, seconds={"embed": embed_s, **result.seconds})

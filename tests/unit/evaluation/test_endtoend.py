@@ -12,6 +12,7 @@ import pytest
 from rankstream.data.prepare import Prepared, prepare
 from rankstream.data.split import Split
 from rankstream.evaluation.endtoend import BasketScores, measure, resample_indices
+from rankstream.evaluation.text import ItemVectors
 from rankstream.stream.live import partition_of
 from rankstream.stream.signals import SIGNALS
 
@@ -129,6 +130,49 @@ def test_a_model_with_signals_gets_the_live_rows(shop: Prepared) -> None:
     assert result.model is not None and result.model.fed == SIGNALS.version == result.model.signal_set
 
 
+def _unit(rows: list[tuple[float, float, float]]) -> np.ndarray:
+    m = np.asarray(rows, np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+# e sits next to a, f next to d, g next to c, b between a and d: u1 (history b, a) finds e first, u10
+# (history d, c) finds f first.
+SHOP_VECTORS = ItemVectors(
+    tuple("abcdefg"), _unit([(1, 0, 0), (1, 1, 0), (0, 0, 1), (0, 1, 0), (1, 0.1, 0), (0, 1, 0.1), (0, 0.2, 1)])
+)
+
+
+def test_text_orders_by_hand_leave_the_other_orders_as_they_were(shop: Prepared) -> None:
+    result = measure(shop, "test", ranker=Reverser(), rerank_top=10, vectors=SHOP_VECTORS, encoder="hand-made")
+    plain = measure(shop, "test", ranker=Reverser(), rerank_top=10)
+    for name in ("covisit-frozen", "covisit-live", "model-live"):
+        assert result.orders[name] == plain.orders[name]
+    assert {k: v for k, v in result.paired.items() if k in plain.paired} == plain.paired
+    assert result.text is not None and (result.text.items, result.text.dim) == (7, 3)
+
+    # text: u1 [e .995, d .707, f .704, g, c 0] (hits at 1 and 5), u10 [f .995, g .98, b .707, e, a] (hit at 1).
+    text = result.orders["text-pretrained"].metrics
+    assert text["ndcg@10"] == pytest.approx(((1 + 1 / math.log2(6)) / IDEAL2 + 1) / 2)
+    assert text["candidate_recall@50"] == 1.0 and text["cold_reached"] == 1.0 and text["warm_reached"] == 1.0
+    # merged: the live lists whole (shorter than the head), then text's new items: u1 [e, c, d, f, g] (hits at
+    # 1 and 2), u10 [e, a, b, f, g] (hit at 4).
+    merged = result.orders["merged-pretrained"].metrics
+    assert merged["ndcg@10"] == pytest.approx((1 + 1 / math.log2(5)) / 2)
+    assert merged["candidate_recall@50"] == 1.0 and merged["cold_reached"] == 1.0
+    # covisit-live by similarity: u1 [e, d, c] (hits at 1 and 3), u10 [b, e, a] (none).
+    cosine = result.orders["covisit-live-cosine"].metrics
+    assert cosine["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4)) / IDEAL2 / 2)
+    assert cosine["candidate_recall@50"] == pytest.approx(0.5)
+
+    ratios = result.paired["merged-pretrained_vs_covisit-live"]
+    assert set(ratios) == {"ndcg@10", "recall@10", "candidate_recall@50", "cold_reached"}
+    assert ratios["candidate_recall@50"].ratio == pytest.approx(2.0)
+    assert ratios["cold_reached"].ratio == pytest.approx(2.0)  # e and f against e alone
+    assert result.paired["covisit-live-cosine_vs_covisit-live"]["candidate_recall@50"].ratio == pytest.approx(1.0)
+    assert "text orders: hand-made" in result.format()
+    assert result.to_dict()["text"] == {"encoder": "hand-made", "items": 7, "dim": 3}
+
+
 def test_basket_scores_count_missed_positives_as_misses() -> None:
     scores = BasketScores.of([["x", "p"], []], [frozenset({"p", "q"}), frozenset({"r"})], sold_in_train={"p"})
     assert scores.ndcg.tolist() == pytest.approx([(1 / math.log2(3)) / IDEAL2, 0.0])
@@ -165,6 +209,22 @@ def test_cli_json_has_every_order_metric_interval_and_ratio(
         assert set(ratios) == {"ndcg@10", "recall@10", "candidate_recall@50"}
         assert all(set(r) == {"ratio", "ci95"} for r in ratios.values())
     assert out["model"]["signal_set"] == SIGNALS.version and out["model"]["rerank_top"] in (0, 10)
+
+    # --text adds the three text orders, from vectors of the catalog made in the CLI (stood in for here).
+    monkeypatch.setattr(
+        "rankstream.compression.embed.item_vectors", lambda catalog: (SHOP_VECTORS.matrix, list(SHOP_VECTORS.ids))
+    )
+    assert main([*argv, "--text"]) == 0
+    with_text = json.loads(capsys.readouterr().out)
+    for order in ("text-pretrained", "merged-pretrained", "covisit-live-cosine"):
+        assert set(with_text[order]) == metrics | {"ci95"}
+        assert set(with_text["paired"][f"{order}_vs_covisit-live"]) == {
+            "ndcg@10",
+            "recall@10",
+            "candidate_recall@50",
+            "cold_reached",
+        }
+    assert with_text["covisit-live"] == out["covisit-live"] and "embed" in with_text["seconds"]
 
     # Without a model anywhere, the model-live row is left out and the table says so.
     monkeypatch.setenv("RANKSTREAM_HOME", str(shop.out_dir.parent / "empty-home"))
