@@ -145,6 +145,8 @@ class Scorer:
     def use_canary(self, arm: Arm | None) -> None:
         """Serve `arm.share` of users with the canary version from the next batch on (None: nobody)."""
         self.canary = arm
+        if arm is None:
+            self._user_totals = UserTotals()  # the per-user sums belong to the canary that ended
 
     def use_shadow(self, shadow: ShadowScorer | None) -> None:
         self.shadow = shadow
@@ -433,8 +435,10 @@ def _arms(due: list[b.UserPlan], ranker: Ranker, canary: Arm | None) -> list[tup
     """The batch's users by the version that scores them: the canary's share, and everyone else."""
     if canary is None:
         return [(ranker, due)]
-    picked = [p for p in due if canary.serves(p.user_id)]
-    rest = [p for p in due if not canary.serves(p.user_id)]
+    picked: list[b.UserPlan] = []
+    rest: list[b.UserPlan] = []
+    for p in due:
+        (picked if canary.serves(p.user_id) else rest).append(p)
     return [(ranker, rest), (canary.ranker, picked)]
 
 
