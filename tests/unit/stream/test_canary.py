@@ -170,9 +170,11 @@ JSON = st.recursive(
 @given(st.dictionaries(st.sampled_from(["version", "share", "active", "started_at", "baseline", "x"]), JSON))
 def test_a_canary_record_with_odd_values_is_a_canary_or_a_config_error(data: dict[str, object]) -> None:
     try:
-        parse_canary(json.dumps(data))
-    except ConfigError:
-        pass
+        canary = parse_canary(json.dumps(data))
+    except ConfigError as exc:
+        assert "rs:{model}:canary" in str(exc)
+        return
+    assert 0 < canary.share < 1 and isinstance(canary.version, str)
 
 
 @pytest.mark.parametrize("raw", ['{"version": "v", "sample": 0}', '{"version": "v", "sample": 2}', "[]", "{"])
