@@ -25,15 +25,13 @@ from rankstream.bench.lists import ListWatch
 from rankstream.bench.replicas import stop_all, wait_ready
 from rankstream.bench.results import Record
 from rankstream.bench.stream import count_not_reflected, produce_events
-from rankstream.bench.swap import BENCH_DB, drained, open_registry, spawn_fleet
-from rankstream.deploy import stack
+from rankstream.bench.swap import bench_settings, drained, open_registry, spawn_fleet
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.ops.load import split_events
 from rankstream.stream.artifact import load_manifest, write_manifest
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.registry import Registry
 from rankstream.stream.rollouts import read_canary, start_canary
-from rankstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +116,8 @@ async def bench_canary(
     warmup_s: float = 20.0,
     max_s: float = 240.0,
 ) -> CanaryBench:
-    info = stack.up(home / "stack")
-    topic = f"bench-canary-{int(time.time() * 1000)}"
-    settings = Settings(
-        kafka_bootstrap=info.bootstrap,
-        redis_url=info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}",
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        group_id=f"g-{topic}",
-    )
+    settings = bench_settings(home, "bench-canary")
+    topic = settings.topic
     candidate = make_candidate(model, kind, home / "bench-canary" / "candidates")
     store, registry, (active, cand) = await open_registry(settings, home, [model, candidate], name="bench-canary")
     try:

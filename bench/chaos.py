@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 
 from rankstream.bench import chaos_figures as fig
 from rankstream.bench.chaos_io import produce_logged, read_dlq, read_stored, send_raw, watch_lists
-from rankstream.bench.faults import Fleet, corrupt_publish, fail_over, stall
+from rankstream.bench.faults import Fleet, corrupt_publish, stall
 from rankstream.bench.lists import ListWatch
 from rankstream.bench.malformed import malformed
 from rankstream.bench.replicas import wait_ready
@@ -44,6 +44,7 @@ from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import Prepared
 from rankstream.deploy import redis_local
 from rankstream.deploy.kafka_local import create_topics
+from rankstream.deploy.redis_local import fail_over
 from rankstream.deploy.stack import LocalStack, restart_kafka
 from rankstream.ops.load import split_events
 from rankstream.ops.replay import Produced

@@ -2,7 +2,7 @@
 
 - kill -9 of a scorer replica, then a new `rankstream serve` in its place, ready (`Fleet.kill9`);
 - a Redis failover: kill -9 of the primary (the Sentinels promote the replica; the old primary comes
-  back empty as a replica) or SENTINEL FAILOVER, alternately (`fail_over`);
+  back empty as a replica) or SENTINEL FAILOVER, alternately (`redis_local.fail_over`);
 - a Redis stall: the primary paused (SIGSTOP) and resumed; the Sentinels' down-after is raised for
   that time, so the stall stays a stall rather than a failover, which is a fault of its own (`stall`);
 - corrupt artifacts published through the registry (`corrupt_copy`; the run checks every replica
@@ -22,13 +22,11 @@ import redis
 
 from rankstream.bench.replicas import Replica, free_port, replica_env, spawn, stop_all, wait_ready
 from rankstream.deploy import redis_local
-from rankstream.deploy.errors import StackError
 from rankstream.deploy.redis_local import SENTINEL_DOWN_AFTER_MS, LocalReplicated
 from rankstream.stream.artifact import MANIFEST, sha256_file
 from rankstream.stream.errors import ArtifactError, RankstreamError
 from rankstream.stream.registry import Registry
 
-Failover = Literal["kill", "sentinel"]
 Corruption = Literal["bad_checksum", "truncated_model", "lying_reference"]
 RESIGNED: tuple[Corruption, ...] = ("truncated_model", "lying_reference")  # checksums that match the damage
 _TIMEOUT_S = 60.0
@@ -139,27 +137,6 @@ async def corrupt_publish(
     return "; ".join(outcomes), served_total
 
 
-def fail_over(replicated: LocalReplicated, how: Failover, timeout: float = _TIMEOUT_S) -> tuple[int, int]:
-    """Move the primary to the replica and wait until the set can fail over again; (old, new) ports."""
-    old = redis_local.wait_whole(replicated, timeout)
-    (new,) = set(replicated.nodes) - {old}
-    if how == "kill":
-        proc = replicated.nodes[old]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=timeout)
-        _wait_named(replicated, new, timeout)
-        redis_local.restart_node(replicated, old, replica_of=new)
-    else:
-        _sentinel_failover(replicated, timeout)
-        _wait_named(replicated, new, timeout)
-        # Sentinel demotes the old primary itself some seconds later; until then it takes writes from
-        # clients still connected to it, so it is demoted at once.
-        with _node(old) as node:
-            node.replicaof("127.0.0.1", new)
-    redis_local.wait_whole(replicated, timeout)
-    return old, new
-
-
 def stall(replicated: LocalReplicated, seconds: float, timeout: float = _TIMEOUT_S) -> int:
     """Pause the primary for `seconds` (SIGSTOP, then SIGCONT); return its port."""
     primary = redis_local.wait_whole(replicated, timeout)
@@ -179,36 +156,6 @@ def _set_down_after(replicated: LocalReplicated, ms: int) -> None:
     for port in replicated.sentinels:
         with _node(port) as sentinel:
             sentinel.sentinel_set(replicated.master_name, "down-after-milliseconds", ms)
-
-
-def _sentinel_failover(replicated: LocalReplicated, timeout: float) -> None:
-    """SENTINEL FAILOVER, asked again while the Sentinel has no replica it trusts yet or is busy."""
-    deadline = time.monotonic() + timeout
-    with _node(next(iter(replicated.sentinels))) as sentinel:
-        while True:
-            try:
-                sentinel.sentinel_failover(replicated.master_name)
-                return
-            except redis.ResponseError as exc:
-                if time.monotonic() > deadline:
-                    raise StackError(f"SENTINEL FAILOVER refused for {timeout:.0f}s: {exc}") from exc
-                time.sleep(0.2)
-
-
-def _wait_named(replicated: LocalReplicated, port: int, timeout: float) -> None:
-    """Until every Sentinel names the node on `port` as the primary and that node says it is one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if redis_local.named_primary(replicated) == port:
-                with _node(port) as node:
-                    if node.info("replication")["role"] == "master":
-                        return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise StackError(f"the Sentinels did not name {port} the primary within {timeout:.0f}s")
-        time.sleep(0.1)
 
 
 def _node(port: int) -> redis.Redis:

@@ -62,6 +62,20 @@ class _Swaps:
     rss_series: list[float] = field(default_factory=list)  # after each swap: a leak grows steadily, a warm-up settles
 
 
+def bench_settings(home: Path, name: str) -> Settings:
+    """Settings on the local stack (started if needed) for a fresh `name-<ms>` topic, its DLQ and group,
+    in the benchmarks' own Redis database."""
+    info = stack.up(home / "stack")
+    topic = f"{name}-{int(time.time() * 1000)}"
+    return Settings(
+        kafka_bootstrap=info.bootstrap,
+        redis_url=info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}",
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        group_id=f"g-{topic}",
+    )
+
+
 async def open_registry(
     settings: Settings, home: Path, models: list[Path], name: str = "bench-swap"
 ) -> tuple[Store, Registry, list[str]]:
@@ -175,15 +189,8 @@ async def bench_swap(
     home: Path, models: list[Path], *, rate: float, swaps: int = 20, every_s: float = 30.0, replicas: int = 2
 ) -> SwapBench:
     """Run replica processes under load through `swaps` promotions and return the figures (module docstring)."""
-    info = stack.up(home / "stack")
-    topic = f"bench-swap-{int(time.time() * 1000)}"
-    settings = Settings(
-        kafka_bootstrap=info.bootstrap,
-        redis_url=info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}",
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        group_id=f"g-{topic}",
-    )
+    settings = bench_settings(home, "bench-swap")
+    topic = settings.topic
     store, registry, versions = await open_registry(settings, home, models)
     try:
         await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic: 4, f"{topic}.dlq": 1})

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -160,6 +161,9 @@ _SYNC_NOW = {"--repl-diskless-sync": "yes", "--repl-diskless-sync-delay": 0}
 SENTINEL_DOWN_AFTER_MS = 2000  # how long a primary stays unanswered before a Sentinel calls it down
 
 
+Failover = Literal["kill", "sentinel"]  # how `fail_over` moves the primary
+
+
 @dataclass
 class LocalReplicated:
     """A primary, one replica and the Sentinels watching them on loopback, started by `start_replicated`.
@@ -302,6 +306,64 @@ def _whole(replicated: LocalReplicated) -> tuple[int | None, str]:
 
 def _client(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+
+
+def fail_over(replicated: LocalReplicated, how: Failover, timeout: float = 60.0) -> tuple[int, int]:
+    """Move the primary to the replica and wait until the set is whole again; (old, new) primary ports.
+
+    "sentinel": SENTINEL FAILOVER, with the old primary still up and taking writes from the clients still
+    connected to it until it is made a replica of the new one (done as soon as every Sentinel names the
+    new primary; Sentinel itself does it some seconds later).
+    "kill": kill -9 the primary; the Sentinels find it down and promote the replica; the old primary is
+    then started again, empty, as a replica of the new one.
+    """
+    old = wait_whole(replicated, timeout)
+    (new,) = set(replicated.nodes) - {old}
+    if how == "kill":
+        proc = replicated.nodes[old]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=timeout)
+        _wait_named(replicated, new, timeout)
+        restart_node(replicated, old, replica_of=new)
+    else:
+        _sentinel_failover(replicated, timeout)
+        _wait_named(replicated, new, timeout)
+        # Sentinel demotes the old primary itself some seconds later; until then it takes writes from
+        # clients still connected to it, so it is demoted at once.
+        with _client(old) as node:
+            node.replicaof("127.0.0.1", new)
+    wait_whole(replicated, timeout)
+    return old, new
+
+
+def _sentinel_failover(replicated: LocalReplicated, timeout: float) -> None:
+    """SENTINEL FAILOVER, asked again while the Sentinel has no replica it trusts yet or is busy."""
+    deadline = time.monotonic() + timeout
+    with _client(next(iter(replicated.sentinels))) as sentinel:
+        while True:
+            try:
+                sentinel.sentinel_failover(replicated.master_name)
+                return
+            except redis.ResponseError as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(f"SENTINEL FAILOVER refused for {timeout:.0f}s: {exc}") from exc
+                time.sleep(0.2)
+
+
+def _wait_named(replicated: LocalReplicated, port: int, timeout: float) -> None:
+    """Until every Sentinel names the node on `port` as the primary and that node says it is one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if named_primary(replicated) == port:
+                with _client(port) as node:
+                    if node.info("replication")["role"] == "master":
+                        return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"the Sentinels did not name {port} the primary within {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def stop_replicated(replicated: LocalReplicated) -> None:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from rankstream.deploy import redis_local
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.deploy.redis_local import LocalReplicated
+from rankstream.deploy.redis_local import LocalReplicated, fail_over
 from rankstream.stream.errors import StoreError
 from rankstream.stream.lag import group_lag
 from rankstream.stream.store import ListWrite, Store
@@ -32,7 +32,7 @@ from .faults import (
     spawn_scorer,
     stop_gracefully,
 )
-from .replicated import ReplicatedWatch, fail_over, replicated_env, replicated_settings
+from .replicated import ReplicatedWatch, replicated_env, replicated_settings
 
 pytestmark = [pytest.mark.integration]
 

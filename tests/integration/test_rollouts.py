@@ -18,7 +18,7 @@ from rankstream.stream.scorer import Scorer
 from rankstream.stream.store import QUALITY_KEY, Store
 
 from .conftest import scorer_settings, wait_for
-from .faults import Reference, assert_all_reflected, produce_steadily
+from .faults import Reference, all_reflected, assert_all_reflected, produce_steadily
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,14 +47,6 @@ async def running(stack, store: Store, registry: Registry, topic: str, **setting
         await scorer.close()
 
 
-async def _reflected(store: Store, ref: Reference) -> bool:
-    for user, (partition, offset) in ref.last.items():
-        rec = await store.read_list(user)
-        if rec is None or (rec["partition"], rec["offset"]) != (partition, offset):
-            return False
-    return True
-
-
 async def test_a_canary_serves_its_share_of_users_and_every_list_names_its_version(
     stack, store, registry, topic
 ) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +58,7 @@ async def test_a_canary_serves_its_share_of_users_and_every_list_names_its_versi
         await wait_for(lambda: _has_canary(scorer, b), limit_s=30)
         ref = Reference()
         await produce_steadily(stack.bootstrap, topic, ref, users=USERS, count=400, rate=200)
-        await wait_for(lambda: _reflected(store, ref), limit_s=60)
+        await wait_for(lambda: all_reflected(store, ref), limit_s=60)
     await assert_all_reflected(store, ref)
     versions = {u: (await store.read_list(u))["model_version"] for u in ref.last}
     for user, version in versions.items():
@@ -156,7 +148,7 @@ async def test_a_shadow_scores_a_sample_without_writing_its_lists(stack, store, 
         await wait_for(lambda: _has_shadow(scorer, b), limit_s=30)
         ref = Reference()
         await produce_steadily(stack.bootstrap, topic, ref, users=10, count=300, rate=60)
-        await wait_for(lambda: _reflected(store, ref), limit_s=60)
+        await wait_for(lambda: all_reflected(store, ref), limit_s=60)
         shadow = scorer.shadow
         assert shadow is not None and shadow.scored_users > 0
         await stop_shadow(registry)

@@ -18,7 +18,15 @@ from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
 from .conftest import scorer_settings, wait_for
-from .faults import Reference, assert_all_reflected, produce_steadily, scorer_env, spawn_scorer, stop_gracefully
+from .faults import (
+    Reference,
+    all_reflected,
+    assert_all_reflected,
+    produce_steadily,
+    scorer_env,
+    spawn_scorer,
+    stop_gracefully,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,7 +78,7 @@ async def test_swaps_under_load_lose_nothing_and_never_mix_versions(stack, store
             await asyncio.sleep(0.8)
             await registry.promote(version)
         await producing
-        await wait_for(lambda: _reflected(store, ref), limit_s=60)
+        await wait_for(lambda: all_reflected(store, ref), limit_s=60)
     finally:
         following.cancel()
         scorer.stop()
@@ -82,14 +90,6 @@ async def test_swaps_under_load_lose_nothing_and_never_mix_versions(stack, store
     assert set(scorer.stats.events_by_version) == {a, b}
     assert sum(scorer.stats.events_by_version.values()) == ref.sent
     await assert_all_reflected(store, ref)
-
-
-async def _reflected(store: Store, ref: Reference) -> bool:
-    for user, (partition, offset) in ref.last.items():
-        rec = await store.read_list(user)
-        if rec is None or (rec["partition"], rec["offset"]) != (partition, offset):
-            return False
-    return True
 
 
 async def test_a_tampered_or_wrong_spec_artifact_is_refused_while_the_old_serves(stack, store, registry, topic) -> None:  # type: ignore[no-untyped-def]
@@ -128,7 +128,7 @@ async def test_a_tampered_or_wrong_spec_artifact_is_refused_while_the_old_serves
     ref = Reference()
     await produce_steadily(stack.bootstrap, topic, ref, users=5, count=20, rate=200)
     try:
-        await wait_for(lambda: _reflected(store, ref), limit_s=30)
+        await wait_for(lambda: all_reflected(store, ref), limit_s=30)
     finally:
         scorer.stop()
         await running
@@ -175,7 +175,7 @@ async def test_replicas_converge_and_a_late_replica_serves_the_active_version(st
         await wait_for(lambda: _serving(registry, {"r1": b, "r2": b, "r3": b}), limit_s=90)
         ref = Reference()
         await produce_steadily(stack.bootstrap, topic, ref, users=10, count=40, rate=100)
-        await wait_for(lambda: _reflected(store, ref), limit_s=60)
+        await wait_for(lambda: all_reflected(store, ref), limit_s=60)
         versions = {(await store.read_list(u))["model_version"] for u in ref.last}
         assert versions == {b}
     finally:
