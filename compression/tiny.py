@@ -1,5 +1,5 @@
-"""Random-weight tiny cross-encoders (BERT, MPNet) with the MiniLM tokenizer: the `tiny` preset's teacher
-and students, and the models of fast tests."""
+"""Random-weight tiny cross-encoders (BERT, MPNet) and a tiny bi-encoder with the MiniLM tokenizer: the
+`tiny` preset's teacher and students, and the models of fast tests."""
 
 from pathlib import Path
 from typing import Any
@@ -9,6 +9,7 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    BertModel,
     MPNetConfig,
     MPNetForSequenceClassification,
 )
@@ -63,3 +64,8 @@ def tiny_mpnet(out_dir: Path, *, seed: int = 0, num_layers: int = 4) -> Path:
         num_hidden_layers=num_layers,
         max_position_embeddings=130,  # MPNet's positions start after the pad id
     )
+
+
+def tiny_encoder(out_dir: Path, *, seed: int = 0, num_layers: int = 2) -> Path:
+    """A random-weight BertModel (no classifier; default 2 layers): the bi-encoder of fast tests."""
+    return _tiny(out_dir, seed, BertConfig, BertModel, num_hidden_layers=num_layers, max_position_embeddings=128)
