@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     dlq_topic: str = "clicks.dlq"
     group_id: str = "rankstream-scorer"
     tables_group_id: str = "rankstream-tables"  # the live-tables job's own consumer group
+    # The catalog job (`rankstream catalog serve`): item records in, titles and their vectors out to Redis.
+    catalog_topic: str = "catalog"
+    catalog_dlq_topic: str = "catalog.dlq"
+    catalog_group_id: str = "rankstream-catalog"
+    # A text encoder artifact directory (stream/encoder.py): the catalog job embeds titles with it, and
+    # `rankstream load` seeds every item's vector with it. Unset: no title vectors.
+    encoder_dir: Path | None = None
     # How long a scorer serves a live-table read before reading it again: freshness against Redis load.
     tables_max_age_ms: int = Field(default=500, ge=0, le=600_000)
     # The tables job writes a share at most this often: an item that events of many fetches change is
@@ -141,7 +148,25 @@ class Settings(BaseSettings):
         if self.redis_ssl_ca is not None and not self.redis_url.startswith("rediss://"):
             raise ValueError("RANKSTREAM_REDIS_SSL_CA is set but RANKSTREAM_REDIS_URL is not rediss://")
         self._check_replication()
+        self._check_catalog()
         return self
+
+    def _check_catalog(self) -> None:
+        """The catalog job's topics and group against each other and the scorer's."""
+        if self.catalog_topic == self.catalog_dlq_topic:
+            raise ValueError("RANKSTREAM_CATALOG_DLQ_TOPIC must differ from RANKSTREAM_CATALOG_TOPIC")
+        for name in ("catalog_topic", "catalog_dlq_topic"):
+            value = getattr(self, name)
+            if value in (self.topic, self.dlq_topic):
+                raise ValueError(
+                    f"RANKSTREAM_{name.upper()} ({value!r}) is one of the click topics (RANKSTREAM_TOPIC, "
+                    "RANKSTREAM_DLQ_TOPIC): catalog records and click events need topics of their own"
+                )
+        if self.catalog_group_id in (self.group_id, self.tables_group_id):
+            raise ValueError(
+                f"RANKSTREAM_CATALOG_GROUP_ID ({self.catalog_group_id!r}) equals the scorer's or the tables job's "
+                "group: give the catalog job a group of its own"
+            )
 
     def _check_replication(self) -> None:
         """The Sentinel and WAIT settings against each other and the rest of the Redis settings."""

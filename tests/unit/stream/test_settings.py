@@ -110,3 +110,21 @@ def test_rerank_top_refuses_a_model_without_a_linear_part_at_start(fp32_artifact
 def test_the_tables_job_needs_a_group_of_its_own() -> None:
     with pytest.raises(ConfigError, match="RANKSTREAM_TABLES_GROUP_ID"):
         load_settings(group_id="g", tables_group_id="g")
+
+
+def test_the_catalog_job_has_topics_and_a_group_of_its_own() -> None:
+    s = load_settings()
+    assert (s.catalog_topic, s.catalog_dlq_topic, s.catalog_group_id) == (
+        "catalog",
+        "catalog.dlq",
+        "rankstream-catalog",
+    )
+    assert s.encoder_dir is None
+    with pytest.raises(ConfigError, match="RANKSTREAM_CATALOG_DLQ_TOPIC must differ"):
+        load_settings(catalog_topic="c", catalog_dlq_topic="c")
+    with pytest.raises(ConfigError, match="RANKSTREAM_CATALOG_TOPIC"):
+        load_settings(catalog_topic="clicks")
+    with pytest.raises(ConfigError, match="RANKSTREAM_CATALOG_DLQ_TOPIC"):
+        load_settings(catalog_dlq_topic="clicks.dlq")
+    with pytest.raises(ConfigError, match="RANKSTREAM_CATALOG_GROUP_ID"):
+        load_settings(catalog_group_id="rankstream-tables")
