@@ -94,3 +94,36 @@ def artifact_copy(tmp_path: Path) -> Callable[[Path], Path]:
         return Path(shutil.copytree(src, tmp_path / src.name))
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 random-weight BertModel (a bi-encoder, no classifier) with the MiniLM tokenizer."""
+    from rankstream.compression.tiny import tiny_encoder
+
+    return tiny_encoder(tmp_path_factory.mktemp("tiny-encoder") / "model", seed=0)
+
+
+def _export_encoder(tmp_path_factory: pytest.TempPathFactory, hf_dir: Path, quantize: str) -> Path:
+    from rankstream.compression.encoder_export import REFERENCE_TITLES, export_encoder
+
+    root = tmp_path_factory.mktemp(f"encoder-{quantize}")
+    return export_encoder(
+        hf_dir,
+        root / f"e-tiny-{quantize}",
+        quantize=quantize,
+        reference_titles=REFERENCE_TITLES,
+        version=f"e-tiny-{quantize}",
+        method_chain=["random-init:tiny-bert"],
+        metrics={"recall@50": 0.25},
+    )
+
+
+@pytest.fixture(scope="session")
+def encoder_fp32_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Path:
+    return _export_encoder(tmp_path_factory, tiny_encoder_dir, "none")
+
+
+@pytest.fixture(scope="session")
+def encoder_int8_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Path:
+    return _export_encoder(tmp_path_factory, tiny_encoder_dir, "int8")
