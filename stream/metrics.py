@@ -63,3 +63,10 @@ SHADOW_SKIPPED = Counter(
     "Sampled users not shadow-scored: the shadow was busy or over its CPU share",
     ["model_version"],
 )
+CATALOG_RECORDS = Counter(
+    "rankstream_catalog_items_total",
+    "Catalog job: items written (put, del) or found unchanged in Redis, after each batch's last record per item",
+    ["outcome"],
+)
+CATALOG_DLQ = Counter("rankstream_catalog_dlq_total", "Catalog records sent to the catalog DLQ topic", ["reason"])
+CATALOG_ERRORS = Counter("rankstream_catalog_errors_total", "Catalog batches that failed and were read again")

@@ -249,6 +249,15 @@ def _tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalog(args: argparse.Namespace) -> int:
+    from rankstream.ops.catalog import catalog_command
+    from rankstream.stream.settings import load_settings
+
+    out, status = catalog_command(args.action, load_settings(), file=args.file, items=args.items)
+    print(out)
+    return status
+
+
 def _replay(args: argparse.Namespace) -> int:
     from rankstream.ops.load import replay_split
     from rankstream.stream.settings import load_settings
@@ -466,6 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tables", help="run one live-tables replica: every valid click moves the item tables in Redis")
     s.set_defaults(fn=_tables)
+
+    s = sub.add_parser("catalog", help="the catalog topic: run the job that indexes it; add or remove items")
+    catalog = s.add_subparsers(dest="action", required=True)
+    c = catalog.add_parser("serve", help="run one catalog job replica: titles and their vectors into Redis")
+    c.set_defaults(fn=_catalog, file=None, items=[])
+    c = catalog.add_parser("add", help="publish every row of a CSV (item_id,title[,category,price]) or JSONL file")
+    c.add_argument("file", type=Path)
+    c.set_defaults(fn=_catalog, items=[])
+    c = catalog.add_parser("remove", help="publish a tombstone for each item")
+    c.add_argument("items", nargs="+", metavar="ITEM")
+    c.set_defaults(fn=_catalog, file=None)
 
     s = sub.add_parser("replay", help="publish a split's interactions as click events, in time order")
     s.add_argument("--data", type=Path)

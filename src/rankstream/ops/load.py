@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import Prepared
 from rankstream.deploy.kafka_local import create_topics
+from rankstream.ops.catalog import CATALOG_PARTITIONS, embed_catalog, write_title_vectors
 from rankstream.ops.replay import replay
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.kafka_check import check_kafka
@@ -47,7 +48,14 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
         # Before anything is written: a refused login or an untrusted certificate is one line saying which.
         await check_redis(store.client)
         await check_kafka(settings)
-        topics = {settings.topic: partitions, settings.dlq_topic: 1}
+        # Before anything is replaced: a refused encoder leaves what was loaded before as it was.
+        title_vectors = await embed_catalog(settings, prepared.catalog)
+        topics = {
+            settings.topic: partitions,
+            settings.dlq_topic: 1,
+            settings.catalog_topic: CATALOG_PARTITIONS,
+            settings.catalog_dlq_topic: 1,
+        }
         await asyncio.to_thread(
             partial(create_topics, settings.kafka_bootstrap, topics, **settings.kafka_client_options())
         )
@@ -59,14 +67,16 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
             partitions = len(ends)
         tables = await asyncio.to_thread(seeded, prepared, partitions)
         await store.load_catalog(prepared.catalog)
+        vectors = await write_title_vectors(store.client, title_vectors)
         await seed(store.client, settings.topic, tables.shares, tables.params, ends)
     finally:
         await store.close()
     return (
-        f"loaded {len(prepared.catalog)} catalog items; live tables seeded from {tables.applied:,} events before "
-        f"the test split into {partitions} shares ({sum(len(s.neighbours) for s in tables.shares):,} neighbour "
-        f"maps, {len(tables.trending())} trending items); topics {settings.topic} ({partitions} partitions), "
-        f"{settings.dlq_topic}"
+        f"loaded {len(prepared.catalog)} catalog items with {vectors}; live tables seeded from {tables.applied:,} "
+        f"events before the test split into {partitions} shares "
+        f"({sum(len(s.neighbours) for s in tables.shares):,} neighbour maps, {len(tables.trending())} trending items); "
+        f"topics {settings.topic} ({partitions} partitions), {settings.dlq_topic}, "
+        f"{settings.catalog_topic}, {settings.catalog_dlq_topic}"
     )
 
 

@@ -1,0 +1,229 @@
+"""The catalog in Redis: titles, each encoder version's title vectors, and a log of what changed.
+
+Keys (docs/operations.md, "Redis keys"):
+    rs:catalog                         hash: item id -> title (read by every scorer at start)
+    {rs:catalog}:textvec:<version>     hash: item id -> the title's unit vector from encoder <version>,
+                                       float32 little-endian bytes
+    {rs:catalog}:changes               stream: one entry per change, fields `item` and `op` (put | del;
+                                       `reload` after `rankstream load` replaced everything), trimmed to
+                                       about CHANGES_MAXLEN entries
+
+The braces are a Redis Cluster hash tag equal to the whole name `rs:catalog`, so the three keys live in
+the slot of `rs:catalog` itself and one MULTI/EXEC may touch them all on a cluster too.
+
+Why writes are safe to repeat: the catalog job writes a batch as absolute values (HSET the title and
+the vector, HDEL a removed item) plus its change entries in one MULTI/EXEC, and commits the Kafka offsets
+only after EXEC succeeded (at-least-once). A crash between EXEC and the commit replays the batch; the
+job first reads what is stored, finds the same titles and vectors, and writes nothing, so neither the
+hashes nor the change log are doubled. A crash before EXEC leaves nothing half written. A follower treats
+a change entry as "read this item again", never as a delta, so even a repeated entry is harmless.
+"""
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from redis.client import NEVER_DECODE
+
+from rankstream.stream.errors import StoreError
+from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient
+from rankstream.stream.store import CATALOG_KEY
+
+log = logging.getLogger(__name__)
+
+CHANGES_KEY = "{" + CATALOG_KEY + "}:changes"
+# Approximate (MAXLEN ~): Redis trims whole nodes, cheaply. A follower that falls further behind than
+# this reads the whole catalog again (CatalogFollower.refresh).
+CHANGES_MAXLEN = 100_000
+_CHUNK = 1_000  # fields per command when seeding, so no single command is huge
+
+PUT, DEL, RELOAD = "put", "del", "reload"
+
+
+class Encoder(Protocol):
+    """What the catalog needs of a text encoder (stream/encoder.py's TextEncoder)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, titles: Sequence[str]) -> np.ndarray: ...
+
+
+def textvec_key(version: str) -> str:
+    return "{" + CATALOG_KEY + "}:textvec:" + version
+
+
+def pack(vector: np.ndarray) -> bytes:
+    """A vector as stored: float32, little-endian."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def unpack(raw: bytes, dim: int) -> np.ndarray:
+    """A stored vector; ValueError when it does not hold `dim` finite float32s."""
+    if len(raw) != 4 * dim:
+        raise ValueError(f"{len(raw)} bytes, not {4 * dim} ({dim} float32s)")
+    vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vec).all():
+        raise ValueError("not finite")
+    return vec
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What Redis holds for one item: its title (None: not in the catalog) and whether it has a vector."""
+
+    title: str | None
+    has_vector: bool
+
+
+async def read_stored(client: RedisClient, version: str, items: Sequence[str]) -> dict[str, Stored]:
+    """Each item's stored title and whether encoder `version` has its vector, in one round trip."""
+    if not items:
+        return {}
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(CATALOG_KEY, list(items))
+            # Vectors are bytes, not text: a decoding client must not try to read them as UTF-8.
+            pipe.execute_command("HMGET", textvec_key(version), *items, **{NEVER_DECODE: True})
+            titles, vectors = await pipe.execute()
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"reading {len(items)} catalog items failed: {exc}") from exc
+    return {it: Stored(t, v is not None) for it, t, v in zip(items, titles, vectors, strict=True)}
+
+
+async def write_changes(
+    client: RedisClient, version: str, puts: Mapping[str, tuple[str, bytes]], removals: Iterable[str]
+) -> None:
+    """Write titles and vectors (`puts`: item -> (title, packed vector)), remove `removals`, and log each
+    change, in one MULTI/EXEC. Raises StoreError (the batch is retried) on any failure."""
+    removals = list(removals)
+    if not puts and not removals:
+        return
+    vec_key = textvec_key(version)
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            if puts:
+                pipe.hset(CATALOG_KEY, mapping={it: title for it, (title, _) in puts.items()})
+                pipe.hset(vec_key, mapping={it: vec for it, (_, vec) in puts.items()})
+            if removals:
+                pipe.hdel(CATALOG_KEY, *removals)
+                pipe.hdel(vec_key, *removals)
+            for it in puts:
+                pipe.xadd(CHANGES_KEY, {"item": it, "op": PUT}, maxlen=CHANGES_MAXLEN, approximate=True)
+            for it in removals:
+                pipe.xadd(CHANGES_KEY, {"item": it, "op": DEL}, maxlen=CHANGES_MAXLEN, approximate=True)
+            await pipe.execute()
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"writing {len(puts)} catalog items and {len(removals)} removals failed: {exc}") from exc
+
+
+async def seed_vectors(client: RedisClient, version: str, vectors: Mapping[str, bytes]) -> None:
+    """Replace encoder `version`'s vectors with `vectors` and log a `reload`, so followers read everything
+    again (`rankstream load`, after it replaced the catalog)."""
+    vec_key = textvec_key(version)
+    items = list(vectors)
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.delete(vec_key)
+            for start in range(0, len(items), _CHUNK):
+                pipe.hset(vec_key, mapping={it: vectors[it] for it in items[start : start + _CHUNK]})
+            await pipe.execute()
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"seeding {len(items)} title vectors of encoder {version} failed: {exc}") from exc
+    await log_reload(client)
+
+
+async def log_reload(client: RedisClient) -> None:
+    """Tell followers that the catalog was replaced as a whole."""
+    try:
+        await client.xadd(CHANGES_KEY, {"item": "", "op": RELOAD}, maxlen=CHANGES_MAXLEN, approximate=True)
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"logging the catalog reload in {CHANGES_KEY} failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole catalog with one version's vectors, and the last change it includes."""
+
+    last_id: str
+    titles: dict[str, str]
+    vectors: dict[str, bytes]
+
+
+async def read_snapshot(client: RedisClient, version: str) -> Snapshot:
+    """Titles and vectors of `version`, with the id of the newest change entry read before them: changes
+    after that id may be in the snapshot already, and reading them again is harmless."""
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            # In this order on one connection: a change logged after the id is read is replayed, never lost.
+            pipe.xrevrange(CHANGES_KEY, count=1)
+            pipe.hgetall(CATALOG_KEY)
+            pipe.execute_command("HGETALL", textvec_key(version), **{NEVER_DECODE: True})
+            newest, titles, raw = await pipe.execute()
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"reading the catalog failed: {exc}") from exc
+    return Snapshot(newest[0][0] if newest else "0-0", titles, _decode_fields(raw))
+
+
+def _decode_fields(raw: Any) -> dict[str, bytes]:
+    """An undecoded HGETALL reply (a dict, or a flat list on some protocol versions) with text fields."""
+    if isinstance(raw, dict):
+        pairs = raw.items()
+    else:
+        pairs = zip(raw[::2], raw[1::2], strict=True)
+    return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in pairs}
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Change entries after some id, what Redis now holds for the items they name, and whether entries
+    after that id were trimmed away unread (then the follower must read everything again)."""
+
+    entries: list[tuple[str, str, str]]  # (id, item, op), oldest first
+    titles: dict[str, str | None]
+    vectors: dict[str, bytes | None]
+    gap: bool
+
+
+async def read_changes(client: RedisClient, version: str, after: str, count: int) -> Changes:
+    """Up to `count` change entries after id `after` (non-blocking) and the current values of their items."""
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xrange(CHANGES_KEY, min=f"({after}", count=count)
+            pipe.xinfo_stream(CHANGES_KEY)
+            raw, info = await pipe.execute(raise_on_error=False)
+        if isinstance(raw, Exception):
+            raise raw
+        entries = [(eid, f.get("item", ""), f.get("op", "")) for eid, f in raw]
+        items = sorted({it for _, it, op in entries if op in (PUT, DEL) and it})
+        titles: dict[str, str | None] = {}
+        vectors: dict[str, bytes | None] = {}
+        if items:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hmget(CATALOG_KEY, items)
+                pipe.execute_command("HMGET", textvec_key(version), *items, **{NEVER_DECODE: True})
+                got_titles, got_vectors = await pipe.execute()
+            titles = dict(zip(items, got_titles, strict=True))
+            vectors = dict(zip(items, got_vectors, strict=True))
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"reading {CHANGES_KEY} failed: {exc}") from exc
+    return Changes(entries, titles, vectors, _trimmed_after(info, after))
+
+
+def stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _trimmed_after(info: Any, after: str) -> bool:
+    """Whether the log lost entries newer than `after` to trimming (or was deleted after we read it)."""
+    if isinstance(info, Exception):
+        # No such key: the log was never written, or someone deleted it after we read from it.
+        return after != "0-0"
+    deleted = info.get("max-deleted-entry-id") or "0-0"
+    return stream_id(str(deleted)) > stream_id(after)
