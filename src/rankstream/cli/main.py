@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -277,17 +278,44 @@ def _pretrained_vectors(catalog: Mapping[str, str]) -> "ItemVectors":
     return ItemVectors(tuple(ids), matrix)
 
 
+def _steps(text: str) -> tuple[int, ...]:
+    return tuple(_positive(x) for x in text.split(",") if x.strip())
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from rankstream.jobs.embed import EmbedConfig, EmbedJob
+
+    config = EmbedConfig(
+        steps=args.steps,
+        student_layers=args.student_layers,
+        student_steps=args.student_steps,
+        batch_size=args.batch_size,
+        snapshots=args.snapshots,
+    )
+    report = EmbedJob(args.data or home() / "data", args.out or home() / "embed", config).run()
+    print(json.dumps(asdict(report), indent=2, default=str))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rankstream.evaluation.evaluate import evaluate, format_table
     from rankstream.stream.service import resolve_model_dir
 
     if args.end_to_end:
         from rankstream.evaluation.endtoend import installed_model, run_end_to_end
+        from rankstream.evaluation.text import PRETRAINED, TUNED
         from rankstream.stream.settings import load_settings
 
+        if args.encoder and not args.text:
+            raise ConfigError("--encoder DIR gives the text orders their vectors: add --text")
         chosen = resolve_model_dir(args.model) if args.model else installed_model(home() / "models")
         data = args.data or home() / "data"
         embed = _pretrained_vectors if args.text else None
+        encoder, names = "all-MiniLM-L6-v2 (pretrained, mean-pooled, normalised)", PRETRAINED
+        if args.encoder:
+            from rankstream.jobs.embed import encoder_vectors
+
+            (embed, encoder), names = encoder_vectors(args.encoder), TUNED
         e2e = run_end_to_end(
             data,
             args.split,
@@ -295,7 +323,8 @@ def _eval(args: argparse.Namespace) -> int:
             load_settings(),
             accept_signals=args.accept_signal_set,
             embed=embed,
-            encoder="all-MiniLM-L6-v2 (pretrained, mean-pooled, normalised)",
+            encoder=encoder,
+            names=names,
         )
         print(e2e.to_json() if args.json else e2e.format())
         return 0
@@ -514,8 +543,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --end-to-end: add the text orders, from the catalog titles through the pretrained "
         "all-MiniLM-L6-v2 (text neighbours, merged with covisit-live, covisit-live by text similarity)",
     )
+    s.add_argument(
+        "--encoder",
+        type=Path,
+        metavar="DIR",
+        help="with --text: vectors from a fine-tuned bi-encoder (`rankstream embed`), an ONNX artifact "
+        "(a folder with manifest.json) or a Hugging Face model folder; orders named text-tuned, merged-tuned, "
+        "covisit-live-cosine-tuned",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_eval)
+
+    s = sub.add_parser(
+        "embed",
+        help="fine-tune all-MiniLM-L6-v2 on co-purchased titles, distil a smaller student, export it INT8, "
+        "and refuse it below 0.97x the teacher's valid retrieval recall@50",
+    )
+    s.add_argument("--steps", type=int, required=True, help="teacher training steps")
+    s.add_argument("--student-layers", type=int, default=2, help="teacher layers the student keeps, evenly spaced")
+    s.add_argument("--student-steps", type=int, help="student distillation steps (default: --steps)")
+    s.add_argument("--batch-size", type=int, default=64, help="pairs per step (each batch's in-batch negatives)")
+    s.add_argument(
+        "--snapshots", type=_steps, default=(), help="teacher steps to save a copy at, comma-separated (100,300)"
+    )
+    s.add_argument("--data", type=Path)
+    s.add_argument("--out", type=Path, help="default: $RANKSTREAM_HOME/embed")
+    s.set_defaults(fn=_embed)
 
     s = sub.add_parser("recs", help="print a user's list as a frontend reads it")
     s.add_argument("user")

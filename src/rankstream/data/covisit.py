@@ -5,6 +5,7 @@ valid/test purchases out of the candidate lists a model is judged on.
 """
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -44,24 +45,45 @@ def _pairs(left: pd.DataFrame, right: pd.DataFrame, on: str) -> pd.DataFrame:
     return pairs.loc[pairs["i"] != pairs["j"], ["i", "j"]]
 
 
+@dataclass(frozen=True)
+class CovisitWeights:
+    """The co-visitation weight of every ordered item pair (i, j), i != j, of a split: the aligned arrays
+    `i`, `j`, `weight` hold codes into `item_ids` (sorted ids, so comparing codes compares ids), each
+    pair once, in both orders; `popularity[c]` is how many baskets hold item `c`."""
+
+    item_ids: list[str]
+    i: np.ndarray
+    j: np.ndarray
+    weight: np.ndarray
+    popularity: np.ndarray
+
+
+def covisit_weights(train: pd.DataFrame, next_window: timedelta = timedelta(days=7)) -> CovisitWeights:
+    """Weight of (a, b): 1.0 for every basket holding both, plus 0.5 for every time one is in a basket and
+    the other in the same user's next basket no more than `next_window` later (counted both ways)."""
+    rows = _basket_items(train)
+    item_ids, codes = _codes(rows["item_id"])
+    rows["i"] = codes
+    popularity = np.bincount(codes.to_numpy(), minlength=len(item_ids))
+    if rows.empty:
+        empty = np.zeros(0, np.int64)
+        return CovisitWeights(item_ids, empty, empty, np.zeros(0), popularity)
+    i, j, w = _weights(rows, len(item_ids), next_window)
+    return CovisitWeights(item_ids, i, j, w, popularity)
+
+
 def covisitation(
     train: pd.DataFrame,
     k: int = 30,
     next_window: timedelta = timedelta(days=7),
 ) -> dict[str, list[str]]:
-    """Top-`k` co-visited neighbours per item, best first.
+    """Top-`k` co-visited neighbours per item, best first, by `covisit_weights`.
 
-    Weight of (a, b): 1.0 for every basket holding both, plus 0.5 for every time one is in a basket and
-    the other in the same user's next basket no more than `next_window` later (counted both ways).
     Ties go to the more popular neighbour (baskets holding it), then to the smaller id.
     """
-    rows = _basket_items(train)
-    if rows.empty:
-        return {}
-    item_ids, codes = _codes(rows["item_id"])
-    rows["i"] = codes
-    popularity = np.bincount(codes.to_numpy(), minlength=len(item_ids))
-    i, j, w = _weights(rows, len(item_ids), next_window)
+    weights = covisit_weights(train, next_window)
+    item_ids, popularity = weights.item_ids, weights.popularity
+    i, j, w = weights.i, weights.j, weights.weight
     if len(i) == 0:
         return {}
 
@@ -77,12 +99,7 @@ def covisitation(
     bounds = np.flatnonzero(np.r_[True, i[1:] != i[:-1], True])
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         out[item_ids[i[lo]]] = [item_ids[x] for x in j[lo:hi]]
-    log.info(
-        "co-visitation: %d items with neighbours from %d baskets, %d weighted pairs",
-        len(out),
-        rows["b"].nunique(),
-        len(order),
-    )
+    log.info("co-visitation: %d items with neighbours, %d weighted pairs", len(out), len(order))
     return out
 
 

@@ -16,6 +16,8 @@ Definitions (also in docs/results.md, "End to end on all test baskets"):
   With item vectors given (`--text`): `text-pretrained`, the text neighbours of the user's newest items;
   `merged-pretrained`, `covisit-live` and those neighbours merged; `covisit-live-cosine`, the live
   candidates re-ordered by their text similarity to the user (`rankstream.evaluation.text` defines all three).
+  With vectors from a bi-encoder fine-tuned on co-purchase (`--encoder DIR`), the same three orders are
+  named `text-tuned`, `merged-tuned` and `covisit-live-cosine-tuned`.
 - ndcg@10, recall@10, mrr: of the order against ALL positives, averaged over baskets. A positive that is
   not among the candidates is a miss; the ideal DCG counts min(10, |positives|) hits.
 - candidate_recall@50: mean over baskets of |positives ∩ candidates| / |positives|.
@@ -38,7 +40,7 @@ import numpy as np
 from rankstream.data.live_instances import PARTITIONS, LiveInstances, live_instances
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.metrics import ndcg_at, recall_at, reciprocal_rank
-from rankstream.evaluation.text import COSINE, MERGED, TEXT, ItemVectors, TextNote, text_orders
+from rankstream.evaluation.text import PRETRAINED, TUNED, ItemVectors, OrderNames, TextNote, text_orders
 from rankstream.stream.artifact import load_manifest
 from rankstream.stream.batch import top_k
 from rankstream.stream.candidates import covisit_candidates, in_catalog
@@ -61,7 +63,7 @@ POOLED_METRICS = ("cold_reached", "warm_reached")
 PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN))
 PAIRED_METRICS = ("ndcg@10", "recall@10", "candidate_recall@50")
 # Text's case rests on reaching items co-visitation cannot, new ones above all: its pairs add that share.
-TEXT_PAIRS = ((TEXT, LIVE), (MERGED, LIVE), (COSINE, LIVE))
+TEXT_PAIRS = tuple((name, LIVE) for names in (PRETRAINED, TUNED) for name in (names.text, names.merged, names.cosine))
 TEXT_PAIRED_METRICS = (*PAIRED_METRICS, "cold_reached")
 
 Pairs = Sequence[tuple[str, str]]
@@ -321,9 +323,10 @@ def measure(
     partitions: int = PARTITIONS,
     vectors: ItemVectors | None = None,
     encoder: str = "",
+    names: OrderNames = PRETRAINED,
 ) -> EndToEnd:
-    """Every order on every eligible basket of `split` (see the module doc); the text orders too when
-    `vectors` (made by `encoder`) are given."""
+    """Every order on every eligible basket of `split` (see the module doc); the text orders too, under
+    `names`, when `vectors` (made by `encoder`) are given."""
     t0 = time.perf_counter()
     catalog = prepared.catalog
     with_signals = ranker is not None and ranker.signals is not None
@@ -356,7 +359,7 @@ def measure(
     text_note = None
     if vectors is not None:
         t2 = time.perf_counter()
-        orders.update(text_orders(vectors, [i.history for i in insts], orders[LIVE], catalog, N_CANDIDATES))
+        orders.update(text_orders(vectors, [i.history for i in insts], orders[LIVE], catalog, N_CANDIDATES, names))
         seconds["text"] = round(time.perf_counter() - t2, 1)
         text_note = TextNote(encoder, len(vectors.ids), int(vectors.matrix.shape[1]))
     scores = {name: BasketScores.of(o, positives, sold) for name, o in orders.items()}
@@ -420,15 +423,24 @@ def run_end_to_end(
     accept_signals: str | None = None,
     embed: Callable[[Mapping[str, str]], ItemVectors] | None = None,
     encoder: str = "",
+    names: OrderNames = PRETRAINED,
 ) -> EndToEnd:
     """`measure` on prepared data, with `model_dir` (None: no model-live row) loaded as the scorer loads it,
-    and the text orders when `embed` (the catalog's titles -> their vectors, made by `encoder`) is given."""
+    and the text orders, under `names`, when `embed` (the catalog's titles -> their vectors, made by
+    `encoder`) is given."""
     prepared = Prepared.load(data_dir)
     t0 = time.perf_counter()
     vectors = None if embed is None else embed(prepared.catalog)
     embed_s = round(time.perf_counter() - t0, 1)
     ranker, top = (None, 0) if model_dir is None else load_model(model_dir, settings, accept_signals=accept_signals)
     result = measure(
-        prepared, split, ranker=ranker, rerank_top=top, model_path=model_dir, vectors=vectors, encoder=encoder
+        prepared,
+        split,
+        ranker=ranker,
+        rerank_top=top,
+        model_path=model_dir,
+        vectors=vectors,
+        encoder=encoder,
+        names=names,
     )
     return result if vectors is None else replace(result, seconds={"embed": embed_s, **result.seconds})

@@ -16,7 +16,7 @@ Definitions (also in docs/results.md, "Text retrieval, pretrained (no training)"
   the rest, whatever the co-visitation list holds there.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,8 +25,22 @@ from rankstream.stream.candidates import in_catalog
 from rankstream.stream.signals import RECENT_ITEMS
 
 MERGE_HEAD = 10
-# The orders `rankstream eval --end-to-end --text` adds (pretrained: the encoder as shipped, no training).
-TEXT, MERGED, COSINE = "text-pretrained", "merged-pretrained", "covisit-live-cosine"
+
+
+@dataclass(frozen=True)
+class OrderNames:
+    """What the three text orders are called in a report, by where their vectors came from."""
+
+    text: str
+    merged: str
+    cosine: str
+
+
+# The orders `rankstream eval --end-to-end --text` adds: from the encoder as shipped (no training), or from
+# one fine-tuned on co-purchase (`--encoder DIR`).
+PRETRAINED = OrderNames("text-pretrained", "merged-pretrained", "covisit-live-cosine")
+TUNED = OrderNames("text-tuned", "merged-tuned", "covisit-live-cosine-tuned")
+TEXT, MERGED, COSINE = PRETRAINED.text, PRETRAINED.merged, PRETRAINED.cosine
 
 
 @dataclass(frozen=True)
@@ -123,12 +137,31 @@ def text_orders(
     live: Sequence[Sequence[str]],
     catalog: Mapping[str, str],
     n: int,
+    names: OrderNames = PRETRAINED,
 ) -> dict[str, list[list[str]]]:
-    """Each basket's text orders (`TEXT`, `MERGED`, `COSINE`), from its user's history (newest first) and
-    its co-visitation order on the live tables, each at most `n` items with a catalog title."""
+    """Each basket's text orders (text neighbours, merged, live by cosine, under `names`), from its user's
+    history (newest first) and its co-visitation order on the live tables, each at most `n` items with a
+    catalog title."""
     text = [in_catalog(text_neighbours(vectors, h, n), catalog) for h in histories]
     return {
-        TEXT: text,
-        MERGED: [merge(lv, tx, n) for lv, tx in zip(live, text, strict=True)],
-        COSINE: [by_similarity(vectors, h, lv) for h, lv in zip(histories, live, strict=True)],
+        names.text: text,
+        names.merged: [merge(lv, tx, n) for lv, tx in zip(live, text, strict=True)],
+        names.cosine: [by_similarity(vectors, h, lv) for h, lv in zip(histories, live, strict=True)],
     }
+
+
+def retrieval_recall(
+    vectors: ItemVectors,
+    baskets: Sequence[tuple[Sequence[str], Collection[str]]],
+    catalog: Mapping[str, str],
+    n: int = 50,
+) -> float:
+    """Mean over (history newest first, positives) baskets of the share of positives among the user's `n`
+    text neighbours with a catalog title: the bi-encoder's own recall, no other source beside it."""
+    if not baskets:
+        return float("nan")
+    shares = []
+    for history, positives in baskets:
+        found = set(in_catalog(text_neighbours(vectors, history, n), catalog))
+        shares.append(len(found.intersection(positives)) / len(positives))
+    return float(np.mean(shares))

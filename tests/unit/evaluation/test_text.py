@@ -9,9 +9,11 @@ from rankstream.evaluation.text import (
     COSINE,
     MERGED,
     TEXT,
+    TUNED,
     ItemVectors,
     by_similarity,
     merge,
+    retrieval_recall,
     text_neighbours,
     text_orders,
 )
@@ -119,6 +121,21 @@ def test_text_orders_keep_catalog_items_and_merge_with_the_live_order() -> None:
     assert orders[TEXT] == [["b", "e"], ["d", "e", "b"]]  # the top 3 of a: b, f, e
     assert orders[MERGED] == [["c", "d", "b"], ["a", "d", "e"]]
     assert orders[COSINE] == [["d", "c"], ["a"]]
+
+
+def test_tuned_vectors_name_their_orders_apart() -> None:
+    catalog = {i: f"{i} thing" for i in "abcde"}
+    orders = text_orders(VECTORS, [["a"]], [["c", "d"]], catalog, 3, TUNED)
+    assert set(orders) == {"text-tuned", "merged-tuned", "covisit-live-cosine-tuned"}
+    assert orders[TUNED.text] == text_orders(VECTORS, [["a"]], [["c", "d"]], catalog, 3)[TEXT]
+
+
+def test_retrieval_recall_is_the_mean_share_of_positives_among_the_text_neighbours() -> None:
+    catalog = {i: f"{i} thing" for i in "abcde"}
+    # a's 2 neighbours with a title: b, e (f has none); c's: d, e.
+    baskets = [(["a"], {"b", "c"}), (["c"], {"d"}), (["zz"], {"a"})]  # zz has no vector: nothing found
+    assert retrieval_recall(VECTORS, baskets, catalog, n=3) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert np.isnan(retrieval_recall(VECTORS, [], catalog))
 
 
 def test_vectors_and_ids_must_agree() -> None:
