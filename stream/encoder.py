@@ -9,9 +9,10 @@ loaded keeps serving.
 One title per session run, always. Dynamic INT8 quantizes activations with a scale taken over the whole
 input tensor, so in a batch a title's vector would depend on its batch-mates (their tokens and their
 padding). Alone, a title gets the same vector wherever it is embedded: in the offline index, in the
-catalog job as a new item arrives, and in the exporter that recorded the reference. Batching would be
-faster (see docs/results.md for the measured cost); identical vectors everywhere are worth more than that
-for a job that embeds items one at a time as they arrive.
+catalog job as a new item arrives, and in the exporter that recorded the reference. Batching INT8 is
+faster only by a little, and only in small batches, since padding eats the gain in large ones
+(docs/results.md, "Bi-encoder artifact: one title per run", has the figures); identical vectors
+everywhere are worth more than that for a job that embeds items one at a time as they arrive.
 """
 
 import json

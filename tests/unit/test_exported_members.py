@@ -25,7 +25,8 @@ def test_public_surface_is_pinned() -> None:
 
 def test_serving_path_never_imports_torch() -> None:
     code = (
-        "import sys, rankstream.stream, rankstream.stream.service, rankstream.stream.scorer; "
+        "import sys, rankstream.stream, rankstream.stream.service, rankstream.stream.scorer, "
+        "rankstream.stream.encoder; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
