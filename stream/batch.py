@@ -12,6 +12,7 @@ from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.live import ItemCounts, event_ms
+from rankstream.stream.retrieval import merge
 from rankstream.stream.signals import RECENT_ITEMS, candidate_signals
 from rankstream.stream.store import UserState
 
@@ -133,9 +134,12 @@ def candidate_pairs(
     trending: Sequence[str],
     catalog: Mapping[str, str],
     n: int,
+    text: Sequence[str] = (),
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """The user's candidates (co-visitation order) and their (history, candidate) text pairs."""
-    cands = in_catalog(covisit_candidates(plan.history, neighbours, trending, n), catalog)
+    """The user's candidates and their (history, candidate) text pairs: the co-visitation order, merged
+    with the user's `text` neighbours when there are any (`stream.retrieval.merge`)."""
+    covisit = covisit_candidates(plan.history, neighbours, trending, n)
+    cands = in_catalog(merge(covisit, text, n) if text else covisit, catalog)
     query = history_text([catalog[i] for i in plan.history if i in catalog])
     return cands, [(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)]
 

@@ -61,6 +61,8 @@ class Recorder:
         # (user, rank of the event's item in the list on screen, -1 if absent) of the most recent events
         # checked for the live hit-rate, for the streaming quality benchmark.
         self.outcomes: deque[Outcome] = deque(maxlen=latency_samples)
+        # Text retrieval per user (ms; mean of its chunk), for the benchmark's per-stage figures.
+        self.retrieve_ms: deque[float] = deque(maxlen=latency_samples)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -72,6 +74,15 @@ class Recorder:
             took = time.perf_counter() - t0
             m.STAGE_SECONDS.labels(name).observe(took)
             self.stats.stage_s[name] = self.stats.stage_s.get(name, 0.0) + took
+
+    def retrieved(self, seconds: float, users: int) -> None:
+        """Time a chunk spent finding its users' text neighbours (inside its scoring stage)."""
+        if not users:
+            return
+        m.STAGE_SECONDS.labels("retrieve").observe(seconds)
+        self.stats.stage_s["retrieve"] = self.stats.stage_s.get("retrieve", 0.0) + seconds
+        if self.retrieve_ms.maxlen:
+            self.retrieve_ms.extend([seconds * 1000 / users] * users)
 
     def dead_letter(self, reason: str) -> None:
         st = self.stats

@@ -26,6 +26,7 @@ from rankstream.stream.backoff import Backoff
 from rankstream.stream.canary import UserTotals, in_share, latency_fields
 from rankstream.stream.commits import CommitPipeline, FinishBeforeRevoke, commit_owned
 from rankstream.stream.deadletter import DeadLetters, Source
+from rankstream.stream.encoder import read_encoder_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError, StoreError
 from rankstream.stream.events import Rejected, internal_error, parse_event
 from rankstream.stream.guard import Guard
@@ -57,6 +58,18 @@ class Arm:
         return in_share(user_id, self.share, self.ranker.version)
 
 
+def _text_encoder(settings: Settings) -> tuple[str, int] | None:
+    """(version, dim) of the encoder whose title vectors the scorer searches, None when it searches none.
+    The scorer reads the vectors the catalog job and `load` stored; it embeds nothing itself."""
+    if not settings.text_candidates or settings.encoder_dir is None:
+        return None
+    try:
+        manifest = read_encoder_manifest(settings.encoder_dir)
+    except ArtifactError as exc:
+        raise ConfigError(f"RANKSTREAM_ENCODER_DIR: {exc}") from exc
+    return manifest.version, manifest.dim
+
+
 class Scorer:
     """One scorer replica. `run()` until `stop()`; owns its Kafka clients, not the store or ranker."""
 
@@ -72,7 +85,7 @@ class Scorer:
         self.shadow: ShadowScorer | None = None
         self.store = store
         self.recorder = Recorder(latency_samples)
-        self.tables = Tables(store)
+        self.tables = Tables(store, encoder=_text_encoder(settings), catalog_every_s=settings.catalog_refresh_ms / 1000)
         self._stopping = asyncio.Event()
         self._started = False
         common = settings.kafka_client_options()
@@ -321,14 +334,27 @@ class Scorer:
     async def _validated(
         self, records: Records, doomed: Mapping[tuple[TopicPartition, int], Rejected]
     ) -> list[b.Valid]:
-        """The batch's valid events; every other record is dead-lettered with its reason."""
+        """The batch's valid events; every other record is dead-lettered with its reason.
+
+        A click on an item this replica does not know yet makes it read the catalog's changes at once (once
+        a batch): an item published a moment ago is not refused for arriving before the next refresh."""
+        with self.recorder.stage("read"):
+            await self.tables.refresh_catalog()
         valid = []
+        caught_up = False
         for tp, recs in records.items():
             for r in recs:
                 try:
                     if (rej := doomed.get((tp, r.offset))) is not None:
                         raise rej
-                    valid.append(self._validate(tp, r))
+                    try:
+                        valid.append(self._validate(tp, r))
+                    except Rejected as rej:
+                        if rej.reason != "unknown_item" or caught_up:
+                            raise
+                        caught_up = True
+                        await self.tables.refresh_catalog(now=True)
+                        valid.append(self._validate(tp, r))
                 except Rejected as rej:
                     await self._reject(Source(tp.topic, tp.partition, r.offset, r.key, r.value), rej)
         return valid
@@ -363,6 +389,7 @@ class Scorer:
         self.recorder.chunk_started()
         with self.recorder.stage("score"):
             scored = await score_users(ranker, chunk, neighbours, self.tables, self.settings)
+        self.recorder.retrieved(scored.retrieve_s, len(chunk))
         failed = scored.failed
         chunk = [p for p in chunk if p.user_id not in failed]
         quality = b.live_quality(chunk)

@@ -41,6 +41,7 @@ class Scored:
     writes: list[ListWrite]
     pairs: int  # pairs cross-encoded
     failed: dict[str, Rejected]  # user -> why they were not scored
+    retrieve_s: float = 0.0  # time spent finding text neighbours (part of the scoring stage)
 
 
 async def score_users(
@@ -50,13 +51,21 @@ async def score_users(
     tables: Tables,
     settings: Settings,
 ) -> Scored:
-    """Each user's list, scored by `ranker` in one call (one padded ONNX Runtime batch per user)."""
+    """Each user's list, scored by `ranker` in one call (one padded ONNX Runtime batch per user).
+
+    Candidates: co-visitation, merged with `settings.text_candidates` text neighbours per user when the
+    tables index title vectors (`stream.retrieval`)."""
     failed: dict[str, Rejected] = {}
     per_user: list[_UserPairs] = []
     trending = await tables.trending()
+    retrieve_s = 0.0
     for p in plans:
         try:
-            per_user.append((p, *b.candidate_pairs(p, neighbours, trending, tables.catalog, settings.candidates)))
+            t0 = time.perf_counter()
+            text = tables.text_neighbours(p.history, settings.text_candidates)
+            retrieve_s += time.perf_counter() - t0
+            pairs = b.candidate_pairs(p, neighbours, trending, tables.catalog, settings.candidates, text)
+            per_user.append((p, *pairs))
         except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
             failed[p.user_id] = internal_error(exc)
     signals = None
@@ -83,7 +92,7 @@ async def score_users(
         )
         for (p, cands, _), s in zip(per_user, scores, strict=True)
     ]
-    return Scored(writes, n_pairs, failed)
+    return Scored(writes, n_pairs, failed, retrieve_s)
 
 
 async def _with_signals(

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     tables_flush_ms: int = Field(default=200, ge=0, le=10_000)
     top_k: int = Field(default=10, ge=1, le=200)
     candidates: int = Field(default=50, ge=1, le=1000)
+    # Text neighbours per user merged into the candidates (`stream.retrieval`): items whose title vectors
+    # (from RANKSTREAM_ENCODER_DIR's encoder) are closest to the user's newest items', new items included.
+    # 0: co-visitation and trending only, as the served models were trained.
+    text_candidates: int = Field(default=0, ge=0, le=1000)
+    # How often a scorer applies the catalog's change log (new, retitled, removed items); a click on an
+    # item it does not know yet makes it look at once before the click is refused as `unknown_item`.
+    catalog_refresh_ms: int = Field(default=250, ge=0, le=600_000)
     history_len: int = Field(default=50, ge=1, le=1000)
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_linger_ms: int = Field(default=100, ge=0, le=60_000)
@@ -134,6 +141,11 @@ class Settings(BaseSettings):
             )
         if self.topic == self.dlq_topic:
             raise ValueError("RANKSTREAM_DLQ_TOPIC must differ from RANKSTREAM_TOPIC")
+        if self.text_candidates and self.encoder_dir is None:
+            raise ValueError(
+                f"RANKSTREAM_TEXT_CANDIDATES={self.text_candidates} needs RANKSTREAM_ENCODER_DIR (the text encoder "
+                "whose title vectors to search); set it, or set RANKSTREAM_TEXT_CANDIDATES=0"
+            )
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
         ):

@@ -1,12 +1,15 @@
-"""The item tables a scorer reads: the catalog at start; neighbours, item counts and trending from the
-live tables (`stream.livestore`), merged over their shares and cached for at most `max_age_s`.
+"""The item tables a scorer reads: the catalog and its title vectors (`stream.textindex`, kept current
+from the change log), and neighbours, item counts and trending from the live tables
+(`stream.livestore`), merged over their shares and cached for at most `max_age_s`.
 """
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import numpy as np
 
 from rankstream.stream.errors import RankstreamError, StoreError
 from rankstream.stream.live import (
@@ -20,7 +23,9 @@ from rankstream.stream.live import (
 )
 from rankstream.stream.livestore import COUNTS, TOP, read_merged_parts, read_meta, read_trends
 from rankstream.stream.redis_client import REDIS_ERRORS
+from rankstream.stream.signals import RECENT_ITEMS
 from rankstream.stream.store import Store
+from rankstream.stream.textindex import CatalogFollower
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +44,22 @@ class Tables:
     """One scorer's view of the tables in Redis. Reads are cached per item for at most `max_age_s`, so
     what the tables job wrote is served within that much more time, at one pipelined read per chunk."""
 
-    def __init__(self, store: Store, max_age_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_age_s: float = 0.5,
+        *,
+        encoder: tuple[str, int] | None = None,
+        catalog_every_s: float = 0.25,
+    ) -> None:
+        """`encoder`: (version, dim) of the text encoder whose title vectors to index, None for none."""
         self._store = store
         self.max_age_s = max_age_s
-        self.catalog: dict[str, str] = {}
+        version, dim = encoder or ("", 1)  # no encoder: a follower of titles only (no vectors under "")
+        self.indexed = encoder is not None
+        self._follower = CatalogFollower(store.client, version, dim)
+        self._catalog_every_s = catalog_every_s
+        self._catalog_read_at = -1e18
         self.topic = ""
         self.partitions = 0
         self.params = LiveParams()
@@ -50,15 +67,44 @@ class Tables:
         self._counts: dict[str, _Entry[ItemCounts]] = {}
         self._trending: tuple[float, list[str]] = (-1e18, [])
 
+    @property
+    def catalog(self) -> dict[str, str]:
+        """Item id -> title, as of the last `refresh_catalog`."""
+        return self._follower.catalog
+
     async def load(self) -> None:
         """Read the catalog and where the live tables are; RankstreamError if `load` never ran."""
-        self.catalog = await self._store.read_catalog()
+        await self._follower.load()
+        self._catalog_read_at = time.monotonic()
         if not self.catalog:
             raise RankstreamError("the catalog in Redis is empty: run `rankstream load` first")
         try:
             self.topic, self.partitions, self.params = await read_meta(self._store.client)
         except REDIS_ERRORS as exc:
             raise StoreError(f"reading the live tables' meta failed: {exc}") from exc
+
+    async def refresh_catalog(self, *, now: bool = False) -> int:
+        """Apply the catalog's changes (new, retitled, removed items) logged since the last call, at most
+        every `catalog_every_s` unless `now`; how many change entries were applied."""
+        at = time.monotonic()
+        if not now and at - self._catalog_read_at < self._catalog_every_s:
+            return 0
+        self._catalog_read_at = at
+        return await self._follower.refresh()
+
+    @property
+    def catalog_position(self) -> tuple[str, float | None]:
+        """(newest change entry applied, when: unix s), for operators and `bench catalog`."""
+        return self._follower.last_id, self._follower.applied_at
+
+    def text_neighbours(self, history: Sequence[str], n: int) -> list[str]:
+        """Up to `n` items whose titles are closest to those of the `RECENT_ITEMS` newest history items
+        (max cosine), best first, none of `history`; empty without an encoder or a recent item's vector."""
+        index = self._follower.index
+        recent = [index.vector(i) for i in history[:RECENT_ITEMS] if i in index]
+        if n <= 0 or not recent:
+            return []
+        return index.nearest(np.stack(recent), n, exclude=set(history))
 
     async def neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
         """Co-visitation neighbours of `items`, merged over the shares, best first."""

@@ -68,6 +68,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight bi-encoder artifact (fp32), built once."""
+    from rankstream.compression.encoder_export import REFERENCE_TITLES, export_encoder
+    from rankstream.compression.tiny import tiny_encoder
+
+    root = tmp_path_factory.mktemp("catalog-encoder")
+    hf = tiny_encoder(root / "hf", seed=0)
+    return export_encoder(hf, root / "e-tiny", quantize="none", reference_titles=REFERENCE_TITLES, version="e-tiny")
+
+
 @pytest.fixture
 async def store(stack: local_stack.StackInfo) -> AsyncIterator[Store]:
     """A Store on a flushed Redis with the test catalog loaded."""

@@ -34,17 +34,6 @@ from .conftest import CATALOG, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight bi-encoder artifact (fp32), built once for this module."""
-    from rankstream.compression.encoder_export import REFERENCE_TITLES, export_encoder
-    from rankstream.compression.tiny import tiny_encoder
-
-    root = tmp_path_factory.mktemp("catalog-encoder")
-    hf = tiny_encoder(root / "hf", seed=0)
-    return export_encoder(hf, root / "e-tiny", quantize="none", reference_titles=REFERENCE_TITLES, version="e-tiny")
-
-
 @pytest.fixture
 def settings(stack: local_stack.StackInfo, encoder_dir: Path) -> Settings:
     name = f"catalog-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,91 @@
+"""Text retrieval in the scorer, on the real Kafka and Redis: a scorer started before an item exists
+serves it without a restart (a click on it is not refused; it becomes a text neighbour of the item whose
+title it shares), and its candidates merge co-visitation with text neighbours."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from rankstream.ops.catalog import embed_catalog, write_title_vectors
+from rankstream.stream import batch as b
+from rankstream.stream.candidates import covisit_candidates
+from rankstream.stream.catalogstore import pack, write_changes
+from rankstream.stream.encoder import TextEncoder
+from rankstream.stream.events import ClickEvent
+from rankstream.stream.ranker import Ranker
+from rankstream.stream.retrieval import merge
+from rankstream.stream.scorer import Scorer
+from rankstream.stream.store import Store, UserState
+from rankstream.stream.tables import Tables
+
+from .conftest import CATALOG, ITEMS, wait_for
+from .serving import produce, serving, settings_for, setup_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NEW = "N900"
+
+
+async def test_a_new_item_is_served_without_a_restart(stack, store: Store, tiny_model, encoder_dir, topic) -> None:  # type: ignore[no-untyped-def]
+    await setup_topics(stack, topic)
+    s = settings_for(stack, topic, tiny_model).model_copy(
+        update={"encoder_dir": encoder_dir, "text_candidates": 5, "catalog_refresh_ms": 600_000}
+    )
+    await write_title_vectors(store.client, await embed_catalog(s, dict(CATALOG)))
+    scorer = Scorer(s, Ranker.load(tiny_model), store)
+    async with serving(scorer) as task:
+        tables = scorer.tables
+        assert tables.indexed and NEW not in tables.catalog
+        # Text neighbours of an item: other items, none of the history, best first.
+        near = tables.text_neighbours([ITEMS[0]], 5)
+        assert len(near) == 5 and ITEMS[0] not in near and set(near) <= set(CATALOG)
+
+        # The catalog job's write for a new item whose title is an existing item's: its vector is that
+        # item's, so it is that item's nearest text neighbour once a replica has applied the change.
+        encoder = TextEncoder.load(encoder_dir)
+        title = CATALOG[ITEMS[3]]
+        vector = encoder.encode([title])[0]
+        await write_changes(store.client, encoder.version, {NEW: (title, pack(vector))}, [])
+        # A click on it at once: the replica reads the change log before refusing an unknown item.
+        ev = ClickEvent(user_id="u-new", item_id=NEW, ts=datetime(2011, 11, 2, tzinfo=UTC))
+        await produce(stack.bootstrap, topic, [(b"u-new", ev.to_bytes())])
+
+        async def listed() -> bool:
+            if task.done():
+                task.result()
+            return await store.read_list("u-new") is not None
+
+        await wait_for(listed, limit_s=60)
+        assert scorer.stats.dlq == 0
+        assert NEW in tables.catalog
+        assert tables.text_neighbours([ITEMS[3]], 1) == [NEW]
+        assert await store.read_history("u-new") == [NEW]
+
+        # Removed again: gone from the catalog and the index after the next refresh.
+        await write_changes(store.client, encoder.version, {}, [NEW])
+        await tables.refresh_catalog(now=True)
+        assert NEW not in tables.catalog and NEW not in tables.text_neighbours([ITEMS[3]], len(CATALOG))
+
+
+async def test_candidates_merge_covisitation_and_text(stack, store: Store, tiny_model, encoder_dir, topic) -> None:  # type: ignore[no-untyped-def]
+    s = settings_for(stack, topic, tiny_model).model_copy(
+        update={"encoder_dir": encoder_dir, "text_candidates": 4, "candidates": 20}
+    )
+    await write_title_vectors(store.client, await embed_catalog(s, dict(CATALOG)))
+    encoder = TextEncoder.load(encoder_dir)
+    tables = Tables(store, encoder=(encoder.version, encoder.dim))
+    await tables.load()
+    ev = ClickEvent(user_id="u1", item_id=ITEMS[5], ts=datetime(2011, 11, 2, tzinfo=UTC))
+    valid = b.Valid(0, 0, 1_700_000_000_000, ev, topic, b"u1", ev.to_bytes())
+    plan = b.plan_user("u1", [valid], UserState((), None, None), s.history_len)
+    assert plan is not None
+    neighbours = await tables.neighbours_for(b.recent_items([plan]))
+    trending = await tables.trending()
+    text = tables.text_neighbours(plan.history, s.text_candidates)
+    cands, pairs = b.candidate_pairs(plan, neighbours, trending, tables.catalog, s.candidates, text)
+    covisit = covisit_candidates(plan.history, neighbours, trending, s.candidates)
+    assert cands == merge(covisit, text, s.candidates)
+    assert len(cands) == len(set(cands)) == len(pairs) <= s.candidates
+    assert ITEMS[5] not in cands
+    # Ten of co-visitation first, then text and co-visitation in turn: all four text neighbours fit.
+    assert len(text) == 4 and cands[:10] == covisit[:10] and set(text) <= set(cands)
