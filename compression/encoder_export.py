@@ -22,7 +22,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from transformers import AutoModel, AutoTokenizer
+from tokenizers import Tokenizer
+from transformers import AutoModel
 
 from rankstream.compression.embed import mean_pool
 from rankstream.compression.export import OPSET, _optimize, _quiet_root_logger
@@ -123,15 +124,22 @@ def _export_graph(wrapper: torch.nn.Module, example: Mapping[str, np.ndarray], p
         )
 
 
-def _copy_tokenizer(model_dir: Path, dst: Path) -> None:
-    """The model's fast tokenizer as tokenizer.json: the file itself when the model folder has one."""
-    if (model_dir / TOKENIZER_FILE).is_file():
-        shutil.copyfile(model_dir / TOKENIZER_FILE, dst)
-        return
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not tokenizer.is_fast:
-        raise ArtifactError(f"{model_dir}: no fast tokenizer; the server tokenizes with the `tokenizers` library")
-    tokenizer.backend_tokenizer.save(str(dst))
+def _copy_tokenizer(model_dir: Path, dst: Path, vocab_size: int) -> None:
+    """The model's fast tokenizer file, checked to give only ids its embedding table has.
+
+    Required as a file: without tokenizer.json and vocab.txt, transformers builds a tokenizer of five
+    special tokens without a word, and every title would encode as [UNK]s.
+    """
+    src = model_dir / TOKENIZER_FILE
+    if not src.is_file():
+        raise ValueError(
+            f"{model_dir} has no {TOKENIZER_FILE}; save the model's tokenizer beside it "
+            "(AutoTokenizer.from_pretrained(base).save_pretrained(model_dir))"
+        )
+    size = Tokenizer.from_file(str(src)).get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise ValueError(f"{src} has {size} tokens, the model's embedding table {vocab_size}: not this model's")
+    shutil.copyfile(src, dst)
 
 
 def _quantize_int8(fp32: Path, out: Path) -> None:
@@ -184,13 +192,16 @@ def export_encoder(
 
     Raises:
         ArtifactError: `out_dir` exists, the graph differs from torch, or the written artifact fails to load.
-        ValueError: an unknown `quantize`, no reference titles, or a `max_length` the model cannot take.
+        ValueError: an unknown `quantize`, no version or reference titles, a `max_length` the model cannot
+            take, or no tokenizer.json (or one with ids beyond the embedding table) in `model_dir`.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists():
         raise ArtifactError(f"{out_dir} already exists; artifact versions are immutable, pick a new version")
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if not version:
+        raise ValueError("version is empty: name the artifact's version")
     titles = list(reference_titles)
     if not titles:
         raise ValueError("reference_titles is empty: pass a few titles for the smoke test (e.g. REFERENCE_TITLES)")
@@ -205,7 +216,7 @@ def export_encoder(
     partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         partial.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from servers running as other users
-        _copy_tokenizer(model_dir, partial / TOKENIZER_FILE)
+        _copy_tokenizer(model_dir, partial / TOKENIZER_FILE, cfg.vocab_size)
         tokenizer = TitleTokenizer(partial / TOKENIZER_FILE, max_length)
         torch_vectors = _torch_vectors(wrapper, tokenizer, titles)
         batch = _padded(tokenizer, titles, cfg.pad_token_id or 0)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -43,6 +43,8 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "embedding"
 # How far a vector's length may be from 1 before the artifact is refused (float32 rounding is ~1e-7).
 UNIT_NORM_ATOL = 1e-3
+# A title longer than any max_length: the smoke test runs the widest input the graph will be given.
+_LONGEST = "x " * 1024
 # A listed file is a plain relative path inside the artifact: no "..", no absolute path, no odd characters.
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}(/[A-Za-z0-9_][A-Za-z0-9._-]{0,254}){0,7}")
 
@@ -69,7 +71,7 @@ class EncoderManifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: int = SCHEMA_VERSION
-    kind: str = KIND
+    kind: Literal["bi-encoder"] = KIND
     version: str = Field(min_length=1)
     created_at: datetime
     dim: int = Field(ge=1, le=65536)
@@ -251,6 +253,13 @@ class TextEncoder:
             )
         want = np.asarray(ref.vectors, dtype=np.float32)
         problems = []
+        try:
+            longest = self.encode([_LONGEST])[0]
+        except Exception as exc:  # noqa: BLE001 - e.g. a max_length beyond the graph's position table
+            problems.append(f"a title of max_length {self.manifest.max_length} tokens fails: {exc}")
+        else:
+            if not math.isclose(float(np.linalg.norm(longest)), 1.0, abs_tol=UNIT_NORM_ATOL):
+                problems.append(f"a title of max_length {self.manifest.max_length} tokens gets no unit vector")
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             diff = float(np.max(np.abs(g - w)))
             norm = float(np.linalg.norm(g))

@@ -2,6 +2,7 @@
 the reference vectors are what the loader gives each title."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,7 @@ def test_an_existing_version_is_never_overwritten(encoder_fp32_artifact: Path, t
         ({"quantize": "int4"}, "quantize must be one of"),
         ({"reference_titles": []}, "reference_titles is empty"),
         ({"max_length": 4096}, "max_length 4096 is outside"),
+        ({"version": ""}, "version is empty"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(
@@ -99,3 +101,22 @@ def test_a_refused_export_leaves_nothing_behind(tiny_encoder_dir: Path, tmp_path
             tiny_encoder_dir, tmp_path / "out", quantize="none", reference_titles=TITLES, version="v", fp32_atol=0.0
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_folder_without_tokenizer_json_is_refused(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    # transformers would build a tokenizer with no words from it, and every title would be [UNK]s.
+    model = Path(shutil.copytree(tiny_encoder_dir, tmp_path / "model"))
+    (model / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="has no tokenizer.json"):
+        export_encoder(model, tmp_path / "out", reference_titles=TITLES, version="v")
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_tokenizer_with_ids_beyond_the_embedding_table_is_refused(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoConfig, BertModel
+
+    model = tmp_path / "model"
+    BertModel(AutoConfig.from_pretrained(tiny_encoder_dir, vocab_size=1000)).save_pretrained(model)
+    shutil.copyfile(tiny_encoder_dir / "tokenizer.json", model / "tokenizer.json")  # MiniLM's 30,522 tokens
+    with pytest.raises(ValueError, match="has 30522 tokens, the model's embedding table 1000"):
+        export_encoder(model, tmp_path / "out", reference_titles=TITLES, version="v")

@@ -154,6 +154,14 @@ def test_a_graph_of_another_dim_is_refused(
         TextEncoder.load(d)
 
 
+def test_a_max_length_beyond_the_graph_is_refused(encoder_int8_artifact: Path, artifact_copy: Any) -> None:
+    # The tiny model has 128 positions: the reference titles fit, a title of 512 tokens does not.
+    d = artifact_copy(encoder_int8_artifact)
+    _rewrite(d, lambda m: m.update(max_length=512))
+    with pytest.raises(ArtifactError, match="a title of max_length 512 tokens fails"):
+        TextEncoder.load(d)
+
+
 def test_a_graph_with_other_outputs_is_refused(
     encoder_int8_artifact: Path, int8_artifact: Path, artifact_copy: Any
 ) -> None:
