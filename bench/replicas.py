@@ -71,13 +71,14 @@ class Replica:
         return Stats.from_json(lines[-1])
 
 
-def spawn(name: str, env: dict[str, str], folder: Path) -> Replica:
-    """Start `python -m rankstream.cli serve` with `env` (RANKSTREAM_METRICS_PORT must be set)."""
+def spawn(name: str, env: dict[str, str], folder: Path, command: tuple[str, ...] = ("serve",)) -> Replica:
+    """Start `python -m rankstream.cli <command>` (a scorer by default) with `env` (RANKSTREAM_METRICS_PORT
+    must be set)."""
     folder.mkdir(parents=True, exist_ok=True)
     log_path, out_path = folder / f"{name}.log", folder / f"{name}.out"
     with log_path.open("wb") as log, out_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rankstream.cli", "serve"],
+            [sys.executable, "-m", "rankstream.cli", *command],
             env={**env, "RANKSTREAM_REPLICA": name},
             stdout=out,
             stderr=log,

@@ -77,9 +77,10 @@ def bench_settings(home: Path, name: str) -> Settings:
 
 
 async def open_registry(
-    settings: Settings, home: Path, models: list[Path], name: str = "bench-swap"
+    settings: Settings, home: Path, models: list[Path], name: str = "bench-swap", *, distinct: int = 2
 ) -> tuple[Store, Registry, list[str]]:
-    """A flushed bench database with the tables loaded, and a fresh registry of `models`, the first active."""
+    """A flushed bench database with the tables loaded, and a fresh registry of `models`, the first active
+    (ConfigError unless they hold at least `distinct` versions)."""
     prepared = prepare(None, home / "data")
     store = Store.from_settings(settings)
     await store.client.flushdb()
@@ -90,7 +91,7 @@ async def open_registry(
     shutil.rmtree(root, ignore_errors=True)
     registry = Registry(root, store.client)
     versions = [registry.add(m) for m in models]
-    if len(set(versions)) < 2:
+    if len(set(versions)) < distinct:
         await store.close()
         raise ConfigError(
             f"{name.replace('-', ' ')} needs two different versions, got {versions}; pass two distinct artifacts"

@@ -34,6 +34,8 @@ from rankstream.stream.store import CATALOG_KEY
 log = logging.getLogger(__name__)
 
 CHANGES_KEY = "{" + CATALOG_KEY + "}:changes"
+# replica -> "<newest change entry applied>|<when, unix ms>", written by scorers as they apply changes.
+SEEN_KEY = "{" + CATALOG_KEY + "}:seen"
 # Approximate (MAXLEN ~): Redis trims whole nodes, cheaply. A follower that falls further behind than
 # this reads the whole catalog again (CatalogFollower.refresh).
 CHANGES_MAXLEN = 100_000
@@ -227,3 +229,11 @@ def _trimmed_after(info: Any, after: str) -> bool:
         return after != "0-0"
     deleted = info.get("max-deleted-entry-id") or "0-0"
     return stream_id(str(deleted)) > stream_id(after)
+
+
+async def mark_seen(client: RedisClient, replica: str, last_id: str, applied_ms: int) -> None:
+    """Report how far a replica's copy of the catalog is (operators; `bench catalog` times new items by it)."""
+    try:
+        await client.hset(SEEN_KEY, replica, f"{last_id}|{applied_ms}")
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"writing {SEEN_KEY} failed: {exc}") from exc

@@ -11,6 +11,8 @@ rewound and retried. The parts: `guard` (crash loops), `deadletter`, `scoring`, 
 import asyncio
 import gc
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import Counter
@@ -85,7 +87,12 @@ class Scorer:
         self.shadow: ShadowScorer | None = None
         self.store = store
         self.recorder = Recorder(latency_samples)
-        self.tables = Tables(store, encoder=_text_encoder(settings), catalog_every_s=settings.catalog_refresh_ms / 1000)
+        self.tables = Tables(
+            store,
+            encoder=_text_encoder(settings),
+            catalog_every_s=settings.catalog_refresh_ms / 1000,
+            replica=settings.replica or f"{socket.gethostname()}-{os.getpid()}",
+        )
         self._stopping = asyncio.Event()
         self._started = False
         common = settings.kafka_client_options()

@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from rankstream.stream.catalogstore import mark_seen
 from rankstream.stream.errors import RankstreamError, StoreError
 from rankstream.stream.live import (
     ItemCounts,
@@ -51,8 +52,10 @@ class Tables:
         *,
         encoder: tuple[str, int] | None = None,
         catalog_every_s: float = 0.25,
+        replica: str = "",
     ) -> None:
-        """`encoder`: (version, dim) of the text encoder whose title vectors to index, None for none."""
+        """`encoder`: (version, dim) of the text encoder whose title vectors to index, None for none.
+        `replica`: the name under which to report how far this copy of the catalog is (`SEEN_KEY`)."""
         self._store = store
         self.max_age_s = max_age_s
         version, dim = encoder or ("", 1)  # no encoder: a follower of titles only (no vectors under "")
@@ -60,6 +63,7 @@ class Tables:
         self._follower = CatalogFollower(store.client, version, dim)
         self._catalog_every_s = catalog_every_s
         self._catalog_read_at = -1e18
+        self._replica = replica
         self.topic = ""
         self.partitions = 0
         self.params = LiveParams()
@@ -90,7 +94,11 @@ class Tables:
         if not now and at - self._catalog_read_at < self._catalog_every_s:
             return 0
         self._catalog_read_at = at
-        return await self._follower.refresh()
+        applied = await self._follower.refresh()
+        if applied and self._replica:
+            last_id, applied_at = self.catalog_position
+            await mark_seen(self._store.client, self._replica, last_id, int((applied_at or 0) * 1000))
+        return applied
 
     @property
     def catalog_position(self) -> tuple[str, float | None]:

@@ -219,6 +219,22 @@ def _bench_canary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_catalog(args: argparse.Namespace) -> int:
+    from rankstream.bench.catalog import bench_catalog, format_catalog
+    from rankstream.stream.service import resolve_model_dir
+
+    model = resolve_model_dir(args.model or home() / "models")
+    options = {
+        "items": args.items,
+        "rate": args.rate,
+        "replicas": args.replicas,
+        "text_candidates": args.text_candidates,
+    }
+    result = asyncio.run(bench_catalog(home(), model, args.encoder, **options))
+    print(result.to_json() if args.json else format_catalog(result))
+    return 0 if result.never_servable == result.users_not_reflected == 0 else 1
+
+
 def _bench_chaos(args: argparse.Namespace) -> int:
     from rankstream.bench.chaos import bench_chaos
     from rankstream.bench.chaos_figures import format_chaos
@@ -477,6 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--replicas", type=int, default=2)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_swap)
+    b = bench.add_parser("catalog", help="new items from the catalog topic to every scorer's index, under load")
+    b.add_argument("--encoder", type=Path, required=True, help="a bi-encoder artifact directory (rankstream embed)")
+    b.add_argument("--model", type=Path, help="the ranker artifact (default: the installed one)")
+    b.add_argument("--items", type=int, default=100)
+    b.add_argument("--rate", type=float, default=300.0, help="events/s of the click load beside it")
+    b.add_argument("--replicas", type=int, default=1)
+    b.add_argument("--text-candidates", type=int, default=20)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_catalog)
     b = bench.add_parser("canary", help="a canary under load, promoted or rolled back by the replicas on live figures")
     b.add_argument("--kind", choices=["worse", "equal"], required=True, help="the candidate (bench/canary.py)")
     b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")

@@ -128,3 +128,10 @@ def test_the_catalog_job_has_topics_and_a_group_of_its_own() -> None:
         load_settings(catalog_dlq_topic="clicks.dlq")
     with pytest.raises(ConfigError, match="RANKSTREAM_CATALOG_GROUP_ID"):
         load_settings(catalog_group_id="rankstream-tables")
+
+
+def test_text_candidates_need_an_encoder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="needs RANKSTREAM_ENCODER_DIR"):
+        load_settings(text_candidates=20)
+    assert load_settings(text_candidates=20, encoder_dir=tmp_path).text_candidates == 20
+    assert load_settings().text_candidates == 0  # off unless asked: the served models were trained without it

@@ -1,0 +1,35 @@
+"""`bench catalog`'s figures: percentiles of the measured times and the printed summary."""
+
+from rankstream.bench.catalog import CatalogBench, Percentiles, format_catalog, percentiles
+
+
+def test_percentiles_of_nothing_are_unknown_not_zero() -> None:
+    assert percentiles([]) == Percentiles(None, None, None)
+
+
+def test_percentiles_follow_numpy() -> None:
+    p = percentiles([float(v) for v in range(1, 101)])
+    assert p.p50 == 50.5 and p.p99 == 99.0 and p.max == 100.0
+
+
+def test_the_summary_and_json_carry_every_figure() -> None:
+    r = CatalogBench(
+        items=100,
+        rate=300.0,
+        replicas=2,
+        text_candidates=20,
+        encoder="e1",
+        model="m1",
+        publish_to_stored_ms=Percentiles(40.0, 90.0, 95.0),
+        publish_to_servable_ms=Percentiles(300.0, 610.0, 700.0),
+        never_servable=1,
+        probes=100,
+        probes_listing_new=37,
+        events=1000,
+        dlq=0,
+        users_not_reflected=0,
+    )
+    text = format_catalog(r)
+    assert "p50 300.0 / p99 610.0 / max 700.0" in text and "never: 1" in text and "37 / 100" in text
+    doc = r.to_dict()
+    assert doc["items"] == 100 and doc["publish_to_servable_ms"]["p99"] == 610.0
