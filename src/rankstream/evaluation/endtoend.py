@@ -13,6 +13,8 @@ Definitions (also in docs/results.md, "End to end on all test baskets"):
   `model-live`: the live candidates re-ordered by a model fed their live signals at the basket's time,
   its linear part pre-selecting the top `rerank_top_for` candidates for the cross-encoder, the rest
   following in the linear part's order (`Ranker.score_lists`, as the scorer calls it).
+  `model-live-no-text`: the text ablation, the same candidates and signals ordered by that linear part
+  alone (the cross-encoder's text at zero); JSON `text_ablation` holds both NDCG@10s.
   With item vectors given (`--text`): `text-pretrained`, the text neighbours of the user's newest items;
   `merged-pretrained`, `covisit-live` and those neighbours merged; `covisit-live-cosine`, the live
   candidates re-ordered by their text similarity to the user (`rankstream.evaluation.text` defines all three).
@@ -46,6 +48,7 @@ from rankstream.stream.batch import top_k
 from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.features import candidate_text, history_text
+from rankstream.stream.linear import LinearPart
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.scoring import rerank_top_for
 from rankstream.stream.service import resolve_model_dir
@@ -58,9 +61,12 @@ N_CANDIDATES = 50
 RESAMPLES = 1000
 SEED = 0
 FROZEN, LIVE, MODEL = "covisit-frozen", "covisit-live", "model-live"
+# The text ablation: the same model with its text part at zero, i.e. its linear part alone (position prior +
+# signal head) ordering the same live candidates with the same signals.
+NO_TEXT = "model-live-no-text"
 MEAN_METRICS = ("ndcg@10", "recall@10", "mrr", "candidate_recall@50")
 POOLED_METRICS = ("cold_reached", "warm_reached")
-PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN))
+PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN), (MODEL, NO_TEXT))
 PAIRED_METRICS = ("ndcg@10", "recall@10", "candidate_recall@50")
 # Text's case rests on reaching items co-visitation cannot, new ones above all: its pairs add that share.
 TEXT_PAIRS = tuple((name, LIVE) for names in (PRETRAINED, TUNED) for name in (names.text, names.merged, names.cosine))
@@ -205,6 +211,10 @@ def resample_indices(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> np
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n)) if n else np.zeros((0, 0), np.int64)
 
 
+def _listed(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else list(interval)
+
+
 @dataclass(frozen=True)
 class ModelNote:
     """Which model ranked `model-live` and what it was fed."""
@@ -249,6 +259,11 @@ class EndToEnd:
         out["model"] = None if self.model is None else asdict(self.model)
         if self.text is not None:
             out["text"] = asdict(self.text)
+        if NO_TEXT in self.orders:
+            out["text_ablation"] = {
+                name: {"ndcg@10": self.orders[o].metrics["ndcg@10"], "ci95": _listed(self.orders[o].ci95["ndcg@10"])}
+                for name, o in (("with_text", MODEL), ("without_text", NO_TEXT))
+            }
         out["bootstrap"] = {"resamples": self.resamples, "seed": SEED}
         out["seconds"] = self.seconds
         return out
@@ -312,6 +327,17 @@ def model_orders(
     return [[c for c, _ in top_k(cs, s.tolist(), len(cs))] for cs, s in zip(cands, scores, strict=True)]
 
 
+def linear_orders(linear: LinearPart, live: LiveInstances, catalog: Mapping[str, str]) -> list[list[str]]:
+    """Each basket's live candidates as a model's linear part alone orders them (ties: candidate order)."""
+    out = []
+    for k, inst in enumerate(live.instances):
+        cs = in_catalog(inst.candidates, catalog)
+        signals = None if linear.signal_weight is None else live.signals[k]
+        s = linear.scores(len(cs), signals)
+        out.append([c for c, _ in top_k(cs, s.tolist(), len(cs))])
+    return out
+
+
 def measure(
     prepared: Prepared,
     split: str = "test",
@@ -353,6 +379,8 @@ def measure(
     if ranker is not None:
         t1 = time.perf_counter()
         orders[MODEL] = model_orders(ranker, live, catalog, rerank_top)
+        if getattr(ranker, "linear", None) is not None:
+            orders[NO_TEXT] = linear_orders(ranker.linear, live, catalog)  # type: ignore[attr-defined]
         seconds["model"] = round(time.perf_counter() - t1, 1)
         fed = SIGNALS.version if ranker.signals is not None else None
         note = ModelNote(ranker.version, str(model_path or ""), ranker.signals, fed, rerank_top)

@@ -197,14 +197,20 @@ def test_cli_json_has_every_order_metric_interval_and_ratio(
     out = json.loads(capsys.readouterr().out)
     assert out["baskets"] == 2 and out["split_baskets"] == 4
     metrics = {"ndcg@10", "recall@10", "mrr", "candidate_recall@50", "cold_reached", "warm_reached"}
-    for order in ("covisit-frozen", "covisit-live", "model-live"):
+    for order in ("covisit-frozen", "covisit-live", "model-live", "model-live-no-text"):
         assert set(out[order]) == metrics | {"ci95"} and set(out[order]["ci95"]) == metrics
         assert all(len(v) == 2 for v in out[order]["ci95"].values() if v is not None)
     assert set(out["paired"]) == {
         "covisit-live_vs_covisit-frozen",
         "model-live_vs_covisit-live",
         "model-live_vs_covisit-frozen",
+        "model-live_vs_model-live-no-text",
     }
+    # The text ablation: the model, and its linear part alone on the same candidates and signals.
+    ablation = out["text_ablation"]
+    assert ablation["with_text"]["ndcg@10"] == out["model-live"]["ndcg@10"]
+    assert ablation["without_text"]["ndcg@10"] == out["model-live-no-text"]["ndcg@10"]
+    assert ablation["without_text"]["ci95"] == out["model-live-no-text"]["ci95"]["ndcg@10"]
     for ratios in out["paired"].values():
         assert set(ratios) == {"ndcg@10", "recall@10", "candidate_recall@50"}
         assert all(set(r) == {"ratio", "ci95"} for r in ratios.values())
@@ -231,3 +237,19 @@ def test_cli_json_has_every_order_metric_interval_and_ratio(
     assert main(["eval", "--end-to-end", "--data", str(shop.out_dir)]) == 0
     table = capsys.readouterr().out
     assert "covisit-live" in table and "model-live: no model given or installed" in table
+
+
+def test_the_no_text_order_is_the_linear_part_alone(shop: Prepared, signal_fp32_artifact: Path) -> None:
+    from rankstream.data.live_instances import live_instances
+    from rankstream.evaluation.endtoend import linear_orders
+    from rankstream.stream.ranker import Ranker
+
+    ranker = Ranker.load(signal_fp32_artifact)
+    assert ranker.linear is not None
+    live = live_instances(shop.interactions, shop.frame("test"), shop.catalog, n_candidates=50, with_signals=True)
+    orders = linear_orders(ranker.linear, live, shop.catalog)
+    for inst, sig, order in zip(live.instances, live.signals, orders, strict=True):
+        cands = [c for c in inst.candidates if c in shop.catalog]
+        assert sorted(order) == sorted(cands)
+        scores = dict(zip(cands, ranker.linear.scores(len(cands), sig), strict=True))
+        assert [scores[c] for c in order] == sorted(scores.values(), reverse=True)
