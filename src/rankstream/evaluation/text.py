@@ -9,11 +9,7 @@ Definitions (also in docs/results.md, "Text retrieval, pretrained (no training)"
   ties in the vectors' row order. The search is exact, every vector against every recent one: at a
   few thousand items that is one small matrix product per user, and an approximate index would only
   add error.
-- The merged order: the first `MERGE_HEAD` items of the co-visitation list (as served: co-visitation
-  on the live tables, topped up with trending), then one text neighbour and one item of that list in
-  turn, each item once; when one source runs out the other fills the rest, up to `n`. The head keeps
-  what co-visitation ranks best where a list shows it first; the turns give text a fixed share of
-  the rest, whatever the co-visitation list holds there.
+- The merged order: `stream.retrieval.merge`, the one the scorer serves with RANKSTREAM_TEXT_CANDIDATES.
 """
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -22,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rankstream.stream.candidates import in_catalog
+from rankstream.stream.retrieval import merge
 from rankstream.stream.signals import RECENT_ITEMS
-
-MERGE_HEAD = 10
 
 
 @dataclass(frozen=True)
@@ -93,33 +88,6 @@ def by_similarity(
         return list(candidates)
     score = [float(sims[vectors.row[c]]) if c in vectors.row else -np.inf for c in candidates]
     return [candidates[k] for k in np.argsort(-np.asarray(score), kind="stable")]
-
-
-def merge(primary: Sequence[str], secondary: Sequence[str], n: int, head: int = MERGE_HEAD) -> list[str]:
-    """The first `head` of `primary`, then one of `secondary` and one of `primary` in turn, each item once,
-    up to `n` (the merged order of the module doc)."""
-    out: list[str] = []
-    taken: set[str] = set()
-
-    def take(source: Sequence[str], at: int) -> int:
-        """Appends the first not-yet-taken item of `source` from `at`; returns the position after it."""
-        while at < len(source):
-            item = source[at]
-            at += 1
-            if item not in taken:
-                taken.add(item)
-                out.append(item)
-                break
-        return at
-
-    p = s = 0
-    while p < len(primary) and len(out) < min(head, n):
-        p = take(primary, p)
-    while len(out) < n and (p < len(primary) or s < len(secondary)):
-        s = take(secondary, s)
-        if len(out) < n:
-            p = take(primary, p)
-    return out
 
 
 @dataclass(frozen=True)
