@@ -72,6 +72,8 @@ class Phase(Record):
     kept_up: bool
     stage_s: dict[str, float]
     latency_split_ms: LatencySplit
+    # Text retrieval per scored user (ms), with RANKSTREAM_TEXT_CANDIDATES on; None otherwise.
+    retrieve_ms: Percentiles | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rankstream.bench.latency import latency_split, percentile
+from rankstream.bench.latency import latency_split, percentile, percentiles
 from rankstream.bench.results import BatchShape, Latency, Phase, ShadowCost, StreamBench
 from rankstream.bench.tables import Replicas, replica_env
 from rankstream.data.live_replay import LiveReplay, seeded
@@ -38,6 +38,7 @@ from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.errors import StackError
 from rankstream.deploy.kafka_local import create_topics
+from rankstream.ops.catalog import TitleVectors, embed_catalog, write_title_vectors
 from rankstream.ops.load import split_events
 from rankstream.ops.replay import Produced, Record, event_records, produce
 from rankstream.stream.events import ClickEvent
@@ -62,7 +63,7 @@ _ASSIGN_WAIT_S = 60.0
 _STEP_UP, _STEP_DOWN = 1.25, 0.8
 # A short linger: it adds to the event -> Redis latency being measured.
 _LINGER_MS = 2
-Tables = tuple[dict[str, str], LiveReplay]  # the catalog, and the seeded shares
+Tables = tuple[dict[str, str], LiveReplay, TitleVectors | None]  # the catalog, the seeded shares, title vectors
 
 
 async def produce_events(
@@ -138,9 +139,11 @@ async def _phase(
     await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic: 4, f"{topic}.dlq": 1})
     await client.flushdb()
     store = Store(client, ttl_s=base.rec_ttl_s)
-    catalog, seeded_tables = tables
+    catalog, seeded_tables, vectors = tables
     await store.load_catalog(catalog)
     await seed(client, topic, seeded_tables.shares, seeded_tables.params)
+    if vectors is not None:
+        await write_title_vectors(client, vectors)
     replicas = Replicas(replica_env(settings, topic), 1, tables_log) if tables_log is not None else None
     await asyncio.sleep(_SETTLE_S)
     backlog = None if rate is not None else await produce_events(settings.kafka_bootstrap, topic, events, None)
@@ -239,6 +242,7 @@ async def phase_result(
         kept_up=bool(rate and p99 is not None and p99 <= _P99_LIMIT_MS and drain_after_s <= _DRAIN_LIMIT_S),
         stage_s={k: round(v, 2) for k, v in st.stage_s.items()},
         latency_split_ms=latency_split(scorer.recorder.latency_parts),
+        retrieve_ms=percentiles(list(scorer.recorder.retrieve_ms)) if scorer.tables.indexed else None,
     )
 
 
@@ -274,9 +278,11 @@ async def bench_stream(
     scorer's settings (e.g. rerank_top=20); the environment's RANKSTREAM_* apply otherwise."""
     info = stack.up(home / "stack")
     prepared = prepare(None, home / "data")
-    tables = (prepared.catalog, seeded(prepared, 4))  # the shares `rankstream load` writes, reseeded per phase
     redis_url = info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     base = Settings(kafka_bootstrap=info.bootstrap, redis_url=redis_url, model_dir=model_dir, **scorer_settings)
+    # The shares `rankstream load` writes, reseeded per phase; the title vectors too, with retrieval on.
+    vectors = await embed_catalog(base, prepared.catalog) if base.text_candidates else None
+    tables = (prepared.catalog, seeded(prepared, 4), vectors)
     ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
     client = connect_from_settings(base)
     evs = split_events(home / "data", "test", None)
@@ -367,6 +373,8 @@ def format_bench(result: StreamBench) -> str:
         )
     rows.append(f"maximum sustained: {result.max_sustained_events_per_s} events/s (p99 <= {_P99_LIMIT_MS:.0f} ms)")
     rows.append(f"time per stage (s), backlog phase: {result.max.stage_s}")
+    if (r := result.fixed.retrieve_ms) is not None:
+        rows.append(f"text retrieval per scored user, 80% phase: p50 {r.p50} / p99 {r.p99} ms")
     if cost is not None:
         rows.append(
             f"shadow at {cost.sample:.0%}: p99 x{cost.p99_ratio} of the mean without it; "

@@ -1,14 +1,14 @@
 """`bench catalog`'s figures: percentiles of the measured times and the printed summary."""
 
-from rankstream.bench.catalog import CatalogBench, Percentiles, format_catalog, percentiles
+from rankstream.bench.catalog import CatalogBench, Times, format_catalog, times_of
 
 
-def test_percentiles_of_nothing_are_unknown_not_zero() -> None:
-    assert percentiles([]) == Percentiles(None, None, None)
+def test_times_of_nothing_are_unknown_not_zero() -> None:
+    assert times_of([]) == Times(None, None, None)
 
 
-def test_percentiles_follow_numpy() -> None:
-    p = percentiles([float(v) for v in range(1, 101)])
+def test_times_follow_numpy() -> None:
+    p = times_of([float(v) for v in range(1, 101)])
     assert p.p50 == 50.5 and p.p99 == 99.0 and p.max == 100.0
 
 
@@ -20,8 +20,8 @@ def test_the_summary_and_json_carry_every_figure() -> None:
         text_candidates=20,
         encoder="e1",
         model="m1",
-        publish_to_stored_ms=Percentiles(40.0, 90.0, 95.0),
-        publish_to_servable_ms=Percentiles(300.0, 610.0, 700.0),
+        publish_to_stored_ms=Times(40.0, 90.0, 95.0),
+        publish_to_servable_ms=Times(300.0, 610.0, 700.0),
         never_servable=1,
         probes=100,
         probes_listing_new=37,
