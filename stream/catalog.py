@@ -10,10 +10,10 @@ producer sends, it returns a CatalogItem or a Removal, or raises Rejected with a
 import json
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The click events' rule for ids: an item id valid on one topic is valid on the other.
-from rankstream.stream.events import _UNPRINTABLE, Rejected, internal_error
+from rankstream.stream.events import _UNPRINTABLE, Rejected, internal_error, json_object, validated
 
 ITEM_ID_MAX = 128  # as ClickEvent.item_id
 TITLE_MAX = 512
@@ -73,13 +73,6 @@ class Removal:
     item_id: str
 
 
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
-
-
 def parse_catalog(key: bytes | None, value: bytes | None, max_bytes: int) -> CatalogItem | Removal:
     """Decode and validate one catalog record, or raise Rejected with the reason. Raises nothing else.
 
@@ -121,24 +114,7 @@ def _parse(key: bytes | None, value: bytes | None, max_bytes: int) -> CatalogIte
     item_id = _item_id(key)
     if value is None:
         return Removal(item_id)
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected("invalid_utf8", str(exc)) from None
-    try:
-        raw = _DECODER.decode(text)
-    except RecursionError:
-        raise Rejected("invalid_json", "nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, integers beyond int's digit limit
-        raise Rejected("invalid_json", str(exc)) from None
-    if not isinstance(raw, dict):
-        raise Rejected("not_an_object", type(raw).__name__)
-    try:
-        item = CatalogItem.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "item"
-        raise Rejected(f"invalid_{field}", err["msg"]) from None
+    item = validated(CatalogItem, json_object(value), "item")
     if item.item_id != item_id:
         raise Rejected("key_mismatch", f"key {item_id[:60]!r} names another item than item_id {item.item_id[:60]!r}")
     return item

@@ -11,7 +11,6 @@ them done, so nothing is lost or doubled.
 
 import asyncio
 import logging
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from rankstream.stream.deadletter import DeadLetters, Source
 from rankstream.stream.encoder import TextEncoder
 from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError
 from rankstream.stream.events import Rejected, internal_error
-from rankstream.stream.health import HealthServer, Probe
+from rankstream.stream.health import Probe, run_job
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, check_redis, connect_from_settings
 from rankstream.stream.settings import Settings
 
@@ -248,18 +247,4 @@ async def run_catalog(settings: Settings) -> None:
     """Run one catalog replica until SIGTERM/SIGINT; /metrics, /healthz, /readyz on RANKSTREAM_METRICS_PORT."""
     encoder = load_encoder(settings)  # before any connection: a refused artifact stops here
     client = connect_from_settings(settings)
-    job = CatalogJob(settings, client, encoder)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, job.stop)
-    health = HealthServer(job.probe, settings.metrics_port) if settings.metrics_port else None
-    try:
-        if health is not None:
-            await health.start()
-        await job.start()
-        await job.run()
-    finally:
-        await job.close()
-        if health is not None:
-            await health.stop()
-        await client.aclose()
+    await run_job(CatalogJob(settings, client, encoder), settings.metrics_port, client.aclose)

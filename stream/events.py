@@ -8,11 +8,12 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 EventType = Literal["click", "view", "add_to_cart", "purchase"]
+M = TypeVar("M", bound=BaseModel)
 
 # Clocks drift; an event a little ahead of ours is still believable, one a day ahead is not.
 FUTURE_SLACK = timedelta(minutes=5)
@@ -112,6 +113,16 @@ def _parse(value: bytes | None, max_bytes: int, now: datetime) -> ClickEvent:
         raise Rejected("empty", "record has no value")
     if len(value) > max_bytes:
         raise Rejected("too_large", f"{len(value)} bytes > {max_bytes}")
+    event = validated(ClickEvent, json_object(value), "event")
+    if event.ts > now + FUTURE_SLACK:
+        raise Rejected("ts_in_future", event.ts.isoformat())
+    if event.ts < EARLIEST_TS:
+        raise Rejected("ts_too_old", f"{event.ts.isoformat()} is before {EARLIEST_TS.date()}")
+    return event
+
+
+def json_object(value: bytes) -> dict[str, object]:
+    """A record value as a JSON object, or Rejected: invalid_utf8, invalid_json, not_an_object."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -124,14 +135,14 @@ def _parse(value: bytes | None, max_bytes: int, now: datetime) -> ClickEvent:
         raise Rejected("invalid_json", str(exc)) from None
     if not isinstance(raw, dict):
         raise Rejected("not_an_object", type(raw).__name__)
+    return raw
+
+
+def validated(model: type[M], raw: dict[str, object], what: str) -> M:
+    """`raw` as a `model`, or Rejected `invalid_<field>` naming the first field at fault (`what`: the whole)."""
     try:
-        event = ClickEvent.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "event"
+        field = ".".join(str(p) for p in err["loc"]) or what
         raise Rejected(f"invalid_{field}", err["msg"]) from None
-    if event.ts > now + FUTURE_SLACK:
-        raise Rejected("ts_in_future", event.ts.isoformat())
-    if event.ts < EARLIEST_TS:
-        raise Rejected("ts_too_old", f"{event.ts.isoformat()} is before {EARLIEST_TS.date()}")
-    return event

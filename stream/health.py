@@ -12,9 +12,11 @@ loop: a few lines of HTTP, no framework, nothing to install.
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -109,3 +111,32 @@ class HealthServer:
         if why:
             return "503 Service Unavailable", f"{why}\n".encode(), "text/plain"
         return "200 OK", b"ok\n", "text/plain"
+
+
+class Job(Protocol):
+    """A consumer-group job (`rankstream tables`, `rankstream catalog serve`) as `run_job` drives it."""
+
+    probe: Probe
+
+    def stop(self) -> None: ...
+    async def start(self) -> None: ...
+    async def run(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def run_job(job: Job, port: int | None, close: Callable[[], Awaitable[None]]) -> None:
+    """Run `job` until SIGTERM/SIGINT, its probes on `port` (none if unset); then close it, and `close`."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, job.stop)
+    health = HealthServer(job.probe, port) if port else None
+    try:
+        if health is not None:
+            await health.start()
+        await job.start()
+        await job.run()
+    finally:
+        await job.close()
+        if health is not None:
+            await health.stop()
+        await close()

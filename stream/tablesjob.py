@@ -15,7 +15,6 @@ dead-letters them with their reason, once.
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 
@@ -25,7 +24,7 @@ from aiokafka.errors import KafkaError
 from rankstream.stream import metrics as m
 from rankstream.stream.errors import RankstreamError
 from rankstream.stream.events import Rejected, parse_event
-from rankstream.stream.health import HealthServer, Probe
+from rankstream.stream.health import Probe, run_job
 from rankstream.stream.live import LiveParams, Share, event_ms
 from rankstream.stream.livestore import FenceMoved, mark_taken, read_meta, read_share, write_share
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient, connect_from_settings
@@ -240,18 +239,4 @@ class TablesJob:
 async def run_tables(settings: Settings) -> None:
     """Run one tables replica until SIGTERM/SIGINT; /metrics, /healthz, /readyz on RANKSTREAM_METRICS_PORT."""
     client = connect_from_settings(settings)
-    job = TablesJob(settings, client)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, job.stop)
-    health = HealthServer(job.probe, settings.metrics_port) if settings.metrics_port else None
-    try:
-        if health is not None:
-            await health.start()
-        await job.start()
-        await job.run()
-    finally:
-        await job.close()
-        if health is not None:
-            await health.stop()
-        await client.aclose()
+    await run_job(TablesJob(settings, client), settings.metrics_port, client.aclose)
