@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The click events' rule for ids: an item id valid on one topic is valid on the other.
-from rankstream.stream.events import _UNPRINTABLE, Rejected, internal_error, json_object, validated
+from rankstream.stream.events import (
+    _UNPRINTABLE,
+    Rejected,
+    internal_error,
+    json_object,
+    no_comma,
+    printable,
+    validated,
+)
 
 ITEM_ID_MAX = 128  # as ClickEvent.item_id
 TITLE_MAX = 512
@@ -35,17 +43,12 @@ class CatalogItem(BaseModel):
     def _printable(cls, v: str | None) -> str | None:
         # Ids become Redis fields and stream entries, titles go to the tokenizer and to frontends: a
         # control character or a lone surrogate (valid JSON, not encodable as UTF-8) breaks either.
-        if v is not None and (bad := _UNPRINTABLE.search(v)) is not None:
-            raise ValueError(f"must not contain control characters or lone surrogates (U+{ord(bad.group()):04X})")
-        return v
+        return None if v is None else printable(v)
 
     @field_validator("item_id")
     @classmethod
     def _no_comma(cls, v: str) -> str:
-        # Histories and neighbour lists are stored comma-joined.
-        if "," in v:
-            raise ValueError("must not contain a comma")
-        return v
+        return no_comma(v)
 
     @field_validator("price", mode="before")
     @classmethod

@@ -26,6 +26,20 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _MAX_EPOCH_MS = (datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1000
 
 
+def printable(v: str) -> str:
+    """`v`, or ValueError if it holds a control character or a lone surrogate."""
+    if (bad := _UNPRINTABLE.search(v)) is not None:
+        raise ValueError(f"must not contain control characters or lone surrogates (U+{ord(bad.group()):04X})")
+    return v
+
+
+def no_comma(v: str) -> str:
+    """`v`, or ValueError if it holds a comma: histories and neighbour lists are stored comma-joined."""
+    if "," in v:
+        raise ValueError("must not contain a comma")
+    return v
+
+
 class ClickEvent(BaseModel):
     """One user interaction. Unknown fields are ignored so producers can add fields first."""
 
@@ -41,17 +55,12 @@ class ClickEvent(BaseModel):
     def _printable(cls, v: str) -> str:
         # Ids become Redis keys and Kafka headers: a control character or a lone surrogate (valid
         # JSON, not encodable as UTF-8) would break the write of a whole batch.
-        if (bad := _UNPRINTABLE.search(v)) is not None:
-            raise ValueError(f"must not contain control characters or lone surrogates (U+{ord(bad.group()):04X})")
-        return v
+        return printable(v)
 
     @field_validator("item_id")
     @classmethod
     def _no_comma(cls, v: str) -> str:
-        # Histories and neighbour lists are stored comma-joined.
-        if "," in v:
-            raise ValueError("must not contain a comma")
-        return v
+        return no_comma(v)
 
     @field_validator("ts", mode="before")
     @classmethod
