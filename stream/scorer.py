@@ -396,7 +396,8 @@ class Scorer:
         self.recorder.chunk_started()
         with self.recorder.stage("score"):
             scored = await score_users(ranker, chunk, neighbours, self.tables, self.settings)
-        self.recorder.retrieved(scored.retrieve_s, len(chunk))
+        if self.tables.indexed:
+            self.recorder.retrieved(scored.retrieve_s, len(chunk))
         failed = scored.failed
         chunk = [p for p in chunk if p.user_id not in failed]
         quality = b.live_quality(chunk)

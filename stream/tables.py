@@ -108,9 +108,11 @@ class Tables:
     def text_neighbours(self, history: Sequence[str], n: int) -> list[str]:
         """Up to `n` items whose titles are closest to those of the `RECENT_ITEMS` newest history items
         (max cosine), best first, none of `history`; empty without an encoder or a recent item's vector."""
+        if n <= 0 or not self.indexed:
+            return []
         index = self._follower.index
         recent = [index.vector(i) for i in history[:RECENT_ITEMS] if i in index]
-        if n <= 0 or not recent:
+        if not recent:
             return []
         return index.nearest(np.stack(recent), n, exclude=set(history))
 
