@@ -3,8 +3,12 @@
 Two arms on the real Kafka and Redis, the same events (the whole test period, in time order) at the same
 fixed rate, the same model, each arm on a topic and a flushed Redis database of its own, seeded like
 `rankstream load` seeds:
-- frozen: the scorer alone; the tables stay as seeded (the history before the test period);
-- live: the scorer and one `rankstream tables` replica (a process) sharing the machine.
+- frozen: the scorer alone, the tables never moved. `frozen="train"` (the default) seeds them with the
+  train split alone: the tables `prepare` computed and the scorer served before the tables were live.
+  `frozen="seeded"` seeds them like the live arm (every event before the test period) and then holds them,
+  which isolates what moving the tables during the test period is worth;
+- live: the tables seeded with every event before the test period, then moved by one `rankstream tables`
+  replica (a process) sharing the machine with the scorer.
 For every event whose user had a list on screen, the scorer notes where the event's item stood in that
 list (the live hit-rate it already counts). hit_rate@10: the share of those events whose item was in
 the top 10; ndcg@10: 1 / log2(rank + 2) for such an event, else 0 (one relevant item per event).
@@ -73,6 +77,7 @@ class LiveBench:
     events: int
     rate: float
     model: str
+    frozen_tables: str  # "train" or "seeded": what the frozen arm's tables hold
     frozen: Arm
     live: Arm
     ratio: dict[str, dict[str, float | list[float]]]  # live / frozen, with its interval
@@ -99,7 +104,7 @@ def format_live(r: LiveBench) -> str:
     hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(
         [
-            f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}",
+            f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}, frozen tables: {r.frozen_tables}",
             "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lost",
             row("frozen", r.frozen),
             row("live", r.live),
@@ -254,19 +259,33 @@ async def _arm(
     return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket)
 
 
+FROZEN = ("train", "seeded")
+
+
 async def bench_live_on(
-    base: Settings, data_dir: Path, model_dir: Path, log_dir: Path, *, rate: float, limit: int | None = None
+    base: Settings,
+    data_dir: Path,
+    model_dir: Path,
+    log_dir: Path,
+    *,
+    rate: float,
+    limit: int | None = None,
+    frozen: str = "train",
 ) -> LiveBench:
+    if frozen not in FROZEN:
+        raise ValueError(f"frozen tables must be one of {FROZEN}, not {frozen!r}")
     prepared = Prepared.load(data_dir)
     events = split_events(data_dir, "test", limit)
     tables = await asyncio.to_thread(seeded, prepared, PARTITIONS)
+    # "valid" seeds with what precedes the valid split: the train split alone.
+    held = tables if frozen == "seeded" else await asyncio.to_thread(seeded, prepared, PARTITIONS, None, "valid")
     ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
     client = connect_from_settings(base)
     try:
         arms = {}
-        for name, with_tables in (("frozen", False), ("live", True)):
+        for name, shares, with_tables in (("frozen", held, False), ("live", tables, True)):
             arms[name] = await _arm(
-                name, base, ranker, client, prepared.catalog, tables, events, rate, log_dir, with_tables
+                name, base, ranker, client, prepared.catalog, shares, events, rate, log_dir, with_tables
             )
     finally:
         await client.aclose()
@@ -290,21 +309,24 @@ async def bench_live_on(
             },
         )
 
-    frozen, live = arm("frozen", fa, na), arm("live", fb, nb)
+    frozen_arm, live_arm = arm("frozen", fa, na), arm("live", fb, nb)
     return LiveBench(
         events=len(events),
         rate=rate,
         model=ranker.version,
-        frozen=frozen,
-        live=live,
+        frozen_tables=frozen,
+        frozen=frozen_arm,
+        live=live_arm,
         ratio=ratio,
         ratio_next_basket=ratio_nb,
         freshness_ms=arms["live"][4],
-        lost=frozen.lost + live.lost,
+        lost=frozen_arm.lost + live_arm.lost,
     )
 
 
-def bench_live(home: Path, model_dir: Path, *, rate: float, limit: int | None = None, **scorer: object) -> LiveBench:
+def bench_live(
+    home: Path, model_dir: Path, *, rate: float, limit: int | None = None, frozen: str = "train", **scorer: object
+) -> LiveBench:
     """`rankstream bench live` on the local stack and the prepared data of `home`."""
     info = stack.up(home / "stack")
     redis_url = info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
@@ -312,4 +334,4 @@ def bench_live(home: Path, model_dir: Path, *, rate: float, limit: int | None = 
     log_dir = home / "bench-live"
     log_dir.mkdir(parents=True, exist_ok=True)
     prepare(None, home / "data")
-    return asyncio.run(bench_live_on(base, home / "data", model_dir, log_dir, rate=rate, limit=limit))
+    return asyncio.run(bench_live_on(base, home / "data", model_dir, log_dir, rate=rate, limit=limit, frozen=frozen))

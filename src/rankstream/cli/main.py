@@ -186,7 +186,7 @@ def _bench_live(args: argparse.Namespace) -> int:
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
-    result = bench_live(home(), model, rate=args.rate, limit=args.limit)
+    result = bench_live(home(), model, rate=args.rate, limit=args.limit, frozen=args.frozen)
     print(result.to_json() if args.json else format_live(result))
     return 0
 
@@ -479,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
     b.add_argument("--rate", type=float, default=500.0, help="events/s, the same for both arms")
     b.add_argument("--limit", type=int, help="only the first N test events (default: the whole test period)")
+    b.add_argument(
+        "--frozen",
+        choices=("train", "seeded"),
+        default="train",
+        help="the frozen arm's tables: the train split's, as prepare computed them (default), or every event "
+        "before the test period, then held",
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_live)
     b = bench.add_parser("tables", help="the live-tables job: maximum rate, freshness, shares after kill -9s")
