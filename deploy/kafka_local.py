@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -203,11 +203,16 @@ def wait_ready(bootstrap: str, timeout: float, alive: Callable[[], bool], **clie
     log.debug("kafka cluster %s answers on %s", cluster.get("cluster_id"), bootstrap)
 
 
-async def _create_topics(bootstrap: str, topics: dict[str, int], client_options: dict[str, Any]) -> None:
+async def _create_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    topic_configs: Mapping[str, Mapping[str, str]],
+    client_options: dict[str, Any],
+) -> None:
     admin = AIOKafkaAdminClient(**({"bootstrap_servers": bootstrap, "request_timeout_ms": 30000} | client_options))
     try:
         await admin.start()
-        new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+        new = [new_topic(name, n, topic_configs.get(name)) for name, n in topics.items()]
         response = await admin.create_topics(new)
     finally:
         await admin.close()
@@ -217,10 +222,26 @@ async def _create_topics(bootstrap: str, topics: dict[str, int], client_options:
             raise StackError(f"creating topic {topic!r} failed: {for_code(code).__name__} {message}")
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], **client_options: Any) -> None:
+def new_topic(name: str, partitions: int, config: Mapping[str, str] | None = None) -> NewTopic:
+    """One topic to create, replication 1, with its own settings (`cleanup.policy`, ...) if any."""
+    return NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=dict(config or {}))
+
+
+def create_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    *,
+    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
+    **client_options: Any,
+) -> None:
     """Create topics (name -> partitions, replication 1); topics that already exist are left as they are.
 
+    `topic_configs` gives some of them settings of their own (name -> {"cleanup.policy": "compact"});
+    the rest get the broker's defaults. A topic that already exists keeps the settings it has.
     `client_options` go to the admin client (`Settings.kafka_client_options()` on a secured cluster).
     """
-    run_sync(lambda: _create_topics(bootstrap, topics, client_options))
+    unknown = set(topic_configs or {}) - set(topics)
+    if unknown:
+        raise ValueError(f"topic_configs for topics not being created: {sorted(unknown)}")
+    run_sync(lambda: _create_topics(bootstrap, topics, topic_configs or {}, client_options))
     log.info("topics ready on %s: %s", bootstrap, topics)

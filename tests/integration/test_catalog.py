@@ -1,6 +1,7 @@
 """The catalog topic on the real Kafka and Redis: `catalog add`/`remove` records, bad ones among them,
 reach Redis as titles, vectors and change entries through the catalog job; a follower started before sees
-them after refresh(); a job killed with SIGKILL mid-stream and started again loses and doubles nothing."""
+them after refresh(); a job killed with SIGKILL mid-stream and started again loses and doubles nothing; the
+topic is created compacted."""
 
 import asyncio
 import json
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from rankstream.deploy import redis_local
 from rankstream.deploy import stack as local_stack
@@ -138,6 +141,28 @@ async def test_items_bad_records_and_a_tombstone_reach_redis_and_a_follower(
     assert follower.index.nearest(query, 1) == ["N001"]
     assert "I001" not in follower.index.nearest(encoder.encode(["blue mug"]), len(titles))
     assert await follower.refresh() == 0
+
+
+async def cleanup_policies(bootstrap: str, topics: list[str]) -> dict[str, str]:
+    """Each topic's cleanup.policy as the broker reports it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    finally:
+        await admin.close()
+    policies = {}
+    for response in responses:
+        for error, _, _, name, entries, *_ in response.resources:
+            assert error == 0, (name, error)
+            policies[name] = next(entry[1] for entry in entries if entry[0] == "cleanup.policy")
+    return policies
+
+
+async def test_the_catalog_topic_is_created_compacted_and_its_dlq_is_not(settings: Settings) -> None:
+    await publish(settings, [(b"C001", json.dumps({"item_id": "C001", "title": "a compacted item"}).encode())])
+    policies = await cleanup_policies(settings.kafka_bootstrap, [settings.catalog_topic, settings.catalog_dlq_topic])
+    assert policies == {settings.catalog_topic: "compact", settings.catalog_dlq_topic: "delete"}
 
 
 def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

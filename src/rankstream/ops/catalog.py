@@ -29,6 +29,10 @@ from rankstream.stream.settings import Settings
 log = logging.getLogger(__name__)
 
 CATALOG_PARTITIONS = 4
+# The catalog topic keeps each item's latest record and a tombstone removes the item, so compaction keeps
+# it the size of the catalog, not of its history. The broker then refuses a record without a key. The
+# catalog DLQ keeps the broker's default (delete): its records are evidence, not state.
+CATALOG_TOPIC_CONFIG = {"cleanup.policy": "compact"}
 _PLACEHOLDER_KEY = b"-"  # for a row whose item_id is not text: the value's own check names the fault
 
 
@@ -124,6 +128,7 @@ async def publish(settings: Settings, records: Iterable[tuple[bytes, bytes | Non
             create_topics,
             settings.kafka_bootstrap,
             {settings.catalog_topic: CATALOG_PARTITIONS, settings.catalog_dlq_topic: 1},
+            topic_configs={settings.catalog_topic: CATALOG_TOPIC_CONFIG},
             **settings.kafka_client_options(),
         )
     )

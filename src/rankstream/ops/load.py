@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import Prepared
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.ops.catalog import CATALOG_PARTITIONS, embed_catalog, write_title_vectors
+from rankstream.ops.catalog import CATALOG_PARTITIONS, CATALOG_TOPIC_CONFIG, embed_catalog, write_title_vectors
 from rankstream.ops.replay import replay
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.kafka_check import check_kafka
@@ -57,7 +57,13 @@ async def load_tables_and_topics(settings: Settings, data_dir: Path, partitions:
             settings.catalog_dlq_topic: 1,
         }
         await asyncio.to_thread(
-            partial(create_topics, settings.kafka_bootstrap, topics, **settings.kafka_client_options())
+            partial(
+                create_topics,
+                settings.kafka_bootstrap,
+                topics,
+                topic_configs={settings.catalog_topic: CATALOG_TOPIC_CONFIG},
+                **settings.kafka_client_options(),
+            )
         )
         ends = await topic_ends(settings, settings.topic)
         if len(ends) != partitions:

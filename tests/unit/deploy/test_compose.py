@@ -41,14 +41,16 @@ def test_docker_compose_accepts_the_file() -> None:
 
 def test_services_and_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"kafka", "redis", "prepare", "model-builder", "scorer", "tables"} <= set(services)
+    assert {"kafka", "redis", "prepare", "model-builder", "encoder-builder", "scorer", "tables", "catalog"} <= set(
+        services
+    )
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
     assert services["redis"]["image"] == "redis:7"
     assert "healthcheck" in services["kafka"] and "healthcheck" in services["redis"]
     assert _env(services["kafka"])["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    for served in ("scorer", "tables"):
+    for served in ("scorer", "tables", "catalog"):
         assert services[served]["build"]["dockerfile"] == "deploy/docker/Dockerfile.scorer"
-    for job in ("prepare", "model-builder"):
+    for job in ("prepare", "model-builder", "encoder-builder"):
         assert services[job]["build"]["dockerfile"] == "deploy/docker/Dockerfile.jobs"
 
 
@@ -103,6 +105,47 @@ def test_tables_job_runs_beside_the_scorer(compose: dict[str, Any]) -> None:
     assert "container_name" not in tables and "ports" not in tables
 
 
+def test_catalog_job_runs_beside_the_tables_job(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    catalog = services["catalog"]
+    assert catalog["entrypoint"] == ["rankstream", "catalog", "serve"] and "command" not in catalog
+    assert catalog["image"] == services["scorer"]["image"]
+    kafka_redis = ("RANKSTREAM_KAFKA", "RANKSTREAM_REDIS", "RANKSTREAM_TOPIC")
+    scorer = {k: v for k, v in _env(services["scorer"]).items() if k.startswith(kafka_redis)}
+    env = _env(catalog)
+    assert {k: v for k, v in env.items() if k.startswith(kafka_redis)} == scorer
+    groups = {_env(services["scorer"])["RANKSTREAM_GROUP_ID"], _env(services["tables"])["RANKSTREAM_TABLES_GROUP_ID"]}
+    assert env["RANKSTREAM_CATALOG_GROUP_ID"] not in groups
+    # The encoder: read-only from the volume encoder-builder installs it in, at the path the job reads.
+    assert "encoders:/encoders:ro" in catalog["volumes"]
+    assert "encoders:/encoders" in services["encoder-builder"]["volumes"]
+    assert "encoders" in compose["volumes"]
+    assert env["RANKSTREAM_ENCODER_DIR"] == "/encoders/current"
+    assert "/encoders/current" in services["encoder-builder"]["command"][-1]
+    assert catalog["depends_on"] == {
+        "kafka": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+        "encoder-builder": {"condition": "service_completed_successfully"},
+    }
+    # The healthcheck reads the job's own /healthz, on the port it is told to serve.
+    check = " ".join(catalog["healthcheck"]["test"])
+    assert f"localhost:{env['RANKSTREAM_METRICS_PORT']}/healthz" in check
+    # `--scale catalog=2`: no fixed name or host port.
+    assert "container_name" not in catalog and "ports" not in catalog
+
+
+def test_encoder_builder_builds_once_from_the_prepared_data(compose: dict[str, Any]) -> None:
+    builder = compose["services"]["encoder-builder"]
+    script = builder["command"][-1]
+    assert builder["command"][:2] == ["sh", "-ec"]  # a failed step (the recall gate's exit 4) fails the job
+    assert "rankstream embed" in script and "--data /data" in script
+    assert script.index("manifest.json") < script.index("rankstream embed")  # skipped once installed
+    # Compose reads a single `$` as one of its own variables; the shell's need `$$`.
+    assert "$artifact" not in script.replace("$$artifact", "")
+    assert builder["depends_on"] == {"prepare": {"condition": "service_completed_successfully"}}
+    assert "data:/data:ro" in builder["volumes"]
+
+
 def test_job_commands(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["model-builder"]["command"][:2] == ["rankstream", "compress"]
@@ -118,5 +161,7 @@ def test_images_install_what_they_should() -> None:
     assert "pip install ." in scorer and "[compression]" not in scorer  # no torch in a scorer
     assert 'ENTRYPOINT ["rankstream", "serve"]' in scorer
     assert ".[compression]" in jobs
+    # Mount points the jobs user owns, so the named volumes mounted over them are writable.
+    assert "chown rankstream /data /models /encoders" in jobs
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "var/"} <= set(ignored)

@@ -194,6 +194,66 @@ def _check_tables(docs: list[Manifest]) -> None:
     assert not deployment["spec"]["selector"]["matchLabels"].items() <= scorer_labels.items()
 
 
+def _catalog(docs: list[Manifest]) -> Manifest:
+    return _one(docs, "Deployment", "rankstream-catalog")
+
+
+def _check_catalog(docs: list[Manifest]) -> None:
+    """The catalog job: `rankstream catalog serve` with the scorers' ConfigMap and Secret, in its own group,
+    probed like the scorer, its encoder read-only from a volume of its own."""
+    deployment = _catalog(docs)
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    # The image's ENTRYPOINT is `rankstream serve`; `command` replaces it (`args` alone would extend it).
+    assert container["command"] == ["rankstream", "catalog", "serve"] and "args" not in container
+    assert container["image"] == _container(_scorer(docs))["image"]
+    sources = _env_sources(container)
+    assert sources == _env_sources(_container(_scorer(docs)))
+    assert _one(docs, "ConfigMap", sources["configMapRef"]) and _one(docs, "Secret", sources["secretRef"])
+    own = {e["name"]: e.get("value") for e in container["env"]}
+    assert not any(k.startswith(("RANKSTREAM_KAFKA", "RANKSTREAM_REDIS")) for k in own)  # one place for those
+    config = _config(docs)
+    groups = (config["RANKSTREAM_GROUP_ID"], config.get("RANKSTREAM_TABLES_GROUP_ID", "rankstream-tables"))
+    assert config.get("RANKSTREAM_CATALOG_GROUP_ID", "rankstream-catalog") not in groups, (
+        "the catalog job in another job's group would take its partitions"
+    )
+    # ONNX Runtime threads within the CPU limit.
+    assert int(own.get("RANKSTREAM_THREADS", config["RANKSTREAM_THREADS"])) <= int(
+        container["resources"]["limits"]["cpu"]
+    )
+    # The scorer's probes: /healthz and /readyz on the metrics port the ConfigMap tells the job to serve.
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {kind: probe["path"] for kind, probe in probes.items()} == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert {ports[probe["port"]] for probe in probes.values()} == {int(config["RANKSTREAM_METRICS_PORT"])}
+    assert pod["terminationGracePeriodSeconds"] >= 30  # a batch's embedding, write and commit
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
+    # RANKSTREAM_ENCODER_DIR lies on a read-only mount of a claim of its own, not the model registry.
+    mounts = _mounts(pod, container)
+    [(mount, claim)] = [(m, c) for m, c in mounts.items() if own["RANKSTREAM_ENCODER_DIR"].startswith(m + "/")]
+    assert all(m["readOnly"] for m in container["volumeMounts"] if m["mountPath"] == mount)
+    scorer = _scorer(docs)
+    assert claim != _mounts(scorer["spec"]["template"]["spec"], _container(scorer))[config["RANKSTREAM_MODEL_DIR"]]
+    assert "ReadWriteMany" in _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    # Its pods are nobody else's: the scorer's and tables' selectors, PDB and PodMonitor leave them out.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        _scorer(docs)["spec"]["selector"]["matchLabels"],
+        _tables(docs)["spec"]["selector"]["matchLabels"],
+        _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        _one(docs, "PodMonitor")["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels.items()
+    own_selector = deployment["spec"]["selector"]["matchLabels"]
+    assert own_selector.items() <= labels.items()
+    for other in (scorer, _tables(docs)):
+        assert not own_selector.items() <= other["spec"]["template"]["metadata"]["labels"].items()
+
+
 def _mounts(pod: Manifest, container: Manifest) -> dict[str, str]:
     """mount path -> claim name, for the container's PVC mounts."""
     claims = {
@@ -226,9 +286,14 @@ def _check_settings(docs: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv(name, value)
     settings = load_settings(replica="pod-name")  # the Deployment sets it from the pod's name
     assert settings.metrics_port == 9100
+    # The catalog job's own variables on top make a valid configuration too.
+    for e in _container(_catalog(docs))["env"]:
+        monkeypatch.setenv(e["name"], e["value"])
+    catalog = load_settings()
+    assert catalog.encoder_dir is not None and catalog.catalog_group_id != catalog.group_id
 
 
-CHECKS = [_check_scaled_object, _check_pod_monitor, _check_scorer, _check_tables, _check_model_volume]
+CHECKS = [_check_scaled_object, _check_pod_monitor, _check_scorer, _check_tables, _check_catalog, _check_model_volume]
 
 
 def test_base_lists_every_manifest_beside_it() -> None:
@@ -282,15 +347,17 @@ def test_local_overlay_is_one_small_replica_from_a_local_registry(local: list[Ma
     assert _one(local, "ScaledObject")["spec"]["maxReplicaCount"] == 1
     assert _container(deployment)["resources"]["limits"]["cpu"] == "1"
     assert _tables(local)["spec"]["replicas"] == 1
+    assert _catalog(local)["spec"]["replicas"] == 1
     job = _one(local, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    images = [_container(deployment)["image"], _container(_tables(local))["image"]]
+    images = [_container(d)["image"] for d in (deployment, _tables(local), _catalog(local))]
     images += [c["image"] for c in job["containers"]]
     assert all(image.startswith("localhost:5000/") for image in images), images
 
 
-def test_base_runs_two_tables_replicas(base: list[Manifest]) -> None:
+def test_base_runs_two_tables_and_two_catalog_replicas(base: list[Manifest]) -> None:
     # Fixed, not scaled: a lost replica's partitions move to the other at once.
     assert _tables(base)["spec"]["replicas"] == 2
+    assert _catalog(base)["spec"]["replicas"] == 2
 
 
 def test_recompress_reads_the_scorers_settings_and_credentials(base: list[Manifest]) -> None:
