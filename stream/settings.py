@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # The tables job writes a share at most this often: an item that events of many fetches change is
     # written once per interval, not once per fetch. Adds up to this much to the tables' freshness.
     tables_flush_ms: int = Field(default=200, ge=0, le=10_000)
+    # The tables job's fetches wait up to this long for records to pile up (0: return with the first
+    # byte, Kafka's default). At 1,000 events/s a consumer fetching as soon as anything arrives spends
+    # 7x the CPU of one whose fetches wait 50 ms (docs/results.md), CPU the scorer beside it needs; the
+    # tables are written every `tables_flush_ms` anyway, so the wait adds little to their freshness.
+    tables_fetch_wait_ms: int = Field(default=50, ge=0, le=5_000)
     top_k: int = Field(default=10, ge=1, le=200)
     candidates: int = Field(default=50, ge=1, le=1000)
     # Text neighbours per user merged into the candidates (`stream.retrieval`): items whose title vectors

@@ -33,6 +33,7 @@ from rankstream.stream.settings import Settings
 log = logging.getLogger(__name__)
 
 _COMMIT_EVERY_S = 1.0
+_FETCH_MIN_BYTES = 1 << 20  # larger than any fetch at these rates: the wait decides
 
 
 class _Assign(ConsumerRebalanceListener):
@@ -76,6 +77,7 @@ class TablesJob:
             group_id=settings.tables_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **fetch_options(settings),
             **settings.kafka_client_options(),
         )
 
@@ -234,6 +236,13 @@ class TablesJob:
 
     async def close(self) -> None:
         await self.consumer.stop()
+
+
+def fetch_options(settings: Settings) -> dict[str, int]:
+    """Fetches that wait `tables_fetch_wait_ms` unless a full fetch's worth of records is there sooner."""
+    if not settings.tables_fetch_wait_ms:
+        return {}
+    return {"fetch_max_wait_ms": settings.tables_fetch_wait_ms, "fetch_min_bytes": _FETCH_MIN_BYTES}
 
 
 async def run_tables(settings: Settings) -> None:
