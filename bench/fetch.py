@@ -5,8 +5,8 @@ consumer, once per option set, on the local stack.
 
 For each `--wait` (ms; 0 = Kafka's defaults, a fetch returns with the first byte): the consumer's CPU
 seconds while it reads the stream, the polls that returned records, and each record's age when polled
-(p50 / p99). A wait > 0 sets `fetch_max_wait_ms` to it and `fetch_min_bytes` to 1 MiB, as the tables job
-does (`stream.tablesjob.fetch_options`). Prints one JSON object per option set.
+(p50 / p99). A wait > 0 sets the options the tables job sets (`stream.tablesjob.fetch_options`):
+`fetch_max_wait_ms` to it and `fetch_min_bytes` to 1 MiB. Prints one JSON object per option set.
 """
 
 import argparse
@@ -24,6 +24,7 @@ from rankstream.deploy import stack
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.ops.load import split_events
 from rankstream.stream.events import ClickEvent
+from rankstream.stream.tablesjob import fetch_options
 
 _SETTLE_S = 3.0
 
@@ -31,7 +32,7 @@ _SETTLE_S = 3.0
 async def read_once(bootstrap: str, wait_ms: int, events: list[ClickEvent], rate: float) -> dict[str, object]:
     topic = f"bench-fetch-{wait_ms}-{time.time_ns()}"
     create_topics(bootstrap, {topic: 4})
-    options = {"fetch_max_wait_ms": wait_ms, "fetch_min_bytes": 1 << 20} if wait_ms else {}
+    options = fetch_options(wait_ms)
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=f"g-{topic}", auto_offset_reset="earliest", **options
     )

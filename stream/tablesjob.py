@@ -77,7 +77,7 @@ class TablesJob:
             group_id=settings.tables_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            **fetch_options(settings),
+            **fetch_options(settings.tables_fetch_wait_ms),
             **settings.kafka_client_options(),
         )
 
@@ -238,11 +238,12 @@ class TablesJob:
         await self.consumer.stop()
 
 
-def fetch_options(settings: Settings) -> dict[str, int]:
-    """Fetches that wait `tables_fetch_wait_ms` unless a full fetch's worth of records is there sooner."""
-    if not settings.tables_fetch_wait_ms:
+def fetch_options(wait_ms: int) -> dict[str, int]:
+    """Consumer options for fetches that wait `wait_ms` unless a full fetch's worth of records is there
+    sooner; none for 0 (Kafka's default: a fetch returns with the first byte)."""
+    if not wait_ms:
         return {}
-    return {"fetch_max_wait_ms": settings.tables_fetch_wait_ms, "fetch_min_bytes": _FETCH_MIN_BYTES}
+    return {"fetch_max_wait_ms": wait_ms, "fetch_min_bytes": _FETCH_MIN_BYTES}
 
 
 async def run_tables(settings: Settings) -> None:
