@@ -8,7 +8,6 @@ flight finishes with the version it started with (Scorer._score reads the refere
 
 import asyncio
 import ctypes
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -35,23 +34,33 @@ _RELEASE_AFTER_S = 2.0
 
 
 def release_memory() -> None:
-    """Collect garbage and return freed heap pages to the OS (glibc's malloc_trim; a no-op elsewhere)."""
-    gc.collect()
+    """Return freed heap pages to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    No garbage collection first: a ranker holds no reference cycle, so the old session is freed the
+    moment its last reference goes (tests/unit/stream/test_follow.py), while a full collection walks
+    every table entry cached since start and stalls the event loop (0.03 s in a bare process, about
+    0.5 s with a million small objects). malloc_trim takes no GIL: callers run it in a thread."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
 
-def warm_up(ranker: Ranker, titles: list[str], lists: int = 3, per_list: int = 50) -> None:
-    """Score a few lists at serving shapes, so the first real batch does not pay for allocations."""
+def warm_up(ranker: Ranker, titles: list[str], lists: int = 3, per_list: int = 50, *, top: int = 0) -> None:
+    """Score a few lists at serving shapes (`top`: the pairs cross-encoded per list, as the scorer sets
+    it), so the first real batch does not pay for allocations. Larger shapes than served would only
+    take CPU from the batches in flight while the old version keeps scoring."""
     if not titles:
         return
     query = history_text(titles[:5])
     pairs = [(query, candidate_text(titles[i % len(titles)], i)) for i in range(per_list)]
     # A model that reads serve-time signals gets rows of the right width; their values do not matter here.
     signals = None if ranker.signals is None else [np.zeros((per_list, len(SIGNALS.names)), np.float32)] * lists
-    ranker.score_lists([pairs] * lists, signals)
+    ranker.score_lists([pairs] * lists, signals, top=top if ranker.linear is not None else 0)
+
+
+def _release_in_thread() -> None:
+    asyncio.get_running_loop().run_in_executor(None, release_memory)
 
 
 class ModelFollower:
@@ -166,7 +175,7 @@ class ModelFollower:
         self.scorer.use(ranker)
         # The old session goes once the batch in flight (which may hold it) is written; then hand its
         # memory back to the OS, or every swap would leave the process a little larger.
-        asyncio.get_running_loop().call_later(_RELEASE_AFTER_S, release_memory)
+        asyncio.get_running_loop().call_later(_RELEASE_AFTER_S, _release_in_thread)
         took = time.perf_counter() - t0
         self.swaps += 1
         self._since = time.time()
@@ -177,7 +186,7 @@ class ModelFollower:
     def _load_and_warm(self, version: str, **options: object) -> Ranker:
         ranker = self.load(self.registry.path(version), **options)
         self.scorer.check_servable(ranker)
-        warm_up(ranker, self.scorer.sample_titles())
+        warm_up(ranker, self.scorer.sample_titles(), top=self.scorer.rerank_top(ranker))
         return ranker
 
     def _still_refused(self, version: str) -> bool:

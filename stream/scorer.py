@@ -35,7 +35,7 @@ from rankstream.stream.guard import Guard
 from rankstream.stream.health import Probe
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.recorder import Outcome, Recorder, Stats
-from rankstream.stream.scoring import score_users
+from rankstream.stream.scoring import rerank_top_for, score_users
 from rankstream.stream.settings import Settings
 from rankstream.stream.shadow import ShadowScorer
 from rankstream.stream.store import Store, UserState
@@ -182,6 +182,10 @@ class Scorer:
     def assignment(self) -> set[TopicPartition]:
         """The partitions this replica owns now (empty until the group has assigned them)."""
         return set(self._consumer.assignment())
+
+    def rerank_top(self, ranker: Ranker) -> int:
+        """Candidates this scorer would cross-encode per user with `ranker` (0: all)."""
+        return rerank_top_for(self.settings, ranker)
 
     def sample_titles(self, n: int = 50) -> list[str]:
         """Some catalog titles, for warming a new model up at serving shapes."""
