@@ -1,7 +1,10 @@
 """deploy/k8s (the kustomize base) and deploy/k8s-overlays/local: valid against the Kubernetes schemas,
-offline, and wired together (ports, probes, volumes, settings, KEDA and the Prometheus Operator)."""
+offline, and wired together (ports, probes, volumes, settings, the encoder Job, KEDA and the Prometheus
+Operator)."""
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +13,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+import rankstream.stream.metrics  # noqa: F401 - registers every metric a rankstream process serves
 from rankstream.stream.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -126,8 +131,12 @@ def _check_scaled_object(docs: list[Manifest]) -> None:
         assert not sasl, "a SASL Kafka needs the trigger's authenticationRef"
 
 
+def _scorer_monitor(docs: list[Manifest]) -> Manifest:
+    return _one(docs, "PodMonitor", "rankstream-scorer")
+
+
 def _check_pod_monitor(docs: list[Manifest]) -> None:
-    pm = _one(docs, "PodMonitor")
+    pm = _scorer_monitor(docs)
     assert pm["apiVersion"] == "monitoring.coreos.com/v1"
     deployment = _scorer(docs)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -136,6 +145,78 @@ def _check_pod_monitor(docs: list[Manifest]) -> None:
     ports = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
     assert ports[endpoint["port"]] == int(_config(docs)["RANKSTREAM_METRICS_PORT"]) == 9100
     assert endpoint["path"] == "/metrics"
+    # Every scorer series, as the dashboard and the alert rules read them.
+    assert "metricRelabelings" not in endpoint
+
+
+def _selects(monitor: Manifest, deployment: Manifest) -> bool:
+    return bool(monitor["spec"]["selector"]["matchLabels"].items() <= _pod_labels(deployment).items())
+
+
+def _pod_labels(deployment: Manifest) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def _kept(endpoint: Manifest, name: str) -> bool:
+    """Whether the endpoint's metricRelabelings keep a series of this metric name (keep/drop on __name__,
+    the only rules used here; Prometheus anchors the regex at both ends)."""
+    for rule in endpoint.get("metricRelabelings", []):
+        assert rule["sourceLabels"] == ["__name__"] and rule["action"] in ("keep", "drop"), rule
+        if bool(re.fullmatch(rule["regex"], name)) != (rule["action"] == "keep"):
+            return False
+    return True
+
+
+def _served_series() -> set[str]:
+    """The rankstream_* series a rankstream process serves on /metrics: every metric of stream/metrics.py
+    is registered in any of them (scorer, tables job, catalog job)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+    }
+    return {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("rankstream_")
+        for suffix in suffixes[family.type]
+    }
+
+
+def _check_pod_monitors_cover_metrics_ports(docs: list[Manifest]) -> None:
+    """Every Deployment with a `metrics` port is scraped, once, by a PodMonitor on that port, and every
+    PodMonitor scrapes some Deployment's pods: a component added later cannot be left unscraped."""
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert all(m["apiVersion"] == "monitoring.coreos.com/v1" for m in monitors)
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    with_port = [d for d in deployments if any(p["name"] == "metrics" for p in _container(d).get("ports", []))]
+    assert {d["metadata"]["name"] for d in with_port} >= {f"rankstream-{c}" for c in ("scorer", "tables", "catalog")}
+    config_port = int(_config(docs)["RANKSTREAM_METRICS_PORT"])
+    for deployment in with_port:
+        ports = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
+        assert ports["metrics"] == config_port, deployment["metadata"]["name"]
+        scraping = [m for m in monitors if _selects(m, deployment)]
+        # Two PodMonitors on one pod would scrape it twice: every sum over its series would double.
+        assert len(scraping) == 1, f"{deployment['metadata']['name']}: {len(scraping)} PodMonitors select its pods"
+        [endpoint] = scraping[0]["spec"]["podMetricsEndpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    for monitor in monitors:
+        assert any(_selects(monitor, d) for d in with_port), f"PodMonitor {monitor['metadata']['name']} selects nothing"
+
+
+def _check_scorer_series_come_from_scorers(docs: list[Manifest]) -> None:
+    """The tables and catalog processes serve the scorer's series too (at zero: rankstream_ready 0, ...),
+    which would fire RankstreamReplicaNotReady and count as scorers on the dashboard: their PodMonitors
+    keep only the component's own rankstream_<component>_* series."""
+    served = _served_series()
+    scorer_monitor = _scorer_monitor(docs)
+    for monitor in [d for d in docs if d["kind"] == "PodMonitor" and d is not scorer_monitor]:
+        component = monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+        own = {name for name in served if name.startswith(f"rankstream_{component}_")}
+        assert own, f"no rankstream_{component}_* metric in stream/metrics.py"
+        [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+        assert {name for name in served if _kept(endpoint, name)} == own, monitor["metadata"]["name"]
+        assert _kept(endpoint, "process_resident_memory_bytes")
 
 
 def _check_scorer(docs: list[Manifest]) -> None:
@@ -178,8 +259,9 @@ def _check_tables(docs: list[Manifest]) -> None:
     assert config.get("RANKSTREAM_TABLES_GROUP_ID", "rankstream-tables") != config["RANKSTREAM_GROUP_ID"], (
         "the tables job in the scorers' group would take their partitions"
     )
-    # It serves no port: an HTTP probe would fail, and an exec probe could only check that the process runs.
-    assert not {"startupProbe", "livenessProbe", "readinessProbe", "ports"} & set(container)
+    # Its metrics port is the one the ConfigMap tells the job to serve (tables-podmonitor.yaml scrapes it).
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": int(config["RANKSTREAM_METRICS_PORT"])}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
     # Its pods are not the scorers': their selector, PDB and PodMonitor leave the tables pods out, and back.
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -187,7 +269,7 @@ def _check_tables(docs: list[Manifest]) -> None:
     for selector in (
         _scorer(docs)["spec"]["selector"]["matchLabels"],
         _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-        _one(docs, "PodMonitor")["spec"]["selector"]["matchLabels"],
+        _scorer_monitor(docs)["spec"]["selector"]["matchLabels"],
     ):
         assert not selector.items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -245,7 +327,7 @@ def _check_catalog(docs: list[Manifest]) -> None:
         _scorer(docs)["spec"]["selector"]["matchLabels"],
         _tables(docs)["spec"]["selector"]["matchLabels"],
         _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-        _one(docs, "PodMonitor")["spec"]["selector"]["matchLabels"],
+        _scorer_monitor(docs)["spec"]["selector"]["matchLabels"],
     ):
         assert not selector.items() <= labels.items()
     own_selector = deployment["spec"]["selector"]["matchLabels"]
@@ -275,6 +357,65 @@ def _check_model_volume(docs: list[Manifest]) -> None:
         assert _one(docs, "PersistentVolumeClaim", name)["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+def _k8s_expand(text: str, env: dict[str, str]) -> str:
+    """What Kubernetes makes of a command: `$(NAME)` of a variable set in the container becomes its value,
+    `$$` becomes `$`; anything else is left as written."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([^)]*)\)", one, text)
+
+
+def _check_encoder_job(docs: list[Manifest]) -> None:
+    """The encoder Job installs the catalog job's encoder: the jobs image, the encoders claim writable at
+    the folder RANKSTREAM_ENCODER_DIR lies in, the student copied beside it and renamed into place."""
+    job = _one(docs, "Job", "rankstream-encoder")["spec"]
+    assert isinstance(job["backoffLimit"], int) and 0 <= job["backoffLimit"] <= 3
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] in ("OnFailure", "Never")
+    [container] = pod["containers"]
+    recompress = _one(docs, "CronJob", "rankstream-recompress")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert container["image"] == recompress["containers"][0]["image"]  # the jobs image
+    assert container["image"].split("/")[-1].split(":")[0] == "rankstream-jobs"
+    # It reads files and writes files: no Kafka, Redis or credentials.
+    assert "envFrom" not in container
+    own = {e["name"]: e["value"] for e in container["env"]}
+    # The encoders claim, writable, at the folder the catalog Deployment's RANKSTREAM_ENCODER_DIR lies in.
+    catalog = _catalog(docs)
+    encoder_dir = {e["name"]: e.get("value") for e in _container(catalog)["env"]}["RANKSTREAM_ENCODER_DIR"]
+    parent = encoder_dir.rsplit("/", 1)[0]
+    mounts = _mounts(pod, container)
+    claim = _mounts(catalog["spec"]["template"]["spec"], _container(catalog))[parent]
+    assert mounts[parent] == claim
+    assert not any(m.get("readOnly") for m in container["volumeMounts"] if m["mountPath"] == parent)
+    assert not any(v["persistentVolumeClaim"].get("readOnly") for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    # The Job writes while catalog pods on other nodes read.
+    assert "ReadWriteMany" in _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    # Prepared data where the recompress job finds it: data/ in RANKSTREAM_HOME, on the same claim.
+    recompress_env = {e["name"]: e["value"] for e in recompress["containers"][0]["env"]}
+    home = own["RANKSTREAM_HOME"]
+    assert mounts[home] == _mounts(recompress, recompress["containers"][0])[recompress_env["RANKSTREAM_HOME"]]
+    # The script, as the shell receives it.
+    assert container["command"][:2] == ["sh", "-ec"] and "args" not in container
+    lines = [line.strip() for line in _k8s_expand(container["command"][2], own).splitlines() if line.strip()]
+    [at] = [i for i, line in enumerate(lines) if line.startswith("rankstream embed ")]
+    embed = shlex.split(lines[at])
+    flags = dict(zip(embed[2::2], embed[3::2], strict=True))
+    assert flags["--data"] == f"{home}/data" and flags["--out"].startswith(home + "/")
+    assert int(flags["--steps"]) > 0 and int(flags["--student-steps"]) > 0
+    # Skipped once installed; the artifact the report names copied to .current, then renamed into place.
+    staging = f"{parent}/.current"
+    assert lines[0].startswith(f"if [ -f {encoder_dir}/manifest.json ]; then") and lines[0].endswith("exit 0; fi")
+    report = lines[at + 1]
+    assert report.startswith("artifact=$(") and f"{flags['--out']}/report.json" in report and '["artifact"]' in report
+    copy = lines.index(f'cp -r "$artifact" {staging}')
+    assert f"rm -rf {staging}" in lines[at:copy]
+    assert lines[-1] == f"mv {staging} {encoder_dir}"
+
+
 def _check_settings(docs: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> None:
     """The ConfigMap and the Secret together make a valid scorer configuration."""
     sources = _env_sources(_container(_scorer(docs)))
@@ -293,7 +434,17 @@ def _check_settings(docs: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> No
     assert catalog.encoder_dir is not None and catalog.catalog_group_id != catalog.group_id
 
 
-CHECKS = [_check_scaled_object, _check_pod_monitor, _check_scorer, _check_tables, _check_catalog, _check_model_volume]
+CHECKS = [
+    _check_scaled_object,
+    _check_pod_monitor,
+    _check_pod_monitors_cover_metrics_ports,
+    _check_scorer_series_come_from_scorers,
+    _check_scorer,
+    _check_tables,
+    _check_catalog,
+    _check_model_volume,
+    _check_encoder_job,
+]
 
 
 def test_base_lists_every_manifest_beside_it() -> None:
@@ -303,7 +454,7 @@ def test_base_lists_every_manifest_beside_it() -> None:
 
 def test_base_validates_against_the_kubernetes_schemas(base: list[Manifest]) -> None:
     _check_builtin_schemas(base)
-    assert {d["kind"] for d in base} >= {"Deployment", "PodDisruptionBudget", "CronJob", "Secret"} | CUSTOM_KINDS
+    assert {d["kind"] for d in base} >= {"Deployment", "PodDisruptionBudget", "CronJob", "Job", "Secret"} | CUSTOM_KINDS
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("_check_"))
@@ -351,6 +502,7 @@ def test_local_overlay_is_one_small_replica_from_a_local_registry(local: list[Ma
     job = _one(local, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     images = [_container(d)["image"] for d in (deployment, _tables(local), _catalog(local))]
     images += [c["image"] for c in job["containers"]]
+    images += [c["image"] for c in _one(local, "Job")["spec"]["template"]["spec"]["containers"]]
     assert all(image.startswith("localhost:5000/") for image in images), images
 
 
