@@ -32,12 +32,14 @@ log = logging.getLogger(__name__)
 
 _CACHE_MAX = 200_000
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 @dataclass
-class _Entry(Generic[T]):
+class _Entry(Generic[P, T]):
     read_at: float  # time.monotonic() of the last read
     raw: list[str | None]  # each share's value as read, to skip parsing what did not change
+    parsed: list[P | None]  # each share's value parsed (None: empty or unreadable), reused while its raw holds
     value: T
 
 
@@ -67,8 +69,8 @@ class Tables:
         self.topic = ""
         self.partitions = 0
         self.params = LiveParams()
-        self._nb: dict[str, _Entry[list[str]]] = {}
-        self._counts: dict[str, _Entry[ItemCounts]] = {}
+        self._nb: dict[str, _Entry[dict[str, float], list[str]]] = {}
+        self._counts: dict[str, _Entry[ItemCounts, ItemCounts]] = {}
         self._trending: tuple[float, list[str]] = (-1e18, [])
 
     @property
@@ -119,19 +121,11 @@ class Tables:
     async def neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
         """Co-visitation neighbours of `items`, merged over the shares, best first."""
         n = self.params.neighbours
-
-        def merge(parts: list[str | None]) -> list[str]:
-            return merge_neighbours((parse_neighbours(p) if p else None for p in parts), n)
-
-        return await self._cached(self._nb, items, TOP, merge)
+        return await self._cached(self._nb, items, TOP, parse_neighbours, lambda parts: merge_neighbours(parts, n))
 
     async def counts_for(self, items: list[str]) -> dict[str, ItemCounts]:
         """Each item's sales over all shares (`ItemCounts.stats_at` turns them into signal inputs)."""
-
-        def merge(parts: list[str | None]) -> ItemCounts:
-            return merge_counts(ItemCounts.parse(p) if p else None for p in parts)
-
-        return await self._cached(self._counts, items, COUNTS, merge)
+        return await self._cached(self._counts, items, COUNTS, ItemCounts.parse, merge_counts)
 
     async def trending(self) -> list[str]:
         fetched, value = self._trending
@@ -150,10 +144,11 @@ class Tables:
 
     async def _cached(
         self,
-        cache: dict[str, "_Entry[T]"],
+        cache: dict[str, "_Entry[P, T]"],
         items: Iterable[str],
         field_key: int,
-        merge: Callable[[list[str | None]], T],
+        parse: Callable[[str], P],
+        merge: Callable[[list[P | None]], T],
     ) -> dict[str, T]:
         now = time.monotonic()
         wanted = list(dict.fromkeys(items))
@@ -170,12 +165,24 @@ class Tables:
                 if old is not None and old.raw == raw:
                     old.read_at = now  # most items did not change since the last read: no parsing, no merge
                     continue
-                try:
-                    cache[it] = _Entry(now, raw, merge(raw))
-                except ValueError as exc:  # a value no share writes: serve without it, say so
-                    log.error("live tables: %s is unreadable in a share, left out (run `rankstream load`): %r", it, exc)
-                    cache[it] = _Entry(now, raw, merge([None]))
+                # A hot item changes in one share or two between reads (a share is one partition's
+                # users): parse only those, reuse the others' parsed values.
+                reuse = old is not None and len(old.raw) == len(raw)
+                parsed = [
+                    old.parsed[s] if reuse and old.raw[s] == r else self._parse(parse, it, r)  # type: ignore[union-attr]
+                    for s, r in enumerate(raw)
+                ]
+                cache[it] = _Entry(now, raw, parsed, merge(parsed))
         return {it: cache[it].value for it in wanted}
+
+    def _parse(self, parse: Callable[[str], P], item: str, raw: str | None) -> P | None:
+        if not raw:
+            return None
+        try:
+            return parse(raw)
+        except ValueError as exc:  # a value no share writes: serve the other shares without it, say so
+            log.error("live tables: %s is unreadable in a share, left out (run `rankstream load`): %r", item, exc)
+            return None
 
     async def _read(self, call):  # type: ignore[no-untyped-def]
         try:

@@ -103,6 +103,18 @@ def test_basket_counts_windows_buyers_and_first_sale() -> None:
     assert c.stats_at(T0 + 60 * DAY_MS).baskets_30d == 0
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.integers(-5, 80), st.integers(1, 9), max_size=40), st.integers(0, 90 * DAY_MS))
+def test_windows_count_the_days_ending_on_the_day_read(days: dict[int, int], offset: int) -> None:
+    """The 7- and 30-day windows as the signals define them: days d with today - w < d <= today."""
+    ts = T0 - T0 % DAY_MS + offset
+    today = ts // DAY_MS
+    c = ItemCounts(sum(days.values()), T0, 1, {today - 60 + d: n for d, n in days.items()})
+    s = c.stats_at(ts)
+    assert s.baskets_7d == sum(n for d, n in c.days.items() if today - 7 < d <= today)
+    assert s.baskets_30d == sum(n for d, n in c.days.items() if today - 30 < d <= today)
+
+
 def test_decay_halves_a_covisit_per_half_life_and_keeps_the_heaviest() -> None:
     params = LiveParams(half_life_days=10, keep=2)
     share = Share(params)
