@@ -31,7 +31,7 @@ from rankstream.deploy.kafka_local import create_topics
 from rankstream.ops.catalog import embed_catalog, write_title_vectors
 from rankstream.ops.load import split_events
 from rankstream.stream.catalog import CatalogItem
-from rankstream.stream.catalogstore import CHANGES_KEY, SEEN_KEY, stream_id
+from rankstream.stream.catalogstore import change_entry_of, newest_change, seen_by
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -80,41 +80,20 @@ class CatalogBench(Record):
     users_not_reflected: int
 
 
-async def _seen(store: Store, replicas: list[str]) -> dict[str, tuple[tuple[int, int], float]] | None:
-    """Each replica's newest applied change entry and when (unix ms); None until every replica reported."""
-    raw = await store.client.hgetall(SEEN_KEY)
-    out = {}
-    for name in replicas:
-        if name not in raw:
-            return None
-        last, _, at = raw[name].partition("|")
-        out[name] = (stream_id(last), float(at))
-    return out
-
-
-async def _entry_of(store: Store, item: str, after: str) -> tuple[int, int] | None:
-    """The id of the change entry logging `item` after entry `after`, None while there is none."""
-    for eid, fields in await store.client.xrange(CHANGES_KEY, min=f"({after}"):
-        if fields.get("item") == item:
-            return stream_id(eid)
-    return None
-
-
 async def _publish_one(
     producer: AIOKafkaProducer, settings: Settings, store: Store, item: CatalogItem, replicas: list[str]
 ) -> tuple[float | None, float | None]:
     """Publish one item; (publish -> stored, publish -> servable by every replica) in ms, None if not within _WAIT_S."""
-    newest = await store.client.xrevrange(CHANGES_KEY, count=1)
-    after = newest[0][0] if newest else "0-0"
+    after = await newest_change(store.client)
     t0 = time.time() * 1000
     await (await producer.send(settings.catalog_topic, key=item.key(), value=item.to_bytes()))
     entry = None
     deadline = time.monotonic() + _WAIT_S
     while time.monotonic() < deadline:
         if entry is None:
-            entry = await _entry_of(store, item.item_id, after)
+            entry = await change_entry_of(store.client, item.item_id, after)
         if entry is not None:
-            seen = await _seen(store, replicas)
+            seen = await seen_by(store.client, replicas)
             if seen is not None and all(last >= entry for last, _ in seen.values()):
                 servable = max(at for last, at in seen.values())
                 return entry[0] - t0, max(servable, entry[0]) - t0

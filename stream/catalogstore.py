@@ -237,3 +237,29 @@ async def mark_seen(client: RedisClient, replica: str, last_id: str, applied_ms:
         await client.hset(SEEN_KEY, replica, f"{last_id}|{applied_ms}")
     except REDIS_ERRORS as exc:
         raise StoreError(f"writing {SEEN_KEY} failed: {exc}") from exc
+
+
+async def newest_change(client: RedisClient) -> str:
+    """The id of the newest change entry ("0-0" while the log is empty)."""
+    newest = await client.xrevrange(CHANGES_KEY, count=1)
+    return newest[0][0] if newest else "0-0"
+
+
+async def change_entry_of(client: RedisClient, item: str, after: str) -> tuple[int, int] | None:
+    """The id of the change entry logging `item` after entry `after`, None while there is none."""
+    for eid, fields in await client.xrange(CHANGES_KEY, min=f"({after}"):
+        if fields.get("item") == item:
+            return stream_id(eid)
+    return None
+
+
+async def seen_by(client: RedisClient, replicas: Iterable[str]) -> dict[str, tuple[tuple[int, int], float]] | None:
+    """Each replica's newest applied change entry and when (unix ms); None until every one has reported."""
+    raw = await client.hgetall(SEEN_KEY)
+    out = {}
+    for name in replicas:
+        if name not in raw:
+            return None
+        last, _, at = raw[name].partition("|")
+        out[name] = (stream_id(last), float(at))
+    return out

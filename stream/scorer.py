@@ -207,6 +207,7 @@ class Scorer:
             generation = self._generation
             records = await self._poll()
             if not records and not self._held:
+                await self._refresh_idle()
                 continue
             failed = await self._process_and_commit(records, generation, hold=True)
             if failed is not None:
@@ -221,6 +222,14 @@ class Scorer:
         await self._commits.wait()
         log.info("scorer stopping: %s", self.stats)
         return self.stats
+
+    async def _refresh_idle(self) -> None:
+        """An idle replica keeps its catalog current too (at most every RANKSTREAM_CATALOG_REFRESH_MS): a
+        new item is servable, and reported applied, before the first click that needs it, not after."""
+        try:
+            await self.tables.refresh_catalog()
+        except StoreError as exc:  # the next batch meets the same outage and backs off; nothing to do here
+            log.debug("catalog refresh while idle failed: %s", exc)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit offsets whose events are in Redis; retry while the broker is away (never skip ahead)."""

@@ -9,7 +9,7 @@ import pytest
 from rankstream.ops.catalog import embed_catalog, write_title_vectors
 from rankstream.stream import batch as b
 from rankstream.stream.candidates import covisit_candidates
-from rankstream.stream.catalogstore import pack, write_changes
+from rankstream.stream.catalogstore import change_entry_of, newest_change, pack, seen_by, write_changes
 from rankstream.stream.encoder import TextEncoder
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.ranker import Ranker
@@ -65,6 +65,33 @@ async def test_a_new_item_is_served_without_a_restart(stack, store: Store, tiny_
         await write_changes(store.client, encoder.version, {}, [NEW])
         await tables.refresh_catalog(now=True)
         assert NEW not in tables.catalog and NEW not in tables.text_neighbours([ITEMS[3]], len(CATALOG))
+
+
+async def test_an_idle_scorer_applies_catalog_changes(stack, store: Store, tiny_model, encoder_dir, topic) -> None:  # type: ignore[no-untyped-def]
+    """With no click to process, a replica still follows the change log: operators (and `bench catalog`,
+    and the demo) read how far it got, and a new item is servable before anyone clicks."""
+    await setup_topics(stack, topic)
+    s = settings_for(stack, topic, tiny_model).model_copy(
+        update={"encoder_dir": encoder_dir, "catalog_refresh_ms": 50, "replica": "idle-replica"}
+    )
+    await write_title_vectors(store.client, await embed_catalog(s, dict(CATALOG)))
+    scorer = Scorer(s, Ranker.load(tiny_model), store)
+    async with serving(scorer) as task:
+        encoder = TextEncoder.load(encoder_dir)
+        after = await newest_change(store.client)
+        title = CATALOG[ITEMS[2]]
+        await write_changes(store.client, encoder.version, {NEW: (title, pack(encoder.encode([title])[0]))}, [])
+        entry = await change_entry_of(store.client, NEW, after)
+        assert entry is not None
+
+        async def reported() -> bool:
+            if task.done():
+                task.result()
+            seen = await seen_by(store.client, ["idle-replica"])
+            return seen is not None and seen["idle-replica"][0] >= entry
+
+        await wait_for(reported, limit_s=30)
+        assert NEW in scorer.tables.catalog and scorer.stats.events == 0
 
 
 async def test_candidates_merge_covisitation_and_text(stack, store: Store, tiny_model, encoder_dir, topic) -> None:  # type: ignore[no-untyped-def]

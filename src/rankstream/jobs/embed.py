@@ -53,6 +53,26 @@ MAX_PAIRS = 200_000
 SPEED_TITLES = 500
 
 
+PRETRAINED = "minilm-pretrained-int8"
+
+
+def export_pretrained(encoders: Path) -> Path:
+    """all-MiniLM-L6-v2 as installed, no training, as a dynamic INT8 bi-encoder artifact `encoders/PRETRAINED`
+    (reused when already there): text retrieval in a few seconds of export instead of an hour of `embed`."""
+    out = Path(encoders) / PRETRAINED
+    if (out / MANIFEST).exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return export_encoder(
+        minilm_path(),
+        out,
+        quantize="int8",
+        reference_titles=REFERENCE_TITLES,
+        version=PRETRAINED,
+        method_chain=["all-MiniLM-L6-v2:pretrained"],
+    )
+
+
 @dataclass(frozen=True)
 class EmbedConfig:
     """One `rankstream embed` run."""

@@ -1,8 +1,9 @@
 """`rankstream demo`: the whole stream on real data, from nothing to recommendations a person can read.
 
-stack up -> prepare data -> compress a model (fast preset, once) -> load tables -> start a scorer process and a
-live-tables process -> replay the start of the test period (plus a few malformed events) -> wait for lag 0 and for
-the tables to reach the topic's end -> print lists from Redis.
+stack up -> prepare data -> compress a model (fast preset, once) -> export the text encoder (once) -> load tables
+and title vectors -> start a scorer, a live-tables and a catalog process -> replay the start of the test period
+(plus a few malformed events) -> wait for lag 0 -> publish new items on the catalog topic and show them served
+(`ops.demo_catalog`) -> wait for the tables to reach the topic's end -> print lists from Redis.
 
 The data is UCI Online Retail with its documented split, or a bring-your-own folder (`--source`) split as
 `rankstream prepare --source` splits it; what is replayed is the start of that data's test split.
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,8 @@ from rankstream.deploy import stack
 from rankstream.deploy.errors import StackError
 from rankstream.evaluation.evaluate import evaluate, format_table
 from rankstream.jobs.compress import best_student, compress
+from rankstream.jobs.embed import export_pretrained
+from rankstream.ops.demo_catalog import NewItems, show_new_items
 from rankstream.ops.load import describe, load_tables_and_topics, split_events
 from rankstream.ops.progress import follow, read_committed
 from rankstream.ops.replay import replay
@@ -51,6 +54,8 @@ MALFORMED = [
     (b"demo", json.dumps({"user_id": "12345", "item_id": "NO-SUCH-ITEM", "ts": 1291196400000}).encode()),
     (b"demo", json.dumps({"user_id": "12345", "item_id": "85123A", "ts": "yesterday"}).encode()),
 ]
+REPLICA = "demo-scorer"  # the scorer's name in its reports (how far it applied the catalog's changes)
+TEXT_CANDIDATES = 20  # text neighbours per user among the candidates: how a new item, never sold, gets in
 
 
 def _install(artifact: Path, models: Path) -> Path:
@@ -87,44 +92,66 @@ def run_demo(home: Path, *, events: int = 3000, source: Path | None = None, user
     manifest = load_manifest(model_dir)
     print(f"artifact {model_dir.name}: {' -> '.join(manifest.method_chain)}")
 
+    _banner("text encoder: the installed all-MiniLM-L6-v2 as a dynamic INT8 bi-encoder (`rankstream embed` tunes one)")
+    encoder_dir = export_pretrained(home / "encoders")
+    print(f"encoder {encoder_dir}")
+
     env = {
         **os.environ,
         "RANKSTREAM_KAFKA_BOOTSTRAP": info.bootstrap,
         "RANKSTREAM_REDIS_URL": info.redis_url,
         "RANKSTREAM_MODEL_DIR": str(model_dir),
+        "RANKSTREAM_ENCODER_DIR": str(encoder_dir),
+        "RANKSTREAM_TEXT_CANDIDATES": str(TEXT_CANDIDATES),
+        "RANKSTREAM_REPLICA": REPLICA,
     }
-    settings = load_settings(kafka_bootstrap=info.bootstrap, redis_url=info.redis_url, model_dir=model_dir)
+    settings = load_settings(
+        kafka_bootstrap=info.bootstrap,
+        redis_url=info.redis_url,
+        model_dir=model_dir,
+        encoder_dir=encoder_dir,
+        text_candidates=TEXT_CANDIDATES,
+    )
     _banner("tables into Redis, topics into Kafka")
     print(asyncio.run(load_tables_and_topics(settings, data_dir)))
 
-    _banner(f"`rankstream serve` and `rankstream tables`, each its own process; replay {events} test-period events")
+    _banner(
+        f"`rankstream serve`, `rankstream tables` and `rankstream catalog serve`, each its own process; "
+        f"replay {events} test-period events, then publish new items"
+    )
     log_path = home / "demo-scorer.log"
     tables_log = home / "demo-tables.log"
+    catalog_log = home / "demo-catalog.log"
     evs = split_events(data_dir, "test", events)
     earlier = asyncio.run(topic_size(settings.kafka_bootstrap, settings.topic))
-    tables = _start_tables(env, tables_log)
+    tables = _start_job("tables", env, tables_log)
+    catalog_job = _start_job("catalog", env, catalog_log, "serve")
     try:
-        run = _serve_and_replay(settings, env, evs, log_path)
+        run = _serve_and_replay(settings, env, evs, log_path, then=partial(show_new_items, settings, evs, REPLICA))
         if run is not None:
             asyncio.run(_wait_for_tables(settings, tables, tables_log))
     finally:
-        code = _stop(tables)
+        codes = {tables_log: _stop(tables), catalog_log: _stop(catalog_job)}
     if run is None:
         return 1
-    if code != 0:
-        print(f"tables job exited with {code}; see {tables_log}", file=sys.stderr)
-        return 1
+    for log_file, code in codes.items():
+        if code != 0:
+            print(f"{log_file.stem} exited with {code}; see {log_file}", file=sys.stderr)
+            return 1
     position = asyncio.run(read_tables_position(settings))  # after its last write
 
     _banner("recommendations, read back from Redis as a frontend would")
     asyncio.run(_show_users(settings, evs, users_shown))
+
+    _banner("new items: published on the catalog topic while the stream runs, servable within a second, no restart")
+    print("\n".join(run.new_items.lines).lstrip("\n"))
 
     _banner("test-split quality: the model vs the non-neural orders on the same candidate lists")
     print(format_table(evaluate(data_dir, model_dir, split="test", max_instances=500)))
 
     _banner("counts")
     stats = run.stats
-    print(f"events in:      {len(evs)} valid + {len(MALFORMED)} malformed")
+    print(f"events in:      {len(evs)} valid + {len(MALFORMED)} malformed + {run.new_items.clicks} clicks by new users")
     print(f"events scored:  {stats.events} (coalesced into fewer scorings: {stats.coalesced})")
     print(f"lists written:  {stats.lists_written}   pairs scored: {stats.pairs}")
     print(f"dead-lettered:  {run.dlq} (by reason: {stats.dlq_reasons})")
@@ -138,8 +165,8 @@ def run_demo(home: Path, *, events: int = 3000, source: Path | None = None, user
     )
     if earlier:
         print(f"                the topic held {earlier} records from earlier runs: the seed's past, not read again")
-    print(f"wall time:      {time.perf_counter() - t0:.0f}s   scorer log: {log_path}")
-    return 0
+    print(f"wall time:      {time.perf_counter() - t0:.0f}s   scorer log: {log_path}   catalog job log: {catalog_log}")
+    return 0 if run.new_items.ok else 1
 
 
 @dataclass(frozen=True)
@@ -149,12 +176,19 @@ class ScorerRun:
     stats: Stats
     dlq: int
     lag: int
+    new_items: NewItems
 
 
 def _serve_and_replay(
-    settings: Settings, env: dict[str, str], evs: list[ClickEvent], log_path: Path
+    settings: Settings,
+    env: dict[str, str],
+    evs: list[ClickEvent],
+    log_path: Path,
+    *,
+    then: Callable[[], Awaitable[NewItems]],
 ) -> ScorerRun | None:
-    """Start `rankstream serve`, replay `evs` and the malformed records, wait until all are scored, stop it.
+    """Start `rankstream serve`, replay `evs` and the malformed records, wait until all are scored, run
+    `then` while the scorer still serves, stop it.
 
     None when the scorer exited with an error (said on stderr, with where its log is)."""
     with log_path.open("w") as log_file:
@@ -169,6 +203,7 @@ def _serve_and_replay(
             dlq_before = asyncio.run(topic_size(settings.kafka_bootstrap, settings.dlq_topic))
             sent, lag = asyncio.run(_replay_and_follow(settings, scorer, evs, log_path))
             print(f"replayed {len(evs)} events and {len(MALFORMED)} malformed records ({sent} records)")
+            new_items = asyncio.run(then())
         finally:
             scorer.send_signal(signal.SIGTERM)
             out, _ = scorer.communicate(timeout=120)
@@ -176,7 +211,7 @@ def _serve_and_replay(
         print(f"scorer exited with {scorer.returncode}; see {log_path}", file=sys.stderr)
         return None
     dlq = asyncio.run(topic_size(settings.kafka_bootstrap, settings.dlq_topic)) - dlq_before
-    return ScorerRun(Stats.from_json(out.strip().splitlines()[-1]), dlq, lag)
+    return ScorerRun(Stats.from_json(out.strip().splitlines()[-1]), dlq, lag, new_items)
 
 
 async def _replay_and_follow(
@@ -207,11 +242,11 @@ async def _replay_and_follow(
         sending.cancel()  # a no-op once it is done; asyncio.run awaits it on the way out
 
 
-def _start_tables(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start one `rankstream tables` replica, its output into `log_path`."""
+def _start_job(command: str, env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start one replica of `rankstream COMMAND ARGS` (tables, catalog serve), its output into `log_path`."""
     with log_path.open("w") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "rankstream.cli.main", "tables"],
+            [sys.executable, "-m", "rankstream.cli.main", command, *args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -63,3 +63,20 @@ def test_waiting_for_the_tables_stops_when_the_job_exited(tmp_path: Path) -> Non
     settings = load_settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(StackError, match=r"exited early with 2; see .*demo-tables\.log"):
         asyncio.run(_wait_for_tables(settings, done, log))
+
+
+def test_new_items_copy_best_sellers_and_one_seldom_clicked_item() -> None:
+    from datetime import UTC, datetime
+
+    from rankstream.ops.demo_catalog import sources
+    from rankstream.stream.events import ClickEvent
+
+    at = datetime(2011, 12, 1, tzinfo=UTC)
+    clicks = ["b", "a", "c", "b", "untitled", "untitled", "untitled", "a", "d", "e", "e"]
+    evs = [ClickEvent(user_id=f"u{k}", item_id=it, ts=at) for k, it in enumerate(clicks)]
+    catalog = {"a": "A", "b": "B", "c": "C", "d": "D", "e": "E"}
+    # Most clicked first (ties by id), then the least clicked; an item without a title is never copied.
+    assert sources(evs, catalog, 3) == [("a", 2), ("b", 2), ("d", 1)]
+    assert sources(evs, catalog, 1) == [("d", 1)]
+    assert sources(evs, catalog, 10) == [("a", 2), ("b", 2), ("e", 2), ("c", 1), ("d", 1)]
+    assert sources(evs, catalog, 0) == []
