@@ -28,10 +28,10 @@ from rankstream.bench.results import Record
 from rankstream.bench.stream import count_not_reflected, produce_events
 from rankstream.bench.swap import bench_settings, drained, open_registry, spawn_fleet
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.ops.catalog import embed_catalog, write_title_vectors
+from rankstream.ops.catalog import embed_catalog, wait_applied, write_title_vectors
 from rankstream.ops.load import split_events
 from rankstream.stream.catalog import CatalogItem
-from rankstream.stream.catalogstore import change_entry_of, newest_change, seen_by
+from rankstream.stream.catalogstore import newest_change
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -87,18 +87,11 @@ async def _publish_one(
     after = await newest_change(store.client)
     t0 = time.time() * 1000
     await (await producer.send(settings.catalog_topic, key=item.key(), value=item.to_bytes()))
-    entry = None
-    deadline = time.monotonic() + _WAIT_S
-    while time.monotonic() < deadline:
-        if entry is None:
-            entry = await change_entry_of(store.client, item.item_id, after)
-        if entry is not None:
-            seen = await seen_by(store.client, replicas)
-            if seen is not None and all(last >= entry for last, _ in seen.values()):
-                servable = max(at for last, at in seen.values())
-                return entry[0] - t0, max(servable, entry[0]) - t0
-        await asyncio.sleep(_POLL_S)
-    return (None if entry is None else entry[0] - t0), None
+    got = await wait_applied(store.client, item.item_id, after, replicas, _WAIT_S, _POLL_S)
+    return (
+        None if got.stored_ms is None else got.stored_ms - t0,
+        None if got.servable_ms is None else got.servable_ms - t0,
+    )
 
 
 async def bench_catalog(

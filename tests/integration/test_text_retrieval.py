@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rankstream.ops.catalog import embed_catalog, write_title_vectors
+from rankstream.ops.catalog import embed_catalog, wait_applied, write_title_vectors
 from rankstream.stream import batch as b
 from rankstream.stream.candidates import covisit_candidates
-from rankstream.stream.catalogstore import change_entry_of, newest_change, pack, seen_by, write_changes
+from rankstream.stream.catalogstore import newest_change, pack, write_changes
 from rankstream.stream.encoder import TextEncoder
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.ranker import Ranker
@@ -81,16 +81,9 @@ async def test_an_idle_scorer_applies_catalog_changes(stack, store: Store, tiny_
         after = await newest_change(store.client)
         title = CATALOG[ITEMS[2]]
         await write_changes(store.client, encoder.version, {NEW: (title, pack(encoder.encode([title])[0]))}, [])
-        entry = await change_entry_of(store.client, NEW, after)
-        assert entry is not None
-
-        async def reported() -> bool:
-            if task.done():
-                task.result()
-            seen = await seen_by(store.client, ["idle-replica"])
-            return seen is not None and seen["idle-replica"][0] >= entry
-
-        await wait_for(reported, limit_s=30)
+        got = await wait_applied(store.client, NEW, after, ["idle-replica"], limit_s=30)
+        assert not task.done()  # the scorer is still serving, not failed
+        assert got.stored_ms is not None and got.servable_ms is not None and got.servable_ms >= got.stored_ms
         assert NEW in scorer.tables.catalog and scorer.stats.events == 0
 
 

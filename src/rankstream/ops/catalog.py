@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.stream.catalog import CatalogItem, Removal, parse_catalog
 from rankstream.stream.catalogjob import load_encoder, run_catalog
-from rankstream.stream.catalogstore import log_reload, pack, seed_vectors
+from rankstream.stream.catalogstore import change_entry_of, log_reload, pack, seed_vectors, seen_by
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import Rejected
 from rankstream.stream.redis_client import RedisClient
@@ -143,6 +144,33 @@ async def publish(settings: Settings, records: Iterable[tuple[bytes, bytes | Non
         await producer.stop()
     log.info("sent %d catalog records to %s", sent, settings.catalog_topic)
     return sent
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Where a published item got to, on the writers' clocks (unix ms): its change entry (the catalog job's
+    MULTI/EXEC, Redis's clock) and the last of the replicas' reports of applying it; None: not in time."""
+
+    stored_ms: float | None
+    servable_ms: float | None
+
+
+async def wait_applied(
+    client: RedisClient, item_id: str, after: str, replicas: Sequence[str], limit_s: float, poll_s: float = 0.02
+) -> Applied:
+    """Poll until every one of `replicas` reports applying the first change entry of `item_id` after entry
+    `after` (`catalogstore.newest_change` before publishing), or `limit_s`."""
+    entry = None
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if entry is None:
+            entry = await change_entry_of(client, item_id, after)
+        if entry is not None:
+            seen = await seen_by(client, replicas)
+            if seen is not None and all(last >= entry for last, _ in seen.values()):
+                return Applied(entry[0], max(entry[0], *(at for _, at in seen.values())))
+        await asyncio.sleep(poll_s)
+    return Applied(None if entry is None else entry[0], None)
 
 
 async def add_items(settings: Settings, path: Path) -> tuple[int, list[BadRow]]:

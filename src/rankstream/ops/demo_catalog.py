@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from rankstream.ops.catalog import publish
+from rankstream.ops.catalog import publish, wait_applied
 from rankstream.ops.replay import replay
 from rankstream.stream.catalog import CatalogItem
-from rankstream.stream.catalogstore import change_entry_of, newest_change, seen_by
+from rankstream.stream.catalogstore import newest_change
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -41,10 +41,11 @@ def sources(evs: Sequence[ClickEvent], catalog: dict[str, str], n: int) -> list[
     """Items to copy, with their clicks in `evs`: the `n - 1` most clicked and the least clicked (ties by id),
     titled ones only. A new variant of a best seller competes with items that sell; one of a seldom-sold
     item competes with little: the demo shows both rather than pick the flattering case."""
+    if n <= 0:
+        return []
     counts = Counter(e.item_id for e in evs if e.item_id in catalog)
     ranked = sorted(counts, key=lambda it: (-counts[it], it))
-    picked = ranked[: n - 1] + [it for it in ranked[max(0, n - 1) :][-1:] if n > 0]
-    return [(it, counts[it]) for it in picked][:n]
+    return [(it, counts[it]) for it in ranked[: n - 1] + ranked[n - 1 :][-1:]]
 
 
 async def show_new_items(settings: Settings, evs: Sequence[ClickEvent], replica: str, n: int = 3) -> NewItems:
@@ -80,19 +81,13 @@ async def show_new_items(settings: Settings, evs: Sequence[ClickEvent], replica:
 
 
 async def _publish_and_wait(settings: Settings, store: Store, item: CatalogItem, replica: str) -> float | None:
-    """Seconds from publishing `item` until `replica` reports its change entry applied; None after _WAIT_S."""
+    """Seconds from publishing `item` until `replica` reports its change entry applied (the writers' clocks,
+    as `bench catalog` times it); None after _WAIT_S."""
     after = await newest_change(store.client)
-    t0 = time.monotonic()
+    t0 = time.time()
     await publish(settings, [(item.key(), item.to_bytes())])
-    entry = None
-    while time.monotonic() - t0 < _WAIT_S:
-        entry = entry or await change_entry_of(store.client, item.item_id, after)
-        if entry is not None:
-            seen = await seen_by(store.client, [replica])
-            if seen is not None and seen[replica][0] >= entry:
-                return time.monotonic() - t0
-        await asyncio.sleep(_POLL_S)
-    return None
+    got = await wait_applied(store.client, item.item_id, after, [replica], _WAIT_S, _POLL_S)
+    return None if got.servable_ms is None else got.servable_ms / 1000 - t0
 
 
 async def _probe(store: Store, user: str, source: str, item: CatalogItem, catalog: dict[str, str]) -> list[str]:
