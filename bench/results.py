@@ -6,7 +6,7 @@ renamed field is a changed output.
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -163,10 +163,27 @@ class Convergence(Record):
 
 
 @dataclass(frozen=True)
+class LadderStep(Record):
+    """One rate of `bench swap`'s ladder: `events` produced at `rate`, the p99 event -> Redis latency (ms)
+    of the lists seen in Redis during the step, whether the fleet kept up, when the lag was gone and how
+    many lists the p99 is over."""
+
+    rate: float
+    p99_ms: float | None
+    kept_up: bool
+    events: int
+    drained_s_after_last_send: float
+    lists: int
+
+
+@dataclass(frozen=True)
 class SwapBench(Record):
     """`bench swap`: replica processes under steady load while the active version flips. Latency is per
-    list seen in Redis, from the newest event it reflects; `lists_by_version`: those lists by the version
-    that wrote them."""
+    list seen in Redis during the swap phase, from the newest event it reflects; `lists_by_version`: those
+    lists by the version that wrote them. `events`: produced in the swap phase; `ladder_events`: produced
+    by the ladder before it (0 with a given rate). `lost` and `events_by_version` come from the replicas'
+    totals, which cover both. `max_sustained_events_per_s` and `share`: the ladder's highest rate kept up
+    and the share of it the swaps ran at (None with a given rate)."""
 
     versions: list[str]
     replicas: int
@@ -182,6 +199,10 @@ class SwapBench(Record):
     rss_mib: Rss
     publish_to_all_serving_s: Convergence
     lists_by_version: dict[str, int]
+    ladder: list[LadderStep] = field(default_factory=list)
+    max_sustained_events_per_s: float | None = None
+    share: float | None = None
+    ladder_events: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ Phases on fresh topics, with a scorer in this process (one replica, as one `rank
   overstates what the scorer sustains live, because a backlog lets it fold a user's many events into
   one scoring;
 - ladder: the rest of the test period (or its first `live_events`) produced live at rising rates (from
-  half the drain rate, up by `_STEP_UP` per step, or down by `_STEP_DOWN` while the first rate fails);
-  a rate is sustained when the scorer keeps up (lag gone within `_DRAIN_LIMIT_S` of the last send) and
-  p99 event -> Redis stays under `_P99_LIMIT_MS`. The maximum sustained rate is the highest one that
+  half the drain rate, up by `STEP_UP` per step, or down by `STEP_DOWN` while the first rate fails);
+  a rate is sustained when the scorer keeps up (lag gone within `DRAIN_LIMIT_S` of the last send) and
+  p99 event -> Redis stays under `P99_LIMIT_MS`. The maximum sustained rate is the highest one that
   passed;
 - fixed: the same events at a fixed share (`share`) of the maximum sustained rate.
 Every live phase replays the same events, so each rate meets the same traffic (stretches of the period
@@ -56,11 +56,11 @@ from rankstream.stream.store import Store
 log = logging.getLogger(__name__)
 
 BENCH_DB = 1  # a Redis database of its own, flushed per phase: the demo's lists are left alone
-_DRAIN_LIMIT_S = 2.0
-_P99_LIMIT_MS = 1000.0
+DRAIN_LIMIT_S = 2.0
+P99_LIMIT_MS = 1000.0
 _SETTLE_S = 3.0  # idle time before each phase, so one phase's aftermath (flushes, collections) is not the next's
 _ASSIGN_WAIT_S = 60.0
-_STEP_UP, _STEP_DOWN = 1.25, 0.8
+STEP_UP, STEP_DOWN = 1.25, 0.8
 # A short linger: it adds to the event -> Redis latency being measured.
 _LINGER_MS = 2
 Tables = tuple[dict[str, str], LiveReplay, TitleVectors | None]  # the catalog, the seeded shares, title vectors
@@ -239,26 +239,34 @@ async def phase_result(
         users_not_reflected=await count_not_reflected(store, topic, last),
         latency_ms=Latency(p50=percentile(lat, 50), p99=p99, max=round(lat[-1], 1) if lat else None),
         drained_s_after_last_send=drain_after_s if rate else None,
-        kept_up=bool(rate and p99 is not None and p99 <= _P99_LIMIT_MS and drain_after_s <= _DRAIN_LIMIT_S),
+        kept_up=bool(rate and p99 is not None and p99 <= P99_LIMIT_MS and drain_after_s <= DRAIN_LIMIT_S),
         stage_s={k: round(v, 2) for k, v in st.stage_s.items()},
         latency_split_ms=latency_split(scorer.recorder.latency_parts),
         retrieve_ms=percentiles(list(scorer.recorder.retrieve_ms)) if scorer.tables.indexed else None,
     )
 
 
+def next_rate(rate: float, first_kept_up: bool, kept_up: bool) -> float | None:
+    """The ladder's rate after a step at `rate`: up by `STEP_UP` while steps keep up, down by `STEP_DOWN`
+    while they fail as the first did; None once a step goes the other way, which ends the ladder."""
+    if kept_up != first_kept_up:
+        return None
+    return round(rate * (STEP_UP if first_kept_up else STEP_DOWN), 1)
+
+
 async def _ladder(run: Callable[[float], Awaitable[Phase]], first_rate: float, steps: int) -> list[Phase]:
-    """Live phases from `first_rate`: up by `_STEP_UP` while the scorer keeps up; if the first rate
-    already fails, down by `_STEP_DOWN` until one passes."""
+    """Live phases from `first_rate`: up by `STEP_UP` while the scorer keeps up; if the first rate
+    already fails, down by `STEP_DOWN` until one passes."""
     ladder: list[Phase] = []
     rate = first_rate
     for _ in range(steps):
         step = await run(rate)
         ladder.append(step)
         log.info("ladder %.1f ev/s: p99 %s ms, kept up: %s", rate, step.latency_ms.p99, step.kept_up)
-        going_up = ladder[0].kept_up
-        if step.kept_up != going_up:
+        following = next_rate(rate, ladder[0].kept_up, step.kept_up)
+        if following is None:
             break
-        rate = round(rate * (_STEP_UP if going_up else _STEP_DOWN), 1)
+        rate = following
     return ladder
 
 
@@ -371,7 +379,7 @@ def format_bench(result: StreamBench) -> str:
             f"{lat.p99!s:>8} {p.coalesced:>9} {p.lost:>5} {p.dlq:>4} {waiting:>13} {scoring:>13}"
             + ("" if p.rate_target is None else f"  kept up: {p.kept_up}")
         )
-    rows.append(f"maximum sustained: {result.max_sustained_events_per_s} events/s (p99 <= {_P99_LIMIT_MS:.0f} ms)")
+    rows.append(f"maximum sustained: {result.max_sustained_events_per_s} events/s (p99 <= {P99_LIMIT_MS:.0f} ms)")
     rows.append(f"time per stage (s), backlog phase: {result.max.stage_s}")
     if (r := result.fixed.retrieve_ms) is not None:
         rows.append(f"text retrieval per scored user, 80% phase: p50 {r.p50} / p99 {r.p99} ms")

@@ -2,40 +2,51 @@
 
 Each replica is a `rankstream serve` process (bench/replicas.py), configured through RANKSTREAM_*
 variables as a deployment configures it, following a registry of two real artifacts; one consumer group.
-Once every replica is ready, events from the test period are produced at a fixed rate for the whole
-run, and every `every_s` the other version is promoted. Measured from outside the replicas: lost events
-(their exit stats against what was produced, and a reference of each user's last event), events scored
-by each version, p99 event -> Redis latency of the lists seen in Redis (bench/lists.py) in steady state
-and inside swap windows (from a promote to `_WINDOW_TAIL_S` after the last replica reported serving
-it), the largest replica's RSS after the first and the last swap, and the time from each promote to
-every replica serving it.
+Once every replica is ready, and unless a rate is given, a ladder finds the fleet's own maximum
+sustained rate while it serves the first version, as `bench stream`'s ladder finds one scorer's: each
+step produces the same test-period events at its rate, from `start` up by `STEP_UP` while the fleet
+keeps up (or down by `STEP_DOWN` while the first rate fails), and waits for the lag to be gone; a step
+is kept up when that took at most `DRAIN_LIMIT_S` after its last send and the p99 of the lists seen in
+Redis during it is at most `P99_LIMIT_MS`. Then the swap phase: events from the test period produced at
+the given rate, or at `share` of the highest rate kept up, for the whole phase, and every `every_s` the
+other version is promoted. Measured from outside the replicas: lost events (their exit stats, which
+cover the ladder too, against everything produced, and a reference of each user's last event), events
+scored by each version, p99 event -> Redis latency of the lists seen in Redis (bench/lists.py) during
+the swap phase, in steady state and inside swap windows (from a promote to `_WINDOW_TAIL_S` after the
+last replica reported serving it), the largest replica's RSS after the first and the last swap, and the
+time from each promote to every replica serving it.
 """
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import shutil
 import statistics
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from rankstream.bench.latency import percentile
 from rankstream.bench.lists import ListSample, ListWatch, split_by_windows
 from rankstream.bench.replicas import Replica, free_port, replica_env, spawn, stop_all, wait_ready
-from rankstream.bench.results import BySwap, Convergence, Rss, SwapBench
-from rankstream.bench.stream import count_not_reflected, produce_events
+from rankstream.bench.results import BySwap, Convergence, LadderStep, Rss, SwapBench
+from rankstream.bench.stream import DRAIN_LIMIT_S, P99_LIMIT_MS, count_not_reflected, next_rate, produce_events
 from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.ops.load import split_events
-from rankstream.stream.errors import ConfigError
+from rankstream.stream.errors import ConfigError, JobError
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag
 from rankstream.stream.livestore import seed
 from rankstream.stream.recorder import Stats
+from rankstream.stream.redis_client import RedisClient
 from rankstream.stream.registry import Registry
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -154,7 +165,7 @@ def spawn_fleet(settings: Settings, registry: Registry, replicas: int, folder: P
 
 @dataclass(frozen=True)
 class _Load:
-    """The run's plan: the events to produce, at what rate, and the promotions between the versions."""
+    """The swap phase's plan: the events to produce, at what rate, and the promotions between the versions."""
 
     events: list[ClickEvent]
     rate: float
@@ -163,60 +174,226 @@ class _Load:
     every_s: float
 
 
-async def _run_load(
-    settings: Settings, registry: Registry, fleet: list[Replica], load: _Load
-) -> tuple[_Swaps, dict[str, tuple[int, int]], list[ListSample]]:
-    """Produce at the rate while promoting every `every_s`; watch the lists until the lag is gone."""
-    await wait_ready(fleet)
-    await asyncio.sleep(_SETTLE_S)
-    watch = ListWatch(registry.client, sorted({e.user_id for e in load.events}))
+@dataclass(frozen=True)
+class _Climb:
+    """The ladder's plan: the events every step produces, its first rate and at most how many steps."""
+
+    events: list[ClickEvent]
+    start: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What the ladder found: its steps, the highest rate kept up, and the share of it the swaps ran at."""
+
+    steps: list[LadderStep]
+    sustained: float
+    share: float
+
+
+def replayed(events: list[ClickEvent], n: int) -> list[ClickEvent]:
+    """The first `n` events, the test period again if `n` outlasts it."""
+    return (events * (n // len(events) + 1))[:n]
+
+
+def written_between(samples: Sequence[ListSample], start: float, end: float = math.inf) -> list[ListSample]:
+    """The lists written from `start` to `end` (unix s, both included)."""
+    return [s for s in samples if start <= s.written_at <= end]
+
+
+def judge_step(
+    rate: float, events: int, samples: Sequence[ListSample], *, started: float, sent: float, drained: float
+) -> LadderStep:
+    """A ladder step from the lists written between its start and the lag gone (unix s): kept up when the
+    lag was gone within `DRAIN_LIMIT_S` of the last send and their p99 is at most `P99_LIMIT_MS`."""
+    latencies = [s.latency_ms for s in written_between(samples, started, drained)]
+    p99 = percentile(latencies, 99)
+    drain_s = round(drained - sent, 2)
+    kept_up = p99 is not None and p99 <= P99_LIMIT_MS and drain_s <= DRAIN_LIMIT_S
+    return LadderStep(rate, p99, kept_up, events, drain_s, len(latencies))
+
+
+async def climb(run: Callable[[float], Awaitable[LadderStep]], start: float, steps: int) -> list[LadderStep]:
+    """Steps from `start`, at most `steps`, each rate after the last as `bench stream`'s ladder picks it."""
+    ladder: list[LadderStep] = []
+    rate = start
+    for _ in range(steps):
+        step = await run(rate)
+        ladder.append(step)
+        following = next_rate(rate, ladder[0].kept_up, step.kept_up)
+        if following is None:
+            break
+        rate = following
+    return ladder
+
+
+def sustained(ladder: Sequence[LadderStep]) -> float:
+    """The highest rate of the ladder kept up.
+
+    Raises:
+        JobError: no step was kept up.
+    """
+    kept = [s.rate for s in ladder if s.kept_up]
+    if not kept:
+        tried = ", ".join(f"{s.rate:g}" for s in ladder)
+        raise JobError(
+            f"the replicas kept up with none of the ladder's rates ({tried} events/s); start it lower with "
+            "--ladder-start, allow more steps with --ladder-steps, or give the rate with --rate"
+        )
+    return max(kept)
+
+
+def last_offsets(runs: Iterable[dict[str, tuple[int, int]]]) -> dict[str, tuple[int, int]]:
+    """Each user's last (partition, offset) over runs produced one after the other on one topic."""
+    last: dict[str, tuple[int, int]] = {}
+    for run in runs:
+        last.update(run)
+    return last
+
+
+def count_lost(produced: int, stats: Sequence[Stats]) -> int:
+    """Events produced that no replica scored or dead-lettered, from the replicas' totals."""
+    # Replays after a rebalance may score an event twice; lost counts events never scored.
+    return max(produced - sum(st.events + st.dlq for st in stats), 0)
+
+
+@contextlib.asynccontextmanager
+async def _watching(client: RedisClient, events: list[ClickEvent]) -> AsyncIterator[ListWatch]:
+    """The lists of the users of `events`, watched until the block ends, then read once more."""
+    watch = ListWatch(client, sorted({e.user_id for e in events}))
     done = asyncio.Event()
-    watching = asyncio.create_task(watch.run(done))
-    producing = asyncio.create_task(produce_events(settings.kafka_bootstrap, settings.topic, load.events, load.rate))
+    task = asyncio.create_task(watch.run(done))
     try:
-        seen = await _swap_every(registry, fleet, load.versions, load.swaps, load.every_s)
-        last = await producing
-        await drained(settings)
+        yield watch
     finally:
         done.set()
-        await asyncio.gather(watching, return_exceptions=True)
-        if not producing.done():
-            producing.cancel()
-            await asyncio.gather(producing, return_exceptions=True)
-    return seen, last, watch.samples
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class _Run:
+    """The fleet under load: the ladder (without a given rate), then the swap phase. Keeps the last
+    offsets each of them produced, for the check that every user's list reflects their last event."""
+
+    def __init__(self, settings: Settings, registry: Registry, fleet: list[Replica]) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.fleet = fleet
+        self.lasts: list[dict[str, tuple[int, int]]] = []
+
+    async def ready(self) -> None:
+        await wait_ready(self.fleet)
+        await asyncio.sleep(_SETTLE_S)
+
+    async def ladder(self, plan: _Climb) -> list[LadderStep]:
+        return await climb(partial(self._step, plan.events), plan.start, plan.steps)
+
+    async def _step(self, events: list[ClickEvent], rate: float) -> LadderStep:
+        """Produce `events` at `rate`, wait for the lag to be gone, and judge the step."""
+        started = time.time()
+        async with _watching(self.registry.client, events) as watch:
+            self.lasts.append(await produce_events(self.settings.kafka_bootstrap, self.settings.topic, events, rate))
+            sent = time.time()
+            drained_at = await self._drained_at()
+        step = judge_step(rate, len(events), watch.samples, started=started, sent=sent, drained=drained_at)
+        log.info(
+            "ladder %.1f ev/s: p99 %s ms over %d lists, lag gone %.2fs after the last send, kept up: %s",
+            rate,
+            step.p99_ms,
+            step.lists,
+            step.drained_s_after_last_send,
+            step.kept_up,
+        )
+        return step
+
+    async def _drained_at(self) -> float:
+        """When the group's lag was seen gone (unix s); raise if a replica exited meanwhile."""
+        s = self.settings
+        while True:
+            lag = await group_lag(s.kafka_bootstrap, s.topic, s.group_id)
+            if lag and sum(lag.values()) == 0:
+                return time.time()
+            for r in self.fleet:
+                r.check_running()
+            # Often enough to tell a step that drained within DRAIN_LIMIT_S from one that did not.
+            await asyncio.sleep(0.25)
+
+    async def swaps(self, load: _Load) -> tuple[_Swaps, list[ListSample]]:
+        """Produce at the rate while promoting every `every_s`; watch the lists until the lag is gone.
+        Returns what the swaps did and the lists written during the phase (not the ladder's)."""
+        started = time.time()
+        s = self.settings
+        async with _watching(self.registry.client, load.events) as watch:
+            producing = asyncio.create_task(produce_events(s.kafka_bootstrap, s.topic, load.events, load.rate))
+            try:
+                seen = await _swap_every(self.registry, self.fleet, load.versions, load.swaps, load.every_s)
+                self.lasts.append(await producing)
+                await drained(s)
+            finally:
+                if not producing.done():
+                    producing.cancel()
+                    await asyncio.gather(producing, return_exceptions=True)
+        return seen, written_between(watch.samples, started)
 
 
 async def bench_swap(
-    home: Path, models: list[Path], *, rate: float, swaps: int = 20, every_s: float = 30.0, replicas: int = 2
+    home: Path,
+    models: list[Path],
+    *,
+    rate: float | None = None,
+    swaps: int = 20,
+    every_s: float = 30.0,
+    replicas: int = 2,
+    share: float = 0.8,
+    ladder_events: int = 15_000,
+    ladder_start: float = 400.0,
+    ladder_steps: int = 8,
 ) -> SwapBench:
-    """Run replica processes under load through `swaps` promotions and return the figures (module docstring)."""
+    """Run replica processes under load through `swaps` promotions and return the figures (module docstring).
+
+    Args:
+        rate: events/s of the swap phase; None: `share` of the fleet's maximum sustained rate, found first
+            by a ladder of `ladder_steps` steps at most, of `ladder_events` events each, from `ladder_start`.
+
+    Raises:
+        JobError: no rate of the ladder was kept up.
+    """
     settings = bench_settings(home, "bench-swap")
     topic = settings.topic
     store, registry, versions = await open_registry(settings, home, models)
     try:
         await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic: 4, f"{topic}.dlq": 1})
         evs = split_events(home / "data", "test", None)
-        needed = int(rate * (swaps + 1) * every_s)
-        events = (evs * (needed // len(evs) + 1))[:needed]  # the test period again if the run outlasts it
-        load = _Load(events, rate, versions, swaps, every_s)
         fleet = spawn_fleet(settings, registry, replicas, home / "bench-swap" / "replicas")
+        run = _Run(settings, registry, fleet)
         try:
-            seen, last, samples = await _run_load(settings, registry, fleet, load)
+            await run.ready()
+            found = None
+            if rate is None:
+                steps = await run.ladder(_Climb(replayed(evs, ladder_events), ladder_start, ladder_steps))
+                found = _Found(steps, sustained(steps), share)
+                rate = round(found.sustained * share, 1)
+                log.info("the replicas sustain %.1f ev/s; swaps at %.1f ev/s", found.sustained, rate)
+            load = _Load(replayed(evs, int(rate * (swaps + 1) * every_s)), rate, versions, swaps, every_s)
+            seen, samples = await run.swaps(load)
         finally:
             stop_all(fleet)
         stats = [r.stats() for r in fleet]
-        not_reflected = await count_not_reflected(store, topic, last)
+        not_reflected = await count_not_reflected(store, topic, last_offsets(run.lasts))
     finally:
         await store.close()
-    return _result(stats, samples, seen, load, not_reflected)
+    return _result(stats, samples, seen, load, not_reflected, found)
 
 
-def _result(stats: list[Stats], samples: list[ListSample], seen: _Swaps, load: _Load, not_reflected: int) -> SwapBench:
+def _result(
+    stats: list[Stats], samples: list[ListSample], seen: _Swaps, load: _Load, not_reflected: int, found: _Found | None
+) -> SwapBench:
     steady, in_window = split_by_windows(samples, seen.windows)
     by_version: Counter[str] = Counter()
     for st in stats:
         by_version.update(st.events_by_version)
-    scored = sum(st.events + st.dlq for st in stats)
+    ladder = found.steps if found is not None else []
+    ladder_events = sum(s.events for s in ladder)
     conv = seen.converge_s
     return SwapBench(
         versions=load.versions,
@@ -225,8 +402,7 @@ def _result(stats: list[Stats], samples: list[ListSample], seen: _Swaps, load: _
         swaps=len(conv),
         every_s=load.every_s,
         events=len(load.events),
-        # Replays after a rebalance may score an event twice; lost counts events never scored.
-        lost=max(len(load.events) - scored, 0),
+        lost=count_lost(ladder_events + len(load.events), stats),
         users_not_reflected=not_reflected,
         events_by_version=dict(by_version),
         latency_p99_ms=BySwap(steady=percentile(steady, 99), swap_windows=percentile(in_window, 99)),
@@ -242,23 +418,46 @@ def _result(stats: list[Stats], samples: list[ListSample], seen: _Swaps, load: _
             median=round(statistics.median(conv), 3) if conv else None,
         ),
         lists_by_version=dict(Counter(s.version for s in samples)),
+        ladder=ladder,
+        max_sustained_events_per_s=found.sustained if found is not None else None,
+        share=found.share if found is not None else None,
+        ladder_events=ladder_events,
     )
 
 
 def format_swap(r: SwapBench) -> str:
     """The figures as a table for a person; `r.to_json()` is the machine form."""
     lat, rss, conv = r.latency_p99_ms, r.rss_mib, r.publish_to_all_serving_s
-    return "\n".join(
-        [
-            f"{r.swaps} swaps every {r.every_s}s between {' and '.join(r.versions)}, "
-            f"{r.replicas} replica processes, {r.rate} events/s",
-            f"{'events':>8} {'lost':>5} {'not refl.':>9} {'p99 steady':>10} {'p99 swap':>9} "
-            f"{'RSS 1st':>8} {'RSS last':>8} {'publish->all max s':>18}",
-            f"{r.events:>8} {r.lost:>5} {r.users_not_reflected:>9} {lat.steady!s:>10} "
-            f"{lat.swap_windows!s:>9} {rss.after_first_swap or 0:>8} {rss.after_last_swap:>8} "
-            f"{conv.max!s:>18}",
-            f"events by version: {r.events_by_version}",
-            f"lists seen in Redis: {r.latency_samples.steady} in steady state, {r.latency_samples.swap_windows} "
-            f"in swap windows; by the version that wrote them: {r.lists_by_version}",
-        ]
-    )
+    rate = f"{r.rate} events/s"
+    if r.share is not None:
+        rate += f" ({r.share:.0%} of the {r.max_sustained_events_per_s} events/s they sustained on the ladder)"
+    rows = [
+        f"{r.swaps} swaps every {r.every_s}s between {' and '.join(r.versions)}, {r.replicas} replica processes, {rate}"
+    ]
+    if r.ladder:
+        rows += _ladder_rows(r.ladder)
+        rows.append(f"events: {r.events} in the swap phase, {r.ladder_events} on the ladder; lost counts both")
+    rows += [
+        f"{'events':>8} {'lost':>5} {'not refl.':>9} {'p99 steady':>10} {'p99 swap':>9} "
+        f"{'RSS 1st':>8} {'RSS last':>8} {'publish->all max s':>18}",
+        f"{r.events:>8} {r.lost:>5} {r.users_not_reflected:>9} {lat.steady!s:>10} "
+        f"{lat.swap_windows!s:>9} {rss.after_first_swap or 0:>8} {rss.after_last_swap:>8} "
+        f"{conv.max!s:>18}",
+        f"events by version{' (the ladder included)' if r.ladder else ''}: {r.events_by_version}",
+        f"lists seen in Redis: {r.latency_samples.steady} in steady state, {r.latency_samples.swap_windows} "
+        f"in swap windows; by the version that wrote them: {r.lists_by_version}",
+    ]
+    return "\n".join(rows)
+
+
+def _ladder_rows(ladder: list[LadderStep]) -> list[str]:
+    rows = [
+        f"ladder on the first version (kept up: lag gone within {DRAIN_LIMIT_S:g}s of the last send, "
+        f"p99 <= {P99_LIMIT_MS:.0f} ms)",
+        f"{'ev/s':>8} {'events':>7} {'p99 ms':>8} {'lists':>6} {'drained s':>9}  kept up",
+    ]
+    for s in ladder:
+        rows.append(
+            f"{s.rate:>8} {s.events:>7} {s.p99_ms!s:>8} {s.lists:>6} {s.drained_s_after_last_send:>9}  {s.kept_up}"
+        )
+    return rows

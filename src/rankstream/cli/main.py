@@ -203,7 +203,18 @@ def _bench_swap(args: argparse.Namespace) -> int:
     from rankstream.bench.swap import bench_swap, format_swap
 
     result = asyncio.run(
-        bench_swap(home(), args.models, rate=args.rate, swaps=args.swaps, every_s=args.every, replicas=args.replicas)
+        bench_swap(
+            home(),
+            args.models,
+            rate=args.rate,
+            swaps=args.swaps,
+            every_s=args.every,
+            replicas=args.replicas,
+            share=args.share,
+            ladder_events=args.ladder_events,
+            ladder_start=args.ladder_start,
+            ladder_steps=args.ladder_steps,
+        )
     )
     print(result.to_json() if args.json else format_swap(result))
     return 0
@@ -497,10 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=_bench_tables)
     b = bench.add_parser("swap", help="replicas under steady load while the active version flips every N seconds")
     b.add_argument("--models", type=Path, nargs=2, required=True, help="two artifact directories to alternate")
-    b.add_argument("--rate", type=float, required=True, help="events/s (80%% of `bench stream`'s maximum sustained)")
+    b.add_argument(
+        "--rate", type=float, help="events/s of the swaps (default: --share of what the replicas sustain on a ladder)"
+    )
     b.add_argument("--swaps", type=int, default=20)
     b.add_argument("--every", type=float, default=30.0, help="seconds between swaps")
     b.add_argument("--replicas", type=int, default=2)
+    b.add_argument("--share", type=float, default=0.8, help="without --rate: the swaps' rate as a share of the max")
+    b.add_argument("--ladder-events", type=_positive, default=15_000, help="events per ladder step")
+    b.add_argument("--ladder-start", type=float, default=400.0, help="the ladder's first rate, events/s")
+    b.add_argument("--ladder-steps", type=_positive, default=8, help="at most this many ladder steps")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_swap)
     b = bench.add_parser("catalog", help="new items from the catalog topic to every scorer's index, under load")
