@@ -11,7 +11,7 @@ import numpy as np
 from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.features import candidate_text, history_text
-from rankstream.stream.live import ItemCounts, event_ms
+from rankstream.stream.live import ItemCounts, SalesView, event_ms
 from rankstream.stream.retrieval import merge
 from rankstream.stream.signals import RECENT_ITEMS, candidate_signals
 from rankstream.stream.store import UserState
@@ -157,7 +157,7 @@ def user_signals(
     plan: UserPlan,
     cands: Sequence[str],
     neighbours: Mapping[str, Sequence[str]],
-    counts: Mapping[str, ItemCounts],
+    counts: Mapping[str, ItemCounts | SalesView],
     catalog: Mapping[str, str],
 ) -> np.ndarray:
     """The signal rows of a user's candidates, for a model that reads them (`stream.signals`).

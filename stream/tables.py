@@ -16,6 +16,7 @@ from rankstream.stream.errors import RankstreamError, StoreError
 from rankstream.stream.live import (
     ItemCounts,
     LiveParams,
+    SalesView,
     merge_counts,
     merge_neighbours,
     merge_trending,
@@ -70,7 +71,7 @@ class Tables:
         self.partitions = 0
         self.params = LiveParams()
         self._nb: dict[str, _Entry[dict[str, float], list[str]]] = {}
-        self._counts: dict[str, _Entry[ItemCounts, ItemCounts]] = {}
+        self._counts: dict[str, _Entry[ItemCounts, SalesView]] = {}
         self._trending: tuple[float, list[str]] = (-1e18, [])
 
     @property
@@ -123,9 +124,11 @@ class Tables:
         n = self.params.neighbours
         return await self._cached(self._nb, items, TOP, parse_neighbours, lambda parts: merge_neighbours(parts, n))
 
-    async def counts_for(self, items: list[str]) -> dict[str, ItemCounts]:
-        """Each item's sales over all shares (`ItemCounts.stats_at` turns them into signal inputs)."""
-        return await self._cached(self._counts, items, COUNTS, ItemCounts.parse, merge_counts)
+    async def counts_for(self, items: list[str]) -> dict[str, SalesView]:
+        """Each item's sales over all shares (`stats_at` turns them into signal inputs)."""
+        return await self._cached(
+            self._counts, items, COUNTS, ItemCounts.parse, lambda parts: SalesView(merge_counts(parts))
+        )
 
     async def trending(self) -> list[str]:
         fetched, value = self._trending

@@ -73,7 +73,7 @@ async def test_live_tables_read_back_as_seeded(store: Store) -> None:
     counts = await tables.counts_for(["I000", "missing"])
     now = int(time.time() * 1000)
     assert counts["I000"].stats_at(now) == ITEM_STATS["I000"]
-    assert counts["missing"].baskets == 0
+    assert counts["missing"].counts.baskets == 0
 
 
 async def test_unusable_user_state_is_reported_per_user(store: Store) -> None:
@@ -119,7 +119,7 @@ async def test_stray_tables_degrade_and_do_not_stop(store: Store) -> None:
     await tables.load()
     assert await tables.neighbours_for(["I000", "I001"]) == {"I000": [], "I001": []}
     got = await tables.counts_for(["I000", "I001"])
-    assert got["I000"].baskets == 0 and got["I001"].baskets == ITEM_STATS["I001"].baskets
+    assert got["I000"].counts.baskets == 0 and got["I001"].counts.baskets == ITEM_STATS["I001"].baskets
     assert await tables.trending() == []
 
 

@@ -33,7 +33,7 @@ async def test_a_share_that_moves_is_read_again_and_merged_with_the_others(
         return merge_neighbours(list(shares), n)
 
     assert (await tables.neighbours_for(["I000"]))["I000"] == expected(a.neighbours["I000"], b.neighbours["I000"])
-    counts = (await tables.counts_for(["I000"]))["I000"]
+    counts = (await tables.counts_for(["I000"]))["I000"].counts
     assert counts == merge_counts([a.counts["I000"], b.counts["I000"]])
 
     # Share b moves: I002 becomes its heaviest neighbour of I000, heavy enough to lead the merge.
@@ -48,7 +48,7 @@ async def test_a_share_that_moves_is_read_again_and_merged_with_the_others(
     await store.client.hset(share_keys(TOPIC, 0)[COUNTS], "I000", "{broken")
     with caplog.at_level(logging.ERROR, logger="rankstream.stream.tables"):
         assert (await tables.neighbours_for(["I000"]))["I000"] == expected(moved)
-        assert (await tables.counts_for(["I000"]))["I000"] == merge_counts([b.counts["I000"]])
+        assert (await tables.counts_for(["I000"]))["I000"].counts == merge_counts([b.counts["I000"]])
     assert sum("I000 is unreadable in a share" in r.getMessage() for r in caplog.records) == 2
 
     # And back: a good value in share a joins the merge again.

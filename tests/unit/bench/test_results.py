@@ -90,6 +90,10 @@ def test_swap_bench_json_keeps_its_keys() -> None:
         "rss_mib",
         "publish_to_all_serving_s",
         "lists_by_version",
+        "ladder",
+        "max_sustained_events_per_s",
+        "share",
+        "ladder_events",
     ]
     assert doc["latency_p99_ms"] == {"steady": 12.5, "swap_windows": None}
     assert doc["rss_mib"] == {

@@ -11,6 +11,7 @@ from rankstream.stream.live import (
     DAY_MS,
     ItemCounts,
     LiveParams,
+    SalesView,
     Share,
     dump_neighbours,
     dump_trend,
@@ -236,3 +237,18 @@ def assert_parses_or_refuses(raw: str) -> None:
 @given(st.dictionaries(ids, st.sampled_from([0.0, 0.5, 1.0, 2.5]) | st.floats(0, 1e9), max_size=60), st.integers(0, 70))
 def test_top_weighted_is_heaviest_first_ties_by_id(weights: dict[str, float], n: int) -> None:
     assert top_weighted(weights, n) == sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.integers(-5, 80), st.integers(1, 9), max_size=40),
+    st.lists(st.integers(0, 90 * DAY_MS), min_size=1, max_size=12),
+)
+def test_a_sales_view_reads_what_its_counts_read_in_any_order(days: dict[int, int], offsets: list[int]) -> None:
+    """The scorer's view keeps one day's windows: read at any times, back and forth across days, it gives
+    exactly `ItemCounts.stats_at`."""
+    base = T0 - T0 % DAY_MS
+    c = ItemCounts(sum(days.values()), T0 + 3 * DAY_MS, 2, {base // DAY_MS - 10 + d: n for d, n in days.items()})
+    view = SalesView(c)
+    for off in offsets:
+        assert view.stats_at(base + off) == c.stats_at(base + off)

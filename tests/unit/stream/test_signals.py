@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rankstream.stream.signals import HISTORY_ITEMS, SIGNALS, ItemStats, candidate_signals, title_words
 
@@ -102,3 +104,37 @@ def test_item_stats_count_baskets_buyers_and_age_at_the_frames_end() -> None:
     assert stats["a"] == ItemStats(baskets=3, baskets_7d=2, baskets_30d=2, buyers=2, age_days=30)
     assert stats["b"] == ItemStats(baskets=1, baskets_7d=1, baskets_30d=1, buyers=1, age_days=6)
     assert stats["c"] == ItemStats(baskets=1, baskets_7d=1, baskets_30d=1, buyers=1, age_days=0)
+
+
+ITEMS = [f"i{k}" for k in range(12)]
+
+
+@st.composite
+def _user_and_tables(draw):  # type: ignore[no-untyped-def]
+    """A history (any items, repeats allowed), candidates, and neighbour lists holding an item once each."""
+    history = draw(st.lists(st.sampled_from(ITEMS), max_size=HISTORY_ITEMS + 5))
+    candidates = draw(st.lists(st.sampled_from(ITEMS), max_size=8))
+    lists = st.lists(st.sampled_from(ITEMS), unique=True, max_size=10)
+    neighbours = draw(st.dictionaries(st.sampled_from(ITEMS), lists))
+    return history, candidates, neighbours
+
+
+@settings(max_examples=400, deadline=None)
+@given(_user_and_tables())
+def test_reverse_votes_are_a_walk_down_each_candidates_list(case) -> None:  # type: ignore[no-untyped-def]
+    """rev and nrev50 as defined: every neighbour that is one of the 50 newest history items counts, with
+    weight 1 / ((1 + its newest position) * (1 + its rank)), summed in rank order (the same float)."""
+    history, candidates, neighbours = case
+    got = candidate_signals(history, candidates, neighbours, {}, {})
+    position: dict[str, int] = {}
+    for pos, item in enumerate(history[:HISTORY_ITEMS]):
+        position.setdefault(item, pos)
+    names = list(SIGNALS.names)
+    for k, cand in enumerate(candidates):
+        rev, nrev = 0.0, 0
+        for rank, nb in enumerate(neighbours.get(cand, [])):
+            if nb in position:
+                rev += 1.0 / ((1 + position[nb]) * (1 + rank))
+                nrev += 1
+        assert got[k, names.index("nrev50")] == nrev
+        assert got[k, names.index("rev_log")] == np.float32(math.log(rev + 1e-3))
