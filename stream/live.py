@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from aiokafka.partitioner import murmur2
 
 from rankstream.stream.events import ClickEvent
-from rankstream.stream.signals import ItemStats
+from rankstream.stream.signals import NO_STATS, ItemStats
 
 DAY_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -63,23 +63,19 @@ class ItemCounts:
 
     def stats_at(self, ts_ms: int) -> ItemStats:
         """The signals' `ItemStats` at `ts_ms`: 7- and 30-day windows end on its day, age from the first sale."""
-        return self.stats_with(ts_ms, self.windows(ts_ms // DAY_MS))
-
-    def windows(self, today: int) -> tuple[int, int]:
-        """(baskets in the 7 days, in the 30 days) ending on day `today`, in one pass."""
+        today = ts_ms // DAY_MS
         b7 = b30 = 0
-        for d, n in self.days.items():
+        for d, n in self.days.items():  # one pass
             if today - 30 < d <= today:
                 b30 += n
                 if d > today - 7:
                     b7 += n
-        return b7, b30
-
-    def stats_with(self, ts_ms: int, windows: tuple[int, int]) -> ItemStats:
-        """`stats_at(ts_ms)` given `windows(ts_ms // DAY_MS)`."""
-        b7, b30 = windows
-        age = max(0, (ts_ms - self.first_ms) // DAY_MS) if self.baskets else 0
+        age = self.age_days(ts_ms)
         return ItemStats(baskets=self.baskets, baskets_7d=b7, baskets_30d=b30, buyers=self.buyers, age_days=age)
+
+    def age_days(self, ts_ms: int) -> int:
+        """Whole days from the first sale to `ts_ms` (0: never sold)."""
+        return max(0, (ts_ms - self.first_ms) // DAY_MS) if self.baskets else 0
 
     def dump(self) -> str:
         days = ",".join(f"{d}:{n}" for d, n in sorted(self.days.items()))
@@ -94,23 +90,24 @@ class ItemCounts:
 
 
 class SalesView:
-    """Merged `ItemCounts` as a scorer reads them: never changed after they are made, so each day's
-    windows are computed once and reused for every user scored that day (a hot item is a candidate for
-    most users; `windows` over a month of day buckets for each was a tenth of the scorer's loop)."""
+    """Merged `ItemCounts` as a scorer reads them: never changed after they are made, so the statistics
+    at one day and age are computed once and reused for every user scored then (a hot item is a
+    candidate for most users, and a pass over its month of day buckets for each was a tenth of the
+    scorer's loop)."""
 
-    __slots__ = ("counts", "_day", "_windows")
+    __slots__ = ("counts", "_at", "_stats")
 
     def __init__(self, counts: ItemCounts) -> None:
         self.counts = counts
-        self._day: int | None = None
-        self._windows = (0, 0)
+        self._at = (-1, -1)  # (day, age in days) of `_stats`
+        self._stats = NO_STATS
 
     def stats_at(self, ts_ms: int) -> ItemStats:
         """`ItemCounts.stats_at`, the same values."""
-        today = ts_ms // DAY_MS
-        if today != self._day:
-            self._windows, self._day = self.counts.windows(today), today
-        return self.counts.stats_with(ts_ms, self._windows)
+        at = (ts_ms // DAY_MS, self.counts.age_days(ts_ms))  # everything `stats_at` reads of the time
+        if at != self._at:
+            self._at, self._stats = at, self.counts.stats_at(ts_ms)
+        return self._stats
 
 
 @dataclass
