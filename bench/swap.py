@@ -20,28 +20,28 @@ time from each promote to every replica serving it.
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import shutil
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from rankstream.bench.ladder import climb, judge_step, ladder_rows, replayed, sustained, written_between
 from rankstream.bench.latency import percentile
 from rankstream.bench.lists import ListSample, ListWatch, split_by_windows
 from rankstream.bench.replicas import Replica, free_port, replica_env, spawn, stop_all, wait_ready
 from rankstream.bench.results import BySwap, Convergence, LadderStep, Rss, SwapBench
-from rankstream.bench.stream import DRAIN_LIMIT_S, P99_LIMIT_MS, count_not_reflected, next_rate, produce_events
+from rankstream.bench.stream import count_not_reflected, produce_events
 from rankstream.data.live_replay import seeded
 from rankstream.data.prepare import prepare
 from rankstream.deploy import stack
 from rankstream.deploy.kafka_local import create_topics
 from rankstream.ops.load import split_events
-from rankstream.stream.errors import ConfigError, JobError
+from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag
 from rankstream.stream.livestore import seed
@@ -190,58 +190,6 @@ class _Found:
     steps: list[LadderStep]
     sustained: float
     share: float
-
-
-def replayed(events: list[ClickEvent], n: int) -> list[ClickEvent]:
-    """The first `n` events, the test period again if `n` outlasts it."""
-    return (events * (n // len(events) + 1))[:n]
-
-
-def written_between(samples: Sequence[ListSample], start: float, end: float = math.inf) -> list[ListSample]:
-    """The lists written from `start` to `end` (unix s, both included)."""
-    return [s for s in samples if start <= s.written_at <= end]
-
-
-def judge_step(
-    rate: float, events: int, samples: Sequence[ListSample], *, started: float, sent: float, drained: float
-) -> LadderStep:
-    """A ladder step from the lists written between its start and the lag gone (unix s): kept up when the
-    lag was gone within `DRAIN_LIMIT_S` of the last send and their p99 is at most `P99_LIMIT_MS`."""
-    latencies = [s.latency_ms for s in written_between(samples, started, drained)]
-    p99 = percentile(latencies, 99)
-    drain_s = round(drained - sent, 2)
-    kept_up = p99 is not None and p99 <= P99_LIMIT_MS and drain_s <= DRAIN_LIMIT_S
-    return LadderStep(rate, p99, kept_up, events, drain_s, len(latencies))
-
-
-async def climb(run: Callable[[float], Awaitable[LadderStep]], start: float, steps: int) -> list[LadderStep]:
-    """Steps from `start`, at most `steps`, each rate after the last as `bench stream`'s ladder picks it."""
-    ladder: list[LadderStep] = []
-    rate = start
-    for _ in range(steps):
-        step = await run(rate)
-        ladder.append(step)
-        following = next_rate(rate, ladder[0].kept_up, step.kept_up)
-        if following is None:
-            break
-        rate = following
-    return ladder
-
-
-def sustained(ladder: Sequence[LadderStep]) -> float:
-    """The highest rate of the ladder kept up.
-
-    Raises:
-        JobError: no step was kept up.
-    """
-    kept = [s.rate for s in ladder if s.kept_up]
-    if not kept:
-        tried = ", ".join(f"{s.rate:g}" for s in ladder)
-        raise JobError(
-            f"the replicas kept up with none of the ladder's rates ({tried} events/s); start it lower with "
-            "--ladder-start, allow more steps with --ladder-steps, or give the rate with --rate"
-        )
-    return max(kept)
 
 
 def last_offsets(runs: Iterable[dict[str, tuple[int, int]]]) -> dict[str, tuple[int, int]]:
@@ -435,7 +383,7 @@ def format_swap(r: SwapBench) -> str:
         f"{r.swaps} swaps every {r.every_s}s between {' and '.join(r.versions)}, {r.replicas} replica processes, {rate}"
     ]
     if r.ladder:
-        rows += _ladder_rows(r.ladder)
+        rows += ladder_rows(r.ladder)
         rows.append(f"events: {r.events} in the swap phase, {r.ladder_events} on the ladder; lost counts both")
     rows += [
         f"{'events':>8} {'lost':>5} {'not refl.':>9} {'p99 steady':>10} {'p99 swap':>9} "
@@ -448,16 +396,3 @@ def format_swap(r: SwapBench) -> str:
         f"in swap windows; by the version that wrote them: {r.lists_by_version}",
     ]
     return "\n".join(rows)
-
-
-def _ladder_rows(ladder: list[LadderStep]) -> list[str]:
-    rows = [
-        f"ladder on the first version (kept up: lag gone within {DRAIN_LIMIT_S:g}s of the last send, "
-        f"p99 <= {P99_LIMIT_MS:.0f} ms)",
-        f"{'ev/s':>8} {'events':>7} {'p99 ms':>8} {'lists':>6} {'drained s':>9}  kept up",
-    ]
-    for s in ladder:
-        rows.append(
-            f"{s.rate:>8} {s.events:>7} {s.p99_ms!s:>8} {s.lists:>6} {s.drained_s_after_last_send:>9}  {s.kept_up}"
-        )
-    return rows
