@@ -183,7 +183,9 @@ class SwapBench(Record):
     lists by the version that wrote them. `events`: produced in the swap phase; `ladder_events`: produced
     by the ladder before it (0 with a given rate). `lost` and `events_by_version` come from the replicas'
     totals, which cover both. `max_sustained_events_per_s` and `share`: the ladder's highest rate kept up
-    and the share of it the swaps ran at (None with a given rate)."""
+    and the share of it the swaps ran at (None with a given rate). `swap_phase`: the swap phase judged as
+    a ladder step is (lag gone within 2 s of its last send, p99 of its lists at most 1 s); a phase not
+    kept up fell behind, and its steady / swap-window ratio compares two backlogs."""
 
     versions: list[str]
     replicas: int
@@ -203,6 +205,7 @@ class SwapBench(Record):
     max_sustained_events_per_s: float | None = None
     share: float | None = None
     ladder_events: int = 0
+    swap_phase: LadderStep | None = None
 
 
 @dataclass(frozen=True)

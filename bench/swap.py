@@ -27,7 +27,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -267,9 +267,10 @@ class _Run:
             # Often enough to tell a step that drained within DRAIN_LIMIT_S from one that did not.
             await asyncio.sleep(0.25)
 
-    async def swaps(self, load: _Load) -> tuple[_Swaps, list[ListSample]]:
+    async def swaps(self, load: _Load) -> tuple[_Swaps, list[ListSample], LadderStep]:
         """Produce at the rate while promoting every `every_s`; watch the lists until the lag is gone.
-        Returns what the swaps did and the lists written during the phase (not the ladder's)."""
+        Returns what the swaps did, the lists written during the phase (not the ladder's), and the phase
+        judged as a ladder step is: a fleet that fell behind over the whole phase makes its ratio moot."""
         started = time.time()
         s = self.settings
         async with _watching(self.registry.client, load.events) as watch:
@@ -277,12 +278,14 @@ class _Run:
             try:
                 seen = await _swap_every(self.registry, self.fleet, load.versions, load.swaps, load.every_s)
                 self.lasts.append(await producing)
-                await drained(s)
+                sent = time.time()
+                drained_at = await self._drained_at()
             finally:
                 if not producing.done():
                     producing.cancel()
                     await asyncio.gather(producing, return_exceptions=True)
-        return seen, written_between(watch.samples, started)
+        phase = judge_step(load.rate, len(load.events), watch.samples, started=started, sent=sent, drained=drained_at)
+        return seen, written_between(watch.samples, started), phase
 
 
 async def bench_swap(
@@ -294,8 +297,8 @@ async def bench_swap(
     every_s: float = 30.0,
     replicas: int = 2,
     share: float = 0.8,
-    ladder_events: int = 15_000,
-    ladder_start: float = 400.0,
+    ladder_events: int | None = None,
+    ladder_start: float = 800.0,
     ladder_steps: int = 8,
 ) -> SwapBench:
     """Run replica processes under load through `swaps` promotions and return the figures (module docstring).
@@ -303,7 +306,8 @@ async def bench_swap(
     Args:
         rate: events/s of the swap phase, over the test period; None: `share` of the fleet's maximum
             sustained rate, found first by a ladder of `ladder_steps` steps at most, of the period's first
-            `ladder_events` events each, from `ladder_start`; the swap phase then replays those events.
+            `ladder_events` events each (None: the whole period), from `ladder_start`; the swap phase then
+            replays those events.
 
     Raises:
         JobError: no rate of the ladder was kept up.
@@ -323,20 +327,20 @@ async def bench_swap(
                 # The swaps replay the ladder's events: a rate found on one stretch of the period does
                 # not hold on another (the first run measured with the whole period after a ladder on
                 # its first days had a steady p99 of 1.4 s at "80%", beyond the ladder's own limit).
-                evs = replayed(evs, ladder_events)
+                evs = replayed(evs, ladder_events or len(evs))
                 steps = await run.ladder(_Climb(evs, ladder_start, ladder_steps))
                 found = _Found(steps, sustained(steps), share)
                 rate = round(found.sustained * share, 1)
                 log.info("the replicas sustain %.1f ev/s; swaps at %.1f ev/s", found.sustained, rate)
             load = _Load(replayed(evs, int(rate * (swaps + 1) * every_s)), rate, versions, swaps, every_s)
-            seen, samples = await run.swaps(load)
+            seen, samples, phase = await run.swaps(load)
         finally:
             stop_all(fleet)
         stats = [r.stats() for r in fleet]
         not_reflected = await count_not_reflected(store, topic, last_offsets(run.lasts))
     finally:
         await store.close()
-    return _result(stats, samples, seen, load, not_reflected, found)
+    return replace(_result(stats, samples, seen, load, not_reflected, found), swap_phase=phase)
 
 
 def _result(
@@ -401,4 +405,10 @@ def format_swap(r: SwapBench) -> str:
         f"lists seen in Redis: {r.latency_samples.steady} in steady state, {r.latency_samples.swap_windows} "
         f"in swap windows; by the version that wrote them: {r.lists_by_version}",
     ]
+    if r.swap_phase is not None:
+        ph = r.swap_phase
+        rows.append(
+            f"swap phase as a ladder step: p99 {ph.p99_ms} ms, lag gone {ph.drained_s_after_last_send}s after the "
+            f"last send, kept up: {ph.kept_up}"
+        )
     return "\n".join(rows)

@@ -515,8 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--every", type=float, default=30.0, help="seconds between swaps")
     b.add_argument("--replicas", type=int, default=2)
     b.add_argument("--share", type=float, default=0.8, help="without --rate: the swaps' rate as a share of the max")
-    b.add_argument("--ladder-events", type=_positive, default=15_000, help="events per ladder step")
-    b.add_argument("--ladder-start", type=float, default=400.0, help="the ladder's first rate, events/s")
+    b.add_argument(
+        "--ladder-events", type=_positive, default=None, help="events per ladder step (default: the whole test period)"
+    )
+    b.add_argument("--ladder-start", type=float, default=800.0, help="the ladder's first rate, events/s")
     b.add_argument("--ladder-steps", type=_positive, default=8, help="at most this many ladder steps")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_swap)

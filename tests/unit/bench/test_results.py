@@ -94,6 +94,7 @@ def test_swap_bench_json_keeps_its_keys() -> None:
         "max_sustained_events_per_s",
         "share",
         "ladder_events",
+        "swap_phase",
     ]
     assert doc["latency_p99_ms"] == {"steady": 12.5, "swap_windows": None}
     assert doc["rss_mib"] == {

@@ -1,6 +1,7 @@
 """The pure parts of `bench swap`: the ladder before the swaps, which lists each part counts, lost events."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ def swap_bench(ladder: list[LadderStep], sustained_rate: float | None, share: fl
 
 def test_the_ladder_follows_the_existing_keys_in_the_json() -> None:
     doc = json.loads(swap_bench([step(625.0, True)], 625.0, 0.8).to_json())
-    assert list(doc)[-4:] == ["ladder", "max_sustained_events_per_s", "share", "ladder_events"]
+    assert list(doc)[-5:] == ["ladder", "max_sustained_events_per_s", "share", "ladder_events", "swap_phase"]
     assert doc["ladder"] == [
         {
             "rate": 625.0,
@@ -181,6 +182,7 @@ def test_a_given_rate_reports_no_ladder() -> None:
     before = SwapBench(*(getattr(given_rate, f) for f in list(SwapBench.__dataclass_fields__)[:14]))
     assert before == given_rate
     assert (before.ladder, before.max_sustained_events_per_s, before.share, before.ladder_events) == ([], None, None, 0)
+    assert before.swap_phase is None
     assert "ladder" not in format_swap(given_rate)
 
 
@@ -191,14 +193,22 @@ def test_the_table_shows_the_ladder_and_both_event_counts() -> None:
     assert sum("781.2" in line and "False" in line for line in text.splitlines()) == 1
 
 
+def test_the_table_says_whether_the_swap_phase_itself_kept_up() -> None:
+    phase = LadderStep(400.0, 10803.0, False, 9, 3.1, 9)
+    behind = replace(swap_bench([step(500.0, True)], 500.0, 0.8), swap_phase=phase)
+    assert "swap phase as a ladder step: p99 10803.0 ms, lag gone 3.1s after the last send, kept up: False" in (
+        format_swap(behind)
+    )
+
+
 def test_without_rate_the_command_climbs_a_ladder_first() -> None:
     parse = build_parser().parse_args
     args = parse(["bench", "swap", "--models", "a", "b"])
     assert (args.rate, args.share, args.ladder_events, args.ladder_start, args.ladder_steps) == (
         None,
         0.8,
-        15000,
-        400.0,
+        None,
+        800.0,
         8,
     )
     assert parse(["bench", "swap", "--models", "a", "b", "--rate", "762"]).rate == 762.0
