@@ -1,16 +1,37 @@
-"""A replica fleet's maximum sustained rate, found as `bench stream` finds one scorer's: a ladder of rates,
-each step judged from the lists written while it ran (the lag gone within `DRAIN_LIMIT_S` of its last
-send, their p99 event -> Redis at most `P99_LIMIT_MS`)."""
+"""The ladder that finds a maximum sustained rate, one scorer's (`bench stream`) or a replica fleet's
+(`bench swap`): rates from a start, up by `STEP_UP` while each step keeps up (the lag gone within
+`DRAIN_LIMIT_S` of its last send, p99 event -> Redis at most `P99_LIMIT_MS`), or down by `STEP_DOWN`
+while the first rate fails."""
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from rankstream.bench.latency import percentile
 from rankstream.bench.lists import ListSample
 from rankstream.bench.results import LadderStep
-from rankstream.bench.stream import DRAIN_LIMIT_S, P99_LIMIT_MS, next_rate
 from rankstream.stream.errors import JobError
 from rankstream.stream.events import ClickEvent
+
+DRAIN_LIMIT_S = 2.0
+P99_LIMIT_MS = 1000.0
+STEP_UP, STEP_DOWN = 1.25, 0.8
+
+
+class Step(Protocol):
+    @property
+    def kept_up(self) -> bool: ...
+
+
+S = TypeVar("S", bound=Step)
+
+
+def next_rate(rate: float, first_kept_up: bool, kept_up: bool) -> float | None:
+    """The ladder's rate after a step at `rate`: up by `STEP_UP` while steps keep up, down by `STEP_DOWN`
+    while they fail as the first did; None once a step goes the other way, which ends the ladder."""
+    if kept_up != first_kept_up:
+        return None
+    return round(rate * (STEP_UP if first_kept_up else STEP_DOWN), 1)
 
 
 def replayed(events: list[ClickEvent], n: int) -> list[ClickEvent]:
@@ -35,9 +56,9 @@ def judge_step(
     return LadderStep(rate, p99, kept_up, events, drain_s, len(latencies))
 
 
-async def climb(run: Callable[[float], Awaitable[LadderStep]], start: float, steps: int) -> list[LadderStep]:
-    """Steps from `start`, at most `steps`, each rate after the last as `bench stream`'s ladder picks it."""
-    ladder: list[LadderStep] = []
+async def climb(run: Callable[[float], Awaitable[S]], start: float, steps: int) -> list[S]:
+    """Steps from `start`, at most `steps`, each rate after the last as `next_rate` picks it."""
+    ladder: list[S] = []
     rate = start
     for _ in range(steps):
         step = await run(rate)

@@ -4,11 +4,11 @@ Phases on fresh topics, with a scorer in this process (one replica, as one `rank
 - backlog: the first N test-period events are produced up front and drained: the drain rate. It
   overstates what the scorer sustains live, because a backlog lets it fold a user's many events into
   one scoring;
-- ladder: the rest of the test period (or its first `live_events`) produced live at rising rates (from
-  half the drain rate, up by `STEP_UP` per step, or down by `STEP_DOWN` while the first rate fails);
-  a rate is sustained when the scorer keeps up (lag gone within `DRAIN_LIMIT_S` of the last send) and
-  p99 event -> Redis stays under `P99_LIMIT_MS`. The maximum sustained rate is the highest one that
-  passed;
+- ladder: the rest of the test period (or its first `live_events`) produced live at rising rates, as
+  `bench/ladder.py` climbs (from half the drain rate, up by `STEP_UP` per step, or down by `STEP_DOWN`
+  while the first rate fails); a rate is sustained when the scorer keeps up (lag gone within
+  `DRAIN_LIMIT_S` of the last send) and p99 event -> Redis stays under `P99_LIMIT_MS`. The maximum
+  sustained rate is the highest one that passed;
 - fixed: the same events at a fixed share (`share`) of the maximum sustained rate.
 Every live phase replays the same events, so each rate meets the same traffic (stretches of the period
 differ: more users with small baskets mean more scorings per event). A live phase starts producing once
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rankstream.bench.ladder import DRAIN_LIMIT_S, P99_LIMIT_MS, climb
 from rankstream.bench.latency import latency_split, percentile, percentiles
 from rankstream.bench.results import BatchShape, Latency, Phase, ShadowCost, StreamBench
 from rankstream.bench.tables import Replicas, replica_env
@@ -56,11 +57,8 @@ from rankstream.stream.store import Store
 log = logging.getLogger(__name__)
 
 BENCH_DB = 1  # a Redis database of its own, flushed per phase: the demo's lists are left alone
-DRAIN_LIMIT_S = 2.0
-P99_LIMIT_MS = 1000.0
 _SETTLE_S = 3.0  # idle time before each phase, so one phase's aftermath (flushes, collections) is not the next's
 _ASSIGN_WAIT_S = 60.0
-STEP_UP, STEP_DOWN = 1.25, 0.8
 # A short linger: it adds to the event -> Redis latency being measured.
 _LINGER_MS = 2
 Tables = tuple[dict[str, str], LiveReplay, TitleVectors | None]  # the catalog, the seeded shares, title vectors
@@ -246,28 +244,15 @@ async def phase_result(
     )
 
 
-def next_rate(rate: float, first_kept_up: bool, kept_up: bool) -> float | None:
-    """The ladder's rate after a step at `rate`: up by `STEP_UP` while steps keep up, down by `STEP_DOWN`
-    while they fail as the first did; None once a step goes the other way, which ends the ladder."""
-    if kept_up != first_kept_up:
-        return None
-    return round(rate * (STEP_UP if first_kept_up else STEP_DOWN), 1)
-
-
 async def _ladder(run: Callable[[float], Awaitable[Phase]], first_rate: float, steps: int) -> list[Phase]:
-    """Live phases from `first_rate`: up by `STEP_UP` while the scorer keeps up; if the first rate
-    already fails, down by `STEP_DOWN` until one passes."""
-    ladder: list[Phase] = []
-    rate = first_rate
-    for _ in range(steps):
+    """Live phases from `first_rate` (`bench.ladder.climb`), each logged."""
+
+    async def logged(rate: float) -> Phase:
         step = await run(rate)
-        ladder.append(step)
         log.info("ladder %.1f ev/s: p99 %s ms, kept up: %s", rate, step.latency_ms.p99, step.kept_up)
-        following = next_rate(rate, ladder[0].kept_up, step.kept_up)
-        if following is None:
-            break
-        rate = following
-    return ladder
+        return step
+
+    return await climb(logged, first_rate, steps)
 
 
 async def bench_stream(

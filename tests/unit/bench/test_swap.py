@@ -8,10 +8,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rankstream.bench.ladder import climb, judge_step, sustained, written_between
+from rankstream.bench.ladder import (
+    DRAIN_LIMIT_S,
+    P99_LIMIT_MS,
+    STEP_DOWN,
+    STEP_UP,
+    climb,
+    judge_step,
+    sustained,
+    written_between,
+)
 from rankstream.bench.lists import ListSample, split_by_windows
 from rankstream.bench.results import BySwap, Convergence, LadderStep, Rss, SwapBench
-from rankstream.bench.stream import DRAIN_LIMIT_S, P99_LIMIT_MS, STEP_DOWN, STEP_UP
 from rankstream.bench.swap import count_lost, format_swap, last_offsets
 from rankstream.cli.main import build_parser
 from rankstream.stream.errors import JobError
