@@ -140,12 +140,16 @@ async def _swap_every(
     return seen
 
 
-async def drained(settings: Settings) -> None:
+async def drained(settings: Settings, fleet: Sequence[Replica] = ()) -> float:
+    """When the group's lag was seen gone (unix s); raise if a replica of `fleet` exited meanwhile."""
     while True:
         lag = await group_lag(settings.kafka_bootstrap, settings.topic, settings.group_id)
         if lag and sum(lag.values()) == 0:
-            return
-        await asyncio.sleep(0.5)
+            return time.time()
+        for r in fleet:
+            r.check_running()
+        # Often enough to tell a ladder step that drained within DRAIN_LIMIT_S from one that did not.
+        await asyncio.sleep(0.25)
 
 
 def spawn_fleet(settings: Settings, registry: Registry, replicas: int, folder: Path, **extra: object) -> list[Replica]:
@@ -243,7 +247,7 @@ class _Run:
         async with _watching(self.registry.client, events) as watch:
             self.lasts.append(await produce_events(self.settings.kafka_bootstrap, self.settings.topic, events, rate))
             sent = time.time()
-            drained_at = await self._drained_at()
+            drained_at = await drained(self.settings, self.fleet)
         step = judge_step(rate, len(events), watch.samples, started=started, sent=sent, drained=drained_at)
         log.info(
             "ladder %.1f ev/s: p99 %s ms over %d lists, lag gone %.2fs after the last send, kept up: %s",
@@ -254,18 +258,6 @@ class _Run:
             step.kept_up,
         )
         return step
-
-    async def _drained_at(self) -> float:
-        """When the group's lag was seen gone (unix s); raise if a replica exited meanwhile."""
-        s = self.settings
-        while True:
-            lag = await group_lag(s.kafka_bootstrap, s.topic, s.group_id)
-            if lag and sum(lag.values()) == 0:
-                return time.time()
-            for r in self.fleet:
-                r.check_running()
-            # Often enough to tell a step that drained within DRAIN_LIMIT_S from one that did not.
-            await asyncio.sleep(0.25)
 
     async def swaps(self, load: _Load) -> tuple[_Swaps, list[ListSample], LadderStep]:
         """Produce at the rate while promoting every `every_s`; watch the lists until the lag is gone.
@@ -279,7 +271,7 @@ class _Run:
                 seen = await _swap_every(self.registry, self.fleet, load.versions, load.swaps, load.every_s)
                 self.lasts.append(await producing)
                 sent = time.time()
-                drained_at = await self._drained_at()
+                drained_at = await drained(self.settings, self.fleet)
             finally:
                 if not producing.done():
                     producing.cancel()
