@@ -18,6 +18,10 @@ from rankstream.stream.candidates import covisit_candidates
 
 log = logging.getLogger(__name__)
 
+# Between a basket's key and k in the key of its open state after k lines (basket keys use \x1f and "@").
+# Tell open states by `is_open`, never by this mark alone: a data set's own ids may hold it.
+OPEN_MARK = "\x1e"
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -46,15 +50,37 @@ def _targets(split_frame: pd.DataFrame) -> pd.DataFrame:
         }
     )
     baskets = rows.groupby("key", sort=False).agg(
-        user_id=("user_id", "first"), t=("t", "min"), items=("item_id", lambda s: frozenset(s))
+        user_id=("user_id", "first"),
+        t=("t", "min"),
+        items=("item_id", lambda s: frozenset(s)),
+        lines=("item_id", lambda s: tuple(dict.fromkeys(s))),  # distinct, in the order they were written
     )
     return baskets.reset_index().sort_values(["user_id", "t", "key"], kind="stable")
 
 
-def _eligible(
-    interactions_all: pd.DataFrame, targets: pd.DataFrame
+def _open(
+    t: int, user: str, key: str, before: dict[str, None], lines: tuple[str, ...], ks: Sequence[int]
 ) -> list[tuple[int, str, str, tuple[str, ...], frozenset[str]]]:
-    """(t, user, key, history, positives) for every target basket with a history and a new item."""
+    """The basket open after its first k lines, for each k: those lines are the newest history, the lines
+    still to come that are new to the user are the positives."""
+    out = []
+    for k in ks:
+        seen = dict(before)
+        for item in lines[:k]:
+            seen.pop(item, None)
+            seen[item] = None
+        positives = frozenset(lines[k:]).difference(seen)
+        if positives:
+            out.append((t, user, f"{key}{OPEN_MARK}{k}", tuple(reversed(seen)), positives))
+    return out
+
+
+def _eligible(
+    interactions_all: pd.DataFrame, targets: pd.DataFrame, open_baskets: int = 0, seed: int = 0
+) -> list[tuple[int, str, str, tuple[str, ...], frozenset[str]]]:
+    """(t, user, key, history, positives) for every target basket with a history and a new item, and for
+    up to `open_baskets` of each basket's open states (`_open`, prefixes drawn with `seed`)."""
+    rng = np.random.default_rng(seed)
     rows = interactions_all.loc[interactions_all["user_id"].isin(set(targets["user_id"])), ["user_id", "item_id"]]
     rows = rows.assign(t=_micros(interactions_all.loc[rows.index, "ts"]))
     # By user, then time; stable, so items within one basket keep their written order.
@@ -72,11 +98,15 @@ def _eligible(
         pos = int(starts[user])
         # dict as an ordered set: re-inserting an item moves it to the newest end.
         seen: dict[str, None] = {}
-        for t, key, items in zip(group["t"], group["key"], group["items"], strict=True):
+        for t, key, items, lines in zip(group["t"], group["key"], group["items"], group["lines"], strict=True):
             while pos < len(u_sorted) and u_sorted[pos] == user and t_sorted[pos] < t:
                 seen.pop(i_sorted[pos], None)
                 seen[i_sorted[pos]] = None
                 pos += 1
+            if open_baskets and len(lines) > 1:
+                n = min(open_baskets, len(lines) - 1)
+                ks = sorted(rng.choice(np.arange(1, len(lines)), size=n, replace=False).tolist())
+                out.extend(_open(int(t), user, key, seen, lines, ks))
             if not seen:
                 continue
             positives = items.difference(seen)
@@ -88,17 +118,29 @@ def _eligible(
 Eligible = tuple[int, str, str, tuple[str, ...], frozenset[str]]  # (t in µs, user, key, history, positives)
 
 
-def eligible_baskets(interactions_all: pd.DataFrame, split_frame: pd.DataFrame) -> tuple[list[Eligible], int]:
+def eligible_baskets(
+    interactions_all: pd.DataFrame, split_frame: pd.DataFrame, *, open_baskets: int = 0, seed: int = 0
+) -> tuple[list[Eligible], int]:
     """The split's eligible baskets in time order (ties by user, then key), and how many baskets it has.
 
     A basket is eligible when its user has a history before it and it holds an item not in that history.
+    With `open_baskets` > 0, each basket of two or more distinct items also gives up to that many open
+    states (drawn with `seed`): the basket after its first k lines, as the scorer sees a user in the middle
+    of one (those lines the newest history, the rest of the basket the positives, the time the basket's).
+    Their key is the basket's, `OPEN_MARK` and k. Training reads them; evaluation counts whole baskets only.
     """
     if split_frame.empty:
         return [], 0
     targets = _targets(split_frame)
-    eligible = _eligible(interactions_all, targets)
+    eligible = _eligible(interactions_all, targets, open_baskets, seed)
     eligible.sort(key=lambda e: (e[0], e[1], e[2]))
     return eligible, len(targets)
+
+
+def is_open(eligible: Sequence[Eligible], split_frame: pd.DataFrame) -> list[bool]:
+    """Per entry of `eligible_baskets(..., split_frame, open_baskets=...)`: an open state, not a basket."""
+    baskets = set(basket_keys(split_frame))
+    return [key not in baskets for _, _, key, _, _ in eligible]
 
 
 def sample_eligible(eligible: Sequence[Eligible], max_instances: int | None, seed: int) -> list[Eligible]:

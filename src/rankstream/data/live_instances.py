@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rankstream.data.instances import Instance, eligible_baskets, instance_at, sample_eligible
+from rankstream.data.instances import Instance, eligible_baskets, instance_at, is_open, sample_eligible
 from rankstream.data.live_replay import LiveReplay, replay_events
 from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.live import LiveParams
@@ -35,6 +35,7 @@ class LiveInstances:
     signals: list[np.ndarray] | None  # per instance, rows in `in_catalog(candidates)` order
     eligible: int  # eligible baskets before any sampling
     baskets: int  # every basket of the split
+    opened: list[bool]  # per instance: an open state of a basket (`eligible_baskets`), not a basket
 
 
 def live_candidates(replay: LiveReplay, history: Sequence[str], n: int) -> list[str]:
@@ -64,6 +65,7 @@ def live_instances(
     seed: int = 0,
     params: LiveParams | None = None,
     partitions: int = PARTITIONS,
+    open_baskets: int = 0,
 ) -> LiveInstances:
     """One Instance per eligible basket of `split_frame`, in time order, read from the live tables.
 
@@ -76,12 +78,15 @@ def live_instances(
         max_instances: a seeded sample of the eligible baskets (`sample_eligible`); every event is still
             applied, so a sampled basket sees the same tables as in the full walk.
         params, partitions: the tables' settings and share count (the scorer's defaults).
+        open_baskets: also up to this many open states of each basket (`eligible_baskets`), read from the
+            tables just before the basket, like the basket itself.
     """
-    eligible, baskets = eligible_baskets(interactions_all, split_frame)
+    eligible, baskets = eligible_baskets(interactions_all, split_frame, open_baskets=open_baskets, seed=seed)
     picked = sample_eligible(eligible, max_instances, seed)
     replay = LiveReplay(params or LiveParams(), partitions)
     events = replay_events(interactions_all) if picked else []
     instances: list[Instance] = []
+    opened = is_open(picked, split_frame) if open_baskets else [False] * len(picked)
     signals: list[np.ndarray] | None = [] if with_signals else None
     k = 0
     for basket in picked:
@@ -101,4 +106,4 @@ def live_instances(
         baskets,
         replay.applied,
     )
-    return LiveInstances(instances, signals, len(eligible), baskets)
+    return LiveInstances(instances, signals, len(eligible), baskets, opened)

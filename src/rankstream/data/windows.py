@@ -47,14 +47,22 @@ def training_windows(
     n_candidates: int = 50,
     params: LiveParams | None = None,
     partitions: int = PARTITIONS,
+    open_baskets: int = 0,
 ) -> list[Window]:
-    """`windows` consecutive windows of `days` ending at `train_end`, oldest first (empty ones skipped)."""
+    """`windows` consecutive windows of `days` ending at `train_end`, oldest first (empty ones skipped);
+    `open_baskets` open states of each basket join its instance (`eligible_baskets`)."""
     end_ts = pd.Timestamp(train_end)
     bounds = [end_ts - timedelta(days=w * days) for w in range(windows, -1, -1)]
     ts = interactions["ts"]
     frame = interactions.loc[(ts >= bounds[0]) & (ts < end_ts)]
     live = live_instances(
-        interactions.loc[ts < end_ts], frame, catalog, n_candidates=n_candidates, params=params, partitions=partitions
+        interactions.loc[ts < end_ts],
+        frame,
+        catalog,
+        n_candidates=n_candidates,
+        params=params,
+        partitions=partitions,
+        open_baskets=open_baskets,
     )
     rows = live.signals or []
     out = []

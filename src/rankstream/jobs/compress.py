@@ -129,6 +129,7 @@ class CompressJob:
                 windows=self.preset.windows,
                 days=self.preset.window_days,
                 max_instances=self.preset.train_instances,
+                open_baskets=self.preset.open_baskets,
             )
             groups = make_groups(
                 data.instances,

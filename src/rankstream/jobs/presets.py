@@ -50,6 +50,10 @@ class CompressPreset:
     # Training lists come from `windows` windows of `window_days` at the end of the train split.
     windows: int = 4
     window_days: int = 30
+    # Open states per basket among the training lists (`eligible_baskets`): most events a scorer serves come
+    # from a user in the middle of a basket, and a model that only saw basket starts ranks those worse than
+    # its own candidate order (docs/results.md, "Open baskets").
+    open_baskets: int = 1
 
 
 def tiny() -> CompressPreset:
@@ -134,6 +138,7 @@ class RecompressPreset:
     max_eval_instances: int | None = 1000
     tolerance: float = 0.01
     canary_share: float | None = None  # publish into a canary at this share of users, not straight to active
+    open_baskets: int = 1  # open states per basket among the training lists, as in CompressPreset
 
     def __post_init__(self) -> None:
         if self.canary_share is not None and not 0.0 < self.canary_share < 1.0:

@@ -242,12 +242,22 @@ class Cycle:
         # A teacher that reads serve-time signals: every list carries them, from the live tables at its basket.
         with_signals = load_manifest(self.run.teacher_artifact).input_spec.signals is not None
         live = live_instances(
-            window.history, window.events, catalog, n_candidates=N_CANDIDATES, with_signals=with_signals
+            window.history,
+            window.events,
+            catalog,
+            n_candidates=N_CANDIDATES,
+            with_signals=with_signals,
+            open_baskets=config.open_baskets,
         )
-        instances = live.instances
-        train, held = split_holdout(instances, config.holdout)
-        signals = live.signals[: len(train)] if live.signals is not None else None
-        held_signals = live.signals[len(train) :] if live.signals is not None else None
+        # The newest share of the baskets is held out for the gate, whole baskets only (as every gate and
+        # evaluation counts them); training takes everything before the first of them, open states included.
+        baskets = [k for k, opened in enumerate(live.opened) if not opened]
+        first_held = split_holdout(baskets, config.holdout)[1][0]
+        instances = [live.instances[k] for k in baskets]
+        train = live.instances[:first_held]
+        held = [live.instances[k] for k in baskets if k >= first_held]
+        signals = live.signals[:first_held] if live.signals is not None else None
+        held_signals = [live.signals[k] for k in baskets if k >= first_held] if live.signals is not None else None
         older = window.events[window.events["ts"] < pd.Timestamp(held[0].ts)]
         popularity = older["item_id"].value_counts().to_dict()
         if config.max_eval_instances is not None and len(held) > config.max_eval_instances:
@@ -276,6 +286,7 @@ class Cycle:
             "window_events": len(window.events),
             "instances": len(instances),
             "train_instances": len(train),
+            "train_open_states": sum(live.opened[:first_held]),
             "train_lists": n_lists,
             "distil_lists": len(groups),
             "distil_pairs": sum(len(g) for g in groups),

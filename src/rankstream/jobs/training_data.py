@@ -39,10 +39,13 @@ def signal_training_data(
     max_instances: int | None = None,
     l2: float = HEAD_L2,
     seed: int = 0,
+    open_baskets: int = 0,
 ) -> SignalTrainingData:
     """Window instances with their signals, the position prior and the fitted head (see module doc)."""
     catalog = prepared.catalog
-    found = training_windows(prepared.interactions, prepared.split.train_end, catalog, windows=windows, days=days)
+    found = training_windows(
+        prepared.interactions, prepared.split.train_end, catalog, windows=windows, days=days, open_baskets=open_baskets
+    )
     pool = [(inst, rows) for w in found for inst, rows in zip(w.instances, w.signals, strict=True)]
     if not pool:
         raise JobError(

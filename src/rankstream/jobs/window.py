@@ -5,13 +5,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import pandas as pd
 
-from rankstream.data.instances import Instance
 from rankstream.data.prepare import Prepared
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import ClickEvent
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def window_from_events(
     return Window(source, start, end, frame, history)
 
 
-def split_holdout(instances: Sequence[Instance], share: float) -> tuple[list[Instance], list[Instance]]:
+def split_holdout(instances: Sequence[T], share: float) -> tuple[list[T], list[T]]:
     """(older, newest): the newest `share` of the instances (time order) is held out."""
     n_hold = math.ceil(len(instances) * share)
     if n_hold < 1 or n_hold >= len(instances):

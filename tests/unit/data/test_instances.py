@@ -5,8 +5,17 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rankstream.data.instances import Instance, build_instances, candidate_recall
+from rankstream.data.instances import (
+    OPEN_MARK,
+    Instance,
+    build_instances,
+    candidate_recall,
+    eligible_baskets,
+    is_open,
+)
 from rankstream.data.split import Split, split_frame
 from rankstream.stream.candidates import covisit_candidates
 
@@ -108,3 +117,61 @@ def test_candidate_recall() -> None:
     miss = Instance("u", datetime(2024, 1, 2, tzinfo=UTC), ("A",), ("B",), frozenset({"D"}))
     assert candidate_recall([hit, miss]) == 0.5
     assert candidate_recall([]) == 0.0
+
+
+def test_open_baskets_hold_the_lines_so_far_and_the_rest_of_the_basket() -> None:
+    test = split_frame(DATA, SPLIT)[2]
+    plain, n = eligible_baskets(DATA, test)
+    with_open, n_open = eligible_baskets(DATA, test, open_baskets=5)
+    assert n == n_open and [e for e in with_open if OPEN_MARK not in e[2]] == plain
+    # Keys are user \x1f basket, and OPEN_MARK k for an open state (written here as @k).
+    opened = {e[2].split("\x1f")[1].replace(OPEN_MARK, "@"): e for e in with_open if OPEN_MARK in e[2]}
+    # u2 has no history before basket 7, so only its open state is an instance: A on screen, B to come.
+    assert opened["7@1"][1:] == ("u2", f"u2\x1f7{OPEN_MARK}1", ("A",), frozenset({"B"}))
+    # u1's A (bought before) moves to the front once its line is written; D is still to come.
+    assert opened["5@1"][3:] == (("A", "E", "B", "C"), frozenset({"D"}))
+    assert opened["5@1"][0] == next(e for e in plain if e[2].endswith("\x1f5"))[0]  # the basket's own time
+    assert set(opened) == {"7@1", "5@1", "10@1"}  # one-item basket 8 has no open state
+
+
+@given(
+    baskets=st.lists(
+        st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.integers(0, 90), st.text("ABCDEFG", min_size=1, max_size=6)),
+        min_size=1,
+        max_size=12,
+    ),
+    open_baskets=st.integers(0, 4),
+    seed=st.integers(0, 3),
+)
+@settings(max_examples=60, deadline=None)
+def test_open_baskets_property(baskets: list[tuple[str, int, str]], open_baskets: int, seed: int) -> None:
+    df = _rows(*[(u, str(k), day, items) for k, (u, day, items) in enumerate(baskets)])
+    test = split_frame(df, SPLIT)[2]
+    plain, _ = eligible_baskets(df, test)
+    with_open, _ = eligible_baskets(df, test, open_baskets=open_baskets, seed=seed)
+    assert [e for e in with_open if OPEN_MARK not in e[2]] == plain
+    assert with_open == eligible_baskets(df, test, open_baskets=open_baskets, seed=seed)[0]
+    per_basket: dict[str, int] = {}
+    for _t, user, key, history, positives in with_open:
+        if OPEN_MARK not in key:
+            continue
+        basket, k = key.split("\x1f")[1].split(OPEN_MARK)
+        lines = list(dict.fromkeys(df.loc[df["basket"] == basket, "item_id"]))
+        k = int(k)
+        assert 1 <= k < len(lines) and user == df.loc[df["basket"] == basket, "user_id"].iloc[0]
+        assert history[:k] == tuple(reversed(lines[:k]))  # the lines so far are the newest history
+        assert positives and positives <= set(lines[k:]) and not positives & set(history)
+        assert len(history) == len(set(history))
+        per_basket[basket] = per_basket.get(basket, 0) + 1
+    assert all(n <= open_baskets for n in per_basket.values())
+
+
+def test_is_open_tells_open_states_even_when_ids_hold_the_mark() -> None:
+    df = _rows(("u1", "1", 62, "AB"), ("u1", f"2{OPEN_MARK}1", 63, "CD"))
+    test = split_frame(df, SPLIT)[2]
+    eligible, _ = eligible_baskets(df, test, open_baskets=3)
+    assert [(e[2].split("\x1f")[1], opened) for e, opened in zip(eligible, is_open(eligible, test), strict=True)] == [
+        (f"1{OPEN_MARK}1", True),
+        (f"2{OPEN_MARK}1", False),  # the data set's own basket id
+        (f"2{OPEN_MARK}1{OPEN_MARK}1", True),
+    ]

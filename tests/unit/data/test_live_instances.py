@@ -111,6 +111,25 @@ def test_a_sample_sees_the_same_tables_as_the_full_walk() -> None:
     assert live_instances(frame, split, TITLES, with_signals=False).signals is None
 
 
+def test_open_states_read_the_tables_before_their_basket_and_are_told_apart() -> None:
+    frame = _frame(ROWS)
+    split = frame[frame["ts"] >= pd.Timestamp("2024-01-03", tz="UTC")]
+    plain = live_instances(frame, split, TITLES)
+    live = live_instances(frame, split, TITLES, open_baskets=1)
+    assert [i for i, o in zip(live.instances, live.opened, strict=True) if not o] == plain.instances
+    assert plain.opened == [False, False] and live.eligible == 5  # each two-line basket opens once, u3's too
+    opened = [i for i, o in zip(live.instances, live.opened, strict=True) if o]
+    assert {(i.user_id, i.history[0], i.positives) for i in opened} == {
+        ("u1", "c", frozenset({"d"})),
+        ("u3", "a", frozenset({"d"})),
+        ("u2", "d", frozenset({"e"})),
+    }
+    for inst in opened:  # the basket's first line is on screen, the tables still those just before it
+        before = _replay_until(frame, _at_ms(inst.ts))
+        want = covisit_candidates(inst.history, before.neighbours(inst.history[:5]), before.trending(), 50)
+        assert list(inst.candidates) == want
+
+
 def test_training_windows_read_the_live_tables_just_before_each_basket() -> None:
     from rankstream.data.windows import training_windows
 
