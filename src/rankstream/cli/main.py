@@ -336,6 +336,8 @@ def _eval(args: argparse.Namespace) -> int:
 
         if args.encoder and not args.text:
             raise ConfigError("--encoder DIR gives the text orders their vectors: add --text")
+        if args.open_baskets < 0:
+            raise ConfigError(f"--open-baskets is a count of open states per basket (0: none), got {args.open_baskets}")
         chosen = resolve_model_dir(args.model) if args.model else installed_model(home() / "models")
         data = args.data or home() / "data"
         embed = _pretrained_vectors if args.text else None
@@ -353,6 +355,7 @@ def _eval(args: argparse.Namespace) -> int:
             embed=embed,
             encoder=encoder,
             names=names,
+            open_baskets=args.open_baskets,
         )
         print(e2e.to_json() if args.json else e2e.format())
         return 0
@@ -604,6 +607,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --text: vectors from a fine-tuned bi-encoder (`rankstream embed`), an ONNX artifact "
         "(a folder with manifest.json) or a Hugging Face model folder; orders named text-tuned, merged-tuned, "
         "covisit-live-cosine-tuned",
+    )
+    s.add_argument(
+        "--open-baskets",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --end-to-end: also the orders on up to N open states of each basket (the basket after its "
+        "first k lines; most served lists are read in one); 0 leaves them out (default: 1)",
     )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_eval)

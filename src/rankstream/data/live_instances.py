@@ -37,6 +37,14 @@ class LiveInstances:
     baskets: int  # every basket of the split
     opened: list[bool]  # per instance: an open state of a basket (`eligible_baskets`), not a basket
 
+    def only(self, opened: bool) -> "LiveInstances":
+        """The baskets alone (False) or the open states alone (True), in order, with their signal rows."""
+        keep = [k for k, o in enumerate(self.opened) if o == opened]
+        signals = None if self.signals is None else [self.signals[k] for k in keep]
+        return LiveInstances(
+            [self.instances[k] for k in keep], signals, self.eligible, self.baskets, [opened] * len(keep)
+        )
+
 
 def live_candidates(replay: LiveReplay, history: Sequence[str], n: int) -> list[str]:
     """`covisit_candidates` over the replay's current tables, newest history first."""

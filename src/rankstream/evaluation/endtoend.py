@@ -25,6 +25,12 @@ Definitions (also in docs/results.md, "End to end on all test baskets"):
 - candidate_recall@50: mean over baskets of |positives ∩ candidates| / |positives|.
 - cold_reached / warm_reached: of all positives pooled over baskets, those whose item never sold in the
   train split / did, the share that is among the candidates.
+- open baskets (`open_baskets` > 0): the same orders on up to that many open states of each test basket
+  (`eligible_baskets`: the basket after its first k lines, k drawn with a fixed seed; those lines are the
+  newest history, the rest of the basket the positives, the tables those just before the basket), whose
+  user may have no earlier history. Most lists a scorer writes are read in such a state (the next event is
+  the basket's next line), so this slice stands for what `bench live` counts per event; the headline
+  figures above are whole baskets only.
 - ci95: the 2.5th and 97.5th percentiles over `RESAMPLES` bootstrap resamples of the baskets (fixed seed).
   A paired ratio is mean(a) / mean(b) over the same baskets, its interval from the same resamples.
 """
@@ -227,6 +233,30 @@ class ModelNote:
 
 
 @dataclass(frozen=True)
+class OpenBaskets:
+    """The orders on open states of the split's baskets (see the module doc)."""
+
+    states: int
+    per_basket: int  # open states drawn per basket (at most)
+    orders: dict[str, OrderResult]
+    paired: dict[str, dict[str, Ratio]]
+
+
+def _results(orders: Mapping[str, OrderResult]) -> dict[str, object]:
+    return {
+        name: {**r.metrics, "ci95": {m: None if v is None else list(v) for m, v in r.ci95.items()}}
+        for name, r in orders.items()
+    }
+
+
+def _ratios(paired: Mapping[str, Mapping[str, Ratio]]) -> dict[str, object]:
+    return {
+        pair: {m: {"ratio": r.ratio, "ci95": None if r.ci95 is None else list(r.ci95)} for m, r in ms.items()}
+        for pair, ms in paired.items()
+    }
+
+
+@dataclass(frozen=True)
 class EndToEnd:
     """The end-to-end figures of one split (see the module doc for the definitions)."""
 
@@ -241,6 +271,7 @@ class EndToEnd:
     resamples: int
     seconds: dict[str, float] = field(default_factory=dict)
     text: TextNote | None = None
+    open_baskets: OpenBaskets | None = None
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -250,12 +281,8 @@ class EndToEnd:
             "positives": self.positives,
             "cold_positives": self.cold_positives,
         }
-        for name, r in self.orders.items():
-            out[name] = {**r.metrics, "ci95": {m: None if v is None else list(v) for m, v in r.ci95.items()}}
-        out["paired"] = {
-            pair: {m: {"ratio": r.ratio, "ci95": None if r.ci95 is None else list(r.ci95)} for m, r in ms.items()}
-            for pair, ms in self.paired.items()
-        }
+        out.update(_results(self.orders))
+        out["paired"] = _ratios(self.paired)
         out["model"] = None if self.model is None else asdict(self.model)
         if self.text is not None:
             out["text"] = asdict(self.text)
@@ -263,6 +290,14 @@ class EndToEnd:
             out["text_ablation"] = {
                 name: {"ndcg@10": self.orders[o].metrics["ndcg@10"], "ci95": _listed(self.orders[o].ci95["ndcg@10"])}
                 for name, o in (("with_text", MODEL), ("without_text", NO_TEXT))
+            }
+        if self.open_baskets is not None:
+            ob = self.open_baskets
+            out["open_baskets"] = {
+                "states": ob.states,
+                "per_basket": ob.per_basket,
+                **_results(ob.orders),
+                "paired": _ratios(ob.paired),
             }
         out["bootstrap"] = {"resamples": self.resamples, "seed": SEED}
         out["seconds"] = self.seconds
@@ -280,21 +315,25 @@ class EndToEnd:
                 return "-"
             return f"{v:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
-        head = f"{'order':<19} {'NDCG@10 [95% CI]':<26} {'Recall@10':>9} {'cand.recall@50 [95% CI]':<26} "
-        rows = [head + f"{'cold':>6} {'warm':>6}"]
-        for name, r in self.orders.items():
-            cold, warm = (r.metrics[m] for m in POOLED_METRICS)
-            rows.append(
-                f"{name:<19} {cell(r, 'ndcg@10'):<26} {r.metrics['recall@10'] or 0:>9.4f} "
-                f"{cell(r, 'candidate_recall@50'):<26} {cold or 0:>6.3f} {warm or 0:>6.3f}"
-            )
-        for pair, ms in self.paired.items():
-            parts = [
-                f"{m} x{r.ratio:.3f}" + (f" [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]" if r.ci95 else "")
-                for m, r in ms.items()
-                if r.ratio is not None
-            ]
-            rows.append(f"{pair.replace('_vs_', ' / ')}: " + ", ".join(parts))
+        def table(orders: Mapping[str, OrderResult], paired: Mapping[str, Mapping[str, Ratio]]) -> list[str]:
+            head = f"{'order':<19} {'NDCG@10 [95% CI]':<26} {'Recall@10':>9} {'cand.recall@50 [95% CI]':<26} "
+            rows = [head + f"{'cold':>6} {'warm':>6}"]
+            for name, r in orders.items():
+                cold, warm = (r.metrics[m] for m in POOLED_METRICS)
+                rows.append(
+                    f"{name:<19} {cell(r, 'ndcg@10'):<26} {r.metrics['recall@10'] or 0:>9.4f} "
+                    f"{cell(r, 'candidate_recall@50'):<26} {cold or 0:>6.3f} {warm or 0:>6.3f}"
+                )
+            for pair, ms in paired.items():
+                parts = [
+                    f"{m} x{r.ratio:.3f}" + (f" [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]" if r.ci95 else "")
+                    for m, r in ms.items()
+                    if r.ratio is not None
+                ]
+                rows.append(f"{pair.replace('_vs_', ' / ')}: " + ", ".join(parts))
+            return rows
+
+        rows = table(self.orders, self.paired)
         rows.append(
             f"{self.baskets:,} of {self.split_baskets:,} {self.split} baskets eligible (a history and a new item), "
             f"all measured; {self.positives:,} positives, {self.cold_positives:,} never sold in train"
@@ -307,6 +346,12 @@ class EndToEnd:
             rows.append("model-live: no model given or installed")
         if self.text is not None:
             rows.append(f"text orders: {self.text.encoder}, {self.text.items:,} item vectors of {self.text.dim}")
+        if self.open_baskets is not None:
+            ob = self.open_baskets
+            rows.append(
+                f"\nopen baskets: {ob.states:,} states (up to {ob.per_basket} a basket), the rest of the basket to come"
+            )
+            rows.extend(table(ob.orders, ob.paired))
         return "\n".join(rows)
 
 
@@ -338,6 +383,26 @@ def linear_orders(linear: LinearPart, live: LiveInstances, catalog: Mapping[str,
     return out
 
 
+def _orders(
+    prepared: Prepared, live: LiveInstances, ranker: ListScorer | None, rerank_top: int
+) -> dict[str, list[list[str]]]:
+    """The frozen and live co-visitation orders of `live`'s instances, and the model's with and without its text."""
+    catalog = prepared.catalog
+    insts = live.instances
+    orders = {
+        FROZEN: [
+            in_catalog(covisit_candidates(i.history, prepared.neighbours, prepared.trending, N_CANDIDATES), catalog)
+            for i in insts
+        ],
+        LIVE: [in_catalog(i.candidates, catalog) for i in insts],
+    }
+    if ranker is not None:
+        orders[MODEL] = model_orders(ranker, live, catalog, rerank_top)
+        if getattr(ranker, "linear", None) is not None:
+            orders[NO_TEXT] = linear_orders(ranker.linear, live, catalog)  # type: ignore[attr-defined]
+    return orders
+
+
 def measure(
     prepared: Prepared,
     split: str = "test",
@@ -350,37 +415,32 @@ def measure(
     vectors: ItemVectors | None = None,
     encoder: str = "",
     names: OrderNames = PRETRAINED,
+    open_baskets: int = 0,
 ) -> EndToEnd:
     """Every order on every eligible basket of `split` (see the module doc); the text orders too, under
-    `names`, when `vectors` (made by `encoder`) are given."""
+    `names`, when `vectors` (made by `encoder`) are given; and with `open_baskets`, the orders without text
+    on that many open states of each basket."""
     t0 = time.perf_counter()
     catalog = prepared.catalog
     with_signals = ranker is not None and ranker.signals is not None
-    live = live_instances(
+    walked = live_instances(
         prepared.interactions,
         prepared.frame(split),
         catalog,
         n_candidates=N_CANDIDATES,
         with_signals=with_signals,
         partitions=partitions,
+        open_baskets=open_baskets,
     )
+    live = walked.only(opened=False)
     seconds = {"replay": round(time.perf_counter() - t0, 1)}
     insts = live.instances
     positives = [inst.positives for inst in insts]
     sold = set(prepared.frame("train")["item_id"])
-    orders = {
-        FROZEN: [
-            in_catalog(covisit_candidates(i.history, prepared.neighbours, prepared.trending, N_CANDIDATES), catalog)
-            for i in insts
-        ],
-        LIVE: [in_catalog(i.candidates, catalog) for i in insts],
-    }
+    t1 = time.perf_counter()
+    orders = _orders(prepared, live, ranker, rerank_top)
     note = None
     if ranker is not None:
-        t1 = time.perf_counter()
-        orders[MODEL] = model_orders(ranker, live, catalog, rerank_top)
-        if getattr(ranker, "linear", None) is not None:
-            orders[NO_TEXT] = linear_orders(ranker.linear, live, catalog)  # type: ignore[attr-defined]
         seconds["model"] = round(time.perf_counter() - t1, 1)
         fed = SIGNALS.version if ranker.signals is not None else None
         note = ModelNote(ranker.version, str(model_path or ""), ranker.signals, fed, rerank_top)
@@ -396,6 +456,26 @@ def measure(
     for a, b in TEXT_PAIRS:
         if a in scores:
             pairs[f"{a}_vs_{b}"] = paired(scores[a], scores[b], idx, TEXT_PAIRED_METRICS)
+    opened = None
+    if open_baskets:
+        t3 = time.perf_counter()
+        states = walked.only(opened=True)
+        o_scores = {
+            name: BasketScores.of(o, [i.positives for i in states.instances], sold)
+            for name, o in _orders(prepared, states, ranker, rerank_top).items()
+        }
+        o_idx = resample_indices(len(states.instances), resamples)
+        opened = OpenBaskets(
+            len(states.instances),
+            open_baskets,
+            {name: summarise(sc, o_idx) for name, sc in o_scores.items()},
+            {
+                f"{a}_vs_{b}": paired(o_scores[a], o_scores[b], o_idx)
+                for a, b in PAIRS
+                if a in o_scores and b in o_scores
+            },
+        )
+        seconds["open_baskets"] = round(time.perf_counter() - t3, 1)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     n_pos = sum(len(p) for p in positives)
     n_cold = sum(sum(x not in sold for x in p) for p in positives)
@@ -411,6 +491,7 @@ def measure(
         resamples,
         seconds,
         text_note,
+        opened,
     )
 
 
@@ -452,6 +533,7 @@ def run_end_to_end(
     embed: Callable[[Mapping[str, str]], ItemVectors] | None = None,
     encoder: str = "",
     names: OrderNames = PRETRAINED,
+    open_baskets: int = 0,
 ) -> EndToEnd:
     """`measure` on prepared data, with `model_dir` (None: no model-live row) loaded as the scorer loads it,
     and the text orders, under `names`, when `embed` (the catalog's titles -> their vectors, made by
@@ -470,5 +552,6 @@ def run_end_to_end(
         vectors=vectors,
         encoder=encoder,
         names=names,
+        open_baskets=open_baskets,
     )
     return result if vectors is None else replace(result, seconds={"embed": embed_s, **result.seconds})

@@ -117,6 +117,22 @@ def test_every_figure_by_hand(shop: Prepared) -> None:
     assert result.orders["covisit-frozen"].ci95["ndcg@10"] == pytest.approx((0.0, 1 / IDEAL2))
 
 
+def test_open_baskets_by_hand_leave_the_basket_figures_as_they_were(shop: Prepared) -> None:
+    plain = measure(shop, "test", ranker=Reverser(), rerank_top=10)
+    result = measure(shop, "test", ranker=Reverser(), rerank_top=10, open_baskets=3)
+    assert result.orders == plain.orders and result.paired == plain.paired and plain.open_baskets is None
+    ob = result.open_baskets
+    assert ob is not None and (ob.states, ob.per_basket) == (2, 3)  # u1's and u10's two-line baskets, k = 1
+    # u1 after c: history (c, b, a), e to come. Live: c votes d (1/1), a votes e (1/(3*2)) -> [d, e], e at 2.
+    # u10 after d: history (d, c), f to come: as for its basket, [e, a, b], f nowhere. Frozen: u1 [d], u10
+    # [a, b]: no hit. The reverser puts e first for u1.
+    assert ob.orders["covisit-live"].metrics["ndcg@10"] == pytest.approx(1 / math.log2(3) / 2)
+    assert ob.orders["covisit-frozen"].metrics["ndcg@10"] == 0.0
+    assert ob.orders["model-live"].metrics["ndcg@10"] == pytest.approx(0.5)
+    assert ob.paired["model-live_vs_covisit-live"]["ndcg@10"].ratio == pytest.approx(math.log2(3))
+    assert result.to_dict()["open_baskets"]["states"] == 2 and "open baskets: 2 states" in result.format()
+
+
 def test_a_model_with_signals_gets_the_live_rows(shop: Prepared) -> None:
     from rankstream.data.live_instances import live_instances
 
