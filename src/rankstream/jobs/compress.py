@@ -29,7 +29,6 @@ from rankstream.compression.export import export_onnx
 from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.model import with_position_prior
 from rankstream.compression.mpnet import mpnet_path
-from rankstream.compression.pairs import make_groups
 from rankstream.compression.prune import prune_ffn
 from rankstream.compression.signal_head import SignalHead
 from rankstream.compression.tiny import tiny_bert, tiny_mpnet
@@ -41,7 +40,7 @@ from rankstream.jobs.int8_fallback import int8_fallback
 from rankstream.jobs.presets import GATE_TOLERANCE, MAX_LENGTH, PARENTS, Base, CompressPreset, compress_preset
 from rankstream.jobs.report import write_report
 from rankstream.jobs.runs import CompressRunRecord, FallbackTrials, Measured, VariantRecord
-from rankstream.jobs.training_data import signal_training_data
+from rankstream.jobs.training_data import preset_training_lists
 from rankstream.stream.artifact import load_manifest, stamp_metrics
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.signals import SIGNALS
@@ -124,20 +123,7 @@ class CompressJob:
     def training_data(self) -> tuple[list[Group], list[float], SignalHead]:
         """Training lists with signals from the train split's last windows, the position prior, the fitted head."""
         with self.step("data"):
-            data = signal_training_data(
-                self.prepared,
-                windows=self.preset.windows,
-                days=self.preset.window_days,
-                max_instances=self.preset.train_instances,
-                open_baskets=self.preset.open_baskets,
-            )
-            groups = make_groups(
-                data.instances,
-                self.prepared.catalog,
-                neg_per_instance=self.preset.neg_per_instance,
-                top_negatives=self.preset.top_negatives,
-                signals=data.signals,
-            )
+            groups, data = preset_training_lists(self.prepared, self.preset)
         self.record.train_windows = data.windows
         self.record.signal_head = data.head
         self.record.train_groups = len(groups)

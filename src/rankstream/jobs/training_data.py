@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rankstream.compression.distil import Group
 from rankstream.compression.model import position_prior
+from rankstream.compression.pairs import make_groups
 from rankstream.compression.signal_head import SignalHead, fit_signal_head
 from rankstream.data.instances import Instance
 from rankstream.data.prepare import Prepared
 from rankstream.data.windows import ranked_candidates, training_windows
-from rankstream.jobs.presets import HEAD_L2
+from rankstream.jobs.presets import HEAD_L2, CompressPreset
 from rankstream.jobs.runs import TrainWindow
 from rankstream.stream.errors import JobError
 from rankstream.stream.signals import SIGNALS
@@ -70,3 +72,22 @@ def signal_training_data(
         head=head,
         windows=[TrainWindow(str(w.start), str(w.end), len(w.instances)) for w in found],
     )
+
+
+def preset_training_lists(prepared: Prepared, preset: CompressPreset) -> tuple[list[Group], SignalTrainingData]:
+    """The lists a `rankstream compress` run of `preset` trains its teacher on, and the data they come from."""
+    data = signal_training_data(
+        prepared,
+        windows=preset.windows,
+        days=preset.window_days,
+        max_instances=preset.train_instances,
+        open_baskets=preset.open_baskets,
+    )
+    groups = make_groups(
+        data.instances,
+        prepared.catalog,
+        neg_per_instance=preset.neg_per_instance,
+        top_negatives=preset.top_negatives,
+        signals=data.signals,
+    )
+    return groups, data

@@ -207,6 +207,25 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     assert all(0.0 <= r["ndcg@10"] <= 1.0 and r["lists_speedup"] > 0 for r in reranked.values())
     assert "cross-encoding only the top 20" in format_bench(result)
 
+    # The text's learning curve: the teacher retrained from the run's start for 2 steps, beside the run's 6.
+    from rankstream.bench.text_curve import text_curve
+
+    curve = text_curve(root, data, [2])
+    assert [p.steps for p in curve.points] == [2, 6] and curve.train_groups == CompressRunRecord.load(root).train_groups
+    retrained = root / "curve" / "teacher-2"
+    assert json.loads((retrained / "training.json").read_text())["steps"] == 2
+    for p in curve.points:
+        for s in (p.baskets, p.open_baskets):
+            assert s is not None and 0.0 <= s.with_text <= 1.0 and 0.0 <= s.without_text <= 1.0
+            if s.without_text > 0:  # the paired ratio over all baskets is the ratio of the two means
+                assert s.ratio == pytest.approx(s.with_text / s.without_text)
+    assert "text gain of tiny's teacher" in curve.format()
+    record = CompressRunRecord.load(root)
+    record.train_groups += 1
+    record.save(root)
+    with pytest.raises(ConfigError, match="rebuilt .* training lists"):
+        text_curve(root, data, [2])
+
 
 def test_compression_public_surface_is_pinned() -> None:
     import rankstream.compression
