@@ -33,7 +33,7 @@ class LiveInstances:
 
     instances: list[Instance]
     signals: list[np.ndarray] | None  # per instance, rows in `in_catalog(candidates)` order
-    eligible: int  # eligible baskets before any sampling
+    eligible: int  # eligible baskets (and open states, when asked for) before any sampling
     baskets: int  # every basket of the split
     opened: list[bool]  # per instance: an open state of a basket (`eligible_baskets`), not a basket
 
@@ -108,9 +108,10 @@ def live_instances(
         if signals is not None:
             signals.append(live_signals(replay, history, in_catalog(inst.candidates, catalog), catalog, at_ms))
     log.info(
-        "live instances: %d of %d eligible baskets (%d in the split), %d events replayed",
+        "live instances: %d of %d eligible (%d of them open states; %d baskets in the split), %d events replayed",
         len(instances),
         len(eligible),
+        sum(opened),
         baskets,
         replay.applied,
     )
