@@ -2,6 +2,7 @@
 (random-weight tiny BERTs; an in-memory stand-in for Redis, so no service is needed)."""
 
 import asyncio
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -249,6 +250,9 @@ async def test_a_passing_cycle_publishes_and_the_next_warm_starts_from_it(
     assert "published and activated" in result.format() and "gate      pass" in result.format()
     c = result.counts
     assert c["train_instances"] > c["held_out_instances"] > 0 and c["distil_lists"] <= 8
+    # Open states train beside the baskets; the held-out share is whole baskets only.
+    assert 0 < c["train_open_states"] < c["train_instances"]
+    assert c["held_out_instances"] == math.ceil(c["instances"] * config.holdout)
 
     await asyncio.sleep(1.1)  # versions are named by the second
     second = await recompress_cycle(registry, _paths(tiny, tmp_path), config)
