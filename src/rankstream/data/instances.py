@@ -127,7 +127,8 @@ def eligible_baskets(
     With `open_baskets` > 0, each basket of two or more distinct items also gives up to that many open
     states (drawn with `seed`): the basket after its first k lines, as the scorer sees a user in the middle
     of one (those lines the newest history, the rest of the basket the positives, the time the basket's).
-    Their key is the basket's, `OPEN_MARK` and k. Training reads them; evaluation counts whole baskets only.
+    Their key is the basket's, `OPEN_MARK` and k. Training reads them; gates and the headline evaluation
+    count whole baskets only.
     """
     if split_frame.empty:
         return [], 0
