@@ -69,6 +69,9 @@ class Arm:
     lost: int
     users_not_reflected: int
     p99_ms: float | None  # event -> list in Redis, for the scorer's load at this rate
+    # Lists the scorer wrote: fewer means more events coalesced into one scoring, so more events are
+    # judged against a list written a few events earlier; the per-event figures follow it.
+    lists_written: int
     next_basket: dict[str, object]  # events, hit_rate@10, ndcg@10, ci95 over next-basket events only
 
 
@@ -98,14 +101,14 @@ def format_live(r: LiveBench) -> str:
         hr, nd = a.ci95["hit_rate@10"], a.ci95["ndcg@10"]
         return (
             f"{name:<7} {a.events:>8,} {a.hit_rate_at_10:.4f} [{hr[0]:.4f}, {hr[1]:.4f}]  "
-            f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lost:>4}"
+            f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lists_written:>13,}  {a.lost:>4}"
         )
 
     hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(
         [
             f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}, frozen tables: {r.frozen_tables}",
-            "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lost",
+            "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lists written  lost",
             row("frozen", r.frozen),
             row("live", r.live),
             f"live / frozen hit-rate@10: {hr['ratio']:.3f} [{hr['ci95'][0]:.3f}, {hr['ci95'][1]:.3f}]",  # type: ignore[index]
@@ -191,8 +194,8 @@ async def _arm(
     rate: float,
     log_dir: Path,
     with_tables: bool,
-) -> tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome]]:
-    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes)."""
+) -> tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome], int]:
+    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes, lists written)."""
     topic = Topic(base, client, name)
     settings = base.model_copy(
         update={"topic": topic.name, "dlq_topic": f"{topic.name}.dlq", "group_id": f"g-{topic.name}"}
@@ -256,7 +259,7 @@ async def _arm(
         fresh = {"p50": percentile(delays, 50), "p99": percentile(delays, 99)}
     basket = {(p, off): event_ms(ev) for ev, (p, off, _) in zip(events, produced.all or [], strict=True)}
     outcomes = list(scorer.recorder.outcomes)
-    return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket)
+    return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket), st.lists_written
 
 
 FROZEN = ("train", "seeded")
@@ -293,7 +296,7 @@ async def bench_live_on(
     na, nb, ratio_nb = summarize(arms["frozen"][5], arms["live"][5])
 
     def arm(name: str, m: dict[str, tuple[float, list[float]]], n: dict[str, tuple[float, list[float]]]) -> Arm:
-        outcomes, lost, not_reflected, p99, _, nexts = arms[name]
+        outcomes, lost, not_reflected, p99, _, nexts, written = arms[name]
         return Arm(
             events=len(outcomes),
             hit_rate_at_10=m["hit_rate@10"][0],
@@ -302,6 +305,7 @@ async def bench_live_on(
             lost=lost,
             users_not_reflected=not_reflected,
             p99_ms=p99,
+            lists_written=written,
             next_basket={
                 "events": len(nexts),
                 **{k: v[0] for k, v in n.items()},

@@ -20,3 +20,24 @@ def test_per_user_sums_events_hits_and_gain() -> None:
     out = per_user([Outcome("u", 0, 0, 1, 0), Outcome("u", 12, 0, 2, 0), Outcome("v", -1, 1, 1, 0)])
     assert out["u"][:2] == (2, 1) and abs(out["u"][2] - 1.0) < 1e-12
     assert out["v"] == (1, 0, 0.0)
+
+
+def test_the_report_carries_each_arms_lists_written() -> None:
+    import json
+
+    from rankstream.bench.live import Arm, LiveBench, format_live
+
+    def arm(hit: float, written: int) -> Arm:
+        nb = {"events": 10, "hit_rate@10": 0.1, "ndcg@10": 0.05, "ci95": {"hit_rate@10": [0.0, 0.2]}}
+        ci = {"hit_rate@10": [hit - 0.01, hit + 0.01], "ndcg@10": [0.04, 0.06]}
+        return Arm(100, hit, 0.05, ci, 0, 0, 50.0, written, nb)
+
+    ratio = {"hit_rate@10": {"ratio": 1.1, "ci95": [1.0, 1.2]}}
+    r = LiveBench(
+        100, 250.0, "m", "train", arm(0.1, 14_654), arm(0.11, 14_180), ratio, ratio, {"p50": 1.0, "p99": 2.0}, 0
+    )
+    out = json.loads(r.to_json())
+    assert (out["frozen"]["lists_written"], out["live"]["lists_written"]) == (14_654, 14_180)
+    assert out["live"]["hit_rate@10"] == 0.11 and "hit_rate_at_10" not in out["live"]
+    text = format_live(r)
+    assert "lists written" in text and "14,654" in text and "14,180" in text
