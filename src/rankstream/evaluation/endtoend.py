@@ -55,6 +55,7 @@ from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.linear import LinearPart
+from rankstream.stream.live import LiveParams
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.scoring import rerank_top_for
 from rankstream.stream.service import resolve_model_dir
@@ -416,10 +417,11 @@ def measure(
     encoder: str = "",
     names: OrderNames = PRETRAINED,
     open_baskets: int = 0,
+    params: LiveParams | None = None,
 ) -> EndToEnd:
     """Every order on every eligible basket of `split` (see the module doc); the text orders too, under
     `names`, when `vectors` (made by `encoder`) are given; and with `open_baskets`, the orders without text
-    on that many open states of each basket."""
+    on that many open states of each basket. `params`: the live tables' settings (default: the scorer's)."""
     t0 = time.perf_counter()
     catalog = prepared.catalog
     with_signals = ranker is not None and ranker.signals is not None
@@ -431,6 +433,7 @@ def measure(
         with_signals=with_signals,
         partitions=partitions,
         open_baskets=open_baskets,
+        params=params,
     )
     live = walked.only(opened=False)
     seconds = {"replay": round(time.perf_counter() - t0, 1)}

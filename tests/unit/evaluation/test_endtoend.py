@@ -133,6 +133,16 @@ def test_open_baskets_by_hand_leave_the_basket_figures_as_they_were(shop: Prepar
     assert result.to_dict()["open_baskets"]["states"] == 2 and "open baskets: 2 states" in result.format()
 
 
+def test_the_live_tables_settings_reach_the_walk(shop: Prepared) -> None:
+    from rankstream.stream.live import LiveParams
+
+    # One neighbour kept per item: before Jan 21 a's heaviest is b (Jan 1 + Jan 2 outweigh e's Jan 12 at a
+    # 30-day half-life), so u1 (history b, a) gets no vote for e and sees trending minus history [c, d].
+    narrow = measure(shop, "test", params=LiveParams(neighbours=1))
+    assert narrow.orders["covisit-live"].metrics["candidate_recall@50"] == pytest.approx(0.25)
+    assert measure(shop, "test").orders["covisit-live"].metrics["candidate_recall@50"] == pytest.approx(0.5)
+
+
 def test_a_model_with_signals_gets_the_live_rows(shop: Prepared) -> None:
     from rankstream.data.live_instances import live_instances
 
