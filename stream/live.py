@@ -29,8 +29,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 # Forward decay: a co-visit at time t weighs 2^((t - LANDMARK_MS) / half-life). Only ratios are ever
 # compared, so no stored weight is rewritten as time passes. The exponent grows by 365 / half-life a
-# year and doubles end at 2^1023: at the default 30-day half-life that is 84 years after the landmark,
-# at a 7-day one 19 (reseeding with a later landmark is the way out; `load` writes every share anew).
+# year and doubles end at 2^1023: at the default 14-day half-life that is 39 years after the landmark
+# (2049), at 30 days 84, at 7 days 19 (reseeding with a later landmark is the way out; `load` writes
+# every share anew).
 LANDMARK_MS = 1_262_304_000_000  # 2010-01-01T00:00:00Z
 _TRIM_SLACK = 2  # a share's neighbour map grows to `keep` * this before it is cut back to `keep`
 
@@ -39,7 +40,9 @@ _TRIM_SLACK = 2  # a share's neighbour map grows to `keep` * this before it is c
 class LiveParams:
     """What the tables keep. Changing any of these needs the shares reseeded (`rankstream load`)."""
 
-    half_life_days: float = 30.0
+    # 14 days: end to end on the test baskets the live co-visitation order held more of what users bought
+    # next than at 30 or 90 days, and as much within a basket (docs/results.md, "The tables' half-life").
+    half_life_days: float = 14.0
     next_basket_days: float = 7.0  # a basket's items pair with the same user's next basket within this
     keep: int = 100  # neighbours per item kept in each share (the merged list serves the top `neighbours`)
     share_top: int = 60  # each share's heaviest neighbours per item, the part readers merge

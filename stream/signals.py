@@ -35,7 +35,8 @@ class SignalSet:
 SIGNALS = SignalSet(
     # -live-: the inputs are the live tables at the basket's time; v1 read tables frozen per training
     # window (and the train split's at serving), so a v1 model's head is fitted to other distributions.
-    version="covisit-pop-8-live-v1",
+    # live-v2: the tables' co-visitation decays with a 14-day half-life (30 in live-v1).
+    version="covisit-pop-8-live-v2",
     names=(
         "vote5_log",  # log(co-visitation vote of the 5 newest items + 1e-3): the candidate order's own score
         "rev_log",  # log(reverse vote + 1e-3): history items found in the candidate's neighbour list
