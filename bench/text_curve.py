@@ -27,6 +27,7 @@ from rankstream.jobs.presets import MAX_LENGTH, PARENTS, compress_preset
 from rankstream.jobs.runs import CompressRunRecord
 from rankstream.jobs.training_data import preset_training_lists
 from rankstream.stream.errors import ConfigError
+from rankstream.stream.live import LiveParams
 from rankstream.stream.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -121,23 +122,43 @@ def training_seconds(hf_dir: Path) -> float:
     return float(json.loads((hf_dir / TRAINING_LOG).read_text())["seconds"])
 
 
-def text_curve(run_dir: Path, data_dir: Path, steps: list[int], open_baskets: int = 1) -> TextCurve:
+def text_curve(
+    run_dir: Path,
+    data_dir: Path,
+    steps: list[int],
+    open_baskets: int = 1,
+    *,
+    accept_signals: str | None = None,
+    params: LiveParams | None = None,
+) -> TextCurve:
+    """The curve's points (see the module doc). `accept_signals` and `params` measure a run made on an
+    older signal set on the tables it was trained on; they do not train (its lists would not be rebuilt)."""
     record = CompressRunRecord.load(run_dir)
     preset = compress_preset(record.preset_name)
     prepared = Prepared.load(data_dir)
-    groups, _ = preset_training_lists(prepared, preset)
-    if len(groups) != record.train_groups:
-        raise ConfigError(
-            f"{run_dir}: rebuilt {len(groups)} training lists where the run trained on {record.train_groups}; "
-            "the data or the code changed since: run the curve on a fresh compress run"
-        )
+    groups: list[Group] = []
+    if any(not (run_dir / "curve" / "artifacts" / f"teacher-{n}-fp32" / "manifest.json").exists() for n in steps):
+        groups, _ = preset_training_lists(prepared, preset)
+        if len(groups) != record.train_groups:
+            raise ConfigError(
+                f"{run_dir}: rebuilt {len(groups)} training lists where the run trained on {record.train_groups}; "
+                "the data or the code changed since: run the curve on a fresh compress run"
+            )
     models = [(preset.teacher.steps, run_dir / "artifacts" / "teacher-fp32", run_dir / "work" / "teacher")]
     models += [(n, retrain(run_dir, record, groups, n), run_dir / "curve" / f"teacher-{n}") for n in steps]
     settings = load_settings()
     points = []
     for n, artifact, hf_dir in sorted(models):
-        ranker, top = load_model(artifact, settings)
-        e2e = measure(prepared, "test", ranker=ranker, rerank_top=top, model_path=artifact, open_baskets=open_baskets)
+        ranker, top = load_model(artifact, settings, accept_signals=accept_signals)
+        e2e = measure(
+            prepared,
+            "test",
+            ranker=ranker,
+            rerank_top=top,
+            model_path=artifact,
+            open_baskets=open_baskets,
+            params=params,
+        )
         points.append(point(n, ranker.version, training_seconds(hf_dir), e2e))
         log.info("text curve: %d steps measured: %s", n, points[-1])
     return TextCurve(str(run_dir), preset.name, record.train_groups, points)
@@ -149,6 +170,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("var/data"))
     ap.add_argument("--steps", default="1000,5000", help="teacher steps of the extra runs, comma-separated")
     ap.add_argument("--open-baskets", type=int, default=1)
+    ap.add_argument(
+        "--accept-signal-set", metavar="SET", help="measure a run trained on this older signal set (no training)"
+    )
+    ap.add_argument(
+        "--half-life-days",
+        type=float,
+        help="the live tables' half-life the run was trained with, when it differs from today's default",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(
@@ -160,7 +189,10 @@ def main() -> None:
         raise SystemExit(f"--steps is a comma-separated list of step counts, e.g. 1000,5000: {exc}") from exc
     if not steps or min(steps) < 1:
         raise SystemExit(f"--steps needs positive step counts, got {args.steps!r}")
-    result = text_curve(args.run, args.data, steps, args.open_baskets)
+    params = None if args.half_life_days is None else LiveParams(half_life_days=args.half_life_days)
+    result = text_curve(
+        args.run, args.data, steps, args.open_baskets, accept_signals=args.accept_signal_set, params=params
+    )
     print(json.dumps(asdict(result), indent=2) if args.json else result.format())
 
 

@@ -224,7 +224,8 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     record.train_groups += 1
     record.save(root)
     with pytest.raises(ConfigError, match="rebuilt .* training lists"):
-        text_curve(root, data, [2])
+        text_curve(root, data, [3])  # a run to train: its lists must be the compress run's
+    assert [p.steps for p in text_curve(root, data, [2]).points] == [2, 6]  # nothing to train: measured as is
 
 
 def test_compression_public_surface_is_pinned() -> None:
