@@ -420,8 +420,9 @@ def measure(
     params: LiveParams | None = None,
 ) -> EndToEnd:
     """Every order on every eligible basket of `split` (see the module doc); the text orders too, under
-    `names`, when `vectors` (made by `encoder`) are given; and with `open_baskets`, the orders (all but the text retrieval ones)
-    on that many open states of each basket. `params`: the live tables' settings (default: the scorer's)."""
+    `names`, when `vectors` (made by `encoder`) are given; and with `open_baskets`, the orders (all but the
+    text retrieval ones) on that many open states of each basket. `params`: the live tables' settings
+    (default: the scorer's)."""
     t0 = time.perf_counter()
     catalog = prepared.catalog
     with_signals = ranker is not None and ranker.signals is not None
