@@ -95,12 +95,16 @@ def point(steps: int, model: str, train_s: float, e2e: EndToEnd) -> CurvePoint:
     return CurvePoint(steps, model, train_s, slice_of(e2e.orders, e2e.paired), opened)
 
 
+def curve_dirs(run_dir: Path, steps: int) -> tuple[Path, Path]:
+    """(the retrained teacher's weights, its fp32 artifact) for `steps` under `RUN/curve/`."""
+    curve = run_dir / "curve"
+    return curve / f"teacher-{steps}", curve / "artifacts" / f"teacher-{steps}-fp32"
+
+
 def retrain(run_dir: Path, record: CompressRunRecord, groups: list[Group], steps: int) -> Path:
     """The run's teacher trained again from its start for `steps`, exported fp32 (reused when present)."""
     preset = compress_preset(record.preset_name)
-    curve = run_dir / "curve"
-    artifact = curve / "artifacts" / f"teacher-{steps}-fp32"
-    out = curve / f"teacher-{steps}"
+    out, artifact = curve_dirs(run_dir, steps)
     if (artifact / "manifest.json").exists():
         return artifact
     config = replace(preset.teacher, steps=steps)
@@ -137,7 +141,7 @@ def text_curve(
     preset = compress_preset(record.preset_name)
     prepared = Prepared.load(data_dir)
     groups: list[Group] = []
-    if any(not (run_dir / "curve" / "artifacts" / f"teacher-{n}-fp32" / "manifest.json").exists() for n in steps):
+    if any(not (curve_dirs(run_dir, n)[1] / "manifest.json").exists() for n in steps):
         groups, _ = preset_training_lists(prepared, preset)
         if len(groups) != record.train_groups:
             raise ConfigError(
@@ -145,7 +149,7 @@ def text_curve(
                 "the data or the code changed since: run the curve on a fresh compress run"
             )
     models = [(preset.teacher.steps, run_dir / "artifacts" / "teacher-fp32", run_dir / "work" / "teacher")]
-    models += [(n, retrain(run_dir, record, groups, n), run_dir / "curve" / f"teacher-{n}") for n in steps]
+    models += [(n, retrain(run_dir, record, groups, n), curve_dirs(run_dir, n)[0]) for n in steps]
     settings = load_settings()
     points = []
     for n, artifact, hf_dir in sorted(models):
