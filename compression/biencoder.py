@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers import get_linear_schedule_with_warmup as linear_schedule
 
 from rankstream.compression.embed import mean_pool
+from rankstream.compression.prune import cut_ffn, ffn_terms, kept_neurons
 from rankstream.compression.train import NO_DECAY
 from rankstream.stream.errors import ConfigError, JobError
 
@@ -174,6 +175,46 @@ class Targets:
 
     titles: Sequence[str]
     vectors: np.ndarray
+
+
+def prune_ffn(
+    src_dir: Path,
+    out_dir: Path,
+    targets: Targets,
+    keep_ratio: float,
+    *,
+    batches: int = 16,
+    batch_size: int = 64,
+    max_length: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Save the encoder `src_dir` with each layer's FFN cut to its `keep_ratio` most important neurons.
+
+    Importance is the cross-encoder's (`prune.ffn_terms`), summed over `batches` seeded batches of the
+    distillation loss alone: the neurons that move the student's vectors towards the teacher's matter.
+    """
+    tokenizer, model = load(src_dir)
+    layers = model.encoder.layer
+    size = model.config.intermediate_size
+    keep = kept_neurons(size, keep_ratio)
+    torch.manual_seed(seed)
+    model.train()
+    scores = [torch.zeros(size) for _ in layers]
+    rng = np.random.default_rng(seed)
+    for _ in range(batches):
+        rows = rng.choice(len(targets.titles), size=min(batch_size, len(targets.titles)), replace=False).tolist()
+        mine = embed(model, tokenizer, [targets.titles[r] for r in rows], max_length)
+        loss = ((mine - torch.from_numpy(targets.vectors[rows])) ** 2).sum(dim=1).mean()
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        for total, term in zip(scores, ffn_terms(layers), strict=True):
+            total += term
+    model.zero_grad(set_to_none=True)
+    cut_ffn(layers, scores, keep)
+    model.config.intermediate_size = keep
+    _save(model, tokenizer, Path(out_dir))
+    log.info("pruned FFN %d -> %d neurons per layer (%s)", size, keep, src_dir)
+    return Path(out_dir)
 
 
 def fit(

@@ -22,6 +22,37 @@ from rankstream.stream.ranker import PairEncoder
 log = logging.getLogger(__name__)
 
 
+def ffn_terms(layers: Sequence[torch.nn.Module]) -> list[torch.Tensor]:
+    """After a backward pass: each layer's |grad x weight| per FFN neuron (input row, bias, output column)."""
+    terms = []
+    for layer in layers:
+        w1, b1, w2 = layer.intermediate.dense.weight, layer.intermediate.dense.bias, layer.output.dense.weight
+        terms.append(((w1.grad * w1).sum(dim=1) + b1.grad * b1 + (w2.grad * w2).sum(dim=0)).abs().detach())
+    return terms
+
+
+def cut_ffn(layers: Sequence[torch.nn.Module], importance: Sequence[torch.Tensor], keep: int) -> None:
+    """Cut every layer's FFN, in place, to its `keep` most important neurons (kept in their order)."""
+    with torch.no_grad():
+        for imp, layer in zip(importance, layers, strict=True):
+            idx = torch.sort(torch.topk(imp, keep).indices).values
+            inter, out = layer.intermediate.dense, layer.output.dense
+            new_inter = torch.nn.Linear(inter.in_features, keep)
+            new_inter.weight.copy_(inter.weight[idx])
+            new_inter.bias.copy_(inter.bias[idx])
+            new_out = torch.nn.Linear(keep, out.out_features)
+            new_out.weight.copy_(out.weight[:, idx])
+            new_out.bias.copy_(out.bias)
+            layer.intermediate.dense, layer.output.dense = new_inter, new_out
+
+
+def kept_neurons(size: int, keep_ratio: float) -> int:
+    """Neurons per layer left by `keep_ratio` of `size`; JobError outside (0, 1]."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise JobError(f"an FFN keep ratio must be in (0, 1], got {keep_ratio}")
+    return max(1, round(size * keep_ratio))
+
+
 def ffn_importance(
     model: torch.nn.Module,
     encoder: PairEncoder,
@@ -44,9 +75,8 @@ def ffn_importance(
         loss = listwise_loss(logits, [_targets(teacher_scores[g], "scores", 1.0) for g in chosen])
         model.zero_grad(set_to_none=True)
         loss.backward()
-        for s, layer in zip(scores, layers, strict=True):
-            w1, b1, w2 = layer.intermediate.dense.weight, layer.intermediate.dense.bias, layer.output.dense.weight
-            s += ((w1.grad * w1).sum(dim=1) + b1.grad * b1 + (w2.grad * w2).sum(dim=0)).abs().detach()
+        for s, term in zip(scores, ffn_terms(layers), strict=True):
+            s += term
     model.zero_grad(set_to_none=True)
     return scores
 
@@ -62,25 +92,13 @@ def prune_ffn(
     batches: int = 16,
 ) -> Path:
     """Save `src_dir` with each layer's FFN cut to its `keep_ratio` most important neurons."""
-    if not 0.0 < keep_ratio <= 1.0:
-        raise JobError(f"an FFN keep ratio must be in (0, 1], got {keep_ratio}; fix the preset's prune ratios")
     torch.manual_seed(0)
     model = load_cross_encoder(src_dir)
     encoder = PairEncoder(Path(src_dir) / "tokenizer.json", max_length)
-    importance = ffn_importance(model, encoder, groups, teacher_scores, batches=batches)
     size = model.config.intermediate_size
-    keep = max(1, round(size * keep_ratio))
-    with torch.no_grad():
-        for imp, layer in zip(importance, model.bert.encoder.layer, strict=True):
-            idx = torch.sort(torch.topk(imp, keep).indices).values
-            inter, out = layer.intermediate.dense, layer.output.dense
-            new_inter = torch.nn.Linear(inter.in_features, keep)
-            new_inter.weight.copy_(inter.weight[idx])
-            new_inter.bias.copy_(inter.bias[idx])
-            new_out = torch.nn.Linear(keep, out.out_features)
-            new_out.weight.copy_(out.weight[:, idx])
-            new_out.bias.copy_(out.bias)
-            layer.intermediate.dense, layer.output.dense = new_inter, new_out
+    keep = kept_neurons(size, keep_ratio)
+    importance = ffn_importance(model, encoder, groups, teacher_scores, batches=batches)
+    cut_ffn(model.bert.encoder.layer, importance, keep)
     model.config.intermediate_size = keep
     model.eval()
     out_dir = Path(out_dir)

@@ -316,6 +316,7 @@ def _embed(args: argparse.Namespace) -> int:
     config = EmbedConfig(
         steps=args.steps,
         student_layers=args.student_layers,
+        student_ffn=args.student_ffn,
         student_steps=args.student_steps,
         batch_size=args.batch_size,
         snapshots=args.snapshots,
@@ -626,6 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--steps", type=int, required=True, help="teacher training steps")
     s.add_argument("--student-layers", type=int, default=2, help="teacher layers the student keeps, evenly spaced")
+    s.add_argument(
+        "--student-ffn",
+        type=float,
+        default=1.0,
+        help="share of each kept layer's FFN neurons the student keeps, the most important by the distillation "
+        "loss (default 1: no pruning)",
+    )
     s.add_argument("--student-steps", type=int, help="student distillation steps (default: --steps)")
     s.add_argument("--batch-size", type=int, default=64, help="pairs per step (each batch's in-batch negatives)")
     s.add_argument(

@@ -28,6 +28,7 @@ from rankstream.compression.biencoder import (
     drop_layers,
     evenly_spaced,
     fit,
+    prune_ffn,
     recall_gate,
 )
 from rankstream.compression.embed import embed_texts
@@ -51,6 +52,7 @@ MAX_PAIRS = 200_000
 # Titles each encoder embeds for the speed figures: enough for a steady rate, few enough for one title
 # per ONNX run.
 SPEED_TITLES = 500
+SPEED_ROUNDS = 3
 
 
 PRETRAINED = "minilm-pretrained-int8"
@@ -79,6 +81,7 @@ class EmbedConfig:
 
     steps: int
     student_layers: int = 2
+    student_ffn: float = 1.0  # share of each kept layer's FFN neurons the student keeps
     student_steps: int | None = None  # None: as many as the teacher's
     batch_size: int = 64
     snapshots: tuple[int, ...] = ()  # teacher steps to save a copy at, for a learning curve
@@ -90,8 +93,16 @@ class EmbedConfig:
             raise ConfigError("--steps and --student-steps must be at least 1")
         if not 1 <= self.student_layers <= TEACHER_LAYERS:
             raise ConfigError(f"--student-layers must be in 1..{TEACHER_LAYERS}, got {self.student_layers}")
+        if not 0.0 < self.student_ffn <= 1.0:
+            raise ConfigError(f"--student-ffn is a share of the FFN neurons kept, in (0, 1], got {self.student_ffn}")
         if any(not 0 < s < self.steps for s in self.snapshots):
             raise ConfigError(f"snapshots {self.snapshots} must lie strictly between 0 and --steps {self.steps}")
+
+    @property
+    def student_name(self) -> str:
+        """How versions and reports name the student: `student-l2-int8`, or `student-l2-ffn50-int8` when pruned."""
+        ffn = "" if self.student_ffn == 1.0 else f"-ffn{round(self.student_ffn * 100)}"
+        return f"student-l{self.student_layers}{ffn}-int8"
 
 
 @dataclass(frozen=True)
@@ -106,13 +117,15 @@ class Recall:
 
 @dataclass(frozen=True)
 class Speed:
-    """Titles per second on `titles` catalog titles: torch in batches of 128, ONNX one title per run."""
+    """Titles per second on `titles` catalog titles, the median of `rounds`: torch in batches of 128 (the
+    model's loading included), ONNX one title per run."""
 
     titles: int
     teacher_torch: float
     student_torch: float
     teacher_onnx_fp32: float
     student_onnx_int8: float
+    rounds: int = 1
 
 
 @dataclass(frozen=True)
@@ -147,7 +160,7 @@ class EmbedJob:
         self.catalog = self.prepared.catalog
         self.seconds: dict[str, float] = {}
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.version = f"b{stamp}-student-l{config.student_layers}-int8"
+        self.version = f"b{stamp}-{config.student_name}"
 
     def run(self) -> EmbedReport:
         """Every step; the report is written before the gate can refuse, so a refusal keeps its figures.
@@ -210,11 +223,14 @@ class EmbedJob:
         return fit(minilm_path(), out, pairs, config, desc="teacher", snapshots=self.config.snapshots)
 
     def student(self, pairs: Sequence[TitlePair]) -> FitRecord:
-        """The teacher's evenly spaced layers, distilled on its vector of every catalog title + the pair loss."""
+        """The teacher's evenly spaced layers (each FFN cut to `student_ffn` of its neurons, the most important
+        first), distilled on its vector of every catalog title + the pair loss."""
         keep = evenly_spaced(TEACHER_LAYERS, self.config.student_layers)
         start = drop_layers(self.out / "teacher", self.out / "student-init", keep)
         titles = list(self.catalog.values())
         vectors = embed_texts(titles, self.out / "teacher")
+        if self.config.student_ffn < 1.0:
+            prune_ffn(start, start, Targets(titles, vectors), self.config.student_ffn, seed=self.config.seed)
         config = self._fit_config(self.config.student_steps or self.config.steps)
         record = fit(start, self.out / "student", pairs, config, targets=Targets(titles, vectors), desc="student")
         shutil.rmtree(start)
@@ -224,15 +240,21 @@ class EmbedJob:
         """The student as a dynamic INT8 artifact (what ships) and the teacher as fp32 (its speed reference)."""
         folder = self.out / "artifacts"
         student = folder / self.version
-        teacher = folder / self.version.replace(f"student-l{self.config.student_layers}-int8", "teacher-fp32")
+        teacher = folder / self.version.replace(self.config.student_name, "teacher-fp32")
         chain = ["minilm-l6:co-purchase-in-batch-negatives"]
+        ffn = [f"ffn:{self.config.student_ffn}"] if self.config.student_ffn < 1.0 else []
         export_encoder(
             self.out / "student",
             student,
             quantize="int8",
             reference_titles=REFERENCE_TITLES,
             version=student.name,
-            method_chain=[*chain, f"layers:{evenly_spaced(TEACHER_LAYERS, self.config.student_layers)}", "distil"],
+            method_chain=[
+                *chain,
+                f"layers:{evenly_spaced(TEACHER_LAYERS, self.config.student_layers)}",
+                *ffn,
+                "distil",
+            ],
         )
         export_encoder(
             self.out / "teacher",
@@ -264,23 +286,26 @@ class EmbedJob:
         return recall
 
     def speed(self, artifact: Path, teacher_artifact: Path) -> Speed:
-        """Titles/s of each encoder on the same catalog titles, one after another on this machine."""
+        """Titles/s of each encoder on the same catalog titles: SPEED_ROUNDS rounds, the four encoders one
+        after another in each, the median round of each (one pass each swung by a third on a shared machine)."""
         titles = list(self.catalog.values())[:SPEED_TITLES]
         threads = self.config.threads
+        encoders: list[Callable[[list[str]], object]] = [
+            lambda t: embed_texts(t, self.out / "teacher"),
+            lambda t: embed_texts(t, self.out / "student"),
+            TextEncoder.load(teacher_artifact, threads=threads).encode,
+            TextEncoder.load(artifact, threads=threads).encode,
+        ]
 
         def rate(encode: Callable[[list[str]], object]) -> float:
             encode(titles[:8])  # warm-up: first-call allocations are not the steady rate
             t0 = time.perf_counter()
             encode(titles)
-            return round(len(titles) / (time.perf_counter() - t0), 1)
+            return len(titles) / (time.perf_counter() - t0)
 
-        return Speed(
-            len(titles),
-            rate(lambda t: embed_texts(t, self.out / "teacher")),
-            rate(lambda t: embed_texts(t, self.out / "student")),
-            rate(TextEncoder.load(teacher_artifact, threads=threads).encode),
-            rate(TextEncoder.load(artifact, threads=threads).encode),
-        )
+        rounds = [[rate(encode) for encode in encoders] for _ in range(SPEED_ROUNDS)]
+        medians = [round(float(np.median(column)), 1) for column in zip(*rounds, strict=True)]
+        return Speed(len(titles), *medians, rounds=SPEED_ROUNDS)
 
 
 def encoder_vectors(directory: Path) -> tuple[Callable[[Mapping[str, str]], ItemVectors], str]:

@@ -1,9 +1,10 @@
 """The bi-encoder's pieces on tiny random-weight encoders: the in-batch loss, batches without repeats, training
-that lowers the loss, layer dropping, the recall gate."""
+that lowers the loss, layer dropping, FFN pruning, the recall gate."""
 
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from rankstream.compression.biencoder import (
     in_batch_loss,
     load,
     pair_batches,
+    prune_ffn,
     recall_gate,
 )
 from rankstream.compression.embed import embed_texts
@@ -120,6 +122,34 @@ def test_dropping_layers_keeps_the_chosen_ones_in_order(tmp_path: Path) -> None:
         drop_layers(teacher, tmp_path / "bad", [0, 4])
     with pytest.raises(ConfigError):
         drop_layers(teacher, tmp_path / "bad", [3, 0])
+
+
+def test_ffn_pruning_keeps_a_subset_of_neurons_in_order_and_all_of_them_changes_nothing(tmp_path: Path) -> None:
+    teacher = tiny_encoder(tmp_path / "teacher", seed=0, num_layers=4)
+    start = drop_layers(teacher, tmp_path / "start", [0, 3])
+    titles = [f"{w} {v}" for w in WORDS for v in WORDS[:3]]
+    targets = Targets(titles, embed_texts(titles, teacher))
+    _, source = load(start)
+    size = source.config.intermediate_size
+
+    whole = prune_ffn(start, tmp_path / "whole", targets, 1.0, batches=2, batch_size=8)
+    np.testing.assert_allclose(embed_texts(titles, whole), embed_texts(titles, start), atol=1e-6)
+
+    half = prune_ffn(start, tmp_path / "half", targets, 0.5, batches=2, batch_size=8)
+    _, pruned = load(half)
+    assert pruned.config.intermediate_size == size // 2
+    for mine, theirs in zip(pruned.encoder.layer, source.encoder.layer, strict=True):
+        rows = mine.intermediate.dense.weight
+        assert rows.shape == (size // 2, pruned.config.hidden_size)
+        # Each kept row is one of the source's, in the source's order, with its output column beside it.
+        found = [int(torch.nonzero((theirs.intermediate.dense.weight == r).all(dim=1))[0]) for r in rows]
+        assert found == sorted(set(found))
+        torch.testing.assert_close(mine.output.dense.weight, theirs.output.dense.weight[:, found])
+    vectors = embed_texts(titles, half)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    for ratio in (0.0, 1.5):
+        with pytest.raises(JobError, match="keep ratio"):
+            prune_ffn(start, tmp_path / "bad", targets, ratio)
 
 
 def test_evenly_spaced_layers_keep_the_first_and_the_last() -> None:

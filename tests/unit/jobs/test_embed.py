@@ -61,6 +61,11 @@ def test_config_is_checked_when_built() -> None:
         EmbedConfig(steps=10, student_layers=7)
     with pytest.raises(ConfigError):
         EmbedConfig(steps=10, snapshots=(10,))
+    for share in (0.0, -0.5, 1.01):
+        with pytest.raises(ConfigError, match="student-ffn"):
+            EmbedConfig(steps=10, student_ffn=share)
+    assert EmbedConfig(steps=10).student_name == "student-l2-int8"
+    assert EmbedConfig(steps=10, student_layers=1, student_ffn=0.5).student_name == "student-l1-ffn50-int8"
 
 
 def test_encoder_vectors_read_a_model_folder_or_an_artifact_and_say_which(
