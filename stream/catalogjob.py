@@ -12,8 +12,9 @@ them done, so nothing is lost or doubled.
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -21,7 +22,16 @@ from aiokafka.errors import KafkaError
 
 from rankstream.stream import metrics as m
 from rankstream.stream.catalog import CatalogItem, Removal, parse_catalog
-from rankstream.stream.catalogstore import Encoder, pack, read_stored, write_changes
+from rankstream.stream.catalogstore import (
+    ENCODER_KEY,
+    Encoder,
+    Encoders,
+    claim_encoder,
+    pack,
+    read_encoders,
+    read_stored,
+    write_changes,
+)
 from rankstream.stream.deadletter import DeadLetters, Source
 from rankstream.stream.encoder import TextEncoder
 from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError
@@ -44,6 +54,21 @@ def load_encoder(settings: Settings) -> TextEncoder:
         return TextEncoder.load(Path(settings.encoder_dir), threads=settings.threads)
     except ArtifactError as exc:
         raise ConfigError(f"RANKSTREAM_ENCODER_DIR: the text encoder was refused: {exc}") from exc
+
+
+def encoder_beside(settings: Settings, version: str) -> TextEncoder:
+    """Encoder `version` from the folder of that name beside RANKSTREAM_ENCODER_DIR (where `catalog reembed`
+    installs it); RankstreamError, saying where it looked, when it is missing or refused."""
+    if settings.encoder_dir is None:
+        raise ConfigError("RANKSTREAM_ENCODER_DIR is not set")
+    path = Path(settings.encoder_dir).parent / version
+    try:
+        return TextEncoder.load(path, threads=settings.threads)
+    except ArtifactError as exc:
+        raise RankstreamError(
+            f"encoder {version} is named in {ENCODER_KEY} but cannot be used from {path}: {exc}; install it there "
+            "(`rankstream catalog reembed DIR` copies it) or make another version active"
+        ) from exc
 
 
 @dataclass
@@ -70,10 +95,20 @@ class Plan:
 class CatalogJob:
     """One replica of the catalog job. `start`, `run` until `stop`, `close`."""
 
-    def __init__(self, settings: Settings, client: RedisClient, encoder: Encoder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: RedisClient,
+        encoder: Encoder,
+        find: Callable[[str], Encoder] | None = None,
+    ) -> None:
+        """`encoder`: the one configured (made active on a Redis that names none); `find`: loads any other
+        version `ENCODER_KEY` names (default: none can be, and a batch waits until the key names this one)."""
         self.settings = settings
         self.client = client
         self.encoder = encoder
+        self._find = find
+        self._loaded: dict[str, Encoder] = {encoder.version: encoder}
         self.written = 0  # items put or removed in Redis
         self.dead_lettered = 0
         self._stop = asyncio.Event()
@@ -139,11 +174,12 @@ class CatalogJob:
         try:
             for source, rejected in batch.rejected:
                 await self.dead.send(source, rejected)
-            plan = await self.plan(batch.latest)
-            vectors = await self.embed(plan, batch)
+            state, encoders = await self.encoders()
+            plan = await self.plan(batch.latest, state.versions)
+            vectors = await self.embed(plan, batch, encoders)
             await write_changes(
                 self.client,
-                self.encoder.version,
+                state,
                 {it: (item.title, vectors[it]) for it, item in plan.puts.items() if it in vectors},
                 plan.removals,
             )
@@ -192,9 +228,30 @@ class CatalogJob:
                 batch.sources[parsed.item_id] = source
         return batch
 
-    async def plan(self, latest: Mapping[str, CatalogItem | Removal]) -> Plan:
-        """Compare each item's last record with what Redis holds: only real changes are written."""
-        stored = await read_stored(self.client, self.encoder.version, list(latest))
+    async def encoders(self) -> tuple[Encoders, dict[str, Encoder]]:
+        """What `ENCODER_KEY` names now (this job's own encoder made active if it names none) and an encoder
+        for each of those versions, loaded once; RankstreamError when one cannot be loaded."""
+        state = await read_encoders(self.client)
+        if state.active is None:
+            await claim_encoder(self.client, self.encoder.version, self.encoder.dim)
+            state = await read_encoders(self.client)
+        for version in state.versions:
+            if version in self._loaded:
+                continue
+            if self._find is None:
+                raise RankstreamError(
+                    f"encoder {version} is named in {ENCODER_KEY}; this job has only {self.encoder.version}"
+                )
+            self._loaded[version] = await asyncio.to_thread(self._find, version)
+            log.info("catalog job: loaded encoder %s", version)
+        for version in [v for v in self._loaded if v not in state.versions and v != self.encoder.version]:
+            del self._loaded[version]  # a version no longer named: its memory back
+        return state, {v: self._loaded[v] for v in state.versions}
+
+    async def plan(self, latest: Mapping[str, CatalogItem | Removal], versions: Sequence[str]) -> Plan:
+        """Compare each item's last record with what Redis holds: only real changes are written (and titles
+        that lack a vector of one of `versions`)."""
+        stored = await read_stored(self.client, versions, list(latest))
         puts: dict[str, CatalogItem] = {}
         removals: list[str] = []
         unchanged = 0
@@ -211,25 +268,35 @@ class CatalogJob:
                 unchanged += 1
         return Plan(puts, removals, unchanged)
 
-    async def embed(self, plan: Plan, batch: Batch) -> dict[str, bytes]:
+    async def embed(self, plan: Plan, batch: Batch, encoders: Mapping[str, Encoder]) -> dict[str, dict[str, bytes]]:
+        """Each put's packed vector from every encoder (item -> version -> vector); only the items every
+        encoder embedded come back."""
+        out: dict[str, dict[str, bytes]] = {it: {} for it in plan.puts}
+        for version, encoder in encoders.items():
+            for it, vec in (await self._embed_with(encoder, plan, batch, skip=set(plan.puts) - set(out))).items():
+                out[it][version] = vec
+            out = {it: v for it, v in out.items() if version in v}
+        return out
+
+    async def _embed_with(self, encoder: Encoder, plan: Plan, batch: Batch, skip: set[str]) -> dict[str, bytes]:
         """Packed vectors of the puts' titles (in a worker thread: ONNX Runtime holds the CPU, not the loop).
 
         A batch the encoder fails on is embedded one title at a time; a title that fails alone is
-        dead-lettered (`internal_error`) and its item not written.
+        dead-lettered (`internal_error`) and its item not written. `skip`: items already dead-lettered.
         """
-        items = list(plan.puts)
+        items = [it for it in plan.puts if it not in skip]
         titles = [plan.puts[it].title for it in items]
         if not items:
             return {}
         try:
-            matrix = await asyncio.to_thread(self.encoder.encode, titles)
+            matrix = await asyncio.to_thread(encoder.encode, titles)
             return {it: pack(row) for it, row in zip(items, matrix, strict=True)}
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors; find the title that fails
             log.warning("encoding %d titles failed (%s); encoding them one by one", len(items), exc)
         out: dict[str, bytes] = {}
         for it, title in zip(items, titles, strict=True):
             try:
-                out[it] = pack((await asyncio.to_thread(self.encoder.encode, [title]))[0])
+                out[it] = pack((await asyncio.to_thread(encoder.encode, [title]))[0])
             except Exception as exc:  # noqa: BLE001 - that title's dead-letter reason
                 rejected = internal_error(exc)
                 await self.dead.send(batch.sources[it], rejected)
@@ -247,4 +314,5 @@ async def run_catalog(settings: Settings) -> None:
     """Run one catalog replica until SIGTERM/SIGINT; /metrics, /healthz, /readyz on RANKSTREAM_METRICS_PORT."""
     encoder = load_encoder(settings)  # before any connection: a refused artifact stops here
     client = connect_from_settings(settings)
-    await run_job(CatalogJob(settings, client, encoder), settings.metrics_port, client.aclose)
+    job = CatalogJob(settings, client, encoder, find=partial(encoder_beside, settings))
+    await run_job(job, settings.metrics_port, client.aclose)

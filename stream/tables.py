@@ -63,7 +63,7 @@ class Tables:
         self.max_age_s = max_age_s
         version, dim = encoder or ("", 1)  # no encoder: a follower of titles only (no vectors under "")
         self.indexed = encoder is not None
-        self._follower = CatalogFollower(store.client, version, dim)
+        self._follower = CatalogFollower(store.client, version, dim, follow=self.indexed)
         self._catalog_every_s = catalog_every_s
         self._catalog_read_at = -1e18
         self._replica = replica

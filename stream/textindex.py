@@ -8,7 +8,8 @@ product's cost grows past the scorer's per-batch budget; below that it adds buil
 recall loss for nothing.
 
 `CatalogFollower` loads the whole catalog and one encoder version's vectors, then follows the change log
-(`{rs:catalog}:changes`, stream/catalogstore.py) with `refresh()`.
+(`{rs:catalog}:changes`, stream/catalogstore.py) with `refresh()`; a scorer's follower also follows the
+active encoder, so a `catalog reembed` swaps every scorer's index without a restart.
 """
 
 import logging
@@ -103,10 +104,15 @@ class CatalogFollower:
     in `index` until a change brings a usable one.
     """
 
-    def __init__(self, client: RedisClient, version: str, dim: int, *, max_changes: int = 10_000) -> None:
+    def __init__(
+        self, client: RedisClient, version: str, dim: int, *, max_changes: int = 10_000, follow: bool = False
+    ) -> None:
+        """`version`, `dim`: the encoder whose vectors to index; with `follow`, the active one instead whenever
+        `{rs:catalog}:encoder` names one (read at every `load`, which an activation's `reload` triggers)."""
         self._client = client
         self.version = version
         self.dim = dim
+        self._follow = follow
         self._max_changes = max_changes
         self.catalog: dict[str, str] = {}
         self.index = TextIndex(dim)
@@ -116,7 +122,10 @@ class CatalogFollower:
 
     async def load(self) -> None:
         """Read the whole catalog and this version's vectors (StoreError if Redis fails)."""
-        snap = await read_snapshot(self._client, self.version)
+        snap = await read_snapshot(self._client, self.version, self.dim, follow=self._follow)
+        if snap.version != self.version:
+            log.info("catalog: encoder %s (dim %d) is active, was %s", snap.version, snap.dim, self.version)
+        self.version, self.dim = snap.version, snap.dim
         index = TextIndex(self.dim)
         for item, raw in snap.vectors.items():
             if item in snap.titles:

@@ -25,7 +25,16 @@ from rankstream.deploy import redis_local
 from rankstream.deploy import stack as local_stack
 from rankstream.ops.catalog import add_items, embed_catalog, publish, remove_items, write_title_vectors
 from rankstream.stream.catalogjob import CatalogJob
-from rankstream.stream.catalogstore import CHANGES_KEY, pack, read_snapshot, textvec_key, unpack, write_changes
+from rankstream.stream.catalogstore import (
+    CHANGES_KEY,
+    Encoders,
+    claim_encoder,
+    pack,
+    read_snapshot,
+    textvec_key,
+    unpack,
+    write_changes,
+)
 from rankstream.stream.encoder import TextEncoder
 from rankstream.stream.redis_client import connect
 from rankstream.stream.settings import Settings
@@ -240,11 +249,13 @@ async def test_catalog_writes_and_the_follower_work_on_a_redis_cluster(cluster: 
     try:
         await client.flushdb()
         vec = {it: np.eye(4, dtype=np.float32)[i % 4] for i, it in enumerate(["a", "b", "c"])}
-        await write_changes(client, "v1", {it: (f"title {it}", pack(v)) for it, v in vec.items()}, [])
+        await claim_encoder(client, "v1", 4)
+        v1 = Encoders(active="v1")
+        await write_changes(client, v1, {it: (f"title {it}", {"v1": pack(v)}) for it, v in vec.items()}, [])
         follower = CatalogFollower(client, "v1", 4)
         await follower.load()
         assert follower.catalog == {"a": "title a", "b": "title b", "c": "title c"}
-        await write_changes(client, "v1", {"d": ("title d", pack(vec["a"]))}, ["b"])
+        await write_changes(client, v1, {"d": ("title d", {"v1": pack(vec["a"])})}, ["b"])
         assert await follower.refresh() == 2
         assert set(follower.catalog) == {"a", "c", "d"}
         assert follower.index.nearest(vec["a"], 2) == ["a", "d"]

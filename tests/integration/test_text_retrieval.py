@@ -9,7 +9,7 @@ import pytest
 from rankstream.ops.catalog import embed_catalog, wait_applied, write_title_vectors
 from rankstream.stream import batch as b
 from rankstream.stream.candidates import covisit_candidates
-from rankstream.stream.catalogstore import newest_change, pack, write_changes
+from rankstream.stream.catalogstore import Encoders, newest_change, pack, write_changes
 from rankstream.stream.encoder import TextEncoder
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.ranker import Ranker
@@ -45,7 +45,9 @@ async def test_a_new_item_is_served_without_a_restart(stack, store: Store, tiny_
         encoder = TextEncoder.load(encoder_dir)
         title = CATALOG[ITEMS[3]]
         vector = encoder.encode([title])[0]
-        await write_changes(store.client, encoder.version, {NEW: (title, pack(vector))}, [])
+        await write_changes(
+            store.client, Encoders(encoder.version), {NEW: (title, {encoder.version: pack(vector)})}, []
+        )
         # A click on it at once: the replica reads the change log before refusing an unknown item.
         ev = ClickEvent(user_id="u-new", item_id=NEW, ts=datetime(2011, 11, 2, tzinfo=UTC))
         await produce(stack.bootstrap, topic, [(b"u-new", ev.to_bytes())])
@@ -62,7 +64,7 @@ async def test_a_new_item_is_served_without_a_restart(stack, store: Store, tiny_
         assert await store.read_history("u-new") == [NEW]
 
         # Removed again: gone from the catalog and the index after the next refresh.
-        await write_changes(store.client, encoder.version, {}, [NEW])
+        await write_changes(store.client, Encoders(encoder.version), {}, [NEW])
         await tables.refresh_catalog(now=True)
         assert NEW not in tables.catalog and NEW not in tables.text_neighbours([ITEMS[3]], len(CATALOG))
 
@@ -80,7 +82,8 @@ async def test_an_idle_scorer_applies_catalog_changes(stack, store: Store, tiny_
         encoder = TextEncoder.load(encoder_dir)
         after = await newest_change(store.client)
         title = CATALOG[ITEMS[2]]
-        await write_changes(store.client, encoder.version, {NEW: (title, pack(encoder.encode([title])[0]))}, [])
+        vector = pack(encoder.encode([title])[0])
+        await write_changes(store.client, Encoders(encoder.version), {NEW: (title, {encoder.version: vector})}, [])
         got = await wait_applied(store.client, NEW, after, ["idle-replica"], limit_s=30)
         assert not task.done()  # the scorer is still serving, not failed
         assert got.stored_ms is not None and got.servable_ms is not None and got.servable_ms >= got.stored_ms

@@ -563,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tables", help="run one live-tables replica: every valid click moves the item tables in Redis")
     s.set_defaults(fn=_tables)
 
-    s = sub.add_parser("catalog", help="the catalog topic: run the job that indexes it; add or remove items")
+    s = sub.add_parser(
+        "catalog", help="the catalog topic: run the job that indexes it; add or remove items; swap the text encoder"
+    )
     catalog = s.add_subparsers(dest="action", required=True)
     c = catalog.add_parser("serve", help="run one catalog job replica: titles and their vectors into Redis")
     c.set_defaults(fn=_catalog, file=None, items=[])
@@ -573,6 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = catalog.add_parser("remove", help="publish a tombstone for each item")
     c.add_argument("items", nargs="+", metavar="ITEM")
     c.set_defaults(fn=_catalog, file=None)
+    c = catalog.add_parser(
+        "reembed",
+        help="make another text encoder active without a restart: verify and install it beside "
+        "RANKSTREAM_ENCODER_DIR, embed every title, then switch every catalog job and scorer to it",
+    )
+    c.add_argument("file", type=Path, metavar="DIR", help="a bi-encoder artifact directory")
+    c.set_defaults(fn=_catalog, items=[])
+    c = catalog.add_parser("encoders", help="the active encoder, one being filled in, and each one's vectors")
+    c.set_defaults(fn=_catalog, file=None, items=[])
 
     s = sub.add_parser("replay", help="publish a split's interactions as click events, in time order")
     s.add_argument("--data", type=Path)

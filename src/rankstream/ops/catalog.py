@@ -1,4 +1,5 @@
-"""`rankstream catalog add/remove`: items from a file onto the catalog topic; and the title vectors `load` seeds.
+"""`rankstream catalog add/remove/reembed/encoders`: items from a file onto the catalog topic; the title
+vectors `load` seeds; the encoder swap (ops/encoders.py).
 
 A file row is validated by the topic's own contract (`parse_catalog`) before it is sent, so what the
 catalog job would dead-letter is reported here with its line number instead, and never sent.
@@ -19,12 +20,13 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from rankstream.deploy.kafka_local import create_topics
+from rankstream.ops.encoders import encoders_status, install, reembed
 from rankstream.stream.catalog import CatalogItem, Removal, parse_catalog
 from rankstream.stream.catalogjob import load_encoder, run_catalog
 from rankstream.stream.catalogstore import change_entry_of, log_reload, pack, seed_vectors, seen_by
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import Rejected
-from rankstream.stream.redis_client import RedisClient
+from rankstream.stream.redis_client import RedisClient, connect_from_settings
 from rankstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,7 @@ class TitleVectors:
     """Every catalog item's title vector from one encoder version, packed as stored."""
 
     version: str
+    dim: int
     vectors: dict[str, bytes]
 
 
@@ -211,7 +214,7 @@ async def embed_catalog(settings: Settings, catalog: dict[str, str]) -> TitleVec
     encoder = load_encoder(settings)
     items = list(catalog)
     matrix = await asyncio.to_thread(encoder.encode, [catalog[it] for it in items])
-    return TitleVectors(encoder.version, {it: pack(row) for it, row in zip(items, matrix, strict=True)})
+    return TitleVectors(encoder.version, encoder.dim, {it: pack(row) for it, row in zip(items, matrix, strict=True)})
 
 
 async def write_title_vectors(client: RedisClient, vectors: TitleVectors | None) -> str:
@@ -219,15 +222,33 @@ async def write_title_vectors(client: RedisClient, vectors: TitleVectors | None)
     if vectors is None:
         await log_reload(client)
         return "no title vectors (RANKSTREAM_ENCODER_DIR is not set)"
-    await seed_vectors(client, vectors.version, vectors.vectors)
+    await seed_vectors(client, vectors.version, vectors.dim, vectors.vectors)
     return f"{len(vectors.vectors)} title vectors of encoder {vectors.version}"
 
 
+async def _encoders_command(action: str, settings: Settings, artifact: Path | None) -> str:
+    client = connect_from_settings(settings)
+    try:
+        if action == "encoders":
+            return await encoders_status(client)
+        assert artifact is not None
+        done = await reembed(client, install(settings, artifact))
+        return (
+            f"encoder {done.version} active (was {done.previous or 'none'}): {done.embedded} titles embedded, "
+            f"{done.passes} catch-up passes, {done.seconds:.1f} s"
+        )
+    finally:
+        await client.aclose()
+
+
 def catalog_command(action: str, settings: Settings, *, file: Path | None, items: Sequence[str]) -> tuple[str, int]:
-    """`rankstream catalog serve|add|remove`: what to print, and the exit status (1 if any row was refused)."""
+    """`rankstream catalog serve|add|remove|reembed|encoders`: what to print, and the exit status (1 if any
+    row was refused)."""
     if action == "serve":
         asyncio.run(run_catalog(settings))
         return "catalog job stopped", 0
+    if action in ("reembed", "encoders"):
+        return asyncio.run(_encoders_command(action, settings, file)), 0
     if action == "add":
         if file is None:
             raise ConfigError("catalog add needs a FILE (CSV with header item_id,title[,category,price], or JSONL)")
