@@ -142,14 +142,20 @@ def _copy_tokenizer(model_dir: Path, dst: Path, vocab_size: int) -> None:
     shutil.copyfile(src, dst)
 
 
+INT8_CHAIN = "quantize:int8-dynamic-per-channel:embeddings-fp32"
+
+
 def _quantize_int8(fp32: Path, out: Path) -> None:
-    """Dynamic per-channel INT8 weights, with the cross-encoder export's settings."""
+    """Dynamic per-channel INT8 weights of the matrix products and the fused attention; the embedding
+    table stays fp32. Quantized too, it cost an FFN-pruned student 2% of its valid retrieval recall@50
+    (0.0695 against 0.0711; fp32 0.0730) and no time: a lookup is not where a title's time goes."""
     with _quiet_root_logger():
         quantize_dynamic(
             model_input=str(fp32),
             model_output=str(out),
             per_channel=True,
             weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention"],
             # The fused graph carries tensors without type info; tell the quantizer they are float.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -239,7 +245,7 @@ def export_encoder(
             ]
             if quantize == "int8":
                 _quantize_int8(fp32, partial / MODEL_FILE)
-                chain.append("quantize:int8-dynamic-per-channel")
+                chain.append(INT8_CHAIN)
             else:
                 shutil.copyfile(fp32, partial / MODEL_FILE)
 

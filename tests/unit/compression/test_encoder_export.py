@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from rankstream.compression.embed import embed_texts
-from rankstream.compression.encoder_export import REFERENCE_TITLES, export_encoder
+from rankstream.compression.encoder_export import INT8_CHAIN, REFERENCE_TITLES, export_encoder
 from rankstream.stream.artifact import MANIFEST, sha256_file
 from rankstream.stream.encoder import SCHEMA_VERSION, EncoderManifest, TextEncoder
 from rankstream.stream.errors import ArtifactError
@@ -30,6 +31,15 @@ def test_int8_vectors_point_where_torch_points(encoder_int8_artifact: Path, tiny
     assert cosine.min() > 0.99, cosine
 
 
+def test_int8_quantizes_the_matrix_products_and_keeps_the_embedding_tables_fp32(encoder_int8_artifact: Path) -> None:
+    graph = onnx.load(str(encoder_int8_artifact / "model.onnx")).graph
+    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8, "nothing was quantized"
+    assert all("embeddings" not in i.name for i in int8), [i.name for i in int8]
+    tables = [i for i in graph.initializer if "word_embeddings" in i.name]
+    assert tables and all(i.data_type == onnx.TensorProto.FLOAT for i in tables)
+
+
 @pytest.mark.parametrize("which", ["fp32", "int8"])
 def test_manifest_describes_the_artifact(which: str, encoder_fp32_artifact: Path, encoder_int8_artifact: Path) -> None:
     directory = encoder_fp32_artifact if which == "fp32" else encoder_int8_artifact
@@ -40,7 +50,7 @@ def test_manifest_describes_the_artifact(which: str, encoder_fp32_artifact: Path
     assert (m.dim, m.max_length) == (32, 32)
     assert m.files == {name: sha256_file(directory / name) for name in ("model.onnx", "tokenizer.json")}
     assert m.method_chain[:3] == ("random-init:tiny-bert", "bi-encoder:mean-pool-l2", "onnx:legacy-eager")
-    assert (m.method_chain[-1] == "quantize:int8-dynamic-per-channel") == (which == "int8")
+    assert (m.method_chain[-1] == INT8_CHAIN) == (which == "int8")
     assert m.metrics["recall@50"] == 0.25
     assert m.metrics["export_fp32_max_abs_diff"] <= 1e-4
     assert ("export_int8_min_cosine" in m.metrics) == (which == "int8")
