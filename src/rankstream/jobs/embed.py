@@ -52,7 +52,7 @@ MAX_PAIRS = 200_000
 # Titles each encoder embeds for the speed figures: enough for a steady rate, few enough for one title
 # per ONNX run.
 SPEED_TITLES = 500
-SPEED_ROUNDS = 3
+SPEED_ROUNDS = 5
 
 
 PRETRAINED = "minilm-pretrained-int8"
