@@ -155,7 +155,8 @@ async def test_reembed_fills_in_the_new_version_catches_up_and_every_follower_sw
     assert pinned.version == OLD
 
     status = await encoders_status(client)
-    assert f"active {NEW}" in status and f"{NEW}: dim {new.dim}, {len(titles)} vectors" in status
+    assert f"catalog {len(titles)} items" in status and f"active {NEW}" in status
+    assert f"{NEW}: dim {new.dim}, {len(titles)} vectors" in status
 
 
 def test_install_refuses_a_broken_artifact_and_changes_nothing(

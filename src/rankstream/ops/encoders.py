@@ -32,6 +32,7 @@ from rankstream.stream.encoder import TextEncoder
 from rankstream.stream.errors import ArtifactError, ConfigError, StoreError
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient
 from rankstream.stream.settings import Settings
+from rankstream.stream.store import CATALOG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,11 @@ async def reembed(client: RedisClient, encoder: Encoder) -> Reembedded:
 
 
 async def encoders_status(client: RedisClient) -> str:
-    """`catalog encoders`: the active and next versions, and how many vectors each stored version holds."""
+    """`catalog encoders`: the catalog's size, the active and next versions, and how many vectors each
+    stored version holds."""
     state = await read_encoders(client)
-    lines = [f"active {state.active or '-'}", f"next   {state.next or '-'}"]
+    items = await client.hlen(CATALOG_KEY)
+    lines = [f"catalog {items} items", f"active {state.active or '-'}", f"next   {state.next or '-'}"]
     for version, dim in state.dims:
         count = await client.hlen(textvec_key(version))
         lines.append(f"  {version}: dim {dim}, {count} vectors")
