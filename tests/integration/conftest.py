@@ -163,3 +163,16 @@ def replicated_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     replicated = redis_local.start_replicated(tmp_path_factory.mktemp("replicated"))
     yield replicated
     redis_local.stop_replicated(replicated)
+
+
+def catalog_settings(stack: local_stack.StackInfo, encoder_dir: Path) -> Settings:
+    """Settings for the catalog job on the test stack: topics and a group of its own, `encoder_dir` its encoder."""
+    name = f"catalog-{uuid.uuid4().hex[:8]}"
+    return Settings(
+        kafka_bootstrap=stack.bootstrap,
+        redis_url=stack.redis_url,
+        catalog_topic=name,
+        catalog_dlq_topic=f"{name}.dlq",
+        catalog_group_id=f"g-{name}",
+        encoder_dir=encoder_dir,
+    )

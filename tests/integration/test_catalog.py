@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,22 +40,14 @@ from rankstream.stream.settings import Settings
 from rankstream.stream.store import CATALOG_KEY, Store
 from rankstream.stream.textindex import CatalogFollower
 
-from .conftest import CATALOG, wait_for
+from .conftest import CATALOG, catalog_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
 def settings(stack: local_stack.StackInfo, encoder_dir: Path) -> Settings:
-    name = f"catalog-{uuid.uuid4().hex[:8]}"
-    return Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        catalog_topic=name,
-        catalog_dlq_topic=f"{name}.dlq",
-        catalog_group_id=f"g-{name}",
-        encoder_dir=encoder_dir,
-    )
+    return catalog_settings(stack, encoder_dir)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ the change is refused, a title changed while the snapshot was embedded is embedd
 import asyncio
 import json
 import shutil
-import uuid
 from functools import partial
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from rankstream.stream.settings import Settings
 from rankstream.stream.store import CATALOG_KEY, Store
 from rankstream.stream.textindex import CatalogFollower
 
-from .conftest import CATALOG, ITEMS, wait_for
+from .conftest import CATALOG, ITEMS, catalog_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,15 +54,7 @@ def new_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(stack: local_stack.StackInfo, encoder_dir: Path, tmp_path: Path) -> Settings:
     """The old encoder in a folder of its own, as a deployment's encoders volume holds it."""
     shutil.copytree(encoder_dir, tmp_path / "encoders" / OLD)
-    name = f"swap-{uuid.uuid4().hex[:8]}"
-    return Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        catalog_topic=name,
-        catalog_dlq_topic=f"{name}.dlq",
-        catalog_group_id=f"g-{name}",
-        encoder_dir=tmp_path / "encoders" / OLD,
-    )
+    return catalog_settings(stack, tmp_path / "encoders" / OLD)
 
 
 def assert_vectors(snap_vectors: dict[str, bytes], titles: dict[str, str], encoder: TextEncoder) -> None:
