@@ -3,7 +3,8 @@
 From a finished `rankstream compress` run: the teacher's training lists are rebuilt as the run built them
 (`preset_training_lists`; refused when their count differs from the run's, i.e. the data or the code
 changed), and the teacher is trained again from the run's own start (`work/teacher-init`: the pretrained
-encoder with the position prior and the fitted signal head, classifier at zero) for each of `--steps`:
+encoder with the position prior and the fitted signal head, classifier at zero; rebuilt from the rebuilt
+lists' prior and head, as compress builds it, when the run's folder no longer holds it) for each of `--steps`:
 separate runs, each with its whole learning-rate schedule, not snapshots of one. Each is exported fp32
 and measured end to end on every test basket (`rankstream eval --end-to-end`'s `measure`), beside the
 run's own teacher (the preset's steps): NDCG@10 of the model, and of its linear part alone on the same
@@ -23,9 +24,10 @@ from rankstream.compression.export import export_onnx
 from rankstream.compression.train import TRAINING_LOG
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.endtoend import MODEL, NO_TEXT, EndToEnd, OrderResult, Ratio, load_model, measure
+from rankstream.jobs.compress import start_model
 from rankstream.jobs.presets import MAX_LENGTH, PARENTS, compress_preset
 from rankstream.jobs.runs import CompressRunRecord
-from rankstream.jobs.training_data import preset_training_lists
+from rankstream.jobs.training_data import SignalTrainingData, preset_training_lists
 from rankstream.stream.errors import ConfigError
 from rankstream.stream.live import LiveParams
 from rankstream.stream.settings import load_settings
@@ -101,14 +103,19 @@ def curve_dirs(run_dir: Path, steps: int) -> tuple[Path, Path]:
     return curve / f"teacher-{steps}", curve / "artifacts" / f"teacher-{steps}-fp32"
 
 
-def retrain(run_dir: Path, record: CompressRunRecord, groups: list[Group], steps: int) -> Path:
+def retrain(
+    run_dir: Path, record: CompressRunRecord, groups: list[Group], data: SignalTrainingData | None, steps: int
+) -> Path:
     """The run's teacher trained again from its start for `steps`, exported fp32 (reused when present)."""
     preset = compress_preset(record.preset_name)
     out, artifact = curve_dirs(run_dir, steps)
     if (artifact / "manifest.json").exists():
         return artifact
+    if data is None:
+        raise ValueError("retraining needs the run's rebuilt training data")
+    start = start_model(preset.teacher_base, run_dir / "work", "teacher-init", data.prior, data.head)
     config = replace(preset.teacher, steps=steps)
-    train_listwise(run_dir / "work" / "teacher-init", out, groups, config, desc=f"teacher {steps}")
+    train_listwise(start, out, groups, config, desc=f"teacher {steps}")
     parent = PARENTS[preset.teacher_base]
     export_onnx(
         out,
@@ -141,15 +148,16 @@ def text_curve(
     preset = compress_preset(record.preset_name)
     prepared = Prepared.load(data_dir)
     groups: list[Group] = []
+    data = None
     if any(not (curve_dirs(run_dir, n)[1] / "manifest.json").exists() for n in steps):
-        groups, _ = preset_training_lists(prepared, preset)
+        groups, data = preset_training_lists(prepared, preset)
         if len(groups) != record.train_groups:
             raise ConfigError(
                 f"{run_dir}: rebuilt {len(groups)} training lists where the run trained on {record.train_groups}; "
                 "the data or the code changed since: run the curve on a fresh compress run"
             )
     models = [(preset.teacher.steps, run_dir / "artifacts" / "teacher-fp32", run_dir / "work" / "teacher")]
-    models += [(n, retrain(run_dir, record, groups, n), curve_dirs(run_dir, n)[0]) for n in steps]
+    models += [(n, retrain(run_dir, record, groups, data, n), curve_dirs(run_dir, n)[0]) for n in steps]
     settings = load_settings()
     points = []
     for n, artifact, hf_dir in sorted(models):

@@ -74,6 +74,15 @@ def pretrained(kind: Base, work: Path) -> Path:
     return out
 
 
+def start_model(kind: Base, work: Path, name: str, prior: Sequence[float], head: SignalHead) -> Path:
+    """`work/name`: the pretrained `kind` with the position prior and the fitted signal head (classifier at
+    zero), where a model's training starts; kept when already there."""
+    init = work / name
+    if not (init / "config.json").exists():
+        with_position_prior(pretrained(kind, work), init, prior, max_length=MAX_LENGTH, head=head)
+    return init
+
+
 class CompressJob:
     """One preset's run in `out_root/<preset>`: each step a method, each recorded in run.json."""
 
@@ -132,11 +141,7 @@ class CompressJob:
         return groups, data.prior, data.head
 
     def init_from(self, kind: Base, name: str, prior: Sequence[float], head: SignalHead) -> Path:
-        """The pretrained `kind` with the position prior and the fitted signal head (classifier at zero)."""
-        init = self.work / name
-        if not (init / "config.json").exists():
-            with_position_prior(pretrained(kind, self.work), init, prior, max_length=MAX_LENGTH, head=head)
-        return init
+        return start_model(kind, self.work, name, prior, head)
 
     def export(
         self,

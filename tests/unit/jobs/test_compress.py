@@ -2,10 +2,13 @@
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.pairs import LabelledPair, make_groups
@@ -210,7 +213,12 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     # The text's learning curve: the teacher retrained from the run's start for 2 steps, beside the run's 6.
     from rankstream.bench.text_curve import text_curve
 
+    init = root / "work" / "teacher-init"
+    original = load_file(init / "model.safetensors")
+    shutil.rmtree(init)  # a run folder that lost its start: rebuilt from the rebuilt lists, as compress built it
     curve = text_curve(root, data, [2])
+    rebuilt = load_file(init / "model.safetensors")
+    assert original.keys() == rebuilt.keys() and all(torch.equal(original[k], rebuilt[k]) for k in original)
     assert [p.steps for p in curve.points] == [2, 6] and curve.train_groups == CompressRunRecord.load(root).train_groups
     retrained = root / "curve" / "teacher-2"
     assert json.loads((retrained / "training.json").read_text())["steps"] == 2
