@@ -106,7 +106,10 @@ async def reembed(client: RedisClient, encoder: Encoder) -> Reembedded:
         gone = [it for it, t in changes.titles.items() if t is None]
         embedded += await _write_vectors(client, encoder, puts)
         if gone:
-            await client.hdel(textvec_key(encoder.version), *gone)
+            try:
+                await client.hdel(textvec_key(encoder.version), *gone)
+            except REDIS_ERRORS as exc:
+                raise StoreError(f"removing {len(gone)} vectors of encoder {encoder.version} failed: {exc}") from exc
         after, passes = changes.entries[-1][0], passes + 1
     if (await read_encoders(client)).next != encoder.version:
         raise StoreError(f"{ENCODER_KEY} no longer names {encoder.version} next (another reembed or a load ran)")
@@ -126,9 +129,13 @@ async def encoders_status(client: RedisClient) -> str:
     """`catalog encoders`: the catalog's size, the active and next versions, and how many vectors each
     stored version holds."""
     state = await read_encoders(client)
-    items = await client.hlen(CATALOG_KEY)
+    try:
+        items = await client.hlen(CATALOG_KEY)
+        counts = [await client.hlen(textvec_key(version)) for version, _ in state.dims]
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"reading the catalog's size failed: {exc}") from exc
     lines = [f"catalog {items} items", f"active {state.active or '-'}", f"next   {state.next or '-'}"]
-    for version, dim in state.dims:
-        count = await client.hlen(textvec_key(version))
-        lines.append(f"  {version}: dim {dim}, {count} vectors")
+    lines += [
+        f"  {version}: dim {dim}, {count} vectors" for (version, dim), count in zip(state.dims, counts, strict=True)
+    ]
     return "\n".join(lines)
