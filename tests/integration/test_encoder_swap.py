@@ -72,6 +72,7 @@ async def test_a_job_writes_both_versions_while_one_is_filled_in_and_a_stale_wri
     old = TextEncoder.load(settings.encoder_dir)
     new = install(settings, new_encoder)
     assert (settings.encoder_dir.parent / NEW / "manifest.json").exists()
+    assert install(settings, new_encoder).version == NEW  # installed already: reused, not refused
     await begin_encoder(client, NEW, new.dim)
 
     # A write prepared before `next` was set (a job that read the key earlier) is refused whole.
@@ -161,3 +162,7 @@ def test_install_refuses_a_broken_artifact_and_changes_nothing(
     with pytest.raises(ConfigError, match="refused"):
         install(settings, broken)
     assert not (settings.encoder_dir.parent / NEW).exists()
+    # Another artifact under a version already installed with other files: refused, the installed one kept.
+    (settings.encoder_dir.parent / NEW).mkdir()
+    with pytest.raises(ConfigError, match="other files"):
+        install(settings, new_encoder)

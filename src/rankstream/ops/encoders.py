@@ -28,7 +28,7 @@ from rankstream.stream.catalogstore import (
     read_snapshot,
     textvec_key,
 )
-from rankstream.stream.encoder import TextEncoder
+from rankstream.stream.encoder import TextEncoder, read_encoder_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError, StoreError
 from rankstream.stream.redis_client import REDIS_ERRORS, RedisClient
 from rankstream.stream.settings import Settings
@@ -61,15 +61,27 @@ def install(settings: Settings, artifact: Path) -> TextEncoder:
     except ArtifactError as exc:
         raise ConfigError(f"the encoder was refused, nothing changed: {exc}") from exc
     target = Path(settings.encoder_dir).parent / encoder.version
+    if target.exists() and _same_files(target, encoder):
+        return encoder_beside(settings, encoder.version)  # installed before (a rerun, or a rollback)
     if target.resolve() != Path(artifact).resolve():
         if target.exists():
-            raise ConfigError(f"{target} already holds an encoder {encoder.version}; remove it or pass that folder")
+            raise ConfigError(
+                f"{target} holds other files under version {encoder.version}; "
+                "remove it, or give the artifact another version"
+            )
         partial = target.with_name(f".{target.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(artifact, partial)
         partial.rename(target)
         log.info("installed encoder %s at %s", encoder.version, target)
     return encoder_beside(settings, encoder.version)
+
+
+def _same_files(folder: Path, encoder: TextEncoder) -> bool:
+    try:
+        return read_encoder_manifest(folder).files == encoder.manifest.files
+    except ArtifactError:
+        return False
 
 
 async def _write_vectors(client: RedisClient, encoder: Encoder, titles: Mapping[str, str]) -> int:
