@@ -1,7 +1,8 @@
 """A Hugging Face sentence encoder to a bi-encoder artifact directory (ONNX, tokenizer, manifest).
 
-The graph is the whole embedding: encoder, mean pooling over the real tokens, L2 normalisation
-(`compression.embed.mean_pool`), so a server needs no pooling code of its own. Legacy ONNX exporter over
+The graph is the whole embedding: encoder, mean pooling over the real tokens, L2 normalisation (the
+vectors of `compression.embed.mean_pool`, in fewer graph nodes: `pool_unit`), so a server needs no pooling
+code of its own. Legacy ONNX exporter over
 eager attention, ORT transformer fusions, optional dynamic INT8 with the cross-encoder export's settings;
 then reference vectors recorded from the final graph through `stream.encoder.embed_titles`, the function
 `TextEncoder` serves with, and the finished directory loaded by `TextEncoder.load` before it is renamed
@@ -25,7 +26,6 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer
 from transformers import AutoModel
 
-from rankstream.compression.embed import mean_pool
 from rankstream.compression.export import OPSET, _optimize, _quiet_root_logger
 from rankstream.stream.artifact import sha256_file
 from rankstream.stream.encoder import (
@@ -63,6 +63,16 @@ REFERENCE_TITLES: tuple[str, ...] = (
 )
 
 
+def pool_unit(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`mean_pool`'s unit vectors in fewer graph nodes (a 2-layer student's optimized graph: 27 instead of
+    32): the L2 normalisation cancels the mean's division by the token count, so the masked sum is
+    normalised directly, and one batched matrix product does the masking and the sum. A short title runs a
+    2-layer student in about 250 us, and each small node costs a few: the pooling was a fifth of its
+    kernel time."""
+    summed = torch.matmul(mask.unsqueeze(1).to(hidden.dtype), hidden).squeeze(1)
+    return summed / torch.linalg.vector_norm(summed, dim=1, keepdim=True).clamp(min=1e-12)
+
+
 class _Embedding(torch.nn.Module):
     """Token tensors in INPUTS order to one output: mean-pooled, L2-normalised last hidden states."""
 
@@ -74,7 +84,7 @@ class _Embedding(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return mean_pool(out.last_hidden_state, attention_mask)
+        return pool_unit(out.last_hidden_state, attention_mask)
 
 
 def _padded(tokenizer: TitleTokenizer, titles: Sequence[str], pad_id: int) -> dict[str, np.ndarray]:

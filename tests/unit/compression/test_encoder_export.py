@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rankstream.compression.embed import embed_texts
-from rankstream.compression.encoder_export import INT8_CHAIN, REFERENCE_TITLES, export_encoder
+from rankstream.compression.embed import embed_texts, mean_pool
+from rankstream.compression.encoder_export import INT8_CHAIN, REFERENCE_TITLES, export_encoder, pool_unit
 from rankstream.stream.artifact import MANIFEST, sha256_file
 from rankstream.stream.encoder import SCHEMA_VERSION, EncoderManifest, TextEncoder
 from rankstream.stream.errors import ArtifactError
@@ -130,3 +133,19 @@ def test_a_tokenizer_with_ids_beyond_the_embedding_table_is_refused(tiny_encoder
     shutil.copyfile(tiny_encoder_dir / "tokenizer.json", model / "tokenizer.json")  # MiniLM's 30,522 tokens
     with pytest.raises(ValueError, match="has 30522 tokens, the model's embedding table 1000"):
         export_encoder(model, tmp_path / "out", reference_titles=TITLES, version="v")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    tokens=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_the_graphs_pooling_gives_mean_pools_unit_vectors(rows: int, tokens: int, seed: int, scale: float) -> None:
+    # Any hidden states and any padding (each row keeps at least its first token, as [CLS] always is).
+    rng = np.random.default_rng(seed)
+    hidden = torch.from_numpy(rng.normal(size=(rows, tokens, 8)).astype(np.float32) * scale)
+    lengths = rng.integers(1, tokens + 1, size=rows)
+    mask = torch.from_numpy((np.arange(tokens)[None, :] < lengths[:, None]).astype(np.int64))
+    np.testing.assert_allclose(pool_unit(hidden, mask).numpy(), mean_pool(hidden, mask).numpy(), atol=1e-5)
