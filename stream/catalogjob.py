@@ -51,7 +51,7 @@ def load_encoder(settings: Settings) -> TextEncoder:
             "to a directory written by export_encoder"
         )
     try:
-        return TextEncoder.load(Path(settings.encoder_dir), threads=settings.threads)
+        return TextEncoder.load(Path(settings.encoder_dir), threads=settings.encoder_threads)
     except ArtifactError as exc:
         raise ConfigError(f"RANKSTREAM_ENCODER_DIR: the text encoder was refused: {exc}") from exc
 
@@ -63,7 +63,7 @@ def encoder_beside(settings: Settings, version: str) -> TextEncoder:
         raise ConfigError("RANKSTREAM_ENCODER_DIR is not set")
     path = Path(settings.encoder_dir).parent / version
     try:
-        return TextEncoder.load(path, threads=settings.threads)
+        return TextEncoder.load(path, threads=settings.encoder_threads)
     except ArtifactError as exc:
         raise RankstreamError(
             f"encoder {version} is named in {ENCODER_KEY} but cannot be used from {path}: {exc}; install it there "

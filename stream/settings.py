@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # scored in full. 0: always score every candidate. N: pre-select N (needs a linear part).
     rerank_top: int | None = Field(default=None, ge=0, le=1000)
     threads: int = Field(default=2, ge=1, le=256)
+    # The text encoder's intra-op threads (catalog job, `load`, `catalog reembed`). A title is about 10
+    # tokens: a 2-layer student runs one in ~0.3 ms on one thread, and a second thread buys it a fifth more
+    # for a whole core that the scorers beside it need (docs/results.md).
+    encoder_threads: int = Field(default=1, ge=1, le=256)
     max_event_bytes: int = Field(default=16_384, ge=64, le=1_048_576)
     # A record whose processing stopped this many replicas in a row (a crash the code could not catch:
     # out of memory, a native fault, kill -9 mid-batch) is dead-lettered as `crash_loop` on the next try.

@@ -51,8 +51,11 @@ TEACHER_LAYERS = 6
 MAX_PAIRS = 200_000
 # Titles each encoder embeds for the speed figures: enough for a steady rate, few enough for one title
 # per ONNX run.
-SPEED_TITLES = 500
-SPEED_ROUNDS = 5
+SPEED_TITLES = 1000
+SPEED_ROUNDS = 7
+# ONNX Runtime threads the artifacts are timed at: 1, what the catalog job serves with by default
+# (RANKSTREAM_ENCODER_THREADS), and 2, this machine's cores.
+SPEED_THREADS = (1, 2)
 
 
 PRETRAINED = "minilm-pretrained-int8"
@@ -116,15 +119,29 @@ class Recall:
 
 
 @dataclass(frozen=True)
+class OnnxSpeed:
+    """The two artifacts at `threads` intra-op threads, one title per run as `TextEncoder` serves: titles/s
+    (the median of the rounds) and the student's ratio to the teacher in each round (median, lowest,
+    highest). A ratio is taken within a round because the machine's speed moves between rounds, and it
+    moves the small student's rate more than the teacher's."""
+
+    threads: int
+    teacher_fp32: float
+    student_int8: float
+    ratio: float
+    ratio_min: float
+    ratio_max: float
+
+
+@dataclass(frozen=True)
 class Speed:
-    """Titles per second on `titles` catalog titles, the median of `rounds`: torch in batches of 128 (the
-    model's loading included), ONNX one title per run."""
+    """Titles per second on `titles` catalog titles over `rounds` alternating rounds: torch in batches of 128
+    (the model's loading included), medians; the ONNX artifacts at each of SPEED_THREADS."""
 
     titles: int
     teacher_torch: float
     student_torch: float
-    teacher_onnx_fp32: float
-    student_onnx_int8: float
+    onnx: tuple[OnnxSpeed, ...]
     rounds: int = 1
 
 
@@ -286,16 +303,15 @@ class EmbedJob:
         return recall
 
     def speed(self, artifact: Path, teacher_artifact: Path) -> Speed:
-        """Titles/s of each encoder on the same catalog titles: SPEED_ROUNDS rounds, the four encoders one
-        after another in each, the median round of each (one pass each swung by a third on a shared machine)."""
+        """Titles/s of each encoder on the same catalog titles: SPEED_ROUNDS rounds, every encoder one after
+        another in each (one pass each swung by a third on a shared machine)."""
         titles = list(self.catalog.values())[:SPEED_TITLES]
-        threads = self.config.threads
         encoders: list[Callable[[list[str]], object]] = [
             lambda t: embed_texts(t, self.out / "teacher"),
             lambda t: embed_texts(t, self.out / "student"),
-            TextEncoder.load(teacher_artifact, threads=threads).encode,
-            TextEncoder.load(artifact, threads=threads).encode,
         ]
+        for threads in SPEED_THREADS:
+            encoders += [TextEncoder.load(a, threads=threads).encode for a in (teacher_artifact, artifact)]
 
         def rate(encode: Callable[[list[str]], object]) -> float:
             encode(titles[:8])  # warm-up: first-call allocations are not the steady rate
@@ -303,9 +319,23 @@ class EmbedJob:
             encode(titles)
             return len(titles) / (time.perf_counter() - t0)
 
-        rounds = [[rate(encode) for encode in encoders] for _ in range(SPEED_ROUNDS)]
-        medians = [round(float(np.median(column)), 1) for column in zip(*rounds, strict=True)]
-        return Speed(len(titles), *medians, rounds=SPEED_ROUNDS)
+        rounds = np.array([[rate(encode) for encode in encoders] for _ in range(SPEED_ROUNDS)])
+        onnx = []
+        for i, threads in enumerate(SPEED_THREADS):
+            teacher, student = rounds[:, 2 + 2 * i], rounds[:, 3 + 2 * i]
+            ratios = student / teacher
+            onnx.append(
+                OnnxSpeed(
+                    threads,
+                    round(float(np.median(teacher)), 1),
+                    round(float(np.median(student)), 1),
+                    round(float(np.median(ratios)), 2),
+                    round(float(ratios.min()), 2),
+                    round(float(ratios.max()), 2),
+                )
+            )
+        torch_rates = [round(float(np.median(rounds[:, i])), 1) for i in (0, 1)]
+        return Speed(len(titles), *torch_rates, tuple(onnx), rounds=SPEED_ROUNDS)
 
 
 def encoder_vectors(directory: Path) -> tuple[Callable[[Mapping[str, str]], ItemVectors], str]:

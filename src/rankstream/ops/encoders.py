@@ -57,7 +57,7 @@ def install(settings: Settings, artifact: Path) -> TextEncoder:
     if settings.encoder_dir is None:
         raise ConfigError("RANKSTREAM_ENCODER_DIR is not set: reembed installs the encoder beside it, set it first")
     try:
-        encoder = TextEncoder.load(artifact, threads=settings.threads)
+        encoder = TextEncoder.load(artifact, threads=settings.encoder_threads)
     except ArtifactError as exc:
         raise ConfigError(f"the encoder was refused, nothing changed: {exc}") from exc
     target = Path(settings.encoder_dir).parent / encoder.version

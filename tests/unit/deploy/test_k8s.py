@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import rankstream.stream.metrics  # noqa: F401 - registers every metric a rankstream process serves
-from rankstream.stream.settings import load_settings
+from rankstream.stream.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "deploy" / "k8s"
@@ -299,10 +299,10 @@ def _check_catalog(docs: list[Manifest]) -> None:
     assert config.get("RANKSTREAM_CATALOG_GROUP_ID", "rankstream-catalog") not in groups, (
         "the catalog job in another job's group would take its partitions"
     )
-    # ONNX Runtime threads within the CPU limit.
-    assert int(own.get("RANKSTREAM_THREADS", config["RANKSTREAM_THREADS"])) <= int(
-        container["resources"]["limits"]["cpu"]
-    )
+    # The encoder's ONNX Runtime threads within the CPU limit (the job runs no other session).
+    default = Settings.model_fields["encoder_threads"].default
+    threads = own.get("RANKSTREAM_ENCODER_THREADS", config.get("RANKSTREAM_ENCODER_THREADS", default))
+    assert int(threads) <= int(container["resources"]["limits"]["cpu"])
     # The scorer's probes: /healthz and /readyz on the metrics port the ConfigMap tells the job to serve.
     probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert {kind: probe["path"] for kind, probe in probes.items()} == {

@@ -10,7 +10,7 @@ import pytest
 from rankstream.compression.biencoder import FitConfig, FitRecord
 from rankstream.data.covisit import covisit_weights
 from rankstream.data.prepare import Prepared
-from rankstream.jobs.embed import REPORT, EmbedConfig, EmbedJob, Recall, Speed, encoder_vectors
+from rankstream.jobs.embed import REPORT, EmbedConfig, EmbedJob, OnnxSpeed, Recall, Speed, encoder_vectors
 from rankstream.stream.errors import ConfigError, JobError
 from tests.model_builders import tiny_prepared
 
@@ -45,7 +45,7 @@ def test_the_job_refuses_a_student_below_097_of_the_teacher_and_keeps_the_figure
     monkeypatch.setattr(job, "student", lambda pairs: _record(2))
     monkeypatch.setattr(job, "export", lambda: (tmp_path / "student", tmp_path / "teacher"))
     monkeypatch.setattr(job, "recall", lambda artifact: Recall(10, 0.10, 0.099, 0.0969))
-    monkeypatch.setattr(job, "speed", lambda a, b: Speed(5, 1.0, 2.0, 1.0, 3.0))
+    monkeypatch.setattr(job, "speed", lambda a, b: Speed(5, 1.0, 2.0, (OnnxSpeed(1, 1.0, 3.0, 3.0, 2.9, 3.1),)))
     with pytest.raises(JobError, match="below 0.97"):
         job.run()
     assert '"passed": false' in (tmp_path / "out" / REPORT).read_text()
