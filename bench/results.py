@@ -54,6 +54,19 @@ class LatencySplit(Record):
 
 
 @dataclass(frozen=True)
+class CpuUse(Record):
+    """The CPU over a phase (`bench.machine`), as shares of all `cores`' time: running anything (`busy`:
+    the broker, Redis, the producer and the scorer together on one machine), taken by the hypervisor for
+    other guests (`steal`), and used by the benchmark's own process (`this_process`: the scorer in
+    `bench stream`). None where the machine does not say (no /proc/stat)."""
+
+    cores: int
+    busy: float | None
+    steal: float | None
+    this_process: float | None
+
+
+@dataclass(frozen=True)
 class Phase(Record):
     """One phase of `bench stream`: a fixed set of events at one target rate (None: a backlog)."""
 
@@ -74,6 +87,7 @@ class Phase(Record):
     latency_split_ms: LatencySplit
     # Text retrieval per scored user (ms), with RANKSTREAM_TEXT_CANDIDATES on; None otherwise.
     retrieve_ms: Percentiles | None = None
+    cpu: CpuUse | None = None
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from typing import Any
 
 from rankstream.bench.ladder import DRAIN_LIMIT_S, P99_LIMIT_MS, climb
 from rankstream.bench.latency import latency_split, percentile, percentiles
-from rankstream.bench.results import BatchShape, Latency, Phase, ShadowCost, StreamBench
+from rankstream.bench.machine import CpuMeter
+from rankstream.bench.results import BatchShape, CpuUse, Latency, Phase, ShadowCost, StreamBench
 from rankstream.bench.tables import Replicas, replica_env
 from rankstream.data.live_replay import LiveReplay, seeded
 from rankstream.data.prepare import prepare
@@ -151,8 +152,10 @@ async def _phase(
         scorer.use_shadow(ShadowScorer(shadow.ranker, shadow.sample, settings, scorer.tables, share))
     await scorer.start()
     task = asyncio.create_task(scorer.run())
+    meter = CpuMeter()
     try:
         timing, live = await drive(scorer, task, settings, events, rate)
+        cpu = meter.stop()
     finally:
         scorer.stop()
         await task
@@ -165,7 +168,7 @@ async def _phase(
             replicas.stop()
     last = backlog if backlog is not None else live
     assert last is not None  # one of the two produced the phase's events
-    return await phase_result(scorer, store, topic, len(events), rate, timing, last)
+    return await phase_result(scorer, store, topic, len(events), rate, timing, last, cpu)
 
 
 async def _wait_assigned(scorer: Scorer, topic: str) -> None:
@@ -217,6 +220,7 @@ async def phase_result(
     rate: float | None,
     timing: _Timing,
     last: dict[str, tuple[int, int]],
+    cpu: CpuUse | None = None,
 ) -> Phase:
     st = scorer.stats
     lat = sorted(ms for _, ms in scorer.latencies)
@@ -241,6 +245,7 @@ async def phase_result(
         stage_s={k: round(v, 2) for k, v in st.stage_s.items()},
         latency_split_ms=latency_split(scorer.recorder.latency_parts),
         retrieve_ms=percentiles(list(scorer.recorder.retrieve_ms)) if scorer.tables.indexed else None,
+        cpu=cpu,
     )
 
 
@@ -349,7 +354,7 @@ def format_bench(result: StreamBench) -> str:
     )
     rows.append(
         f"{'phase':<12} {'events':>7} {'ev/s':>8} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'coalesced':>9} {'lost':>5} {'dlq':>4} {'wait p50/p99':>13} {'score p50/p99':>13}"
+        f"{'coalesced':>9} {'lost':>5} {'dlq':>4} {'wait p50/p99':>13} {'score p50/p99':>13} {'cpu busy/steal/own':>19}"
     )
     phases = [("backlog", result.max)] + [(f"@{p.rate_target}", p) for p in result.ladder]
     phases.append((f"80%@{result.fixed.rate_target}", result.fixed))
@@ -359,9 +364,10 @@ def format_bench(result: StreamBench) -> str:
         lat, split = p.latency_ms, p.latency_split_ms
         waiting = f"{split.waiting.p50}/{split.waiting.p99}"
         scoring = f"{split.scoring.p50}/{split.scoring.p99}"
+        cpu = "-" if p.cpu is None else f"{p.cpu.busy}/{p.cpu.steal}/{p.cpu.this_process}"
         rows.append(
             f"{name:<12} {p.events:>7} {p.events_per_s:>8} {p.pairs_per_s:>8} {lat.p50!s:>8} "
-            f"{lat.p99!s:>8} {p.coalesced:>9} {p.lost:>5} {p.dlq:>4} {waiting:>13} {scoring:>13}"
+            f"{lat.p99!s:>8} {p.coalesced:>9} {p.lost:>5} {p.dlq:>4} {waiting:>13} {scoring:>13} {cpu:>19}"
             + ("" if p.rate_target is None else f"  kept up: {p.kept_up}")
         )
     rows.append(f"maximum sustained: {result.max_sustained_events_per_s} events/s (p99 <= {P99_LIMIT_MS:.0f} ms)")

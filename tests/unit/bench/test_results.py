@@ -45,8 +45,10 @@ def test_stream_bench_json_keeps_its_keys() -> None:
         "stage_s",
         "latency_split_ms",  # added after the others: the keys before it are unchanged
         "retrieve_ms",  # None unless text retrieval is on
+        "cpu",  # the machine's CPU over the phase (bench.machine); None where not measured
     ]
     assert doc["max"]["retrieve_ms"] is None
+    assert doc["max"]["cpu"] is None
     assert doc["max"]["latency_ms"] == {"p50": 1.0, "p99": 2.0, "max": 3.0}
     assert doc["max"]["latency_split_ms"] == {
         "events": 0,
