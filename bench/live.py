@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from rankstream.bench.latency import percentile
+from rankstream.bench.machine import CpuMeter
+from rankstream.bench.results import CpuUse
 from rankstream.bench.stream import count_not_reflected, produce_elsewhere
 from rankstream.bench.tables import PARTITIONS, Replicas, Topic, stored_offsets, wait_taken
 from rankstream.data.live_replay import LiveReplay, seeded
@@ -73,6 +75,9 @@ class Arm:
     # judged against a list written a few events earlier; the per-event figures follow it.
     lists_written: int
     next_basket: dict[str, object]  # events, hit_rate@10, ndcg@10, ci95 over next-basket events only
+    # The CPU while the arm's events were produced and scored (bench.machine): the live arm's scorer shares
+    # the cores with its tables replica, and the lists it writes follow what it gets of them.
+    cpu: CpuUse | None = None
 
 
 @dataclass
@@ -101,14 +106,18 @@ def format_live(r: LiveBench) -> str:
         hr, nd = a.ci95["hit_rate@10"], a.ci95["ndcg@10"]
         return (
             f"{name:<7} {a.events:>8,} {a.hit_rate_at_10:.4f} [{hr[0]:.4f}, {hr[1]:.4f}]  "
-            f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lists_written:>13,}  {a.lost:>4}"
+            f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lists_written:>13,}  {a.lost:>4}  {cpu(a)}"
         )
+
+    def cpu(a: Arm) -> str:
+        return "-" if a.cpu is None else f"{a.cpu.busy}/{a.cpu.steal}/{a.cpu.this_process}"
 
     hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(
         [
             f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}, frozen tables: {r.frozen_tables}",
-            "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lists written  lost",
+            "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lists written  lost  "
+            "cpu busy/steal/scorer",
             row("frozen", r.frozen),
             row("live", r.live),
             f"live / frozen hit-rate@10: {hr['ratio']:.3f} [{hr['ci95'][0]:.3f}, {hr['ci95'][1]:.3f}]",  # type: ignore[index]
@@ -194,8 +203,9 @@ async def _arm(
     rate: float,
     log_dir: Path,
     with_tables: bool,
-) -> tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome], int]:
-    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes, lists written)."""
+) -> tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome], int, CpuUse]:
+    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes, lists written,
+    CPU from the first event produced to the last one applied)."""
     topic = Topic(base, client, name)
     settings = base.model_copy(
         update={"topic": topic.name, "dlq_topic": f"{topic.name}.dlq", "group_id": f"g-{topic.name}"}
@@ -215,6 +225,7 @@ async def _arm(
         await asyncio.sleep(3.0)  # the scorer joins its group
         if replicas is not None:
             await wait_taken(client, topic.name, started_ms, replicas)  # and the tables replica serves
+        meter = CpuMeter()
         producing = asyncio.create_task(
             produce_elsewhere(settings.kafka_bootstrap, topic.name, events, rate, keep_all=True)
         )
@@ -237,6 +248,7 @@ async def _arm(
             }
             settled = replicas is None or all(reached.get(p, [(-1, 0)])[-1][0] >= o for p, o in ends.items())
             if lag and sum(lag.values()) == 0 and settled:
+                cpu = meter.stop()
                 break
     finally:
         scorer.stop()
@@ -259,7 +271,7 @@ async def _arm(
         fresh = {"p50": percentile(delays, 50), "p99": percentile(delays, 99)}
     basket = {(p, off): event_ms(ev) for ev, (p, off, _) in zip(events, produced.all or [], strict=True)}
     outcomes = list(scorer.recorder.outcomes)
-    return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket), st.lists_written
+    return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket), st.lists_written, cpu
 
 
 FROZEN = ("train", "seeded")
@@ -296,7 +308,7 @@ async def bench_live_on(
     na, nb, ratio_nb = summarize(arms["frozen"][5], arms["live"][5])
 
     def arm(name: str, m: dict[str, tuple[float, list[float]]], n: dict[str, tuple[float, list[float]]]) -> Arm:
-        outcomes, lost, not_reflected, p99, _, nexts, written = arms[name]
+        outcomes, lost, not_reflected, p99, _, nexts, written, cpu = arms[name]
         return Arm(
             events=len(outcomes),
             hit_rate_at_10=m["hit_rate@10"][0],
@@ -306,6 +318,7 @@ async def bench_live_on(
             users_not_reflected=not_reflected,
             p99_ms=p99,
             lists_written=written,
+            cpu=cpu,
             next_basket={
                 "events": len(nexts),
                 **{k: v[0] for k, v in n.items()},
