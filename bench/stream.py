@@ -119,7 +119,7 @@ class _Timing:
     end: float
 
 
-async def _phase(
+async def run_phase(
     name: str,
     base: Settings,
     ranker: Ranker,
@@ -292,10 +292,10 @@ async def bench_stream(
         tables_log.mkdir(parents=True, exist_ok=True)
 
     def live_phase(name: str, shadow: _ShadowRun | None = None) -> Callable[[float], Awaitable[Phase]]:
-        return lambda rate: _phase(name, base, ranker, client, tables, live, rate, tables_log, shadow)
+        return lambda rate: run_phase(name, base, ranker, client, tables, live, rate, tables_log, shadow)
 
     try:
-        backlog = await _phase("max", base, ranker, client, tables, evs[:events], None, tables_log)
+        backlog = await run_phase("max", base, ranker, client, tables, evs[:events], None, tables_log)
         ladder = await _ladder(live_phase("step"), round(backlog.events_per_s * 0.5, 1), steps)
         passed = [s.rate_target for s in ladder if s.kept_up and s.rate_target is not None]
         sustained = max(passed) if passed else ladder[0].rate_target
