@@ -166,6 +166,8 @@ def run_demo(home: Path, *, events: int = 3000, source: Path | None = None, user
     if earlier:
         print(f"                the topic held {earlier} records from earlier runs: the seed's past, not read again")
     print(f"wall time:      {time.perf_counter() - t0:.0f}s   scorer log: {log_path}   catalog job log: {catalog_log}")
+    # The stack outlives the demo so that a second run, `rankstream recs` or a frontend can use it.
+    print(f"still running:  kafka {info.bootstrap}, redis {info.redis_url} (`rankstream stack down` stops them)")
     return 0 if run.new_items.ok else 1
 
 
