@@ -294,7 +294,7 @@ async def bench_live_on(
     tables = await asyncio.to_thread(seeded, prepared, PARTITIONS)
     # "valid" seeds with what precedes the valid split: the train split alone.
     held = tables if frozen == "seeded" else await asyncio.to_thread(seeded, prepared, PARTITIONS, None, "valid")
-    ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
+    ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size, spin=base.ort_spin)
     client = connect_from_settings(base)
     try:
         arms = {}

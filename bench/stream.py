@@ -281,7 +281,7 @@ async def bench_stream(
     # The shares `rankstream load` writes, reseeded per phase; the title vectors too, with retrieval on.
     vectors = await embed_catalog(base, prepared.catalog) if base.text_candidates else None
     tables = (prepared.catalog, seeded(prepared, 4), vectors)
-    ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size)
+    ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size, spin=base.ort_spin)
     client = connect_from_settings(base)
     evs = split_events(home / "data", "test", None)
     live = evs[events:][:live_events]

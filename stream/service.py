@@ -92,7 +92,9 @@ async def serve(settings: Settings) -> Stats:
     health = None
     try:
         resolve_model_dir(settings.model_dir)  # fails before any connection if there is nothing to serve
-        load = partial(Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size)
+        load = partial(
+            Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size, spin=settings.ort_spin
+        )
         store = Store.from_settings(settings)
         # Before anything starts: a refused login or an untrusted certificate ends the process with one line.
         await check_redis(store.client)

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # scored in full. 0: always score every candidate. N: pre-select N (needs a linear part).
     rerank_top: int | None = Field(default=None, ge=0, le=1000)
     threads: int = Field(default=2, ge=1, le=256)
+    # Whether ONNX Runtime's intra-op threads spin for more work after a run (its default) or sleep. Spinning
+    # answers the next run sooner under load; at a small share of a replica's maximum it keeps a third of
+    # a core busy waiting, which a tables job or a broker on the same cores could use (docs/results.md).
+    ort_spin: bool = True
     # The text encoder's intra-op threads (catalog job, `load`, `catalog reembed`). A title is about 10
     # tokens: a 2-layer student runs one in ~0.3 ms on one thread, and a second thread buys it a fifth more
     # for a whole core that the scorers beside it need (docs/results.md).

@@ -135,3 +135,21 @@ def test_text_candidates_need_an_encoder(tmp_path) -> None:  # type: ignore[no-u
         load_settings(text_candidates=20)
     assert load_settings(text_candidates=20, encoder_dir=tmp_path).text_candidates == 20
     assert load_settings().text_candidates == 0  # off unless asked: the served models were trained without it
+
+
+def test_ort_spin_reads_as_an_operator_writes_it_and_refuses_anything_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().ort_spin is True
+    for text, want in (("false", False), ("0", False), ("true", True), ("1", True)):
+        monkeypatch.setenv("RANKSTREAM_ORT_SPIN", text)
+        assert load_settings().ort_spin is want
+    monkeypatch.setenv("RANKSTREAM_ORT_SPIN", "sometimes")
+    with pytest.raises(ConfigError, match="RANKSTREAM_ORT_SPIN"):
+        load_settings()
+
+
+def test_a_sleeping_session_is_asked_for_in_its_options() -> None:
+    from rankstream.stream.ranker import session_options
+
+    assert session_options(2, spin=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default, spinning
+        session_options(2).get_session_config_entry("session.intra_op.allow_spinning")
