@@ -106,11 +106,9 @@ def format_live(r: LiveBench) -> str:
         hr, nd = a.ci95["hit_rate@10"], a.ci95["ndcg@10"]
         return (
             f"{name:<7} {a.events:>8,} {a.hit_rate_at_10:.4f} [{hr[0]:.4f}, {hr[1]:.4f}]  "
-            f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lists_written:>13,}  {a.lost:>4}  {cpu(a)}"
+            f"{a.ndcg_at_10:.4f} [{nd[0]:.4f}, {nd[1]:.4f}]  {a.lists_written:>13,}  {a.lost:>4}  "
+            + ("-" if a.cpu is None else a.cpu.brief())
         )
-
-    def cpu(a: Arm) -> str:
-        return "-" if a.cpu is None else f"{a.cpu.busy}/{a.cpu.steal}/{a.cpu.this_process}"
 
     hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(

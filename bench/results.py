@@ -65,6 +65,10 @@ class CpuUse(Record):
     steal: float | None
     this_process: float | None
 
+    def brief(self) -> str:
+        """`busy/steal/this_process`, as the benchmarks' tables print it."""
+        return f"{self.busy}/{self.steal}/{self.this_process}"
+
 
 @dataclass(frozen=True)
 class Phase(Record):

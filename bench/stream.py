@@ -364,7 +364,7 @@ def format_bench(result: StreamBench) -> str:
         lat, split = p.latency_ms, p.latency_split_ms
         waiting = f"{split.waiting.p50}/{split.waiting.p99}"
         scoring = f"{split.scoring.p50}/{split.scoring.p99}"
-        cpu = "-" if p.cpu is None else f"{p.cpu.busy}/{p.cpu.steal}/{p.cpu.this_process}"
+        cpu = "-" if p.cpu is None else p.cpu.brief()
         rows.append(
             f"{name:<12} {p.events:>7} {p.events_per_s:>8} {p.pairs_per_s:>8} {lat.p50!s:>8} "
             f"{lat.p99!s:>8} {p.coalesced:>9} {p.lost:>5} {p.dlq:>4} {waiting:>13} {scoring:>13} {cpu:>19}"

@@ -59,3 +59,7 @@ def test_a_busy_phase_shows_in_this_process_and_the_machine() -> None:
     # One thread spinning for the whole phase: a whole core, within what a shared machine lends it.
     assert use.this_process is not None and use.this_process * use.cores > 0.5
     assert use.busy is not None and use.busy >= use.this_process - 0.1
+
+
+def test_the_tables_print_busy_steal_and_own() -> None:
+    assert cpu_use((0,) * 8, (30, 5, 10, 40, 5, 2, 3, 5), 0.5, 1.0, 2).brief() == "0.5/0.05/0.25"
