@@ -48,7 +48,7 @@ from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag
 from rankstream.stream.live import event_ms
 from rankstream.stream.livestore import seed
-from rankstream.stream.ranker import Ranker
+from rankstream.stream.ranker import Ranker, serving_loader
 from rankstream.stream.recorder import Outcome
 from rankstream.stream.redis_client import RedisClient, connect_from_settings
 from rankstream.stream.scorer import Scorer
@@ -292,7 +292,7 @@ async def bench_live_on(
     tables = await asyncio.to_thread(seeded, prepared, PARTITIONS)
     # "valid" seeds with what precedes the valid split: the train split alone.
     held = tables if frozen == "seeded" else await asyncio.to_thread(seeded, prepared, PARTITIONS, None, "valid")
-    ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size, spin=base.ort_spin)
+    ranker = serving_loader(base)(model_dir)
     client = connect_from_settings(base)
     try:
         arms = {}

@@ -8,7 +8,6 @@ carries its CPU use can be told from a slower code. Elsewhere than Linux the mac
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rankstream.bench.results import CpuUse
@@ -62,11 +61,10 @@ def _read() -> tuple[int, ...] | None:
         return None
 
 
-@dataclass
 class CpuMeter:
     """Started at construction; `stop` gives the CPU use since then."""
 
-    def __post_init__(self) -> None:
+    def __init__(self) -> None:
         self._stat = _read()
         self._process = time.process_time()
         self._wall = time.monotonic()

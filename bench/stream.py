@@ -47,7 +47,7 @@ from rankstream.stream.events import ClickEvent
 from rankstream.stream.follow import warm_up
 from rankstream.stream.lag import group_lag
 from rankstream.stream.livestore import seed
-from rankstream.stream.ranker import Ranker
+from rankstream.stream.ranker import Ranker, serving_loader
 from rankstream.stream.redis_client import RedisClient, connect_from_settings
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.scoring import rerank_top_for
@@ -281,7 +281,7 @@ async def bench_stream(
     # The shares `rankstream load` writes, reseeded per phase; the title vectors too, with retrieval on.
     vectors = await embed_catalog(base, prepared.catalog) if base.text_candidates else None
     tables = (prepared.catalog, seeded(prepared, 4), vectors)
-    ranker = Ranker.load(model_dir, threads=base.threads, batch_size=base.score_batch_size, spin=base.ort_spin)
+    ranker = serving_loader(base)(model_dir)
     client = connect_from_settings(base)
     evs = split_events(home / "data", "test", None)
     live = evs[events:][:live_events]

@@ -7,6 +7,7 @@ is served.
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from rankstream.stream import features
 from rankstream.stream.artifact import InputSpec, Manifest, load_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError
 from rankstream.stream.linear import LinearPart, Selection, rerank_top
+from rankstream.stream.settings import Settings
 from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -368,3 +370,9 @@ def _check_graph(directory: Path, spec: InputSpec, session: ort.InferenceSession
             problems.append(f"graph input {SIGNALS_INPUT!r} has shape {i.shape}, not [batch, {len(SIGNALS.names)}]")
     if problems:
         raise ArtifactError(f"{directory}: refused: " + "; ".join(problems))
+
+
+def serving_loader(settings: Settings) -> "partial[Ranker]":
+    """How a replica opens a version: its ONNX Runtime threads, batch size and spinning from `settings`. The
+    benchmarks open theirs through it too, so they measure what the settings say."""
+    return partial(Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size, spin=settings.ort_spin)

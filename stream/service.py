@@ -14,7 +14,7 @@ from rankstream.stream.errors import ArtifactError, ConfigError
 from rankstream.stream.follow import ModelFollower
 from rankstream.stream.health import HealthServer
 from rankstream.stream.kafka_check import check_kafka
-from rankstream.stream.ranker import Ranker
+from rankstream.stream.ranker import Ranker, serving_loader
 from rankstream.stream.redis_client import check_redis
 from rankstream.stream.registry import Registry, list_versions
 from rankstream.stream.scorer import Scorer, Stats
@@ -92,9 +92,7 @@ async def serve(settings: Settings) -> Stats:
     health = None
     try:
         resolve_model_dir(settings.model_dir)  # fails before any connection if there is nothing to serve
-        load = partial(
-            Ranker.load, threads=settings.threads, batch_size=settings.score_batch_size, spin=settings.ort_spin
-        )
+        load = serving_loader(settings)
         store = Store.from_settings(settings)
         # Before anything starts: a refused login or an untrusted certificate ends the process with one line.
         await check_redis(store.client)

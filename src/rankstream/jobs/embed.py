@@ -306,12 +306,13 @@ class EmbedJob:
         """Titles/s of each encoder on the same catalog titles: SPEED_ROUNDS rounds, every encoder one after
         another in each (one pass each swung by a third on a shared machine)."""
         titles = list(self.catalog.values())[:SPEED_TITLES]
-        encoders: list[Callable[[list[str]], object]] = [
-            lambda t: embed_texts(t, self.out / "teacher"),
-            lambda t: embed_texts(t, self.out / "student"),
-        ]
+        encoders: dict[tuple[str, int], Callable[[list[str]], object]] = {
+            ("teacher", 0): lambda t: embed_texts(t, self.out / "teacher"),  # 0: torch
+            ("student", 0): lambda t: embed_texts(t, self.out / "student"),
+        }
         for threads in SPEED_THREADS:
-            encoders += [TextEncoder.load(a, threads=threads).encode for a in (teacher_artifact, artifact)]
+            encoders[("teacher", threads)] = TextEncoder.load(teacher_artifact, threads=threads).encode
+            encoders[("student", threads)] = TextEncoder.load(artifact, threads=threads).encode
 
         def rate(encode: Callable[[list[str]], object]) -> float:
             encode(titles[:8])  # warm-up: first-call allocations are not the steady rate
@@ -319,23 +320,26 @@ class EmbedJob:
             encode(titles)
             return len(titles) / (time.perf_counter() - t0)
 
-        rounds = np.array([[rate(encode) for encode in encoders] for _ in range(SPEED_ROUNDS)])
+        rounds = [{key: rate(encode) for key, encode in encoders.items()} for _ in range(SPEED_ROUNDS)]
+        rates = {key: np.array([r[key] for r in rounds]) for key in encoders}
+
+        def median(key: tuple[str, int]) -> float:
+            return round(float(np.median(rates[key])), 1)
+
         onnx = []
-        for i, threads in enumerate(SPEED_THREADS):
-            teacher, student = rounds[:, 2 + 2 * i], rounds[:, 3 + 2 * i]
-            ratios = student / teacher
+        for threads in SPEED_THREADS:
+            ratios = rates[("student", threads)] / rates[("teacher", threads)]
             onnx.append(
                 OnnxSpeed(
                     threads,
-                    round(float(np.median(teacher)), 1),
-                    round(float(np.median(student)), 1),
+                    median(("teacher", threads)),
+                    median(("student", threads)),
                     round(float(np.median(ratios)), 2),
                     round(float(ratios.min()), 2),
                     round(float(ratios.max()), 2),
                 )
             )
-        torch_rates = [round(float(np.median(rounds[:, i])), 1) for i in (0, 1)]
-        return Speed(len(titles), *torch_rates, tuple(onnx), rounds=SPEED_ROUNDS)
+        return Speed(len(titles), median(("teacher", 0)), median(("student", 0)), tuple(onnx), rounds=SPEED_ROUNDS)
 
 
 def encoder_vectors(directory: Path) -> tuple[Callable[[Mapping[str, str]], ItemVectors], str]:
