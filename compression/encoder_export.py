@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModel
 
 from rankstream.compression.export import OPSET, _optimize, _quiet_root_logger
+from rankstream.compression.unfuse import CHAIN as UNFUSE_CHAIN
 from rankstream.stream.artifact import sha256_file
 from rankstream.stream.encoder import (
     INPUTS,
@@ -252,6 +253,7 @@ def export_encoder(
                 "bi-encoder:mean-pool-l2",
                 "onnx:legacy-eager",
                 "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused",
+                *([UNFUSE_CHAIN] if fused.get("unfused") else []),
             ]
             if quantize == "int8":
                 _quantize_int8(fp32, partial / MODEL_FILE)

@@ -27,6 +27,8 @@ from onnxruntime.transformers.optimizer import optimize_model
 from rankstream.compression.calibrate import STATIC_CHAIN, ActivationType, ListReader, quantize_static_int8
 from rankstream.compression.model import linear_part, load_cross_encoder, signal_spec
 from rankstream.compression.pairs import LabelledPair
+from rankstream.compression.unfuse import CHAIN as UNFUSE_CHAIN
+from rankstream.compression.unfuse import unfuse_slow_kernels
 from rankstream.stream.artifact import InputSpec, Reference, write_manifest
 from rankstream.stream.errors import ArtifactError
 from rankstream.stream.features import PAIR_FORMAT, candidate_text, history_text
@@ -190,11 +192,15 @@ def _export_legacy(
         )
 
 
-def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int, *, unfuse: bool = True) -> dict[str, int]:
+    """ORT's transformer fusions; with `unfuse`, the two whose CPU kernels are slow split back
+    (`compression.unfuse`). The counts carry `attention_nodes` and, when any were split, `unfused`."""
     optimized = optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     attention = sum(1 for n in optimized.model.graph.node if n.op_type in ("Attention", "MultiHeadAttention"))
     fused["attention_nodes"] = attention
+    if unfuse:
+        fused["unfused"] = sum(unfuse_slow_kernels(optimized.model).values())
     optimized.save_model_to_file(str(out))
     if attention:
         log.info("ORT optimizer fused %d attention nodes (%s)", attention, fused)
@@ -237,6 +243,7 @@ def export_onnx(
     int8_fp32_layers: Sequence[int] = (),
     calibration: Sequence[Sequence[LabelledPair]] = (),
     activations: ActivationType = "uint8",
+    unfuse: bool = True,
 ) -> Path:
     """Write artifact `out_dir` (must not exist) from the checkpoint in `hf_dir`; returns `out_dir`.
 
@@ -251,6 +258,9 @@ def export_onnx(
     batch-mates: the manifest then says `batch_invariant`, as it does for fp32. The manifest's metrics gain
     `export_batch_max_abs_diff` (each reference pair alone vs all in one batch); a batch-invariant artifact
     whose graph moves more than BATCH_INVARIANCE_ATOL is refused.
+
+    `unfuse=False` keeps ORT's SkipLayerNormalization and BiasGelu kernels (`compression.unfuse`), for
+    `bench fusions` to time the graph both ways.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if out_dir.exists():
@@ -282,7 +292,7 @@ def export_onnx(
         with tempfile.TemporaryDirectory(prefix="rankstream-export-") as tmp:
             raw, fp32 = Path(tmp) / "raw.onnx", Path(tmp) / "fp32.onnx"
             _export_legacy(model, encoded, signals, raw)
-            fused = _optimize(raw, fp32, cfg.num_attention_heads, cfg.hidden_size)
+            fused = _optimize(raw, fp32, cfg.num_attention_heads, cfg.hidden_size, unfuse=unfuse)
             fp32_diff = float(np.max(np.abs(_ort_scores(fp32, encoder, pairs, signals) - torch_scores)))
             log.info("torch vs fp32 ONNX on %d reference pairs: max abs diff %.3g", len(pairs), fp32_diff)
             if not fp32_diff <= fp32_atol:
@@ -294,6 +304,7 @@ def export_onnx(
                 *method_chain,
                 "onnx:legacy-eager",
                 "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused",
+                *([UNFUSE_CHAIN] if fused.get("unfused") else []),
             ]
             final = partial / "model.onnx"
             if quantize == "int8-static":

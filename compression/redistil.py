@@ -18,7 +18,7 @@ from rankstream.compression.train import TRAINING_LOG
 log = logging.getLogger(__name__)
 
 # Steps export_onnx appends; a warm-started student's chain drops them before its own export adds them again.
-_EXPORT_STEPS = ("onnx:", "ort-optimize:", "quantize:", "int8-fallback:")
+_EXPORT_STEPS = ("onnx:", "ort-optimize:", "unfuse:", "quantize:", "int8-fallback:")
 RECOMPRESS_STEP = "recompress:"
 
 

@@ -7,7 +7,7 @@ is served.
 
 import logging
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,9 @@ from rankstream.stream.signals import SIGNALS
 log = logging.getLogger(__name__)
 
 _PAD_TOKENS = ("[PAD]", "<pad>")
+# Texts kept tokenized per encoder: a few thousand titles' candidate texts and the recent users' histories,
+# a few MB; a text seen again after that is tokenized again.
+SEGMENT_CACHE = 16384
 SIGNALS_INPUT = "signals"  # float32 [batch, len(SIGNALS.names)], for models whose input spec names a signal set
 
 
@@ -31,7 +34,10 @@ class PairEncoder:
     """Tokenizes (history, candidate) pairs: truncates the history side only, pads to the batch's longest.
 
     The padding and truncation stored in a tokenizer.json (MiniLM's pads to a fixed 128) are replaced.
-    Immutable after construction, so one encoder may serve several threads.
+    Each side is tokenized once and kept (`SEGMENT_CACHE` texts): a user's history text is the first half
+    of all their pairs and a candidate's text recurs across users, so a pair is mostly two lookups and the
+    tokenizer's own truncation and special tokens (`post_process`, which is what `encode` does after
+    tokenizing each side). Safe to share between threads: the cache is `functools.lru_cache`.
     """
 
     def __init__(self, path: Path, max_length: int) -> None:
@@ -47,19 +53,22 @@ class PairEncoder:
         self._fallback = Tokenizer.from_file(str(path))
         self._fallback.no_padding()
         self._fallback.enable_truncation(max_length, strategy="longest_first")
+        # One side alone, untruncated: the pair's truncation is applied to both sides together afterwards.
+        sides = Tokenizer.from_file(str(path))
+        sides.no_padding()
+        sides.no_truncation()
+        self._side = lru_cache(maxsize=SEGMENT_CACHE)(partial(sides.encode, add_special_tokens=False))
 
     def _encode_one(self, pair: tuple[str, str]) -> Encoding:
+        history, candidate = self._side(pair[0]), self._side(pair[1])
         try:
-            return self._tokenizer.encode(*pair)
+            return self._tokenizer.post_process(history, candidate)
         except Exception:  # noqa: BLE001 - tokenizers raises a bare Exception when only_first cannot fit
-            return self._fallback.encode(*pair)
+            return self._fallback.post_process(history, candidate)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
         """int64 input_ids, attention_mask and token_type_ids, shape (len(pairs), longest pair)."""
-        try:
-            encodings = self._tokenizer.encode_batch(list(pairs))
-        except Exception:  # noqa: BLE001 - see _encode_one; rare, so the per-pair path is fine
-            encodings = [self._encode_one(pair) for pair in pairs]
+        encodings = [self._encode_one(pair) for pair in pairs]
         length = max((len(e.ids) for e in encodings), default=0)
         input_ids = np.full((len(encodings), length), self._pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(encodings), length), dtype=np.int64)

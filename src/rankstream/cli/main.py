@@ -153,6 +153,14 @@ def _bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_fusions(args: argparse.Namespace) -> int:
+    from rankstream.bench.fusions import bench_fusions, format_fusions
+
+    result = bench_fusions(args.checkpoint, args.data or home() / "data", users=args.users, split=args.split)
+    print(result.to_json() if args.json else format_fusions(result))
+    return 0
+
+
 def _positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -465,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_model)
+    b = bench.add_parser("fusions", help="a checkpoint exported with and without ORT's slow fused kernels, timed")
+    b.add_argument(
+        "--checkpoint", type=Path, required=True, help="a fine-tuned cross-encoder folder (a compress run's work/)"
+    )
+    b.add_argument("--data", type=Path)
+    b.add_argument("--split", choices=["valid", "test"], default="test")
+    b.add_argument("--users", type=_positive, default=300, help="rankable lists to score per round")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_fusions)
     b = bench.add_parser("stream", help="the scorer on the real Kafka and Redis: max rate, then a fixed rate")
     b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
     b.add_argument("--events", type=int, default=3000, help="events in the max-rate phase")

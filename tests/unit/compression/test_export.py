@@ -168,13 +168,14 @@ def test_manifest_records_the_export(fp32_artifact: Path, int8_artifact: Path) -
         "finetune:tiny-random-bert",
         "onnx:legacy-eager",
         "ort-optimize:fused-attention",
+        "unfuse:skip-layernorm,bias-gelu",
         "quantize:int8-dynamic-per-channel",
     )
     assert m.input_spec.pair_format == PAIR_FORMAT and m.input_spec.max_length == 64
     assert m.metrics["ndcg@10"] == 0.5
     assert m.metrics["export_fp32_max_abs_diff"] <= FP32_ATOL
     assert [list(p) for p in m.reference.pairs] == [list(p) for p in REFERENCE_PAIRS]
-    assert load_manifest(fp32_artifact).method_chain[-1] == "ort-optimize:fused-attention"
+    assert load_manifest(fp32_artifact).method_chain[-1] == "unfuse:skip-layernorm,bias-gelu"
     assert not list(int8_artifact.parent.glob(".*partial*"))  # nothing left behind
 
 

