@@ -121,6 +121,7 @@ class StreamBench(Record):
     fixed: Phase
     tables_job: bool = False  # a `rankstream tables` replica ran beside the scorer in every phase
     shadow: "ShadowCost | None" = None  # with --shadow: the fixed rate again with a shadow version on
+    score_lanes: int = 1  # model calls in flight (RANKSTREAM_SCORE_LANES), each of `threads` threads
 
 
 @dataclass(frozen=True)

@@ -323,6 +323,7 @@ async def bench_stream(
         user_quiet_ms=base.user_quiet_ms,
         live_events=len(live),
         threads=base.threads,
+        score_lanes=base.score_lanes,
         max=backlog,
         ladder=ladder,
         max_sustained_events_per_s=sustained if passed else None,
@@ -350,7 +351,8 @@ def format_bench(result: StreamBench) -> str:
     rows.append(
         f"{result.candidates_per_user} candidates per user, {top} cross-encoded; lists written every "
         f"{result.score_chunk_users} users; users held until quiet for {result.user_quiet_ms} ms; "
-        f"{result.threads} ORT threads; {result.live_events} events per live phase"
+        f"{result.score_lanes} model calls in flight of {result.threads} ORT threads each; "
+        f"{result.live_events} events per live phase"
     )
     rows.append(
         f"{'phase':<12} {'events':>7} {'ev/s':>8} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "

@@ -117,15 +117,19 @@ class Recorder:
             if n:
                 st.events_by_version[version] = st.events_by_version.get(version, 0) + n
 
-    def chunk_started(self) -> None:
-        """The chunk about to be scored starts now: the next `reflected` splits its events' latency here."""
+    def chunk_started(self) -> float:
+        """The chunk about to be scored starts now: the next `reflected` splits its events' latency here.
+        Returns the mark, for a caller with several chunks in flight to pass to `reflected` itself."""
         self._chunk_started_ms = time.time() * 1000
+        return self._chunk_started_ms
 
-    def reflected(self, timestamps_ms: Sequence[int]) -> None:
-        """Event -> Redis latency of events whose lists are written now."""
+    def reflected(self, timestamps_ms: Sequence[int], started_ms: float | None = None) -> None:
+        """Event -> Redis latency of events whose lists are written now; split at `started_ms`, else at the
+        last `chunk_started` mark."""
         written_ms = time.time() * 1000
         # One mark per chunk: events reflected without a chunk of their own (a replay) get no split.
-        started_ms, self._chunk_started_ms = self._chunk_started_ms, None
+        mark, self._chunk_started_ms = self._chunk_started_ms, None
+        started_ms = mark if started_ms is None else started_ms
         for ts in timestamps_ms:
             latency_ms = max(written_ms - ts, 0.0)
             m.EVENT_TO_REDIS.observe(latency_ms / 1000)

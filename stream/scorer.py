@@ -16,8 +16,9 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -323,9 +324,10 @@ class Scorer:
         ranker, canary = self.ranker, self.canary
         rejected = canary_finished = 0
         for arm, arm_plans in _arms(due, ranker, canary):
-            arm_rejected = 0
-            for chunk in b.oldest_first_chunks(arm_plans, s.score_chunk_users):
-                arm_rejected += await self._score_and_write(arm, chunk, by_user, neighbours)
+            chunks = b.oldest_first_chunks(arm_plans, s.score_chunk_users)
+            arm_rejected = await in_lanes(
+                [partial(self._score_and_write, arm, chunk, by_user, neighbours) for chunk in chunks], s.score_lanes
+            )
             rejected += arm_rejected
             if arm is not ranker:
                 canary_finished = sum(len(by_user[p.user_id]) for p in arm_plans) - arm_rejected
@@ -406,7 +408,7 @@ class Scorer:
         neighbours: Mapping[str, Sequence[str]],
     ) -> int:
         """Score one chunk of users and write their lists; how many events were dead-lettered instead."""
-        self.recorder.chunk_started()
+        started_ms = self.recorder.chunk_started()
         with self.recorder.stage("score"):
             scored = await score_users(ranker, chunk, neighbours, self.tables, self.settings)
         if self.tables.indexed:
@@ -426,7 +428,8 @@ class Scorer:
         failed |= {u: Rejected("bad_state", detail) for u, detail in written.bad.items()}
         for user, rej in failed.items():
             await self._reject_user(by_user[user], rej)
-        self.recorder.reflected([v.timestamp_ms for p in chunk if p.user_id not in failed for v in by_user[p.user_id]])
+        reflected = [v.timestamp_ms for p in chunk if p.user_id not in failed for v in by_user[p.user_id]]
+        self.recorder.reflected(reflected, started_ms)
         stale = len(scored.writes) - written.applied - len(written.bad)
         self.recorder.written(written.applied, stale, scored.pairs, quality)
         if self.shadow is not None:
@@ -488,6 +491,30 @@ def _arms(due: list[b.UserPlan], ranker: Ranker, canary: Arm | None) -> list[tup
     for p in due:
         (picked if canary.serves(p.user_id) else rest).append(p)
     return [(ranker, rest), (canary.ranker, picked)]
+
+
+async def in_lanes(jobs: Sequence[Callable[[], Awaitable[int]]], lanes: int) -> int:
+    """Run `jobs` in order, at most `lanes` at once, and sum what they return. When one raises, the others
+    are cancelled and awaited before the first failure (in job order) is raised, so a failed batch leaves
+    nothing running behind it."""
+    if lanes <= 1:
+        total = 0
+        for job in jobs:
+            total += await job()
+        return total
+    gate = asyncio.Semaphore(lanes)
+
+    async def run(job: Callable[[], Awaitable[int]]) -> int:
+        async with gate:
+            return await job()
+
+    tasks = [asyncio.create_task(run(job)) for job in jobs]
+    try:
+        return sum([await t for t in tasks])
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _count(records: Records) -> int:

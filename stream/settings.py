@@ -99,12 +99,19 @@ class Settings(BaseSettings):
     # Users scored per Redis write inside a batch: a list is written as soon as its chunk is scored, so
     # the first users of a large batch do not wait for the last (one extra round trip per chunk).
     score_chunk_users: int = Field(default=2, ge=1, le=100_000)
+    # Chunks of a batch in flight at once: while one chunk's model call runs in a worker thread, the next
+    # chunk's reads and candidates are prepared and its call starts beside it. Chunks hold distinct users,
+    # so their lists may be written in any order. lanes x threads is the cores a replica's model calls may
+    # take. Two lanes of one thread: a user's 10 pairs split badly over two threads (x1.3 for twice the
+    # CPU), so two calls side by side reached the same maximum rate as one call on two threads with a
+    # quarter less of the machine busy (docs/results.md).
+    score_lanes: int = Field(default=2, ge=1, le=64)
     # How many candidates the cross-encoder scores per user, picked by the model's linear part (position
     # prior + signal head, `linear.json` in the artifact); the rest follow in that part's order. Unset: the
     # artifact decides (`rerank_top_for`): a model with a linear part is pre-selected, one without is
     # scored in full. 0: always score every candidate. N: pre-select N (needs a linear part).
     rerank_top: int | None = Field(default=None, ge=0, le=1000)
-    threads: int = Field(default=2, ge=1, le=256)
+    threads: int = Field(default=1, ge=1, le=256)  # ONNX Runtime intra-op threads per model call
     # Whether ONNX Runtime's intra-op threads spin for more work after a run (its default) or sleep. Spinning
     # answers the next run sooner under load; at a small share of a replica's maximum it keeps a third of
     # a core busy waiting, which a tables job or a broker on the same cores could use (docs/results.md).

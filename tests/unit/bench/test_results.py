@@ -26,6 +26,7 @@ def test_stream_bench_json_keeps_its_keys() -> None:
         "fixed",
         "tables_job",
         "shadow",
+        "score_lanes",
     ]
     assert doc["batch"] == {"max_records": 64, "linger_ms": 5}
     assert list(doc["ladder"][0]) == [

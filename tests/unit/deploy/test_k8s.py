@@ -489,6 +489,22 @@ def test_local_overlay_settings_load(local: list[Manifest], monkeypatch: pytest.
     _check_settings(local, monkeypatch)
 
 
+@pytest.mark.parametrize("which", ["base", "local"])
+def test_the_scorers_model_calls_fit_its_cpu(which: str, request: pytest.FixtureRequest) -> None:
+    """Lanes x ONNX Runtime threads per call: the cores the scorer's model may take, equal to its CPU request
+    and within its limit (more would queue threads on cores the pod does not have)."""
+    docs: list[Manifest] = request.getfixturevalue(which)
+    config, resources = _config(docs), _container(_scorer(docs))["resources"]
+    fields = Settings.model_fields
+    threads = int(config.get("RANKSTREAM_THREADS", fields["threads"].default))
+    lanes = int(config.get("RANKSTREAM_SCORE_LANES", fields["score_lanes"].default))
+    assert threads * lanes == float(resources["limits"]["cpu"]) >= _cores(resources["requests"]["cpu"])
+
+
+def _cores(cpu: str) -> float:
+    return float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+
+
 def test_local_overlay_is_one_small_replica_from_a_local_registry(local: list[Manifest]) -> None:
     for doc in local:
         if doc["kind"] != "Namespace":
