@@ -495,8 +495,9 @@ def _arms(due: list[b.UserPlan], ranker: Ranker, canary: Arm | None) -> list[tup
 
 async def in_lanes(jobs: Sequence[Callable[[], Awaitable[int]]], lanes: int) -> int:
     """Run `jobs` in order, at most `lanes` at once, and sum what they return. When one raises, the others
-    are cancelled and awaited before the first failure (in job order) is raised, so a failed batch leaves
-    nothing running behind it."""
+    are cancelled and awaited before the first failure (in job order) is raised, so no chunk of a failed
+    batch is still reading or writing when the batch is retried (a model call already running in a worker
+    thread finishes there and its scores are dropped; list writes are fenced by offset anyway)."""
     if lanes <= 1:
         total = 0
         for job in jobs:
