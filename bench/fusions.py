@@ -1,7 +1,7 @@
 """`rankstream bench fusions`: one checkpoint exported twice, with ORT's SkipLayerNormalization and
 BiasGelu kernels and with them split back (`compression.unfuse`, the default), then both graphs timed side
-by side on the same users' lists, scored as the scorer scores them (one call per user, its linear part's
-top candidates cross-encoded).
+by side on the same users' lists, scored as the scorer scores them (one call per user, pre-selected as
+`RANKSTREAM_RERANK_TOP` or the artifact says).
 
 Rounds alternate which graph goes first, and each round's ratio is taken on its own, so a machine that
 slows down for a while moves both sides of a ratio together.
@@ -21,7 +21,8 @@ from rankstream.bench.results import Record
 from rankstream.evaluation.evalset import EvalSet
 from rankstream.jobs.presets import MAX_LENGTH
 from rankstream.stream.ranker import Ranker
-from rankstream.stream.scoring import AUTO_RERANK_TOP
+from rankstream.stream.scoring import rerank_top_for
+from rankstream.stream.settings import Settings
 
 SPEED_ROUNDS = 9
 _KERNELS = ("SkipLayerNormalization", "BiasGelu", "LayerNormalization", "Gelu")
@@ -87,6 +88,7 @@ def bench_fusions(
     rankable lists of `split`."""
     from rankstream.compression.export import export_onnx  # torch: the compression extra, offline only
 
+    settings = Settings()  # the pre-selection a scorer with this environment would use
     lists = EvalSet.build(data_dir, split, max_instances=users)
     if not lists.lists:
         raise ValueError(f"no rankable lists in the {split} split of {data_dir}")
@@ -104,7 +106,7 @@ def bench_fusions(
         speed, scores, ndcg, top, pairs = [], {}, {}, 0, 0
         for n in threads:
             rankers = {name: Ranker.load(path, threads=n) for name, path in graphs.items()}
-            top = AUTO_RERANK_TOP if rankers["unfused"].linear is not None else 0
+            top = rerank_top_for(settings, rankers["unfused"])
             if not scores:
                 for name, ranker in rankers.items():
                     scores[name] = got = ranker.score_lists(lists.lists, lists.signals, top=top)
