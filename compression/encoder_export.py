@@ -26,8 +26,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer
 from transformers import AutoModel
 
-from rankstream.compression.export import OPSET, _optimize, _quiet_root_logger
-from rankstream.compression.unfuse import CHAIN as UNFUSE_CHAIN
+from rankstream.compression.export import OPSET, _optimize, _optimize_chain, _quiet_root_logger
 from rankstream.stream.artifact import sha256_file
 from rankstream.stream.encoder import (
     INPUTS,
@@ -252,8 +251,7 @@ def export_encoder(
                 *method_chain,
                 "bi-encoder:mean-pool-l2",
                 "onnx:legacy-eager",
-                "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused",
-                *([UNFUSE_CHAIN] if fused.get("unfused") else []),
+                *_optimize_chain(fused),
             ]
             if quantize == "int8":
                 _quantize_int8(fp32, partial / MODEL_FILE)

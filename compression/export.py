@@ -209,6 +209,12 @@ def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int, *, unfuse:
     return fused
 
 
+def _optimize_chain(fused: dict[str, int]) -> list[str]:
+    """The method-chain steps of `_optimize`, from the counts it returned."""
+    chain = ["ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused"]
+    return chain + ([UNFUSE_CHAIN] if fused.get("unfused") else [])
+
+
 def _layer_nodes(graph: Path, layers: Sequence[int]) -> list[str]:
     """Nodes INT8 must skip: encoder `layers` (Attention_i + MatMuls), the position-prior lookup and the
     signal head."""
@@ -303,8 +309,7 @@ def export_onnx(
             chain = [
                 *method_chain,
                 "onnx:legacy-eager",
-                "ort-optimize:fused-attention" if fused["attention_nodes"] else "ort-optimize:unfused",
-                *([UNFUSE_CHAIN] if fused.get("unfused") else []),
+                *_optimize_chain(fused),
             ]
             final = partial / "model.onnx"
             if quantize == "int8-static":
