@@ -3,7 +3,7 @@
 import statistics
 from collections.abc import Iterable
 
-from rankstream.bench.results import LatencySplit, Percentiles
+from rankstream.bench.results import BatchTimes, LatencySplit, Percentiles
 
 
 def percentile(values: list[float], q: int) -> float | None:
@@ -13,6 +13,25 @@ def percentile(values: list[float], q: int) -> float | None:
 
 def percentiles(values: list[float]) -> Percentiles:
     return Percentiles(p50=percentile(values, 50), p99=percentile(values, 99))
+
+
+def batch_times(samples: Iterable[tuple[float, float, int]]) -> BatchTimes:
+    """Percentiles of (poll ms, process ms, records) per batch. A phase holds tens of batches, not
+    thousands: these interpolate between the batches seen (never beyond the slowest), and need 10."""
+
+    def within(values: list[float]) -> Percentiles:
+        if len(values) < 10:
+            return Percentiles(None, None)
+        cuts = statistics.quantiles(values, n=100, method="inclusive")
+        return Percentiles(p50=round(cuts[49], 1), p99=round(cuts[98], 1))
+
+    rows = list(samples)
+    return BatchTimes(
+        batches=len(rows),
+        poll_ms=within([p for p, _, _ in rows]),
+        process_ms=within([t for _, t, _ in rows]),
+        records=within([float(n) for _, _, n in rows]),
+    )
 
 
 def latency_split(parts: Iterable[tuple[float, float]]) -> LatencySplit:

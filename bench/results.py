@@ -71,6 +71,18 @@ class CpuUse(Record):
 
 
 @dataclass(frozen=True)
+class BatchTimes(Record):
+    """The scorer's batches in a phase: how long each poll waited for records, how long each batch took
+    to process (read, score, write; its commit overlaps the next), and how many records each held. An
+    event that arrives while a batch is processed waits for the rest of it, then for its own batch."""
+
+    batches: int
+    poll_ms: Percentiles
+    process_ms: Percentiles
+    records: Percentiles
+
+
+@dataclass(frozen=True)
 class Phase(Record):
     """One phase of `bench stream`: a fixed set of events at one target rate (None: a backlog)."""
 
@@ -92,6 +104,7 @@ class Phase(Record):
     # Text retrieval per scored user (ms), with RANKSTREAM_TEXT_CANDIDATES on; None otherwise.
     retrieve_ms: Percentiles | None = None
     cpu: CpuUse | None = None
+    batches: BatchTimes | None = None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rankstream.bench.ladder import DRAIN_LIMIT_S, P99_LIMIT_MS, climb
-from rankstream.bench.latency import latency_split, percentile, percentiles
+from rankstream.bench.latency import batch_times, latency_split, percentile, percentiles
 from rankstream.bench.machine import CpuMeter
 from rankstream.bench.results import BatchShape, CpuUse, Latency, Phase, ShadowCost, StreamBench
 from rankstream.bench.tables import Replicas, replica_env
@@ -246,6 +246,7 @@ async def phase_result(
         latency_split_ms=latency_split(scorer.recorder.latency_parts),
         retrieve_ms=percentiles(list(scorer.recorder.retrieve_ms)) if scorer.tables.indexed else None,
         cpu=cpu,
+        batches=batch_times(scorer.recorder.batch_times),
     )
 
 
@@ -374,6 +375,11 @@ def format_bench(result: StreamBench) -> str:
         )
     rows.append(f"maximum sustained: {result.max_sustained_events_per_s} events/s (p99 <= {P99_LIMIT_MS:.0f} ms)")
     rows.append(f"time per stage (s), backlog phase: {result.max.stage_s}")
+    if (bt := result.fixed.batches) is not None:
+        rows.append(
+            f"batches, 80% phase: {bt.batches}; poll p50/p99 {bt.poll_ms.p50}/{bt.poll_ms.p99} ms, processed in "
+            f"{bt.process_ms.p50}/{bt.process_ms.p99} ms, records {bt.records.p50}/{bt.records.p99}"
+        )
     if (r := result.fixed.retrieve_ms) is not None:
         rows.append(f"text retrieval per scored user, 80% phase: p50 {r.p50} / p99 {r.p99} ms")
     if cost is not None:

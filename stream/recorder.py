@@ -63,6 +63,9 @@ class Recorder:
         self.outcomes: deque[Outcome] = deque(maxlen=latency_samples)
         # Text retrieval per user (ms; mean of its chunk), for the benchmark's per-stage figures.
         self.retrieve_ms: deque[float] = deque(maxlen=latency_samples)
+        # (waited for records, processed; ms; records) of the most recent batches: how long the queue
+        # behind a batch grows while it is processed, for the benchmark's figures.
+        self.batch_times: deque[tuple[float, float, int]] = deque(maxlen=latency_samples)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -116,6 +119,11 @@ class Recorder:
         for version, n in events_by_version.items():
             if n:
                 st.events_by_version[version] = st.events_by_version.get(version, 0) + n
+
+    def batch_timed(self, poll_s: float, process_s: float, records: int) -> None:
+        """One batch's poll (waiting for records included) and processing, in seconds (benchmarks)."""
+        if self.batch_times.maxlen:
+            self.batch_times.append((poll_s * 1000, process_s * 1000, records))
 
     def chunk_started(self) -> float:
         """The chunk about to be scored starts now: the next `reflected` splits its events' latency here.

@@ -206,11 +206,14 @@ class Scorer:
             self.probe.progressed()
             m.READY.set(0 if self.probe.failing or not self._consumer.assignment() else 1)
             generation = self._generation
+            polling = time.perf_counter()
             records = await self._poll()
             if not records and not self._held:
                 await self._refresh_idle()
                 continue
+            processing = time.perf_counter()
             failed = await self._process_and_commit(records, generation, hold=True)
+            self.recorder.batch_timed(processing - polling, time.perf_counter() - processing, _count(records))
             if failed is not None:
                 self.probe.failing = str(failed) or type(failed).__name__
                 await self._backoff.wait(_count(records), failed)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rankstream.bench.latency import latency_split, percentile
+from rankstream.bench.latency import batch_times, latency_split, percentile
 from rankstream.stream.recorder import Recorder, split_at
 
 
@@ -30,7 +30,19 @@ def test_a_replica_keeps_no_samples() -> None:
     rec = Recorder()
     rec.chunk_started()
     rec.reflected([0])
-    assert not rec.latencies and not rec.latency_parts
+    rec.batch_timed(0.01, 0.02, 5)
+    assert not rec.latencies and not rec.latency_parts and not rec.batch_times
+
+
+def test_batch_times_in_ms_and_their_percentiles() -> None:
+    rec = Recorder(latency_samples=100)
+    for i in range(20):
+        rec.batch_timed(poll_s=0.002, process_s=0.05 if i else 0.4, records=100 + i)
+    times = batch_times(rec.batch_times)
+    assert times.batches == 20
+    assert (times.poll_ms.p50, times.process_ms.p50, times.records.p50) == (2.0, 50.0, 109.5)
+    assert 50.0 < times.process_ms.p99 <= 400.0  # towards the one slow batch, never beyond it
+    assert batch_times([(1.0, 1.0, 1)] * 9).process_ms.p50 is None  # too few batches to tell
 
 
 def test_latency_split_percentiles_and_tail() -> None:

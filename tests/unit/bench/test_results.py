@@ -47,6 +47,7 @@ def test_stream_bench_json_keeps_its_keys() -> None:
         "latency_split_ms",  # added after the others: the keys before it are unchanged
         "retrieve_ms",  # None unless text retrieval is on
         "cpu",  # the machine's CPU over the phase (bench.machine); None where not measured
+        "batches",  # the scorer's batches: poll, processing and records (bench.latency.batch_times)
     ]
     assert doc["max"]["retrieve_ms"] is None
     assert doc["max"]["cpu"] is None
