@@ -152,7 +152,7 @@ def _copy_tokenizer(model_dir: Path, dst: Path, vocab_size: int) -> None:
     shutil.copyfile(src, dst)
 
 
-INT8_CHAIN = "quantize:int8-dynamic-per-channel:embeddings-fp32"
+INT8_CHAIN = "quantize:int8-dynamic-per-channel-7bit:embeddings-fp32"
 
 
 def _quantize_int8(fp32: Path, out: Path) -> None:

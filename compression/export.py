@@ -336,7 +336,7 @@ def export_onnx(
                         # The fused graph carries tensors without type info; tell the quantizer they are float.
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                     )
-                chain.append("quantize:int8-dynamic-per-channel")
+                chain.append("quantize:int8-dynamic-per-channel-7bit")
             else:
                 shutil.copyfile(fp32, final)
             if quantize != "none" and int8_fp32_layers:

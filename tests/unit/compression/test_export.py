@@ -169,7 +169,7 @@ def test_manifest_records_the_export(fp32_artifact: Path, int8_artifact: Path) -
         "onnx:legacy-eager",
         "ort-optimize:fused-attention",
         "unfuse:skip-layernorm,bias-gelu",
-        "quantize:int8-dynamic-per-channel",
+        "quantize:int8-dynamic-per-channel-7bit",
     )
     assert m.input_spec.pair_format == PAIR_FORMAT and m.input_spec.max_length == 64
     assert m.metrics["ndcg@10"] == 0.5

@@ -242,7 +242,7 @@ async def test_a_passing_cycle_publishes_and_the_next_warm_starts_from_it(
     manifest = registry.verify(result.version)
     assert manifest.parent == first_active
     assert manifest.metrics["holdout_ndcg@10"] == pytest.approx(result.new["ndcg@10"])
-    assert "quantize:int8-dynamic-per-channel" in manifest.method_chain
+    assert "quantize:int8-dynamic-per-channel-7bit" in manifest.method_chain
     assert any(
         s.startswith("recompress:distil:listwise-kl:teacher=c-tiny-teacher-fp32:window:") for s in manifest.method_chain
     )

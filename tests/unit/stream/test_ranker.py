@@ -125,7 +125,7 @@ def test_encoder_gives_the_tokenizers_own_pair_encoding(pairs: list[tuple[str, s
 def test_int8_artifact_loads_and_scores(int8_artifact: Path) -> None:
     ranker = Ranker.load(int8_artifact, threads=1, batch_size=4)
     assert ranker.version == "v-tiny-int8"
-    assert ranker.manifest.method_chain[-1] == "quantize:int8-dynamic-per-channel"
+    assert ranker.manifest.method_chain[-1] == "quantize:int8-dynamic-per-channel-7bit"
     scores = ranker.score(PAIRS)
     assert scores.dtype == np.float32 and scores.shape == (len(PAIRS),)
     assert np.isfinite(scores).all()
