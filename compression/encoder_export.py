@@ -165,8 +165,8 @@ def _quantize_int8(fp32: Path, out: Path) -> None:
             model_output=str(out),
             per_channel=True,
             weight_type=QuantType.QInt8,
-            # 7-bit weights: x86 CPUs without VNNI (AVX2) multiply u8 x s8 in pairs into int16, which
-            # saturates with 8-bit weights and can move a score by more than the model's margins.
+            # 7-bit weights: x86 CPUs without VNNI (AVX2) sum u8 x s8 products pairwise into int16, which
+            # 8-bit weights can saturate (docs/artifacts.md).
             reduce_range=True,
             op_types_to_quantize=["MatMul", "Attention"],
             # The fused graph carries tensors without type info; tell the quantizer they are float.

@@ -329,8 +329,8 @@ def export_onnx(
                         model_output=str(final),
                         per_channel=True,
                         weight_type=QuantType.QInt8,
-                        # 7-bit weights: x86 CPUs without VNNI (AVX2) multiply u8 x s8 in pairs into int16, which
-                        # saturates with 8-bit weights and can move a score by more than the model's margins.
+                        # 7-bit weights: x86 CPUs without VNNI (AVX2) sum u8 x s8 products pairwise into int16, which
+                        # 8-bit weights can saturate (docs/artifacts.md).
                         reduce_range=True,
                         nodes_to_exclude=_layer_nodes(fp32, int8_fp32_layers),
                         # The fused graph carries tensors without type info; tell the quantizer they are float.
