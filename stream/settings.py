@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # Users scored per Redis write inside a batch: a list is written as soon as its chunk is scored, so
     # the first users of a large batch do not wait for the last (one extra round trip per chunk). One: a
     # user's model call is theirs alone anyway, and a chunk-mate's call only delayed their write (on an
-    # AVX2 CPU, where a user costs 30 ms, 1 against 2 gave x1.2-1.3 the maximum rate; docs/results.md).
+    # AVX2 CPU, where a user costs 30 ms, half the scoring p99; docs/results.md).
     score_chunk_users: int = Field(default=1, ge=1, le=100_000)
     # Chunks of a batch in flight at once: while one chunk's model call runs in a worker thread, the next
     # chunk's reads and candidates are prepared and its call starts beside it. Chunks hold distinct users,
