@@ -215,6 +215,28 @@ def _optimize_chain(fused: dict[str, int]) -> list[str]:
     return chain + ([UNFUSE_CHAIN] if fused.get("unfused") else [])
 
 
+DYNAMIC_INT8_CHAIN = "quantize:int8-dynamic-per-channel-7bit"
+
+
+def _quantize_dynamic_int8(
+    fp32: Path, out: Path, *, op_types: Sequence[str] | None = None, nodes_to_exclude: Sequence[str] | None = None
+) -> None:
+    """Dynamic INT8, weights per channel within 7 bits (`DYNAMIC_INT8_CHAIN`): x86 CPUs without VNNI (AVX2)
+    sum u8 x s8 products pairwise into int16, which 8-bit weights can saturate (docs/artifacts.md)."""
+    with _quiet_root_logger():
+        quantize_dynamic(
+            model_input=str(fp32),
+            model_output=str(out),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+            op_types_to_quantize=None if op_types is None else list(op_types),
+            nodes_to_exclude=None if nodes_to_exclude is None else list(nodes_to_exclude),
+            # The fused graph carries tensors without type info; tell the quantizer they are float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+
 def _layer_nodes(graph: Path, layers: Sequence[int]) -> list[str]:
     """Nodes INT8 must skip: encoder `layers` (Attention_i + MatMuls), the position-prior lookup and the
     signal head."""
@@ -323,20 +345,8 @@ def export_onnx(
                     )
                 chain.append(STATIC_CHAIN if activations == "uint8" else f"{STATIC_CHAIN}:int8-activations")
             elif quantize == "int8":
-                with _quiet_root_logger():
-                    quantize_dynamic(
-                        model_input=str(fp32),
-                        model_output=str(final),
-                        per_channel=True,
-                        weight_type=QuantType.QInt8,
-                        # 7-bit weights: x86 CPUs without VNNI (AVX2) sum u8 x s8 products pairwise into int16, which
-                        # 8-bit weights can saturate (docs/artifacts.md).
-                        reduce_range=True,
-                        nodes_to_exclude=_layer_nodes(fp32, int8_fp32_layers),
-                        # The fused graph carries tensors without type info; tell the quantizer they are float.
-                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                    )
-                chain.append("quantize:int8-dynamic-per-channel-7bit")
+                _quantize_dynamic_int8(fp32, final, nodes_to_exclude=_layer_nodes(fp32, int8_fp32_layers))
+                chain.append(DYNAMIC_INT8_CHAIN)
             else:
                 shutil.copyfile(fp32, final)
             if quantize != "none" and int8_fp32_layers:
