@@ -25,7 +25,7 @@ from rankstream.compression.train import TRAINING_LOG
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.endtoend import MODEL, NO_TEXT, EndToEnd, OrderResult, Ratio, load_model, measure
 from rankstream.jobs.compress import start_model
-from rankstream.jobs.presets import MAX_LENGTH, PARENTS, compress_preset
+from rankstream.jobs.presets import PARENTS, compress_preset
 from rankstream.jobs.runs import CompressRunRecord
 from rankstream.jobs.training_data import SignalTrainingData, preset_training_lists
 from rankstream.stream.errors import ConfigError
@@ -122,7 +122,7 @@ def retrain(
         artifact,
         version=f"c{record.run_id}-{preset.name}-teacher-{steps}-fp32",
         quantize="none",
-        max_length=MAX_LENGTH,
+        max_length=preset.max_length,
         parent=parent,
         method_chain=[f"finetune-listwise:{parent}:{steps}-steps"],
     )

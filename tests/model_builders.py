@@ -92,21 +92,28 @@ def stand_in_artifact(folder: Path, version: str, chain: list[str]) -> Path:
 
 
 def tiny_compress_run(root: Path) -> Path:
-    """What recompression reads from a compress run: a tiny teacher (fp32) and a tiny INT8 student."""
+    """What recompression reads from a compress run: a tiny teacher (fp32) and a tiny INT8 student, exported
+    at the tiny preset's tokens per pair."""
     from rankstream.compression.export import export_onnx
     from rankstream.compression.tiny import tiny_bert
+    from rankstream.jobs.presets import compress_preset
+
+    tokens = compress_preset("tiny").max_length
 
     work, artifacts = root / "work", root / "artifacts"
     teacher = tiny_bert(work / "teacher", seed=0, num_layers=4)
     student = tiny_bert(work / "l2", seed=1, num_layers=2)
     chain = ["finetune:tiny-random-bert", "drop-layers:0,3", "distil:listwise-kl"]
-    t_art = export_onnx(teacher, artifacts / "teacher-fp32", version="c-tiny-teacher-fp32", quantize="none")
+    t_art = export_onnx(
+        teacher, artifacts / "teacher-fp32", version="c-tiny-teacher-fp32", quantize="none", max_length=tokens
+    )
     s_art = export_onnx(
         student,
         artifacts / "student-l2-int8",
         version="c-tiny-student-l2-int8",
         parent="c-tiny-teacher-fp32",
         method_chain=chain,
+        max_length=tokens,
     )
     return write_run(
         root,

@@ -13,7 +13,7 @@ from rankstream.compression.model import with_position_prior
 from rankstream.compression.signal_head import SignalHead
 from rankstream.compression.train import TRAINING_LOG
 from rankstream.jobs.compress import pretrained
-from rankstream.jobs.presets import MAX_LENGTH, PARENTS, CompressPreset
+from rankstream.jobs.presets import PARENTS, CompressPreset
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ def build_artifact(
     base_kind = preset.student_base or preset.teacher_base
     with tempfile.TemporaryDirectory(prefix=f"rankstream-build-{version}-") as tmp:
         work = Path(tmp)
-        init = with_position_prior(pretrained(base_kind, work), work / "init", prior, max_length=MAX_LENGTH, head=head)
+        init = with_position_prior(
+            pretrained(base_kind, work), work / "init", prior, max_length=preset.max_length, head=head
+        )
         trained = train_listwise(init, work / "trained", groups, preset.teacher, desc=f"build {version}")
         training = json.loads((trained / TRAINING_LOG).read_text())
         metrics = {f"train_{k}": float(v) for k, v in training.items() if isinstance(v, int | float)}
@@ -42,7 +44,7 @@ def build_artifact(
             Path(out_root) / version,
             version=version,
             quantize="int8",
-            max_length=MAX_LENGTH,
+            max_length=preset.max_length,
             parent=PARENTS[base_kind],
             method_chain=[f"finetune-listwise:{PARENTS[base_kind]}{additions}"],
             metrics=metrics,

@@ -162,7 +162,7 @@ class CompressJob:
                     out,
                     version=f"c{self.record.run_id}-{self.preset.name}-{key}",
                     quantize=quantize,  # type: ignore[arg-type]
-                    max_length=MAX_LENGTH,
+                    max_length=self.preset.max_length,
                     parent=parent,
                     method_chain=chain,
                     calibration=calibration,
@@ -249,7 +249,7 @@ class CompressJob:
         pruned_init, pruned_dir, trimmed = self.work / f"{pname}-init", self.work / pname, self.work / f"{pname}-trim"
         if not (pruned_init / "config.json").exists():
             with self.step(f"{pname}_prune"):
-                prune_ffn(student_dir, pruned_init, groups, scores, keep_ratio=ratio, max_length=MAX_LENGTH)
+                prune_ffn(student_dir, pruned_init, groups, scores, keep_ratio=ratio, max_length=self.preset.max_length)
         redistil = replace(self.preset.student, steps=max(1, self.preset.student.steps // 2))
         with self.step(f"{pname}_redistil"):
             train_listwise(pruned_init, pruned_dir, groups, redistil, teacher_scores=scores, desc=f"re-distil {pname}")
@@ -314,7 +314,14 @@ class CompressJob:
         variant = self.variants[key]
         trials = self.record.int8_fallback.setdefault(key, FallbackTrials())
         chosen = int8_fallback(
-            variant.hf_dir, self.work / "int8-trials", key, fp32_ndcg, valid, trials, budget=self.preset.int8_budget
+            variant.hf_dir,
+            self.work / "int8-trials",
+            key,
+            fp32_ndcg,
+            valid,
+            trials,
+            budget=self.preset.int8_budget,
+            max_length=self.preset.max_length,
         )
         out = self.artifacts / f"{key}-fallback"
         if not out.exists():
@@ -323,7 +330,7 @@ class CompressJob:
                 out,
                 version=f"c{self.record.run_id}-{self.preset.name}-{key}-fallback",
                 quantize="int8",
-                max_length=MAX_LENGTH,
+                max_length=self.preset.max_length,
                 parent=variant.parent,
                 method_chain=variant.chain,
                 int8_fp32_layers=chosen,

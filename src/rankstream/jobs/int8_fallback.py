@@ -7,7 +7,6 @@ from pathlib import Path
 
 from rankstream.compression.export import export_onnx
 from rankstream.evaluation.evalset import EvalSet
-from rankstream.jobs.presets import MAX_LENGTH
 from rankstream.jobs.runs import FallbackTrials
 from rankstream.stream.ranker import Ranker
 
@@ -15,7 +14,15 @@ log = logging.getLogger(__name__)
 
 
 def int8_fallback(
-    hf_dir: Path, trials_dir: Path, key: str, fp32_ndcg: float, valid: EvalSet, trials: FallbackTrials, *, budget: float
+    hf_dir: Path,
+    trials_dir: Path,
+    key: str,
+    fp32_ndcg: float,
+    valid: EvalSet,
+    trials: FallbackTrials,
+    *,
+    budget: float,
+    max_length: int,
 ) -> list[int]:
     """The layers to keep in fp32, most INT8-sensitive first, until INT8 costs at most `budget`.
 
@@ -29,7 +36,7 @@ def int8_fallback(
         name = f"{key}-fp32-layers-{'-'.join(map(str, layers))}"
         out = trials_dir / name
         if not out.exists():
-            export_onnx(hf_dir, out, version=name, quantize="int8", max_length=MAX_LENGTH, int8_fp32_layers=layers)
+            export_onnx(hf_dir, out, version=name, quantize="int8", max_length=max_length, int8_fp32_layers=layers)
         return float(valid.quality(Ranker.load(out).score_lists)["ndcg@10"])
 
     single = {i: trial([i]) for i in range(n_layers)}

@@ -118,6 +118,7 @@ class CompressRun:
     best: StudentSource  # the INT8 student that passed the run's gate and scores fastest
     best_artifact: Path
     students: dict[str, StudentSource]  # every exported student by artifact version
+    max_length: int  # tokens per pair the run trained and serves at: a re-distilled student keeps it
 
     @classmethod
     def load(cls, root: Path) -> "CompressRun":
@@ -141,6 +142,7 @@ class CompressRun:
             best=students[load_manifest(best.artifact).version],
             best_artifact=best.artifact,
             students=students,
+            max_length=load_manifest(best.artifact).input_spec.max_length,
         )
 
 
@@ -304,8 +306,11 @@ class Cycle:
         train = self.config.train
         steps = min(train.steps, math.ceil(MAX_EPOCHS * len(groups) / train.groups_per_batch))
         self.counts["distil_steps"] = steps
-        config = replace(train, threads=THREADS, steps=steps)
-        _, artifact = redistil(source, groups, scores, self.out, version=self.version, config=config, chain=chain)
+        tokens = self.run.max_length
+        config = replace(train, threads=THREADS, steps=steps, max_length=tokens)
+        _, artifact = redistil(
+            source, groups, scores, self.out, version=self.version, config=config, chain=chain, max_length=tokens
+        )
         return artifact
 
 

@@ -225,7 +225,7 @@ def test_the_recompress_gate_reads_the_live_walk(prepared: Prepared, tmp_path: P
         reference=Reference(pairs=(), scores=()),
     )
     source = StudentSource("s", tmp_path / "s", ())
-    run = CompressRun(tmp_path, teacher, "t", source, teacher, {})
+    run = CompressRun(tmp_path, teacher, "t", source, teacher, {}, max_length=spec.max_length)
     config = replace(recompress_tiny(), holdout=0.3)
     window = window_from_files(prepared, since=config.since, days=None)
     cycle = Cycle(window, prepared, run, tmp_path / "out", version="r1", config=config)

@@ -3,6 +3,7 @@
 import json
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.pairs import LabelledPair, make_groups
 from rankstream.data.split import Split
 from rankstream.evaluation.evalset import EvalSet, throughput
+from rankstream.jobs.presets import COMPRESS, compress_preset
 from rankstream.stream.errors import ConfigError, JobError
 from tests.model_builders import CATALOG, Inst, byo_data, evenly_spaced, variant, write_run
 
@@ -195,6 +197,12 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     fallback = next(v for v in report["variants"] if v["variant"] == "student-l2-int8-fallback")
     assert "int8-fallback:fp32-layers:" in fallback["chain"]
     assert (root / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every graph, fallbacks and trials included, is exported at the preset's length, as it was trained.
+    manifests = list((root / "artifacts").glob("*/manifest.json")) + list((root / "work").rglob("manifest.json"))
+    assert len(manifests) > len(names)
+    assert {json.loads(m.read_text())["input_spec"]["max_length"] for m in manifests} == {
+        compress_preset("tiny").max_length
+    }
 
     # A second run resumes: nothing is retrained, the same artifacts are kept.
     before = CompressRunRecord.load(root).timings_s["teacher_train"]
@@ -234,6 +242,16 @@ def test_compress_tiny_end_to_end_then_bench(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="rebuilt .* training lists"):
         text_curve(root, data, [3])  # a run to train: its lists must be the compress run's
     assert [p.steps for p in text_curve(root, data, [2]).points] == [2, 6]  # nothing to train: measured as is
+
+
+def test_a_preset_trains_and_serves_one_length() -> None:
+    for name in COMPRESS:
+        preset = compress_preset(name)
+        assert preset.teacher.max_length == preset.student.max_length == preset.max_length
+    fast = compress_preset("fast")
+    assert fast.max_length == 32  # the demo's model: the cheaper pair a CPU without VNNI needs
+    with pytest.raises(ConfigError, match="student trains at 64 tokens per pair but the preset serves 32"):
+        replace(fast, student=replace(fast.student, max_length=64))
 
 
 def test_compression_public_surface_is_pinned() -> None:

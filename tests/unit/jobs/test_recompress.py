@@ -14,7 +14,7 @@ import pytest
 from rankstream.compression.gate import accuracy_gate
 from rankstream.data.prepare import Prepared
 from rankstream.jobs.cycle_record import CycleRecord
-from rankstream.jobs.presets import recompress_tiny
+from rankstream.jobs.presets import compress_preset, recompress_tiny
 from rankstream.jobs.recompress import CompressRun, Paths, recompress_cycle
 from rankstream.jobs.runs import VariantRecord
 from rankstream.jobs.schedule import parse_duration, run_every
@@ -243,6 +243,8 @@ async def test_a_passing_cycle_publishes_and_the_next_warm_starts_from_it(
     assert manifest.parent == first_active
     assert manifest.metrics["holdout_ndcg@10"] == pytest.approx(result.new["ndcg@10"])
     assert "quantize:int8-dynamic-per-channel-7bit" in manifest.method_chain
+    # Re-distilled and exported at the length the compress run trained at, not a default.
+    assert manifest.input_spec.max_length == run.max_length == compress_preset("tiny").max_length != 64
     assert any(
         s.startswith("recompress:distil:listwise-kl:teacher=c-tiny-teacher-fp32:window:") for s in manifest.method_chain
     )
