@@ -113,7 +113,9 @@ def retrain(
         return artifact
     if data is None:
         raise ValueError("retraining needs the run's rebuilt training data")
-    start = start_model(preset.teacher_base, run_dir / "work", "teacher-init", data.prior, data.head)
+    start = start_model(
+        preset.teacher_base, run_dir / "work", "teacher-init", data.prior, data.head, max_length=preset.max_length
+    )
     config = replace(preset.teacher, steps=steps)
     train_listwise(start, out, groups, config, desc=f"teacher {steps}")
     parent = PARENTS[preset.teacher_base]

@@ -37,7 +37,7 @@ from rankstream.compression.vocab import catalog_texts, trim_vocab
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.evalset import EvalSet, throughput
 from rankstream.jobs.int8_fallback import int8_fallback
-from rankstream.jobs.presets import GATE_TOLERANCE, MAX_LENGTH, PARENTS, Base, CompressPreset, compress_preset
+from rankstream.jobs.presets import GATE_TOLERANCE, PARENTS, Base, CompressPreset, compress_preset
 from rankstream.jobs.report import write_report
 from rankstream.jobs.runs import CompressRunRecord, FallbackTrials, Measured, VariantRecord
 from rankstream.jobs.training_data import preset_training_lists
@@ -74,12 +74,14 @@ def pretrained(kind: Base, work: Path) -> Path:
     return out
 
 
-def start_model(kind: Base, work: Path, name: str, prior: Sequence[float], head: SignalHead) -> Path:
+def start_model(
+    kind: Base, work: Path, name: str, prior: Sequence[float], head: SignalHead, *, max_length: int
+) -> Path:
     """`work/name`: the pretrained `kind` with the position prior and the fitted signal head (classifier at
     zero), where a model's training starts; kept when already there."""
     init = work / name
     if not (init / "config.json").exists():
-        with_position_prior(pretrained(kind, work), init, prior, max_length=MAX_LENGTH, head=head)
+        with_position_prior(pretrained(kind, work), init, prior, max_length=max_length, head=head)
     return init
 
 
@@ -141,7 +143,7 @@ class CompressJob:
         return groups, data.prior, data.head
 
     def init_from(self, kind: Base, name: str, prior: Sequence[float], head: SignalHead) -> Path:
-        return start_model(kind, self.work, name, prior, head)
+        return start_model(kind, self.work, name, prior, head, max_length=self.preset.max_length)
 
     def export(
         self,
