@@ -54,7 +54,6 @@ def redistil(
     version: str,
     config: TrainConfig,
     chain: Sequence[str],
-    max_length: int = 64,
     metrics: Mapping[str, float] | None = None,
 ) -> tuple[Path, Path]:
     """Distil `source` on `groups` toward the teacher's `scores`, export INT8; (torch dir, artifact dir).
@@ -71,7 +70,7 @@ def redistil(
         work_dir / "artifact",
         version=version,
         quantize="int8",
-        max_length=max_length,
+        max_length=config.max_length,  # served at the length it was trained at
         parent=source.version,
         method_chain=list(chain),
         metrics={**train_metrics, **(metrics or {})},

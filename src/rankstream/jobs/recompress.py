@@ -306,11 +306,8 @@ class Cycle:
         train = self.config.train
         steps = min(train.steps, math.ceil(MAX_EPOCHS * len(groups) / train.groups_per_batch))
         self.counts["distil_steps"] = steps
-        tokens = self.run.max_length
-        config = replace(train, threads=THREADS, steps=steps, max_length=tokens)
-        _, artifact = redistil(
-            source, groups, scores, self.out, version=self.version, config=config, chain=chain, max_length=tokens
-        )
+        config = replace(train, threads=THREADS, steps=steps, max_length=self.run.max_length)
+        _, artifact = redistil(source, groups, scores, self.out, version=self.version, config=config, chain=chain)
         return artifact
 
 
