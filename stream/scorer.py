@@ -16,8 +16,8 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -34,6 +34,7 @@ from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError
 from rankstream.stream.events import Rejected, internal_error, parse_event
 from rankstream.stream.guard import Guard
 from rankstream.stream.health import Probe
+from rankstream.stream.lanes import Lanes
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.recorder import Outcome, Recorder, Stats
 from rankstream.stream.scoring import rerank_top_for, score_users
@@ -48,6 +49,13 @@ Records = Mapping[TopicPartition, Sequence[ConsumerRecord]]
 
 __all__ = ["Arm", "Scorer", "Stats"]
 
+# A batch takes the records that arrive while it is scored for at most this long, so that its commit, and
+# the consumer lag a commit reports, move at least about once a second.
+ADMIT_S = 1.0
+# How long one wait for new records lasts while a lane is free and another still scores: short, because a
+# chunk that finishes meanwhile may release a user whose next events wait for it.
+ADMIT_WAIT_MS = 5
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -59,6 +67,23 @@ class Arm:
 
     def serves(self, user_id: str) -> bool:
         return in_share(user_id, self.share, self.ranker.version)
+
+
+@dataclass
+class _Batch:
+    """One batch across its rounds: what it took, who is in flight, who waits, what it finished."""
+
+    ranker: Ranker
+    canary: Arm | None
+    lanes: Lanes
+    started: float  # perf_counter
+    taken: dict[TopicPartition, list[ConsumerRecord]] = field(default_factory=dict)
+    trimmed: dict[TopicPartition, int] = field(default_factory=dict)  # cut by the guard: offset to read next
+    busy: set[str] = field(default_factory=set)  # users whose chunk is queued or running
+    deferred: list[b.Valid] = field(default_factory=list)  # events of busy users, for a later round
+    held: list[b.Valid] = field(default_factory=list)  # events of users still clicking (user_quiet_ms)
+    finished: Counter[str] = field(default_factory=Counter)  # events finished per version
+    coalesced: int = 0
 
 
 def _text_encoder(settings: Settings) -> tuple[str, int] | None:
@@ -117,8 +142,12 @@ class Scorer:
         # committed offset (`_resync`) before anything else of theirs is processed.
         self._generation = 0
         self._resync: set[TopicPartition] = set()
-        listener = FinishBeforeRevoke(self._batch_lock, self._commits.wait, self._forget)
-        self._consumer.subscribe([settings.topic], listener=listener)
+        self._listener = FinishBeforeRevoke(self._batch_lock, self._commits.wait, self._forget)
+        self._consumer.subscribe([settings.topic], listener=self._listener)
+        # The batch in flight, across its rounds: per partition the first offset fetched (where a failed
+        # batch is rewound to), and how many records it fetched.
+        self._batch_starts: dict[TopicPartition, int] = {}
+        self._batch_records = 0
         self._producer = AIOKafkaProducer(acks="all", **common)
         self._dlq = DeadLetters(self._producer, settings.dlq_topic, settings.max_event_bytes)
         # Names this process to the crash-loop guard: a batch started by another owner and never
@@ -213,10 +242,10 @@ class Scorer:
                 continue
             processing = time.perf_counter()
             failed = await self._process_and_commit(records, generation, hold=True)
-            self.recorder.batch_timed(processing - polling, time.perf_counter() - processing, _count(records))
+            self.recorder.batch_timed(processing - polling, time.perf_counter() - processing, self._batch_records)
             if failed is not None:
                 self.probe.failing = str(failed) or type(failed).__name__
-                await self._backoff.wait(_count(records), failed)
+                await self._backoff.wait(self._batch_records, failed)
                 continue
             self.probe.failing = ""
             self._backoff.succeeded()
@@ -257,7 +286,7 @@ class Scorer:
                 offsets = await self.process(records, hold=hold)
             except (StoreError, KafkaError) as exc:
                 self.recorder.failed_batch(exc)
-                self._backoff.rewind(records)
+                self._backoff.rewind(self._batch_starts)
                 return exc
             await self._commits.start(offsets)
         return None
@@ -304,6 +333,8 @@ class Scorer:
     async def process(self, records: Records, *, hold: bool = True) -> dict[TopicPartition, int]:
         """Validate, dead-letter, plan, score, write: everything for one batch except the commit, whose
         offsets it returns. With `hold`, users still clicking wait for a later batch (`user_quiet_ms`)."""
+        self._batch_starts = {tp: recs[0].offset for tp, recs in records.items() if recs}
+        self._batch_records = _count(records)
         try:
             return await self._process(records, hold)
         except BaseException:
@@ -311,11 +342,45 @@ class Scorer:
             raise
 
     async def _process(self, fetched: Records, hold: bool) -> dict[TopicPartition, int]:
+        held_before = self._held
+        # The versions are read once, here: a swap never changes the version of a user inside a batch.
+        batch = _Batch(self.ranker, self.canary, Lanes(self.settings.score_lanes), time.perf_counter())
+        batch.held = list(held_before)  # older than the batch's events of the same users: they go first
+        try:
+            records: Records | None = fetched
+            while records is not None:
+                await self._round(batch, records, hold)
+                records = await self._admit(batch)
+            await batch.lanes.finish()
+        finally:
+            await batch.lanes.close()
+        if self._dlq.pending:
+            with self.recorder.stage("write"):
+                await self._dlq.flush()
+        self.recorder.batch(batch.finished, sum(len(r) for r in batch.taken.values()), batch.coalesced)
+        # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
+        # with the users held before it).
+        self._held = batch.held
+        for tp, recs in batch.taken.items():
+            self._fetched[tp] = recs[-1].offset + 1
+        for tp, offset in batch.trimmed.items():  # the guard took one record: fetch the rest again
+            self._consumer.seek(tp, offset)
+        return self._commit_offsets(batch.taken, held_before)
+
+    async def _round(self, batch: _Batch, fetched: Records, hold: bool) -> None:
+        """Add `fetched` and the events waiting in `batch` to it: plan their users and queue their chunks.
+        A user whose chunk is queued or running waits for the next round: their stored state is not yet
+        what the chunk will write."""
         s = self.settings
         records, doomed = await self._guard.batch(fetched)
-        held_before = self._held
-        # Events held back before are older than the batch's events of the same users: they go first.
-        by_user = b.group_by_user([*held_before, *await self._validated(records, doomed)])
+        for tp, recs in records.items():
+            batch.taken.setdefault(tp, []).extend(recs)
+            if len(recs) < len(fetched[tp]):
+                batch.trimmed[tp] = recs[-1].offset + 1
+        by_user = b.group_by_user([*batch.held, *batch.deferred, *await self._validated(records, doomed)])
+        batch.held, batch.deferred = [], []
+        for user in [u for u in by_user if u in batch.busy]:
+            batch.deferred += by_user.pop(user)
         with self.recorder.stage("read"):
             states, bad = await self.store.read_states(list(by_user))
             for user, detail in bad.items():
@@ -323,38 +388,71 @@ class Scorer:
             plans = self._plans(by_user, states)
             due, held = b.hold_back(plans, time.time() * 1000, s.user_quiet_ms if hold else 0)
             neighbours = await self.tables.neighbours_for(b.recent_items(due))
-        # The versions are read once, here: a swap never changes the version of a user inside a batch.
-        ranker, canary = self.ranker, self.canary
-        rejected = canary_finished = 0
-        for arm, arm_plans in _arms(due, ranker, canary):
-            chunks = b.oldest_first_chunks(arm_plans, s.score_chunk_users)
-            arm_rejected = await in_lanes(
-                [partial(self._score_and_write, arm, chunk, by_user, neighbours) for chunk in chunks], s.score_lanes
-            )
-            rejected += arm_rejected
-            if arm is not ranker:
-                canary_finished = sum(len(by_user[p.user_id]) for p in arm_plans) - arm_rejected
-        if self._dlq.pending:
-            with self.recorder.stage("write"):
-                await self._dlq.flush()
+        for p in held:
+            batch.held += by_user[p.user_id]
         planned = {p.user_id for p in plans}
         # Events already reflected (a replayed batch): their lists were written before.
-        self.recorder.reflected([v.timestamp_ms for u, evs in by_user.items() if u not in planned for v in evs])
-        waiting = {p.user_id for p in held}
-        finished = sum(len(evs) for u, evs in by_user.items() if u not in waiting) - rejected
-        taken = sum(len(r) for r in records.values())
-        by_version = {ranker.version: finished - canary_finished}
-        if canary is not None:
-            by_version[canary.ranker.version] = canary_finished
-        self.recorder.batch(by_version, taken, sum(p.events - 1 for p in due))
-        # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
-        # with the users held before it).
-        self._held = [v for p in held for v in by_user[p.user_id]]
-        for tp, recs in records.items():
-            self._fetched[tp] = recs[-1].offset + 1
-            if len(recs) < len(fetched[tp]):  # the guard took one record: fetch the rest again
-                self._consumer.seek(tp, recs[-1].offset + 1)
-        return self._commit_offsets(records, held_before)
+        reflected = [v.timestamp_ms for u, evs in by_user.items() if u not in planned for v in evs]
+        self.recorder.reflected(reflected)
+        batch.finished[batch.ranker.version] += len(reflected)
+        batch.coalesced += sum(p.events - 1 for p in due)
+        for arm, arm_plans in _arms(due, batch.ranker, batch.canary):
+            for chunk in b.oldest_first_chunks(arm_plans, s.score_chunk_users):
+                batch.busy.update(p.user_id for p in chunk)
+                batch.lanes.submit(partial(self._chunk, batch, arm, chunk, by_user, neighbours))
+
+    async def _admit(self, batch: _Batch) -> Records | None:
+        """The next round's records, once every chunk queued has a lane: what reached the consumer since (an
+        event that arrives while a batch is scored joins it instead of waiting for all of it), or none when
+        only users whose chunk has been written wait. None when the batch is done.
+
+        While a lane is free it waits for records up to `ADMIT_WAIT_MS` at a time (a fetch returns as soon
+        as records come); with every lane busy it waits for a chunk to finish instead."""
+        lanes = batch.lanes
+        while True:
+            await lanes.drained()
+            records: Records = {}
+            admitting = self._admitting(batch)
+            if admitting:
+                room = self.settings.batch_max_records - sum(len(r) for r in batch.taken.values())
+                wait_ms = ADMIT_WAIT_MS if lanes.free else 0
+                records = await self._consumer.getmany(timeout_ms=wait_ms, max_records=room)
+                for tp, recs in records.items():
+                    self._batch_starts.setdefault(tp, recs[0].offset)
+                self._batch_records += _count(records)
+            if records or any(v.event.user_id not in batch.busy for v in batch.deferred):
+                return records
+            if lanes.idle:
+                return None
+            if not (admitting and lanes.free):
+                await lanes.one_done()
+
+    def _admitting(self, batch: _Batch) -> bool:
+        """Whether the batch may take more records: not once it is full or old, once the guard cut a
+        partition to one record, or while a stop, a revocation or a new version waits for it to end."""
+        return (
+            sum(len(r) for r in batch.taken.values()) < self.settings.batch_max_records
+            and time.perf_counter() - batch.started < ADMIT_S
+            and not batch.trimmed
+            and not self._stopping.is_set()
+            and not self._listener.waiting
+            and self.ranker is batch.ranker
+            and self.canary is batch.canary
+        )
+
+    async def _chunk(
+        self,
+        batch: _Batch,
+        ranker: Ranker,
+        chunk: list[b.UserPlan],
+        by_user: Mapping[str, list[b.Valid]],
+        neighbours: Mapping[str, Sequence[str]],
+    ) -> None:
+        try:
+            rejected = await self._score_and_write(ranker, chunk, by_user, neighbours)
+        finally:
+            batch.busy.difference_update(p.user_id for p in chunk)
+        batch.finished[ranker.version] += sum(len(by_user[p.user_id]) for p in chunk) - rejected
 
     async def _validated(
         self, records: Records, doomed: Mapping[tuple[TopicPartition, int], Rejected]
@@ -494,31 +592,6 @@ def _arms(due: list[b.UserPlan], ranker: Ranker, canary: Arm | None) -> list[tup
     for p in due:
         (picked if canary.serves(p.user_id) else rest).append(p)
     return [(ranker, rest), (canary.ranker, picked)]
-
-
-async def in_lanes(jobs: Sequence[Callable[[], Awaitable[int]]], lanes: int) -> int:
-    """Run `jobs` in order, at most `lanes` at once, and sum what they return. When one raises, the others
-    are cancelled and awaited before the first failure (in job order) is raised, so no chunk of a failed
-    batch is still reading or writing when the batch is retried (a model call already running in a worker
-    thread finishes there and its scores are dropped; list writes are fenced by offset anyway)."""
-    if lanes <= 1:
-        total = 0
-        for job in jobs:
-            total += await job()
-        return total
-    gate = asyncio.Semaphore(lanes)
-
-    async def run(job: Callable[[], Awaitable[int]]) -> int:
-        async with gate:
-            return await job()
-
-    tasks = [asyncio.create_task(run(job)) for job in jobs]
-    try:
-        return sum([await t for t in tasks])
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _count(records: Records) -> int:
