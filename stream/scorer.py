@@ -49,9 +49,9 @@ Records = Mapping[TopicPartition, Sequence[ConsumerRecord]]
 
 __all__ = ["Arm", "Scorer", "Stats"]
 
-# A batch takes the records that arrive while it is scored for at most this long, so that its commit, and
-# the consumer lag a commit reports, move at least about once a second.
-ADMIT_S = 1.0
+# A batch takes the records that arrive while it is scored, so under a steady load it may never end: it
+# commits what it has finished at least this often, and the consumer lag a commit reports moves with it.
+COMMIT_S = 0.2
 # How long one wait for new records lasts while a lane is free and another still scores: short, because a
 # chunk that finishes meanwhile may release a user whose next events wait for it.
 ADMIT_WAIT_MS = 5
@@ -76,13 +76,16 @@ class _Batch:
     ranker: Ranker
     canary: Arm | None
     lanes: Lanes
-    started: float  # perf_counter
+    reported: float  # perf_counter: when it last counted what it finished (`Scorer._report`)
     taken: dict[TopicPartition, list[ConsumerRecord]] = field(default_factory=dict)
     trimmed: dict[TopicPartition, int] = field(default_factory=dict)  # cut by the guard: offset to read next
     busy: set[str] = field(default_factory=set)  # users whose chunk is queued or running
     deferred: list[b.Valid] = field(default_factory=list)  # events of busy users, for a later round
     held: list[b.Valid] = field(default_factory=list)  # events of users still clicking (user_quiet_ms)
-    finished: Counter[str] = field(default_factory=Counter)  # events finished per version
+    inflight: dict[int, list[b.Valid]] = field(default_factory=dict)  # the events of each chunk not finished
+    # Since the last report: events finished per version, records taken, events folded into another's scoring.
+    finished: Counter[str] = field(default_factory=Counter)
+    records: int = 0
     coalesced: int = 0
 
 
@@ -238,6 +241,7 @@ class Scorer:
             polling = time.perf_counter()
             records = await self._poll()
             if not records and not self._held:
+                await self._commits.wait()  # an idle replica learns of a failed commit too, not at the next event
                 await self._refresh_idle()
                 continue
             processing = time.perf_counter()
@@ -350,14 +354,12 @@ class Scorer:
             records: Records | None = fetched
             while records is not None:
                 await self._round(batch, records, hold)
-                records = await self._admit(batch)
+                records = await self._admit(batch, held_before)
             await batch.lanes.finish()
         finally:
             await batch.lanes.close()
-        if self._dlq.pending:
-            with self.recorder.stage("write"):
-                await self._dlq.flush()
-        self.recorder.batch(batch.finished, sum(len(r) for r in batch.taken.values()), batch.coalesced)
+        await self._flush_dead_letters()
+        self._report(batch)
         # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
         # with the users held before it).
         self._held = batch.held
@@ -365,7 +367,7 @@ class Scorer:
             self._fetched[tp] = recs[-1].offset + 1
         for tp, offset in batch.trimmed.items():  # the guard took one record: fetch the rest again
             self._consumer.seek(tp, offset)
-        return self._commit_offsets(batch.taken, held_before)
+        return self._low_water(batch, held_before)
 
     async def _round(self, batch: _Batch, fetched: Records, hold: bool) -> None:
         """Add `fetched` and the events waiting in `batch` to it: plan their users and queue their chunks.
@@ -375,6 +377,7 @@ class Scorer:
         records, doomed = await self._guard.batch(fetched)
         for tp, recs in records.items():
             batch.taken.setdefault(tp, []).extend(recs)
+            batch.records += len(recs)
             if len(recs) < len(fetched[tp]):
                 batch.trimmed[tp] = recs[-1].offset + 1
         by_user = b.group_by_user([*batch.held, *batch.deferred, *await self._validated(records, doomed)])
@@ -398,25 +401,30 @@ class Scorer:
         batch.coalesced += sum(p.events - 1 for p in due)
         for arm, arm_plans in _arms(due, batch.ranker, batch.canary):
             for chunk in b.oldest_first_chunks(arm_plans, s.score_chunk_users):
+                events = [v for p in chunk for v in by_user[p.user_id]]
                 batch.busy.update(p.user_id for p in chunk)
-                batch.lanes.submit(partial(self._chunk, batch, arm, chunk, by_user, neighbours))
+                batch.inflight[id(events)] = events
+                batch.lanes.submit(partial(self._chunk, batch, arm, chunk, by_user, neighbours, events))
 
-    async def _admit(self, batch: _Batch) -> Records | None:
+    async def _admit(self, batch: _Batch, held_before: Sequence[b.Valid]) -> Records | None:
         """The next round's records, once every chunk queued has a lane: what reached the consumer since (an
         event that arrives while a batch is scored joins it instead of waiting for all of it), or none when
-        only users whose chunk has been written wait. None when the batch is done.
+        only users whose chunk has been written wait. None when the batch is done: nothing is queued,
+        running or waiting for a lane any more.
 
         While a lane is free it waits for records up to `ADMIT_WAIT_MS` at a time (a fetch returns as soon
-        as records come); with every lane busy it waits for a chunk to finish instead."""
+        as records come); with every lane busy it waits for a chunk to finish instead. Under a steady load
+        a batch may never run dry: every `COMMIT_S` it commits what it has finished so far."""
         lanes = batch.lanes
         while True:
             await lanes.drained()
+            if time.perf_counter() - batch.reported >= COMMIT_S:
+                await self._commit_so_far(batch, held_before)
             records: Records = {}
             admitting = self._admitting(batch)
             if admitting:
-                room = self.settings.batch_max_records - sum(len(r) for r in batch.taken.values())
                 wait_ms = ADMIT_WAIT_MS if lanes.free else 0
-                records = await self._consumer.getmany(timeout_ms=wait_ms, max_records=room)
+                records = await self._consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max_records)
                 for tp, recs in records.items():
                     self._batch_starts.setdefault(tp, recs[0].offset)
                 self._batch_records += _count(records)
@@ -428,17 +436,38 @@ class Scorer:
                 await lanes.one_done()
 
     def _admitting(self, batch: _Batch) -> bool:
-        """Whether the batch may take more records: not once it is full or old, once the guard cut a
-        partition to one record, or while a stop, a revocation or a new version waits for it to end."""
+        """Whether the batch may take more records: not once the guard cut a partition to one record, nor
+        while a stop, a revocation or a new version waits for it to end."""
         return (
-            sum(len(r) for r in batch.taken.values()) < self.settings.batch_max_records
-            and time.perf_counter() - batch.started < ADMIT_S
-            and not batch.trimmed
+            not batch.trimmed
             and not self._stopping.is_set()
             and not self._listener.waiting
             and self.ranker is batch.ranker
             and self.canary is batch.canary
         )
+
+    async def _commit_so_far(self, batch: _Batch, held_before: Sequence[b.Valid]) -> None:
+        """Commit, inside a batch still running, up to its first event not yet finished, per partition.
+        A failure later in the batch rewinds it to there, not to its start: what is committed is done."""
+        await self._flush_dead_letters()  # a record is committed past only once its dead letter is sent
+        offsets = self._low_water(batch, held_before)
+        await self._commits.start(offsets)
+        for tp, offset in offsets.items():
+            if tp in self._batch_starts:
+                self._batch_starts[tp] = max(self._batch_starts[tp], offset)
+        self._report(batch)
+        self.probe.progressed()
+
+    def _report(self, batch: _Batch) -> None:
+        """Count what the batch finished since its last report (a batch reports at least every `COMMIT_S`)."""
+        self.recorder.batch(batch.finished, batch.records, batch.coalesced)
+        batch.finished, batch.records, batch.coalesced = Counter(), 0, 0
+        batch.reported = time.perf_counter()
+
+    async def _flush_dead_letters(self) -> None:
+        if self._dlq.pending:
+            with self.recorder.stage("write"):
+                await self._dlq.flush()
 
     async def _chunk(
         self,
@@ -447,12 +476,14 @@ class Scorer:
         chunk: list[b.UserPlan],
         by_user: Mapping[str, list[b.Valid]],
         neighbours: Mapping[str, Sequence[str]],
+        events: list[b.Valid],
     ) -> None:
         try:
             rejected = await self._score_and_write(ranker, chunk, by_user, neighbours)
         finally:
             batch.busy.difference_update(p.user_id for p in chunk)
-        batch.finished[ranker.version] += sum(len(by_user[p.user_id]) for p in chunk) - rejected
+        batch.inflight.pop(id(events))
+        batch.finished[ranker.version] += len(events) - rejected
 
     async def _validated(
         self, records: Records, doomed: Mapping[tuple[TopicPartition, int], Rejected]
@@ -573,13 +604,15 @@ class Scorer:
         for v in events:
             await self._reject(Source(v.topic, v.partition, v.offset, v.key, v.value), rejected)
 
-    def _commit_offsets(self, records: Records, held_before: Sequence[b.Valid]) -> dict[TopicPartition, int]:
-        """Per partition this batch touched: past every record processed, but not past a held event."""
-        touched = {*records, *(TopicPartition(v.topic, v.partition) for v in (*held_before, *self._held))}
-        offsets = {tp: self._fetched[tp] for tp in touched}
-        for v in self._held:
-            tp = TopicPartition(v.topic, v.partition)
-            offsets[tp] = min(offsets[tp], v.offset)
+    def _low_water(self, batch: _Batch, held_before: Sequence[b.Valid]) -> dict[TopicPartition, int]:
+        """Per partition the batch touched: past every record it took, but not past an event not finished
+        yet (queued or scored, waiting for its user's chunk, or held back)."""
+        offsets = {tp: self._fetched[tp] for tp in {TopicPartition(v.topic, v.partition) for v in held_before}}
+        offsets |= {tp: recs[-1].offset + 1 for tp, recs in batch.taken.items()}
+        for events in (*batch.inflight.values(), batch.deferred, batch.held):
+            for v in events:
+                tp = TopicPartition(v.topic, v.partition)
+                offsets[tp] = min(offsets[tp], v.offset)
         return offsets
 
 

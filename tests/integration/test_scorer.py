@@ -272,7 +272,7 @@ class SlowChunks(Scorer):
 async def test_events_that_arrive_while_a_batch_is_scored_join_it(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
     """A user who clicks while a batch is scored is scored in a lane left free, in the same batch; a user
     whose chunk is still in flight waits for it (their stored state is not yet what it writes), then is
-    scored on it. One commit covers all of it."""
+    scored on it. The batch's last commit covers all of it."""
     await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
     u0a, u1a, u0b = events_for(users=2, per_user=2)[:3]
     s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, score_lanes=2)
@@ -291,7 +291,7 @@ async def test_events_that_arrive_while_a_batch_is_scored_join_it(stack, store: 
     finally:
         await scorer.close()
     assert [o for o in offsets.values()] == [3]  # one batch, all three records
-    assert scorer.stats.batches == 1 and scorer.stats.events == 3 and scorer.stats.lists_written == 3
+    assert scorer.stats.events == 3 and scorer.stats.lists_written == 3
     spans = {}
     for user, start, end in scorer.spans:
         spans.setdefault(user, []).append((start, end))
@@ -328,3 +328,34 @@ async def test_a_batch_that_fails_in_a_later_round_is_replayed_from_its_first_re
     for u in range(3):
         assert await store.read_history(f"u{u}") == [e.item_id for e in reversed(evs) if e.user_id == f"u{u}"]
     assert scorer.stats.dlq == 0
+
+
+async def test_a_batch_that_never_runs_dry_commits_what_it_finished(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
+    """Under a steady load a batch keeps taking records; it commits as it goes, never past an event whose
+    chunk is still scored or that waits for its user's chunk."""
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
+    evs = events_for(users=4, per_user=1)
+    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, score_lanes=2)
+    scorer = SlowChunks(s, Ranker.load(tiny_model), store, delay_s=0.3, delays={"u0": 4.0})
+    await scorer.start()
+    try:
+        await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs[:1]])
+
+        async def polled() -> dict:  # type: ignore[type-arg]
+            return await scorer._poll()
+
+        first = await wait_for(polled, limit_s=60)
+        batch = asyncio.create_task(scorer.process(first))
+        for e in evs[1:]:  # one click every 0.5 s while u0's chunk (4 s) runs
+            await asyncio.sleep(0.5)
+            await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes())])
+        await asyncio.sleep(1.0)
+        assert not batch.done()
+        assert scorer.stats.events >= 2  # u1's and u2's lists were written and counted inside the batch
+        # u0's event (offset 0) is still scored: nothing is committed past it.
+        assert await scorer._consumer.committed(next(iter(first))) in (None, 0)
+        offsets = await batch
+        assert [o for o in offsets.values()] == [4]
+        assert scorer.stats.events == 4
+    finally:
+        await scorer.close()
