@@ -77,7 +77,9 @@ class _Batch:
     canary: Arm | None
     lanes: Lanes
     reported: float  # perf_counter: when it last counted what it finished (`Scorer._report`)
-    taken: dict[TopicPartition, list[ConsumerRecord]] = field(default_factory=dict)
+    # Per partition, the offset after the last record taken (the records themselves are not kept: a batch
+    # under a steady load may run for hours).
+    taken: dict[TopicPartition, int] = field(default_factory=dict)
     trimmed: dict[TopicPartition, int] = field(default_factory=dict)  # cut by the guard: offset to read next
     busy: set[str] = field(default_factory=set)  # users whose chunk is queued or running
     deferred: list[b.Valid] = field(default_factory=list)  # events of busy users, for a later round
@@ -363,8 +365,7 @@ class Scorer:
         # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
         # with the users held before it).
         self._held = batch.held
-        for tp, recs in batch.taken.items():
-            self._fetched[tp] = recs[-1].offset + 1
+        self._fetched |= batch.taken
         for tp, offset in batch.trimmed.items():  # the guard took one record: fetch the rest again
             self._consumer.seek(tp, offset)
         return self._low_water(batch, held_before)
@@ -376,7 +377,7 @@ class Scorer:
         s = self.settings
         records, doomed = await self._guard.batch(fetched)
         for tp, recs in records.items():
-            batch.taken.setdefault(tp, []).extend(recs)
+            batch.taken[tp] = recs[-1].offset + 1
             batch.records += len(recs)
             if len(recs) < len(fetched[tp]):
                 batch.trimmed[tp] = recs[-1].offset + 1
@@ -608,7 +609,7 @@ class Scorer:
         """Per partition the batch touched: past every record it took, but not past an event not finished
         yet (queued or scored, waiting for its user's chunk, or held back)."""
         offsets = {tp: self._fetched[tp] for tp in {TopicPartition(v.topic, v.partition) for v in held_before}}
-        offsets |= {tp: recs[-1].offset + 1 for tp, recs in batch.taken.items()}
+        offsets |= batch.taken
         for events in (*batch.inflight.values(), batch.deferred, batch.held):
             for v in events:
                 tp = TopicPartition(v.topic, v.partition)

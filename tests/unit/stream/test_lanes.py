@@ -125,3 +125,20 @@ def test_a_failure_surfaces_while_waiting_for_a_lane(wait: str) -> None:
         assert jobs.live == 0
 
     asyncio.run(go())
+
+
+def test_chunks_that_succeeded_are_forgotten() -> None:
+    """A batch under a steady load may run for hours: its finished chunks must not pile up."""
+    jobs = Jobs()
+
+    async def go() -> None:
+        pool = Lanes(2)
+        for i in range(200):
+            pool.submit(jobs.job(i, 0.0))
+            if i % 10 == 9:
+                await pool.drained()
+        await pool.finish()
+        assert not pool._tasks and pool.idle
+
+    asyncio.run(go())
+    assert sorted(jobs.finished) == list(range(200))
