@@ -2,9 +2,9 @@
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from rankstream.stream import metrics as m
 
@@ -24,9 +24,8 @@ class Backoff:
     def succeeded(self) -> None:
         self.delay = FIRST_DELAY_S
 
-    def rewind(self, starts: Mapping[TopicPartition, int]) -> None:
-        """Nothing of the batch is committed: pause every partition and seek back to the batch's start
-        (`starts`: per partition, the first offset the batch fetched).
+    def rewind(self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+        """Nothing of the batch is committed: pause every partition and seek back to the batch's start.
 
         Called while the batch lock is held, so no rebalance comes between the batch and its rewind (a
         rebalance resets positions to the committed offsets, which may lie before the batch: seeking
@@ -37,9 +36,9 @@ class Backoff:
         consumer = self._consumer
         consumer.pause(*consumer.assignment())
         m.PAUSED.set(1)
-        for tp, offset in starts.items():
+        for tp, recs in records.items():
             if tp in consumer.assignment():
-                consumer.seek(tp, offset)
+                consumer.seek(tp, recs[0].offset)
 
     async def wait(self, records: int, exc: Exception) -> None:
         """Wait out the delay after a `rewind` (doubling up to `MAX_DELAY_S`), then resume what is assigned."""

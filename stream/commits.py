@@ -105,19 +105,13 @@ class FinishBeforeRevoke(ConsumerRebalanceListener):
         self._batch_lock = batch_lock
         self._committed = committed
         self._forget = forget
-        # Revocations waiting for the batch in flight: while one waits, the batch takes no new records.
-        self.waiting = 0
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.waiting += 1
-        try:
-            async with self._batch_lock:
-                await self._committed()
-                self._forget(revoked)
-                if revoked:
-                    log.info("partitions revoked: %s", names(revoked))
-        finally:
-            self.waiting -= 1
+        async with self._batch_lock:
+            await self._committed()
+            self._forget(revoked)
+            if revoked:
+                log.info("partitions revoked: %s", names(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned: %s", names(assigned))

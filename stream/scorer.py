@@ -16,8 +16,8 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -34,7 +34,6 @@ from rankstream.stream.errors import ArtifactError, ConfigError, RankstreamError
 from rankstream.stream.events import Rejected, internal_error, parse_event
 from rankstream.stream.guard import Guard
 from rankstream.stream.health import Probe
-from rankstream.stream.lanes import Lanes
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.recorder import Outcome, Recorder, Stats
 from rankstream.stream.scoring import rerank_top_for, score_users
@@ -49,13 +48,6 @@ Records = Mapping[TopicPartition, Sequence[ConsumerRecord]]
 
 __all__ = ["Arm", "Scorer", "Stats"]
 
-# A batch takes the records that arrive while it is scored, so under a steady load it may never end: it
-# commits what it has finished at least this often, and the consumer lag a commit reports moves with it.
-COMMIT_S = 0.2
-# How long one wait for new records lasts while a lane is free and another still scores: short, because a
-# chunk that finishes meanwhile may release a user whose next events wait for it.
-ADMIT_WAIT_MS = 5
-
 
 @dataclass(frozen=True)
 class Arm:
@@ -67,28 +59,6 @@ class Arm:
 
     def serves(self, user_id: str) -> bool:
         return in_share(user_id, self.share, self.ranker.version)
-
-
-@dataclass
-class _Batch:
-    """One batch across its rounds: what it took, who is in flight, who waits, what it finished."""
-
-    ranker: Ranker
-    canary: Arm | None
-    lanes: Lanes
-    reported: float  # perf_counter: when it last counted what it finished (`Scorer._report`)
-    # Per partition, the offset after the last record taken (the records themselves are not kept: a batch
-    # under a steady load may run for hours).
-    taken: dict[TopicPartition, int] = field(default_factory=dict)
-    trimmed: dict[TopicPartition, int] = field(default_factory=dict)  # cut by the guard: offset to read next
-    busy: set[str] = field(default_factory=set)  # users whose chunk is queued or running
-    deferred: list[b.Valid] = field(default_factory=list)  # events of busy users, for a later round
-    held: list[b.Valid] = field(default_factory=list)  # events of users still clicking (user_quiet_ms)
-    inflight: dict[int, list[b.Valid]] = field(default_factory=dict)  # the events of each chunk not finished
-    # Since the last report: events finished per version, records taken, events folded into another's scoring.
-    finished: Counter[str] = field(default_factory=Counter)
-    records: int = 0
-    coalesced: int = 0
 
 
 def _text_encoder(settings: Settings) -> tuple[str, int] | None:
@@ -147,12 +117,8 @@ class Scorer:
         # committed offset (`_resync`) before anything else of theirs is processed.
         self._generation = 0
         self._resync: set[TopicPartition] = set()
-        self._listener = FinishBeforeRevoke(self._batch_lock, self._commits.wait, self._forget)
-        self._consumer.subscribe([settings.topic], listener=self._listener)
-        # The batch in flight, across its rounds: per partition the first offset fetched (where a failed
-        # batch is rewound to), and how many records it fetched.
-        self._batch_starts: dict[TopicPartition, int] = {}
-        self._batch_records = 0
+        listener = FinishBeforeRevoke(self._batch_lock, self._commits.wait, self._forget)
+        self._consumer.subscribe([settings.topic], listener=listener)
         self._producer = AIOKafkaProducer(acks="all", **common)
         self._dlq = DeadLetters(self._producer, settings.dlq_topic, settings.max_event_bytes)
         # Names this process to the crash-loop guard: a batch started by another owner and never
@@ -248,10 +214,10 @@ class Scorer:
                 continue
             processing = time.perf_counter()
             failed = await self._process_and_commit(records, generation, hold=True)
-            self.recorder.batch_timed(processing - polling, time.perf_counter() - processing, self._batch_records)
+            self.recorder.batch_timed(processing - polling, time.perf_counter() - processing, _count(records))
             if failed is not None:
                 self.probe.failing = str(failed) or type(failed).__name__
-                await self._backoff.wait(self._batch_records, failed)
+                await self._backoff.wait(_count(records), failed)
                 continue
             self.probe.failing = ""
             self._backoff.succeeded()
@@ -292,7 +258,7 @@ class Scorer:
                 offsets = await self.process(records, hold=hold)
             except (StoreError, KafkaError) as exc:
                 self.recorder.failed_batch(exc)
-                self._backoff.rewind(self._batch_starts)
+                self._backoff.rewind(records)
                 return exc
             await self._commits.start(offsets)
         return None
@@ -339,8 +305,6 @@ class Scorer:
     async def process(self, records: Records, *, hold: bool = True) -> dict[TopicPartition, int]:
         """Validate, dead-letter, plan, score, write: everything for one batch except the commit, whose
         offsets it returns. With `hold`, users still clicking wait for a later batch (`user_quiet_ms`)."""
-        self._batch_starts = {tp: recs[0].offset for tp, recs in records.items() if recs}
-        self._batch_records = _count(records)
         try:
             return await self._process(records, hold)
         except BaseException:
@@ -348,43 +312,11 @@ class Scorer:
             raise
 
     async def _process(self, fetched: Records, hold: bool) -> dict[TopicPartition, int]:
-        held_before = self._held
-        # The versions are read once, here: a swap never changes the version of a user inside a batch.
-        batch = _Batch(self.ranker, self.canary, Lanes(self.settings.score_lanes), time.perf_counter())
-        batch.held = list(held_before)  # older than the batch's events of the same users: they go first
-        try:
-            records: Records | None = fetched
-            while records is not None:
-                await self._round(batch, records, hold)
-                records = await self._admit(batch, held_before)
-            await batch.lanes.finish()
-        finally:
-            await batch.lanes.close()
-        await self._flush_dead_letters()
-        self._report(batch)
-        # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
-        # with the users held before it).
-        self._held = batch.held
-        self._fetched |= batch.taken
-        for tp, offset in batch.trimmed.items():  # the guard took one record: fetch the rest again
-            self._consumer.seek(tp, offset)
-        return self._low_water(batch, held_before)
-
-    async def _round(self, batch: _Batch, fetched: Records, hold: bool) -> None:
-        """Add `fetched` and the events waiting in `batch` to it: plan their users and queue their chunks.
-        A user whose chunk is queued or running waits for the next round: their stored state is not yet
-        what the chunk will write."""
         s = self.settings
         records, doomed = await self._guard.batch(fetched)
-        for tp, recs in records.items():
-            batch.taken[tp] = recs[-1].offset + 1
-            batch.records += len(recs)
-            if len(recs) < len(fetched[tp]):
-                batch.trimmed[tp] = recs[-1].offset + 1
-        by_user = b.group_by_user([*batch.held, *batch.deferred, *await self._validated(records, doomed)])
-        batch.held, batch.deferred = [], []
-        for user in [u for u in by_user if u in batch.busy]:
-            batch.deferred += by_user.pop(user)
+        held_before = self._held
+        # Events held back before are older than the batch's events of the same users: they go first.
+        by_user = b.group_by_user([*held_before, *await self._validated(records, doomed)])
         with self.recorder.stage("read"):
             states, bad = await self.store.read_states(list(by_user))
             for user, detail in bad.items():
@@ -392,99 +324,38 @@ class Scorer:
             plans = self._plans(by_user, states)
             due, held = b.hold_back(plans, time.time() * 1000, s.user_quiet_ms if hold else 0)
             neighbours = await self.tables.neighbours_for(b.recent_items(due))
-        for p in held:
-            batch.held += by_user[p.user_id]
-        planned = {p.user_id for p in plans}
-        # Events already reflected (a replayed batch): their lists were written before.
-        reflected = [v.timestamp_ms for u, evs in by_user.items() if u not in planned for v in evs]
-        self.recorder.reflected(reflected)
-        batch.finished[batch.ranker.version] += len(reflected)
-        batch.coalesced += sum(p.events - 1 for p in due)
-        for arm, arm_plans in _arms(due, batch.ranker, batch.canary):
-            for chunk in b.oldest_first_chunks(arm_plans, s.score_chunk_users):
-                events = [v for p in chunk for v in by_user[p.user_id]]
-                batch.busy.update(p.user_id for p in chunk)
-                batch.inflight[id(events)] = events
-                batch.lanes.submit(partial(self._chunk, batch, arm, chunk, by_user, neighbours, events))
-
-    async def _admit(self, batch: _Batch, held_before: Sequence[b.Valid]) -> Records | None:
-        """The next round's records, once every chunk queued has a lane: what reached the consumer since (an
-        event that arrives while a batch is scored joins it instead of waiting for all of it), or none when
-        only users whose chunk has been written wait. None when the batch is done: nothing is queued,
-        running or waiting for a lane any more.
-
-        While a lane is free it waits for records up to `ADMIT_WAIT_MS` at a time (a fetch returns as soon
-        as records come); with every lane busy it waits for a chunk to finish instead. Under a steady load
-        a batch may never run dry: every `COMMIT_S` it commits what it has finished so far."""
-        lanes = batch.lanes
-        while True:
-            await lanes.drained()
-            if time.perf_counter() - batch.reported >= COMMIT_S:
-                await self._commit_so_far(batch, held_before)
-            records: Records = {}
-            admitting = self._admitting(batch)
-            if admitting:
-                wait_ms = ADMIT_WAIT_MS if lanes.free else 0
-                records = await self._consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max_records)
-                for tp, recs in records.items():
-                    self._batch_starts.setdefault(tp, recs[0].offset)
-                self._batch_records += _count(records)
-            if records or any(v.event.user_id not in batch.busy for v in batch.deferred):
-                return records
-            if lanes.idle:
-                return None
-            if not (admitting and lanes.free):
-                await lanes.one_done()
-
-    def _admitting(self, batch: _Batch) -> bool:
-        """Whether the batch may take more records: not once the guard cut a partition to one record, nor
-        while a stop, a revocation or a new version waits for it to end."""
-        return (
-            not batch.trimmed
-            and not self._stopping.is_set()
-            and not self._listener.waiting
-            and self.ranker is batch.ranker
-            and self.canary is batch.canary
-        )
-
-    async def _commit_so_far(self, batch: _Batch, held_before: Sequence[b.Valid]) -> None:
-        """Commit, inside a batch still running, up to its first event not yet finished, per partition.
-        A failure later in the batch rewinds it to there, not to its start: what is committed is done."""
-        await self._flush_dead_letters()  # a record is committed past only once its dead letter is sent
-        offsets = self._low_water(batch, held_before)
-        await self._commits.start(offsets)
-        for tp, offset in offsets.items():
-            if tp in self._batch_starts:
-                self._batch_starts[tp] = max(self._batch_starts[tp], offset)
-        self._report(batch)
-        self.probe.progressed()
-
-    def _report(self, batch: _Batch) -> None:
-        """Count what the batch finished since its last report (a batch reports at least every `COMMIT_S`)."""
-        self.recorder.batch(batch.finished, batch.records, batch.coalesced)
-        batch.finished, batch.records, batch.coalesced = Counter(), 0, 0
-        batch.reported = time.perf_counter()
-
-    async def _flush_dead_letters(self) -> None:
+        # The versions are read once, here: a swap never changes the version of a user inside a batch.
+        ranker, canary = self.ranker, self.canary
+        rejected = canary_finished = 0
+        for arm, arm_plans in _arms(due, ranker, canary):
+            chunks = b.oldest_first_chunks(arm_plans, s.score_chunk_users)
+            arm_rejected = await in_lanes(
+                [partial(self._score_and_write, arm, chunk, by_user, neighbours) for chunk in chunks], s.score_lanes
+            )
+            rejected += arm_rejected
+            if arm is not ranker:
+                canary_finished = sum(len(by_user[p.user_id]) for p in arm_plans) - arm_rejected
         if self._dlq.pending:
             with self.recorder.stage("write"):
                 await self._dlq.flush()
-
-    async def _chunk(
-        self,
-        batch: _Batch,
-        ranker: Ranker,
-        chunk: list[b.UserPlan],
-        by_user: Mapping[str, list[b.Valid]],
-        neighbours: Mapping[str, Sequence[str]],
-        events: list[b.Valid],
-    ) -> None:
-        try:
-            rejected = await self._score_and_write(ranker, chunk, by_user, neighbours)
-        finally:
-            batch.busy.difference_update(p.user_id for p in chunk)
-        batch.inflight.pop(id(events))
-        batch.finished[ranker.version] += len(events) - rejected
+        planned = {p.user_id for p in plans}
+        # Events already reflected (a replayed batch): their lists were written before.
+        self.recorder.reflected([v.timestamp_ms for u, evs in by_user.items() if u not in planned for v in evs])
+        waiting = {p.user_id for p in held}
+        finished = sum(len(evs) for u, evs in by_user.items() if u not in waiting) - rejected
+        taken = sum(len(r) for r in records.values())
+        by_version = {ranker.version: finished - canary_finished}
+        if canary is not None:
+            by_version[canary.ranker.version] = canary_finished
+        self.recorder.batch(by_version, taken, sum(p.events - 1 for p in due))
+        # Only now, when nothing of the batch can fail any more (a failed batch is rewound and retried
+        # with the users held before it).
+        self._held = [v for p in held for v in by_user[p.user_id]]
+        for tp, recs in records.items():
+            self._fetched[tp] = recs[-1].offset + 1
+            if len(recs) < len(fetched[tp]):  # the guard took one record: fetch the rest again
+                self._consumer.seek(tp, recs[-1].offset + 1)
+        return self._commit_offsets(records, held_before)
 
     async def _validated(
         self, records: Records, doomed: Mapping[tuple[TopicPartition, int], Rejected]
@@ -605,15 +476,13 @@ class Scorer:
         for v in events:
             await self._reject(Source(v.topic, v.partition, v.offset, v.key, v.value), rejected)
 
-    def _low_water(self, batch: _Batch, held_before: Sequence[b.Valid]) -> dict[TopicPartition, int]:
-        """Per partition the batch touched: past every record it took, but not past an event not finished
-        yet (queued or scored, waiting for its user's chunk, or held back)."""
-        offsets = {tp: self._fetched[tp] for tp in {TopicPartition(v.topic, v.partition) for v in held_before}}
-        offsets |= batch.taken
-        for events in (*batch.inflight.values(), batch.deferred, batch.held):
-            for v in events:
-                tp = TopicPartition(v.topic, v.partition)
-                offsets[tp] = min(offsets[tp], v.offset)
+    def _commit_offsets(self, records: Records, held_before: Sequence[b.Valid]) -> dict[TopicPartition, int]:
+        """Per partition this batch touched: past every record processed, but not past a held event."""
+        touched = {*records, *(TopicPartition(v.topic, v.partition) for v in (*held_before, *self._held))}
+        offsets = {tp: self._fetched[tp] for tp in touched}
+        for v in self._held:
+            tp = TopicPartition(v.topic, v.partition)
+            offsets[tp] = min(offsets[tp], v.offset)
         return offsets
 
 
@@ -626,6 +495,31 @@ def _arms(due: list[b.UserPlan], ranker: Ranker, canary: Arm | None) -> list[tup
     for p in due:
         (picked if canary.serves(p.user_id) else rest).append(p)
     return [(ranker, rest), (canary.ranker, picked)]
+
+
+async def in_lanes(jobs: Sequence[Callable[[], Awaitable[int]]], lanes: int) -> int:
+    """Run `jobs` in order, at most `lanes` at once, and sum what they return. When one raises, the others
+    are cancelled and awaited before the first failure (in job order) is raised, so no chunk of a failed
+    batch is still reading or writing when the batch is retried (a model call already running in a worker
+    thread finishes there and its scores are dropped; list writes are fenced by offset anyway)."""
+    if lanes <= 1:
+        total = 0
+        for job in jobs:
+            total += await job()
+        return total
+    gate = asyncio.Semaphore(lanes)
+
+    async def run(job: Callable[[], Awaitable[int]]) -> int:
+        async with gate:
+            return await job()
+
+    tasks = [asyncio.create_task(run(job)) for job in jobs]
+    try:
+        return sum([await t for t in tasks])
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _count(records: Records) -> int:

@@ -84,7 +84,6 @@ class Settings(BaseSettings):
     # item it does not know yet makes it look at once before the click is refused as `unknown_item`.
     catalog_refresh_ms: int = Field(default=250, ge=0, le=600_000)
     history_len: int = Field(default=50, ge=1, le=1000)
-    # Records one fetch takes: a batch's first, and each round it adds while it is scored (docs/architecture.md).
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_linger_ms: int = Field(default=100, ge=0, le=60_000)
     # After taking the consumer's buffered records, wait up to this long for what the broker holds now

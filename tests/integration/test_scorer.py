@@ -2,13 +2,11 @@
 
 import asyncio
 import json
-import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from rankstream.deploy.kafka_local import create_topics
-from rankstream.stream.errors import StoreError
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.lag import group_lag, topic_size
 from rankstream.stream.ranker import Ranker
@@ -134,6 +132,23 @@ async def test_crash_before_commit_loses_nothing(stack, store: Store, tiny_model
     assert survivor.stats.events == len(evs)
 
 
+async def test_a_failed_commit_stops_an_idle_replica_too(stack, store: Store, tiny_model, topic: str) -> None:
+    """Commits run in the background and a failure surfaces when the next one starts; a replica that has
+    no next batch must learn of it as well, instead of serving on with its offsets never committed."""
+    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
+    evs = events_for(users=2, per_user=1)
+    await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs])
+    s = settings_for(stack, topic, tiny_model)
+    crashing = CrashBeforeCommit(s, Ranker.load(tiny_model), store)
+    await crashing.start()
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            await asyncio.wait_for(crashing.run(), timeout=60)
+    finally:
+        await crashing.close()
+    assert crashing.stats.events == len(evs)  # one batch, written, then nothing more to fetch
+
+
 @pytest.mark.parametrize(("topup_ms", "expected"), [(500, [1, 2]), (0, [1])])
 async def test_a_batch_takes_what_reached_the_broker_during_the_last_one(
     stack, store: Store, tiny_model, topic: str, topup_ms: int, expected: list[int]
@@ -241,121 +256,3 @@ async def test_a_batch_fetched_before_a_rebalance_is_not_processed(stack, store:
     s2 = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50)
     await run_until_drained(Scorer(s2, Ranker.load(tiny_model), store), s2)
     assert await store.read_history("u0") == [e.item_id for e in reversed(events_for(users=1, per_user=3))]
-
-
-class SlowChunks(Scorer):
-    """Each chunk is scored `delay_s` late (`delays` per user), so records can arrive while a batch runs;
-    `fail_user`'s first chunk fails as a Redis outage would. Records when each chunk's scoring started and
-    ended."""
-
-    def __init__(  # type: ignore[no-untyped-def]
-        self, *args, delay_s: float, delays: dict[str, float] | None = None, fail_user: str | None = None, **kwargs
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.delay_s = delay_s
-        self.delays = delays or {}
-        self.fail_user = fail_user
-        self.spans: list[tuple[str, float, float]] = []
-
-    async def _score_and_write(self, ranker, chunk, by_user, neighbours):  # type: ignore[no-untyped-def]
-        t0 = time.monotonic()
-        users = {p.user_id for p in chunk}
-        await asyncio.sleep(max(self.delays.get(u, self.delay_s) for u in users))
-        if self.fail_user in users:
-            self.fail_user = None
-            raise StoreError("simulated Redis outage")
-        rejected = await super()._score_and_write(ranker, chunk, by_user, neighbours)
-        self.spans += [(u, t0, time.monotonic()) for u in sorted(users)]
-        return rejected
-
-
-async def test_events_that_arrive_while_a_batch_is_scored_join_it(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
-    """A user who clicks while a batch is scored is scored in a lane left free, in the same batch; a user
-    whose chunk is still in flight waits for it (their stored state is not yet what it writes), then is
-    scored on it. The batch's last commit covers all of it."""
-    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
-    u0a, u1a, u0b = events_for(users=2, per_user=2)[:3]
-    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, score_lanes=2)
-    scorer = SlowChunks(s, Ranker.load(tiny_model), store, delay_s=1.5)
-    await scorer.start()
-    try:
-        await produce(stack.bootstrap, topic, [(u0a.user_id.encode(), u0a.to_bytes())])
-
-        async def polled() -> dict:  # type: ignore[type-arg]
-            return await scorer._poll()
-
-        first = await wait_for(polled, limit_s=60)
-        batch = asyncio.create_task(scorer.process(first))
-        await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in (u1a, u0b)])
-        offsets = await batch
-    finally:
-        await scorer.close()
-    assert [o for o in offsets.values()] == [3]  # one batch, all three records
-    assert scorer.stats.events == 3 and scorer.stats.lists_written == 3
-    spans = {}
-    for user, start, end in scorer.spans:
-        spans.setdefault(user, []).append((start, end))
-    (u0_first, u0_second), (u1,) = spans["u0"], spans["u1"]
-    assert u1[0] < u0_first[1]  # u1 took the free lane while u0's first chunk ran
-    assert u0_second[0] >= u0_first[1]  # u0's second click waited for the first chunk's write
-    assert await store.read_history("u0") == [u0b.item_id, u0a.item_id]
-    assert await store.read_history("u1") == [u1a.item_id]
-
-
-async def test_a_batch_that_fails_in_a_later_round_is_replayed_from_its_first_record(  # type: ignore[no-untyped-def]
-    stack, store: Store, tiny_model, topic
-) -> None:
-    """A failure in any round rewinds the batch to the first record of its first round: u1's chunk, taken in
-    the second round, fails while u0's, from the first, is still scored; u0's click is read again with the
-    rest, nothing is skipped and nothing is committed before it is written."""
-    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
-    evs = events_for(users=3, per_user=2)
-    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, score_lanes=2)
-    scorer = SlowChunks(s, Ranker.load(tiny_model), store, delay_s=0.5, delays={"u0": 3.0}, fail_user="u1")
-    async with serving(scorer):
-        await wait_for(lambda: _assigned(scorer), limit_s=60)
-        await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs[:1]])
-        await asyncio.sleep(0.3)  # u0's chunk is in flight: what follows joins its batch
-        await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs[1:]])
-
-        async def drained() -> bool:
-            return sum((await group_lag(s.kafka_bootstrap, topic, s.group_id)).values()) == 0 and all(
-                [await store.read_list(f"u{u}") for u in range(3)]
-            )
-
-        await wait_for(drained, limit_s=90)
-    assert scorer.fail_user is None  # the failure happened
-    for u in range(3):
-        assert await store.read_history(f"u{u}") == [e.item_id for e in reversed(evs) if e.user_id == f"u{u}"]
-    assert scorer.stats.dlq == 0
-
-
-async def test_a_batch_that_never_runs_dry_commits_what_it_finished(stack, store: Store, tiny_model, topic) -> None:  # type: ignore[no-untyped-def]
-    """Under a steady load a batch keeps taking records; it commits as it goes, never past an event whose
-    chunk is still scored or that waits for its user's chunk."""
-    await asyncio.to_thread(create_topics, stack.bootstrap, {topic: 1, f"{topic}.dlq": 1})
-    evs = events_for(users=4, per_user=1)
-    s = scorer_settings(stack, topic, model_dir=tiny_model, batch_linger_ms=50, score_lanes=2)
-    scorer = SlowChunks(s, Ranker.load(tiny_model), store, delay_s=0.3, delays={"u0": 4.0})
-    await scorer.start()
-    try:
-        await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in evs[:1]])
-
-        async def polled() -> dict:  # type: ignore[type-arg]
-            return await scorer._poll()
-
-        first = await wait_for(polled, limit_s=60)
-        batch = asyncio.create_task(scorer.process(first))
-        for e in evs[1:]:  # one click every 0.5 s while u0's chunk (4 s) runs
-            await asyncio.sleep(0.5)
-            await produce(stack.bootstrap, topic, [(e.user_id.encode(), e.to_bytes())])
-        await asyncio.sleep(1.0)
-        assert not batch.done()
-        assert scorer.stats.events >= 2  # u1's and u2's lists were written and counted inside the batch
-        # u0's event (offset 0) is still scored: nothing is committed past it.
-        assert await scorer._consumer.committed(next(iter(first))) in (None, 0)
-        offsets = await batch
-        assert [o for o in offsets.values()] == [4]
-        assert scorer.stats.events == 4
-    finally:
-        await scorer.close()
