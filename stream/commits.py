@@ -39,6 +39,14 @@ class CommitPipeline:
         if offsets:
             self._task = asyncio.create_task(self._run(offsets))
 
+    def raise_failed(self) -> None:
+        """Raise what the last commit raised, if it has finished; never waits (an idle replica calls it
+        while the broker may be away, and must keep reporting progress meanwhile)."""
+        task = self._task
+        if task is not None and task.done():
+            self._task = None
+            task.result()
+
     async def wait(self) -> None:
         """Wait for the commit in flight (raises what it raised)."""
         task, self._task = self._task, None

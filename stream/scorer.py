@@ -209,7 +209,7 @@ class Scorer:
             polling = time.perf_counter()
             records = await self._poll()
             if not records and not self._held:
-                await self._commits.wait()  # an idle replica learns of a failed commit too, not at the next event
+                self._commits.raise_failed()  # an idle replica learns of a failed commit too, not at the next event
                 await self._refresh_idle()
                 continue
             processing = time.perf_counter()
