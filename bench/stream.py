@@ -280,7 +280,7 @@ async def bench_stream(
     redis_url = info.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     base = Settings(kafka_bootstrap=info.bootstrap, redis_url=redis_url, model_dir=model_dir, **scorer_settings)
     # The shares `rankstream load` writes, reseeded per phase; the title vectors too, with retrieval on.
-    vectors = await embed_catalog(base, prepared.catalog) if base.text_candidates else None
+    vectors = await embed_catalog(base, prepared.catalog) if base.text_candidates or base.merge_dir else None
     tables = (prepared.catalog, seeded(prepared, 4), vectors)
     ranker = serving_loader(base)(model_dir)
     client = connect_from_settings(base)

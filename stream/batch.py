@@ -12,7 +12,7 @@ from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.live import ItemCounts, SalesView, event_ms
-from rankstream.stream.retrieval import merge
+from rankstream.stream.retrieval import interleave
 from rankstream.stream.signals import RECENT_ITEMS, candidate_signals
 from rankstream.stream.store import UserState
 
@@ -137,11 +137,24 @@ def candidate_pairs(
     text: Sequence[str] = (),
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The user's candidates and their (history, candidate) text pairs: the co-visitation order, merged
-    with the user's `text` neighbours when there are any (`stream.retrieval.merge`)."""
+    with the user's `text` neighbours when there are any (`stream.retrieval.interleave`)."""
     covisit = covisit_candidates(plan.history, neighbours, trending, n)
-    cands = in_catalog(merge(covisit, text, n) if text else covisit, catalog)
+    cands = in_catalog(interleave(covisit, text, n) if text else covisit, catalog)
+    return cands, pairs_for(plan, cands, catalog)
+
+
+def covisit_pool(
+    plan: UserPlan, neighbours: Mapping[str, Sequence[str]], trending: Sequence[str], catalog: Mapping[str, str], n: int
+) -> list[str]:
+    """The user's `n` best co-visitation candidates (trending fill) that have a title: a learned merge's
+    co-visitation source (`stream.retrieval.pool`)."""
+    return in_catalog(covisit_candidates(plan.history, neighbours, trending, n), catalog)
+
+
+def pairs_for(plan: UserPlan, cands: Sequence[str], catalog: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (history, candidate) text pairs of the user's candidates, each with its place in the list."""
     query = history_text([catalog[i] for i in plan.history if i in catalog])
-    return cands, [(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)]
+    return [(query, candidate_text(catalog[c], r)) for r, c in enumerate(cands)]
 
 
 def signal_items(candidate_lists: Iterable[Sequence[str]]) -> list[str]:

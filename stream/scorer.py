@@ -36,6 +36,7 @@ from rankstream.stream.guard import Guard
 from rankstream.stream.health import Probe
 from rankstream.stream.ranker import Ranker
 from rankstream.stream.recorder import Outcome, Recorder, Stats
+from rankstream.stream.retrieval import MergeError, MergeHead
 from rankstream.stream.scoring import rerank_top_for, score_users
 from rankstream.stream.settings import Settings
 from rankstream.stream.shadow import ShadowScorer
@@ -61,10 +62,21 @@ class Arm:
         return in_share(user_id, self.share, self.ranker.version)
 
 
-def _text_encoder(settings: Settings) -> tuple[str, int] | None:
+def _merge_head(settings: Settings) -> MergeHead | None:
+    """The learned merge RANKSTREAM_MERGE_DIR names, None when unset; a bad one stops the start."""
+    if settings.merge_dir is None:
+        return None
+    try:
+        return MergeHead.read(settings.merge_dir)
+    except MergeError as exc:
+        raise ConfigError(f"RANKSTREAM_MERGE_DIR: {exc}; fit one with `rankstream merge fit`") from exc
+
+
+def _text_encoder(settings: Settings, merge: MergeHead | None) -> tuple[str, int] | None:
     """(version, dim) of the encoder whose title vectors the scorer searches, None when it searches none.
     The scorer reads the vectors the catalog job and `load` stored; it embeds nothing itself."""
-    if not settings.text_candidates or settings.encoder_dir is None:
+    searches = settings.text_candidates or (merge is not None and merge.pool_text)
+    if not searches or settings.encoder_dir is None:
         return None
     try:
         manifest = read_encoder_manifest(settings.encoder_dir)
@@ -88,9 +100,11 @@ class Scorer:
         self.shadow: ShadowScorer | None = None
         self.store = store
         self.recorder = Recorder(latency_samples)
+        merge = _merge_head(settings)
         self.tables = Tables(
             store,
-            encoder=_text_encoder(settings),
+            encoder=_text_encoder(settings, merge),
+            merge=merge,
             catalog_every_s=settings.catalog_refresh_ms / 1000,
             replica=settings.replica or f"{socket.gethostname()}-{os.getpid()}",
         )

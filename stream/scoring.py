@@ -15,6 +15,7 @@ import numpy as np
 from rankstream.stream import batch as b
 from rankstream.stream.events import Rejected, internal_error
 from rankstream.stream.ranker import Ranker
+from rankstream.stream.retrieval import Pool, learned_merge, pool
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import ListWrite
 from rankstream.stream.tables import Tables
@@ -59,18 +60,25 @@ async def score_users(
     per_user: list[_UserPairs] = []
     trending = await tables.trending()
     retrieve_s = 0.0
-    for p in plans:
-        try:
-            t0 = time.perf_counter()
-            text = tables.text_neighbours(p.history, settings.text_candidates)
-            retrieve_s += time.perf_counter() - t0
-            pairs = b.candidate_pairs(p, neighbours, trending, tables.catalog, settings.candidates, text)
-            per_user.append((p, *pairs))
-        except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
-            failed[p.user_id] = internal_error(exc)
-    signals = None
-    if ranker.signals is not None:  # the model also reads serve-time signals: candidates' neighbours too
-        per_user, signals = await _with_signals(per_user, neighbours, tables, failed)
+    signals: list[np.ndarray] | None = None
+    if tables.merge is not None:
+        t0 = time.perf_counter()
+        per_user, signals = await _merged(plans, neighbours, trending, tables, settings, failed)
+        retrieve_s = time.perf_counter() - t0
+        if ranker.signals is None:
+            signals = None
+    else:
+        for p in plans:
+            try:
+                t0 = time.perf_counter()
+                text = tables.text_neighbours(p.history, settings.text_candidates)
+                retrieve_s += time.perf_counter() - t0
+                pairs = b.candidate_pairs(p, neighbours, trending, tables.catalog, settings.candidates, text)
+                per_user.append((p, *pairs))
+            except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+                failed[p.user_id] = internal_error(exc)
+        if ranker.signals is not None:  # the model also reads serve-time signals: candidates' neighbours too
+            per_user, signals = await _with_signals(per_user, neighbours, tables, failed)
     t0 = time.perf_counter()
     top = rerank_top_for(settings, ranker)
     try:
@@ -93,6 +101,40 @@ async def score_users(
         for (p, cands, _), s in zip(per_user, scores, strict=True)
     ]
     return Scored(writes, n_pairs, failed, retrieve_s)
+
+
+async def _merged(
+    plans: list[b.UserPlan],
+    neighbours: Mapping[str, Sequence[str]],
+    trending: Sequence[str],
+    tables: Tables,
+    settings: Settings,
+    failed: dict[str, Rejected],
+) -> tuple[list[_UserPairs], list[np.ndarray]]:
+    """Each user's candidates from the learned merge (`stream.retrieval`), their pairs and signal rows:
+    the pool's signals are read once, and the rows of the chosen candidates are the ones the model gets."""
+    head = tables.merge
+    assert head is not None
+    pools: dict[str, Pool] = {}
+    for p in plans:
+        try:
+            covisit = b.covisit_pool(p, neighbours, trending, tables.catalog, head.pool_covisit)
+            pools[p.user_id] = pool(covisit, tables.text_neighbours(p.history, head.pool_text))
+        except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+            failed[p.user_id] = internal_error(exc)
+    pooled, pool_rows = await _with_signals(
+        [(p, pools[p.user_id].items, []) for p in plans if p.user_id in pools], neighbours, tables, failed
+    )
+    per_user, signals = [], []
+    for (p, items, _), rows in zip(pooled, pool_rows, strict=True):
+        try:
+            cosine = tables.text_cosine(p.history, items)
+            cands, chosen = learned_merge(head, pools[p.user_id], rows, cosine, settings.candidates)
+            per_user.append((p, cands, b.pairs_for(p, cands, tables.catalog)))
+            signals.append(chosen)
+        except Exception as exc:  # noqa: BLE001 - this user's failure, not the batch's
+            failed[p.user_id] = internal_error(exc)
+    return per_user, signals
 
 
 async def _with_signals(

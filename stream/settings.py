@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # (from RANKSTREAM_ENCODER_DIR's encoder) are closest to the user's newest items', new items included.
     # 0: co-visitation and trending only, as the served models were trained.
     text_candidates: int = Field(default=0, ge=0, le=1000)
+    # A learned merge (`rankstream merge fit`: a folder with merge.json): the candidates are the best
+    # RANKSTREAM_CANDIDATES of a pool of co-visitation candidates and text neighbours, by a head over their
+    # signals and places (`stream.retrieval`). Replaces RANKSTREAM_TEXT_CANDIDATES's interleave.
+    merge_dir: Path | None = None
     # How often a scorer applies the catalog's change log (new, retitled, removed items); a click on an
     # item it does not know yet makes it look at once before the click is refused as `unknown_item`.
     catalog_refresh_ms: int = Field(default=250, ge=0, le=600_000)
@@ -167,6 +171,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"RANKSTREAM_TEXT_CANDIDATES={self.text_candidates} needs RANKSTREAM_ENCODER_DIR (the text encoder "
                 "whose title vectors to search); set it, or set RANKSTREAM_TEXT_CANDIDATES=0"
+            )
+        if self.merge_dir is not None and self.encoder_dir is None:
+            raise ValueError(
+                f"RANKSTREAM_MERGE_DIR={self.merge_dir} needs RANKSTREAM_ENCODER_DIR (the text encoder whose title "
+                "vectors its pool searches); set it, or unset RANKSTREAM_MERGE_DIR"
+            )
+        if self.merge_dir is not None and self.text_candidates:
+            raise ValueError(
+                "RANKSTREAM_MERGE_DIR and RANKSTREAM_TEXT_CANDIDATES are two ways of merging text neighbours; "
+                "set one (the merge file says how many text neighbours it pools)"
             )
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password

@@ -25,6 +25,7 @@ from rankstream.stream.live import (
 )
 from rankstream.stream.livestore import COUNTS, TOP, read_merged_parts, read_meta, read_trends
 from rankstream.stream.redis_client import REDIS_ERRORS
+from rankstream.stream.retrieval import MergeHead
 from rankstream.stream.signals import RECENT_ITEMS
 from rankstream.stream.store import Store
 from rankstream.stream.textindex import CatalogFollower
@@ -56,10 +57,13 @@ class Tables:
         encoder: tuple[str, int] | None = None,
         catalog_every_s: float = 0.25,
         replica: str = "",
+        merge: MergeHead | None = None,
     ) -> None:
         """`encoder`: (version, dim) of the text encoder whose title vectors to index, None for none.
-        `replica`: the name under which to report how far this copy of the catalog is (`SEEN_KEY`)."""
+        `replica`: the name under which to report how far this copy of the catalog is (`SEEN_KEY`).
+        `merge`: the learned merge the candidates come from (`stream.retrieval`), None for none."""
         self._store = store
+        self.merge = merge
         self.max_age_s = max_age_s
         version, dim = encoder or ("", 1)  # no encoder: a follower of titles only (no vectors under "")
         self.indexed = encoder is not None
@@ -118,6 +122,17 @@ class Tables:
         if not recent:
             return []
         return index.nearest(np.stack(recent), n, exclude=set(history))
+
+    def text_cosine(self, history: Sequence[str], items: Sequence[str]) -> dict[str, float]:
+        """Each of `items` that has a vector: its title's similarity to the user (max cosine to the
+        `RECENT_ITEMS` newest history items' vectors, as `text_neighbours` ranks); empty without them."""
+        if not self.indexed or not items:
+            return {}
+        index = self._follower.index
+        recent = [index.vector(i) for i in history[:RECENT_ITEMS] if i in index]
+        if not recent:
+            return {}
+        return index.similarity(np.stack(recent), items)
 
     async def neighbours_for(self, items: list[str]) -> dict[str, list[str]]:
         """Co-visitation neighbours of `items`, merged over the shares, best first."""

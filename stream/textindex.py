@@ -78,6 +78,17 @@ class TextIndex:
         self._ids.pop()
         return True
 
+    def similarity(self, query_vectors: np.ndarray, items: Collection[str]) -> dict[str, float]:
+        """Each indexed one of `items` -> its max cosine to the query vectors (the score `nearest` ranks by)."""
+        rows = [(item, self._rows[item]) for item in items if item in self._rows]
+        if not rows:
+            return {}
+        queries = np.asarray(query_vectors, dtype=np.float32).reshape(-1, self.dim)
+        if queries.shape[0] == 0:
+            return {}
+        scores = (self._matrix[[r for _, r in rows]] @ queries.T).max(axis=1)
+        return {item: float(x) for (item, _), x in zip(rows, scores, strict=True)}
+
     def nearest(self, query_vectors: np.ndarray, n: int, exclude: Collection[str] = ()) -> list[str]:
         """The `n` items most similar to any of the query vectors (max cosine over the queries, rows are
         unit vectors), best first, ties in row order; `exclude` never comes back."""

@@ -4,6 +4,7 @@ title it shares), and its candidates merge co-visitation with text neighbours.""
 
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from rankstream.ops.catalog import embed_catalog, wait_applied, write_title_vectors
@@ -11,10 +12,13 @@ from rankstream.stream import batch as b
 from rankstream.stream.candidates import covisit_candidates
 from rankstream.stream.catalogstore import Encoders, newest_change, pack, write_changes
 from rankstream.stream.encoder import TextEncoder
+from rankstream.stream.errors import ConfigError
 from rankstream.stream.events import ClickEvent
 from rankstream.stream.ranker import Ranker
-from rankstream.stream.retrieval import merge
+from rankstream.stream.retrieval import FEATURES, MERGE_FILE, MergeHead, interleave, learned_merge, pool
 from rankstream.stream.scorer import Scorer
+from rankstream.stream.scoring import score_users
+from rankstream.stream.signals import SIGNALS
 from rankstream.stream.store import Store, UserState
 from rankstream.stream.tables import Tables
 
@@ -107,8 +111,70 @@ async def test_candidates_merge_covisitation_and_text(stack, store: Store, tiny_
     text = tables.text_neighbours(plan.history, s.text_candidates)
     cands, pairs = b.candidate_pairs(plan, neighbours, trending, tables.catalog, s.candidates, text)
     covisit = covisit_candidates(plan.history, neighbours, trending, s.candidates)
-    assert cands == merge(covisit, text, s.candidates)
+    assert cands == interleave(covisit, text, s.candidates)
     assert len(cands) == len(set(cands)) == len(pairs) <= s.candidates
     assert ITEMS[5] not in cands
     # Ten of co-visitation first, then text and co-visitation in turn: all four text neighbours fit.
     assert len(text) == 4 and cands[:10] == covisit[:10] and set(text) <= set(cands)
+
+
+class _Recorder:
+    """A stand-in model reading signals: records the lists and rows it is given, scores them in order."""
+
+    version = "recorder"
+    signals = SIGNALS.version
+    linear = None
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[list[tuple[str, str]]], list[np.ndarray] | None]] = []
+
+    def score_lists(self, lists, signals=None, *, top=0):  # type: ignore[no-untyped-def]
+        self.calls.append((list(lists), None if signals is None else list(signals)))
+        return [-np.arange(len(pairs), dtype=np.float32) for pairs in lists]
+
+
+async def test_a_learned_merge_picks_the_candidates_and_their_rows(
+    stack, store: Store, tiny_model, encoder_dir, topic, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """With RANKSTREAM_MERGE_DIR, a user's candidates are the head's pick from the pool of both sources,
+    computed from what the scorer reads (as the offline walk computes them), and the model gets the
+    picked candidates' signal rows; a bad merge file stops the start with the setting named."""
+    weight = np.zeros(len(FEATURES))
+    weight[FEATURES.index("cosine")] = 1.0  # title similarity alone: text neighbours come first
+    n = len(FEATURES)
+    head = MergeHead("m-test", SIGNALS.version, "b", 20, 4, np.zeros(n), np.ones(n), weight, 0.0)
+    (tmp_path / MERGE_FILE).write_text(head.to_json())
+    s = settings_for(stack, topic, tiny_model).model_copy(
+        update={"encoder_dir": encoder_dir, "merge_dir": tmp_path, "candidates": 20}
+    )
+    await write_title_vectors(store.client, await embed_catalog(s, dict(CATALOG)))
+    encoder = TextEncoder.load(encoder_dir)
+    tables = Tables(store, encoder=(encoder.version, encoder.dim), merge=MergeHead.read(tmp_path))
+    await tables.load()
+    ev = ClickEvent(user_id="u1", item_id=ITEMS[5], ts=datetime(2011, 11, 2, tzinfo=UTC))
+    valid = b.Valid(0, 0, 1_700_000_000_000, ev, topic, b"u1", ev.to_bytes())
+    plan = b.plan_user("u1", [valid], UserState((), None, None), s.history_len)
+    assert plan is not None
+    neighbours = await tables.neighbours_for(b.recent_items([plan]))
+    model = _Recorder()
+    scored = await score_users(model, [plan], neighbours, tables, s)  # type: ignore[arg-type]
+    assert not scored.failed and len(scored.writes) == 1
+
+    # The same pick from the parts, as `rankstream eval --merge` makes it offline.
+    covisit = b.covisit_pool(plan, neighbours, await tables.trending(), tables.catalog, 20)
+    text = tables.text_neighbours(plan.history, 4)
+    pooled = pool(covisit, text)
+    lists = {**neighbours, **await tables.neighbours_for(pooled.items)}
+    rows = b.user_signals(plan, pooled.items, lists, await tables.counts_for(pooled.items), tables.catalog)
+    cosine = tables.text_cosine(plan.history, pooled.items)
+    want, want_rows = learned_merge(head, pooled, rows, cosine, 20)
+    assert len(text) == 4 and want[:4] == text  # by cosine alone, the text neighbours lead
+    ((got_lists, got_rows),) = model.calls
+    assert got_lists == [b.pairs_for(plan, want, tables.catalog)]
+    assert got_rows is not None
+    np.testing.assert_array_equal(got_rows[0], want_rows)
+    assert [c for c, _ in scored.writes[0].items] == want[: s.top_k]
+
+    (tmp_path / MERGE_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="RANKSTREAM_MERGE_DIR.*not JSON"):
+        Scorer(s, Ranker.load(tiny_model), store)

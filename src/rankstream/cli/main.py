@@ -23,6 +23,7 @@ from rankstream.stream.rollouts import DEFAULT_SHADOW_SAMPLE
 if TYPE_CHECKING:  # pandas-free at run time: `rankstream serve` starts without it
     from rankstream.data.split import Split, SplitByDays
     from rankstream.evaluation.text import ItemVectors
+    from rankstream.stream.retrieval import MergeHead
 
 
 def home() -> Path:
@@ -318,6 +319,17 @@ def _steps(text: str) -> tuple[int, ...]:
     return tuple(_positive(x) for x in text.split(",") if x.strip())
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from rankstream.jobs.merge import MergeConfig, fit_merge
+
+    config = MergeConfig(args.pool_covisit, args.pool_text, args.candidates, args.fit_days)
+    if config.pool_text < 0:
+        raise ConfigError(f"--pool-text is a count of text neighbours (0: none), got {config.pool_text}")
+    report = fit_merge(args.data or home() / "data", args.encoder, args.out or home() / "merge", config)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
 def _embed(args: argparse.Namespace) -> int:
     from rankstream.jobs.embed import EmbedConfig, EmbedJob
 
@@ -343,8 +355,8 @@ def _eval(args: argparse.Namespace) -> int:
         from rankstream.evaluation.text import PRETRAINED, TUNED
         from rankstream.stream.settings import load_settings
 
-        if args.encoder and not args.text:
-            raise ConfigError("--encoder DIR gives the text orders their vectors: add --text")
+        if (args.encoder or args.merge) and not args.text:
+            raise ConfigError("--encoder DIR and --merge DIR need the text orders' vectors: add --text")
         if args.open_baskets < 0:
             raise ConfigError(f"--open-baskets is a count of open states per basket (0: none), got {args.open_baskets}")
         chosen = resolve_model_dir(args.model) if args.model else installed_model(home() / "models")
@@ -365,6 +377,7 @@ def _eval(args: argparse.Namespace) -> int:
             encoder=encoder,
             names=names,
             open_baskets=args.open_baskets,
+            merge=None if args.merge is None else _merge_head(args.merge),
         )
         print(e2e.to_json() if args.json else e2e.format())
         return 0
@@ -372,6 +385,15 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(args.data or home() / "data", model, split=args.split, max_instances=args.max_instances)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
+
+
+def _merge_head(directory: Path) -> "MergeHead":
+    from rankstream.stream.retrieval import MergeError, MergeHead
+
+    try:
+        return MergeHead.read(directory)
+    except MergeError as exc:
+        raise ConfigError(f"--merge: {exc}") from exc
 
 
 def _recs(args: argparse.Namespace) -> int:
@@ -638,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
         "covisit-live-cosine-tuned",
     )
     s.add_argument(
+        "--merge",
+        type=Path,
+        metavar="DIR",
+        help="with --text: add the learned merge's orders (`rankstream merge fit`), merged-learned and "
+        "model-merged; give --encoder the bi-encoder it was fitted on",
+    )
+    s.add_argument(
         "--open-baskets",
         type=int,
         default=1,
@@ -670,6 +699,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path)
     s.add_argument("--out", type=Path, help="default: $RANKSTREAM_HOME/embed")
     s.set_defaults(fn=_embed)
+
+    s = sub.add_parser(
+        "merge",
+        help="fit a learned merge of co-visitation and text candidates on the train split's last days, "
+        "check it on valid, write merge.json (RANKSTREAM_MERGE_DIR)",
+    )
+    s.add_argument("action", choices=["fit"])
+    s.add_argument("--encoder", type=Path, required=True, help="the bi-encoder whose title vectors the scorers search")
+    s.add_argument("--pool-covisit", type=_positive, default=200, help="co-visitation candidates pooled per user")
+    s.add_argument("--pool-text", type=int, default=50, help="text neighbours pooled per user")
+    s.add_argument("--candidates", type=_positive, default=50, help="candidates it picks (RANKSTREAM_CANDIDATES)")
+    s.add_argument("--fit-days", type=_positive, default=90, help="the train split's last days the head is fitted on")
+    s.add_argument("--data", type=Path)
+    s.add_argument("--out", type=Path, help="default: $RANKSTREAM_HOME/merge")
+    s.set_defaults(fn=_merge)
 
     s = sub.add_parser("recs", help="print a user's list as a frontend reads it")
     s.add_argument("user")

@@ -20,6 +20,10 @@ Definitions (also in docs/results.md, "End to end on all test baskets"):
   candidates re-ordered by their text similarity to the user (`rankstream.evaluation.text` defines all three).
   With vectors from a bi-encoder fine-tuned on co-purchase (`--encoder DIR`), the same three orders are
   named `text-tuned`, `merged-tuned` and `covisit-live-cosine-tuned`.
+  With a learned merge given (`--merge DIR`, `stream.retrieval.MergeHead`): `merged-learned`, the 50
+  candidates its head picks from the pool of co-visitation candidates and text neighbours, in its order
+  (`rankstream.evaluation.merge`, from the same live walk); `model-merged`, the model re-ordering those
+  candidates with their signal rows, as a scorer with RANKSTREAM_MERGE_DIR does.
 - ndcg@10, recall@10, mrr: of the order against ALL positives, averaged over baskets. A positive that is
   not among the candidates is a miss; the ideal DCG counts min(10, |positives|) hits.
 - candidate_recall@50: mean over baskets of |positives ∩ candidates| / |positives|.
@@ -45,8 +49,10 @@ from typing import Protocol
 
 import numpy as np
 
+from rankstream.data.instances import Instance
 from rankstream.data.live_instances import PARTITIONS, LiveInstances, live_instances
 from rankstream.data.prepare import Prepared
+from rankstream.evaluation.merge import merged_orders, pooled_baskets
 from rankstream.evaluation.metrics import ndcg_at, recall_at, reciprocal_rank
 from rankstream.evaluation.text import PRETRAINED, TUNED, ItemVectors, OrderNames, TextNote, text_orders
 from rankstream.stream.artifact import load_manifest
@@ -57,6 +63,7 @@ from rankstream.stream.features import candidate_text, history_text
 from rankstream.stream.linear import LinearPart
 from rankstream.stream.live import LiveParams
 from rankstream.stream.ranker import Ranker
+from rankstream.stream.retrieval import MergeHead
 from rankstream.stream.scoring import rerank_top_for
 from rankstream.stream.service import resolve_model_dir
 from rankstream.stream.settings import Settings
@@ -71,12 +78,19 @@ FROZEN, LIVE, MODEL = "covisit-frozen", "covisit-live", "model-live"
 # The text ablation: the same model with its text part at zero, i.e. its linear part alone (position prior +
 # signal head) ordering the same live candidates with the same signals.
 NO_TEXT = "model-live-no-text"
+# The learned merge (`--merge DIR`): its candidates in its own order, and the model's order of them.
+MERGED_LEARNED, MODEL_MERGED = "merged-learned", "model-merged"
 MEAN_METRICS = ("ndcg@10", "recall@10", "mrr", "candidate_recall@50")
 POOLED_METRICS = ("cold_reached", "warm_reached")
 PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN), (MODEL, NO_TEXT))
 PAIRED_METRICS = ("ndcg@10", "recall@10", "candidate_recall@50")
 # Text's case rests on reaching items co-visitation cannot, new ones above all: its pairs add that share.
-TEXT_PAIRS = tuple((name, LIVE) for names in (PRETRAINED, TUNED) for name in (names.text, names.merged, names.cosine))
+TEXT_PAIRS = (
+    *((name, LIVE) for names in (PRETRAINED, TUNED) for name in (names.text, names.merged, names.cosine)),
+    (MERGED_LEARNED, LIVE),
+    (MODEL_MERGED, LIVE),
+    (MODEL_MERGED, MODEL),
+)
 TEXT_PAIRED_METRICS = (*PAIRED_METRICS, "cold_reached")
 
 Pairs = Sequence[tuple[str, str]]
@@ -364,12 +378,24 @@ def model_orders(
 ) -> list[list[str]]:
     """Each basket's live candidates as the model orders them (ties: the candidate order, as `top_k`)."""
     cands = [in_catalog(inst.candidates, catalog) for inst in live.instances]
+    return ranked_lists(ranker, [i.history for i in live.instances], cands, live.signals, catalog, rerank_top)
+
+
+def ranked_lists(
+    ranker: ListScorer,
+    histories: Sequence[Sequence[str]],
+    cands: Sequence[Sequence[str]],
+    signals: Sequence[np.ndarray] | None,
+    catalog: Mapping[str, str],
+    rerank_top: int,
+) -> list[list[str]]:
+    """Each user's candidates (with their signal rows) as the model orders them, as the scorer calls it."""
     lists = []
-    for inst, cs in zip(live.instances, cands, strict=True):
-        query = history_text([catalog[i] for i in inst.history if i in catalog])
+    for history, cs in zip(histories, cands, strict=True):
+        query = history_text([catalog[i] for i in history if i in catalog])
         lists.append([(query, candidate_text(catalog[c], r)) for r, c in enumerate(cs)])
-    signals = live.signals if ranker.signals is not None else None
-    scores = ranker.score_lists(lists, signals, top=rerank_top)
+    fed = signals if ranker.signals is not None else None
+    scores = ranker.score_lists(lists, fed, top=rerank_top)
     return [[c for c, _ in top_k(cs, s.tolist(), len(cs))] for cs, s in zip(cands, scores, strict=True)]
 
 
@@ -418,11 +444,12 @@ def measure(
     names: OrderNames = PRETRAINED,
     open_baskets: int = 0,
     params: LiveParams | None = None,
+    merge: MergeHead | None = None,
 ) -> EndToEnd:
     """Every order on every eligible basket of `split` (see the module doc); the text orders too, under
     `names`, when `vectors` (made by `encoder`) are given; and with `open_baskets`, the orders (all but the
     text retrieval ones) on that many open states of each basket. `params`: the live tables' settings
-    (default: the scorer's)."""
+    (default: the scorer's). With `merge` (fitted on `vectors`), the learned merge's orders too."""
     t0 = time.perf_counter()
     catalog = prepared.catalog
     with_signals = ranker is not None and ranker.signals is not None
@@ -454,6 +481,10 @@ def measure(
         orders.update(text_orders(vectors, [i.history for i in insts], orders[LIVE], catalog, N_CANDIDATES, names))
         seconds["text"] = round(time.perf_counter() - t2, 1)
         text_note = TextNote(encoder, len(vectors.ids), int(vectors.matrix.shape[1]))
+    if merge is not None:
+        t4 = time.perf_counter()
+        orders.update(_merge_orders(prepared, split, merge, vectors, insts, ranker, rerank_top, params, partitions))
+        seconds["merge"] = round(time.perf_counter() - t4, 1)
     scores = {name: BasketScores.of(o, positives, sold) for name, o in orders.items()}
     idx = resample_indices(len(insts), resamples)
     pairs = {f"{a}_vs_{b}": paired(scores[a], scores[b], idx) for a, b in PAIRS if a in scores and b in scores}
@@ -499,6 +530,46 @@ def measure(
     )
 
 
+def _merge_orders(
+    prepared: Prepared,
+    split: str,
+    merge: MergeHead,
+    vectors: ItemVectors | None,
+    insts: Sequence[Instance],
+    ranker: ListScorer | None,
+    rerank_top: int,
+    params: LiveParams | None,
+    partitions: int,
+) -> dict[str, list[list[str]]]:
+    """The learned merge's candidates in its own order, and the model's order of them, per basket."""
+    if merge.pool_text and vectors is None:
+        raise ConfigError(f"the merge {merge.version} pools {merge.pool_text} text neighbours: give item vectors")
+    pooled = pooled_baskets(
+        prepared.interactions,
+        [prepared.frame(split)],
+        prepared.catalog,
+        vectors,
+        merge.pool_covisit,
+        merge.pool_text,
+        params=params,
+        partitions=partitions,
+    )[0]
+    if [(b.history, b.positives) for b in pooled] != [(tuple(i.history), i.positives) for i in insts]:
+        raise RuntimeError("the merge's walk found other baskets than the live one")  # one definition of both
+    merged = merged_orders(merge, pooled, N_CANDIDATES)
+    out = {MERGED_LEARNED: [items for items, _ in merged]}
+    if ranker is not None:
+        out[MODEL_MERGED] = ranked_lists(
+            ranker,
+            [b.history for b in pooled],
+            out[MERGED_LEARNED],
+            [rows for _, rows in merged],
+            prepared.catalog,
+            rerank_top,
+        )
+    return out
+
+
 def installed_model(models: Path) -> Path | None:
     """The artifact `rankstream eval` picks in a models folder (the newest version), or None when it holds none."""
     try:
@@ -538,6 +609,7 @@ def run_end_to_end(
     encoder: str = "",
     names: OrderNames = PRETRAINED,
     open_baskets: int = 0,
+    merge: MergeHead | None = None,
 ) -> EndToEnd:
     """`measure` on prepared data, with `model_dir` (None: no model-live row) loaded as the scorer loads it,
     and the text orders, under `names`, when `embed` (the catalog's titles -> their vectors, made by
@@ -557,5 +629,6 @@ def run_end_to_end(
         encoder=encoder,
         names=names,
         open_baskets=open_baskets,
+        merge=merge,
     )
     return result if vectors is None else replace(result, seconds={"embed": embed_s, **result.seconds})

@@ -9,7 +9,7 @@ Definitions (also in docs/results.md, "Text retrieval, pretrained (no training)"
   ties in the vectors' row order. The search is exact, every vector against every recent one: at a
   few thousand items that is one small matrix product per user, and an approximate index would only
   add error.
-- The merged order: `stream.retrieval.merge`, the one the scorer serves with RANKSTREAM_TEXT_CANDIDATES.
+- The merged order: `stream.retrieval.interleave`, the one the scorer serves with RANKSTREAM_TEXT_CANDIDATES.
 """
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rankstream.stream.candidates import in_catalog
-from rankstream.stream.retrieval import merge
+from rankstream.stream.retrieval import interleave
 from rankstream.stream.signals import RECENT_ITEMS
 
 
@@ -113,7 +113,7 @@ def text_orders(
     text = [in_catalog(text_neighbours(vectors, h, n), catalog) for h in histories]
     return {
         names.text: text,
-        names.merged: [merge(lv, tx, n) for lv, tx in zip(live, text, strict=True)],
+        names.merged: [interleave(lv, tx, n) for lv, tx in zip(live, text, strict=True)],
         names.cosine: [by_similarity(vectors, h, lv) for h, lv in zip(histories, live, strict=True)],
     }
 

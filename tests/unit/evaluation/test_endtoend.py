@@ -12,8 +12,11 @@ import pytest
 from rankstream.data.prepare import Prepared, prepare
 from rankstream.data.split import Split
 from rankstream.evaluation.endtoend import BasketScores, measure, resample_indices
+from rankstream.evaluation.merge import PooledBasket, fit_head
 from rankstream.evaluation.text import ItemVectors
+from rankstream.stream.errors import ConfigError
 from rankstream.stream.live import partition_of
+from rankstream.stream.retrieval import FEATURES, MergeHead, merge_features, pool
 from rankstream.stream.signals import SIGNALS
 
 # Users all on partition 0 of 4, so the live tables are one share and its trending is worked out below.
@@ -279,3 +282,55 @@ def test_the_no_text_order_is_the_linear_part_alone(shop: Prepared, signal_fp32_
         assert sorted(order) == sorted(cands)
         scores = dict(zip(cands, ranker.linear.scores(len(cands), sig), strict=True))
         assert [scores[c] for c in order] == sorted(scores.values(), reverse=True)
+
+
+def _merge_head(weights: dict[str, float], pool_text: int = 5) -> MergeHead:
+    w = np.array([weights.get(name, 0.0) for name in FEATURES])
+    n = len(FEATURES)
+    return MergeHead("m-hand", SIGNALS.version, "hand-made", 50, pool_text, np.zeros(n), np.ones(n), w, 0.0)
+
+
+def test_a_merge_that_keeps_the_covisitation_order_scores_as_it(shop: Prepared) -> None:
+    """A head weighing only the co-visitation place (its rank first, then text-only items last) picks the
+    live list, in its order: every figure of `merged-learned` is `covisit-live`'s, and the model is given
+    those candidates with the rows `live_instances` computes for them."""
+    model = Reverser(SIGNALS.version)
+    head = _merge_head({"covisit_rank_log": -1.0, "from_covisit": 100.0}, pool_text=0)
+    result = measure(shop, "test", ranker=model, rerank_top=0, vectors=SHOP_VECTORS, merge=head)
+    assert result.orders["merged-learned"] == result.orders["covisit-live"]
+    assert result.orders["model-merged"] == result.orders["model-live"]
+    (_, live_rows, _), (_, merged_rows, _) = model.calls
+    assert live_rows is not None and merged_rows is not None
+    for a, b in zip(live_rows, merged_rows, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert result.paired["merged-learned_vs_covisit-live"]["candidate_recall@50"].ratio == pytest.approx(1.0)
+
+
+def test_a_merge_by_title_reaches_the_items_covisitation_cannot(shop: Prepared) -> None:
+    """A head weighing the text cosine alone over a pool of both sources: u1's list starts with e (its
+    nearest title, never sold in train), u10's with f (never sold at all), and every positive is reached."""
+    head = _merge_head({"cosine": 1.0})
+    result = measure(shop, "test", ranker=Reverser(SIGNALS.version), rerank_top=0, vectors=SHOP_VECTORS, merge=head)
+    merged = result.orders["merged-learned"].metrics
+    assert merged["candidate_recall@50"] == 1.0 and merged["cold_reached"] == 1.0
+    assert merged["ndcg@10"] > result.orders["covisit-live"].metrics["ndcg@10"]
+    ratio = result.paired["merged-learned_vs_covisit-live"]["candidate_recall@50"].ratio
+    assert ratio == pytest.approx(2.0)  # covisit-live reaches c of u1's (c, e) and none of u10's (f)
+    with pytest.raises(ConfigError, match="pools 5 text neighbours"):
+        measure(shop, "test", merge=head)
+
+
+def test_a_fitted_head_learns_what_marks_a_positive() -> None:
+    rng = np.random.default_rng(0)
+    baskets = []
+    for k in range(200):
+        items = [f"i{k}-{j}" for j in range(20)]
+        signals = rng.normal(size=(20, len(SIGNALS.names))).astype(np.float32)
+        p = pool(items, [])
+        positives = frozenset(i for i, s in zip(items, signals[:, 5], strict=True) if s > 1.0) or frozenset(items[:1])
+        baskets.append(PooledBasket(tuple(), positives, p, signals, merge_features(p, signals, {})))
+    head = fit_head(baskets, version="m", signal_set=SIGNALS.version, encoder="", pool_covisit=20, pool_text=0)
+    assert int(np.argmax(head.weight)) == 5  # pop7_log decides here, and the head found it
+    assert head.weight[FEATURES.index("cosine")] == 0.0  # a constant feature gets no weight
+    with pytest.raises(ValueError, match="cannot fit"):
+        fit_head(baskets[:0], version="m", signal_set="s", encoder="", pool_covisit=1, pool_text=0)

@@ -137,6 +137,15 @@ def test_text_candidates_need_an_encoder(tmp_path) -> None:  # type: ignore[no-u
     assert load_settings().text_candidates == 0  # off unless asked: the served models were trained without it
 
 
+def test_a_merge_needs_an_encoder_and_replaces_the_interleave(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="RANKSTREAM_MERGE_DIR=.* needs RANKSTREAM_ENCODER_DIR"):
+        load_settings(merge_dir=tmp_path)
+    with pytest.raises(ConfigError, match="set one"):
+        load_settings(merge_dir=tmp_path, encoder_dir=tmp_path, text_candidates=20)
+    assert load_settings(merge_dir=tmp_path, encoder_dir=tmp_path).merge_dir == tmp_path
+    assert load_settings().merge_dir is None
+
+
 def test_ort_spin_reads_as_an_operator_writes_it_and_refuses_anything_else(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().ort_spin is True
     for text, want in (("false", False), ("0", False), ("true", True), ("1", True)):
