@@ -77,14 +77,17 @@ def fit_merge(data_dir: Path, encoder_dir: Path, out_dir: Path, config: MergeCon
     )
     version = time.strftime("m%Y%m%d-%H%M%S", time.gmtime())
     encoder = _encoder_version(encoder_dir)
-    head = fit_head(
-        fit,
-        version=version,
-        signal_set=SIGNALS.version,
-        encoder=encoder,
-        pool_covisit=config.pool_covisit,
-        pool_text=config.pool_text,
-    )
+    try:
+        head = fit_head(
+            fit,
+            version=version,
+            signal_set=SIGNALS.version,
+            encoder=encoder,
+            pool_covisit=config.pool_covisit,
+            pool_text=config.pool_text,
+        )
+    except ValueError as exc:  # no eligible basket, or no positive in any pool, in the fit window
+        raise MergeRefused(f"{exc}: widen --fit-days (now {config.fit_days}) or bring more history") from exc
     merged = candidate_recall([items for items, _ in merged_orders(head, valid, config.candidates)], valid)
     covisit = candidate_recall(covisit_orders(valid, config.candidates), valid)
     report = MergeReport(version, encoder, len(fit), len(valid), merged, covisit, round(time.perf_counter() - t0, 1))
