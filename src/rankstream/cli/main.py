@@ -176,7 +176,7 @@ def _bench_stream(args: argparse.Namespace) -> int:
 
     model = resolve_model_dir(args.model or home() / "models")
     given = (("rerank_top", args.rerank_top), ("score_chunk_users", args.chunk_users), ("user_quiet_ms", args.quiet_ms))
-    given += (("text_candidates", args.text_candidates), ("encoder_dir", args.encoder))
+    given += (("text_candidates", args.text_candidates), ("encoder_dir", args.encoder), ("merge_dir", args.merge))
     overrides = {k: v for k, v in given if v is not None}
     options = {"events": args.events, "share": args.share, "live_events": args.live_events, **overrides}
     options["with_tables"] = args.with_tables
@@ -515,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--with-tables", action="store_true", help="a `rankstream tables` replica beside the scorer")
     b.add_argument("--text-candidates", type=int, help="RANKSTREAM_TEXT_CANDIDATES for this run (needs --encoder)")
     b.add_argument("--encoder", type=Path, help="RANKSTREAM_ENCODER_DIR for this run: the title vectors to search")
+    b.add_argument("--merge", type=Path, help="RANKSTREAM_MERGE_DIR for this run: a learned merge (needs --encoder)")
     b.add_argument(
         "--shadow",
         type=float,
