@@ -33,6 +33,7 @@ from rankstream.ops.load import split_events
 from rankstream.stream.catalog import CatalogItem
 from rankstream.stream.catalogstore import newest_change
 from rankstream.stream.events import ClickEvent
+from rankstream.stream.retrieval import MergeHead
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
 
@@ -68,6 +69,7 @@ class CatalogBench(Record):
     rate: float
     replicas: int
     text_candidates: int
+    merge: str  # the learned merge's version ("" for none: the interleave of `text_candidates`)
     encoder: str
     model: str
     publish_to_stored_ms: Times
@@ -104,11 +106,13 @@ async def bench_catalog(
     every_s: float = 0.5,
     replicas: int = 1,
     text_candidates: int = 20,
+    merge: Path | None = None,
 ) -> CatalogBench:
     """Run the load, publish `items` new items one every `every_s`, and return the figures (module docstring)."""
     settings = bench_settings(home, "bench-catalog")
     name = settings.topic
-    settings = _with_catalog(settings, name, encoder, text_candidates)
+    text_candidates = 0 if merge is not None else text_candidates  # the merge pools its own
+    settings = _with_catalog(settings, name, encoder, text_candidates, merge)
     store, registry, versions = await open_registry(settings, home, [model], "bench-catalog", distinct=1)
     folder = home / "bench-catalog" / "replicas"
     try:
@@ -127,6 +131,7 @@ async def bench_catalog(
         extra = {
             "encoder_dir": encoder,
             "text_candidates": text_candidates,
+            **({} if merge is None else {"merge_dir": merge}),
             "catalog_topic": settings.catalog_topic,
             "catalog_dlq_topic": settings.catalog_dlq_topic,
             "catalog_group_id": settings.catalog_group_id,
@@ -154,6 +159,7 @@ async def bench_catalog(
         rate=rate,
         replicas=replicas,
         text_candidates=text_candidates,
+        merge="" if merge is None else MergeHead.read(merge).version,
         encoder=vectors.version if vectors else "",
         model=versions[0],
         publish_to_stored_ms=times_of([s for s in stored if s is not None]),
@@ -167,7 +173,9 @@ async def bench_catalog(
     )
 
 
-def _with_catalog(settings: Settings, name: str, encoder: Path, text_candidates: int) -> Settings:
+def _with_catalog(
+    settings: Settings, name: str, encoder: Path, text_candidates: int, merge: Path | None = None
+) -> Settings:
     """The bench's settings with a fresh catalog topic, its DLQ and group, and text retrieval on."""
     return settings.model_copy(
         update={
@@ -176,6 +184,7 @@ def _with_catalog(settings: Settings, name: str, encoder: Path, text_candidates:
             "catalog_group_id": f"g-{name}.catalog",
             "encoder_dir": encoder,
             "text_candidates": text_candidates,
+            "merge_dir": merge,
         }
     )
 
@@ -230,7 +239,8 @@ def format_catalog(r: CatalogBench) -> str:
 
     rows = [
         f"new items: {r.items} at one per publish under {r.rate:g} events/s, {r.replicas} scorer replica(s), "
-        f"{r.text_candidates} text candidates, encoder {r.encoder}, model {r.model}",
+        f"{f'learned merge {r.merge}' if r.merge else f'{r.text_candidates} text candidates'}, "
+        f"encoder {r.encoder}, model {r.model}",
         f"publish -> stored (catalog job): {cell(r.publish_to_stored_ms)} ms",
         f"publish -> servable (every replica): {cell(r.publish_to_servable_ms)} ms; never: {r.never_servable}",
         f"probe users whose list holds the new item: {r.probes_listing_new} / {r.probes}",

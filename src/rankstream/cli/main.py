@@ -250,6 +250,7 @@ def _bench_catalog(args: argparse.Namespace) -> int:
         "rate": args.rate,
         "replicas": args.replicas,
         "text_candidates": args.text_candidates,
+        "merge": args.merge,
     }
     result = asyncio.run(bench_catalog(home(), model, args.encoder, **options))
     print(result.to_json() if args.json else format_catalog(result))
@@ -573,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", type=float, default=300.0, help="events/s of the click load beside it")
     b.add_argument("--replicas", type=int, default=1)
     b.add_argument("--text-candidates", type=int, default=20)
+    b.add_argument("--merge", type=Path, help="RANKSTREAM_MERGE_DIR: a learned merge instead of the interleave")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_catalog)
     b = bench.add_parser("canary", help="a canary under load, promoted or rolled back by the replicas on live figures")

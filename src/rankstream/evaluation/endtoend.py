@@ -23,7 +23,8 @@ Definitions (also in docs/results.md, "End to end on all test baskets"):
   With a learned merge given (`--merge DIR`, `stream.retrieval.MergeHead`): `merged-learned`, the 50
   candidates its head picks from the pool of co-visitation candidates and text neighbours, in its order
   (`rankstream.evaluation.merge`, from the same live walk); `model-merged`, the model re-ordering those
-  candidates with their signal rows, as a scorer with RANKSTREAM_MERGE_DIR does.
+  candidates with their signal rows, as a scorer with RANKSTREAM_MERGE_DIR does; `model-merged-no-text`,
+  its linear part alone on them (JSON `text_ablation_merged`).
 - ndcg@10, recall@10, mrr: of the order against ALL positives, averaged over baskets. A positive that is
   not among the candidates is a miss; the ideal DCG counts min(10, |positives|) hits.
 - candidate_recall@50: mean over baskets of |positives ∩ candidates| / |positives|.
@@ -80,6 +81,7 @@ FROZEN, LIVE, MODEL = "covisit-frozen", "covisit-live", "model-live"
 NO_TEXT = "model-live-no-text"
 # The learned merge (`--merge DIR`): its candidates in its own order, and the model's order of them.
 MERGED_LEARNED, MODEL_MERGED = "merged-learned", "model-merged"
+MODEL_MERGED_NO_TEXT = "model-merged-no-text"  # the text ablation on the merge's candidates
 MEAN_METRICS = ("ndcg@10", "recall@10", "mrr", "candidate_recall@50")
 POOLED_METRICS = ("cold_reached", "warm_reached")
 PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN), (MODEL, NO_TEXT))
@@ -90,6 +92,7 @@ TEXT_PAIRS = (
     (MERGED_LEARNED, LIVE),
     (MODEL_MERGED, LIVE),
     (MODEL_MERGED, MODEL),
+    (MODEL_MERGED, MODEL_MERGED_NO_TEXT),
 )
 TEXT_PAIRED_METRICS = (*PAIRED_METRICS, "cold_reached")
 
@@ -305,6 +308,11 @@ class EndToEnd:
             out["text_ablation"] = {
                 name: {"ndcg@10": self.orders[o].metrics["ndcg@10"], "ci95": _listed(self.orders[o].ci95["ndcg@10"])}
                 for name, o in (("with_text", MODEL), ("without_text", NO_TEXT))
+            }
+        if MODEL_MERGED_NO_TEXT in self.orders:
+            out["text_ablation_merged"] = {
+                name: {"ndcg@10": self.orders[o].metrics["ndcg@10"], "ci95": _listed(self.orders[o].ci95["ndcg@10"])}
+                for name, o in (("with_text", MODEL_MERGED), ("without_text", MODEL_MERGED_NO_TEXT))
             }
         if self.open_baskets is not None:
             ob = self.open_baskets
@@ -567,6 +575,12 @@ def _merge_orders(
             prepared.catalog,
             rerank_top,
         )
+        linear = getattr(ranker, "linear", None)
+        if linear is not None:
+            out[MODEL_MERGED_NO_TEXT] = [
+                [c for c, _ in top_k(items, linear.scores(len(items), rows).tolist(), len(items))]
+                for items, rows in merged
+            ]
     return out
 
 

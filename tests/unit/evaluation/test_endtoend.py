@@ -334,3 +334,18 @@ def test_a_fitted_head_learns_what_marks_a_positive() -> None:
     assert head.weight[FEATURES.index("cosine")] == 0.0  # a constant feature gets no weight
     with pytest.raises(ValueError, match="cannot fit"):
         fit_head(baskets[:0], version="m", signal_set="s", encoder="", pool_covisit=1, pool_text=0)
+
+
+def test_the_merged_ablation_is_the_linear_part_on_the_merges_candidates(
+    shop: Prepared, signal_fp32_artifact: Path
+) -> None:
+    from rankstream.stream.ranker import Ranker
+
+    ranker = Ranker.load(signal_fp32_artifact)
+    head = _merge_head({"covisit_rank_log": -1.0, "from_covisit": 100.0}, pool_text=0)
+    result = measure(shop, "test", ranker=ranker, rerank_top=0, vectors=SHOP_VECTORS, merge=head)
+    # This head picks the live candidates in their order, so its ablation is the live one.
+    assert result.orders["model-merged-no-text"] == result.orders["model-live-no-text"]
+    ablation = result.to_dict()["text_ablation_merged"]
+    assert set(ablation) == {"with_text", "without_text"}
+    assert ablation["without_text"]["ndcg@10"] == result.orders["model-live-no-text"].metrics["ndcg@10"]
