@@ -100,7 +100,15 @@ def _compress(args: argparse.Namespace) -> int:
     out = args.out or home() / "compress"
     if args.restart:
         clean(out, args.preset)
-    root = compress(args.data or home() / "data", out, args.preset)
+    data = args.data or home() / "data"
+    merge = None
+    if args.merge is not None or args.encoder is not None:
+        from rankstream.jobs.merge import merge_for_training
+
+        if args.merge is None or args.encoder is None:
+            raise ConfigError("--merge DIR and --encoder DIR go together: the merge and the vectors it was fitted on")
+        merge = merge_for_training(data, args.merge, args.encoder)
+    root = compress(data, out, args.preset, merge)
     print(f"report: {root / 'report.md'} (+ report.json, pareto.png)")
     if args.install:
         artifact = best_student(root)
@@ -459,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="runs go to OUT/<preset> (default: $RANKSTREAM_HOME/compress)")
     s.add_argument("--restart", action="store_true", help="discard the preset's previous run instead of resuming")
     s.add_argument("--install", type=Path, metavar="MODELS", help="copy the best gated student into MODELS/<version>")
+    s.add_argument(
+        "--merge", type=Path, metavar="DIR", help="train and gate on a learned merge's candidates (`merge fit`)"
+    )
+    s.add_argument("--encoder", type=Path, metavar="DIR", help="with --merge: the bi-encoder it was fitted on")
     s.set_defaults(fn=_compress)
 
     s = sub.add_parser(

@@ -10,7 +10,7 @@ through here, so a model learns and is judged on the tables it is served with.
 """
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,9 @@ from rankstream.stream.signals import RECENT_ITEMS, candidate_signals
 log = logging.getLogger(__name__)
 
 PARTITIONS = 4  # the shares `rankstream load` seeds by default: the sums the scorer reads
+# Another way to pick a basket's candidates from the tables (a learned merge: `rankstream.evaluation.merge`):
+# (replay just before the basket, history newest first, basket time in ms) -> (candidates, their signal rows).
+Choose = Callable[[LiveReplay, Sequence[str], int], tuple[list[str], np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ def live_instances(
     params: LiveParams | None = None,
     partitions: int = PARTITIONS,
     open_baskets: int = 0,
+    choose: Choose | None = None,
 ) -> LiveInstances:
     """One Instance per eligible basket of `split_frame`, in time order, read from the live tables.
 
@@ -88,6 +92,8 @@ def live_instances(
         params, partitions: the tables' settings and share count (the scorer's defaults).
         open_baskets: also up to this many open states of each basket (`eligible_baskets`), read from the
             tables just before the basket, like the basket itself.
+        choose: the candidates and their signal rows from the tables (default: the co-visitation order
+            of `n_candidates`, `live_candidates`, and `live_signals`).
     """
     eligible, baskets = eligible_baskets(interactions_all, split_frame, open_baskets=open_baskets, seed=seed)
     picked = sample_eligible(eligible, max_instances, seed)
@@ -103,6 +109,12 @@ def live_instances(
             replay.apply(*events[k])
             k += 1
         history = basket[3]
+        if choose is not None:
+            chosen, rows = choose(replay, history, at_ms)
+            instances.append(instance_at(basket, chosen))
+            if signals is not None:
+                signals.append(rows)
+            continue
         inst = instance_at(basket, live_candidates(replay, history, n_candidates))
         instances.append(inst)
         if signals is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rankstream.data.instances import Instance
-from rankstream.data.live_instances import live_instances
+from rankstream.data.live_instances import Choose, live_instances
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.metrics import MetricSums
 from rankstream.stream.candidates import in_catalog
@@ -44,7 +44,11 @@ class EvalSet:
     signals: tuple[np.ndarray, ...] | None = None  # one [len(list), F] matrix per list
 
     @classmethod
-    def build(cls, data_dir: Path, split: str, *, max_instances: int | None, seed: int = 0) -> "EvalSet":
+    def build(
+        cls, data_dir: Path, split: str, *, max_instances: int | None, seed: int = 0, choose: Choose | None = None
+    ) -> "EvalSet":
+        """The split's instances from the live tables (`choose`: a learned merge's candidates instead of
+        co-visitation's)."""
         prepared = Prepared.load(data_dir)
         live = live_instances(
             prepared.interactions,
@@ -53,6 +57,7 @@ class EvalSet:
             n_candidates=N_CANDIDATES,
             max_instances=max_instances,
             seed=seed,
+            choose=choose,
         )
         popularity = prepared.frame("train")["item_id"].value_counts().to_dict()
         return cls.from_instances(split, live.instances, prepared.catalog, popularity, signals=live.signals)

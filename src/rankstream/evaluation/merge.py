@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from rankstream.data.instances import eligible_baskets
-from rankstream.data.live_instances import PARTITIONS, live_candidates, live_signals
+from rankstream.data.live_instances import PARTITIONS, Choose, live_candidates, live_signals
 from rankstream.data.live_replay import LiveReplay, replay_events
 from rankstream.evaluation.text import ItemVectors, similarity, text_neighbours
 from rankstream.stream.candidates import in_catalog
@@ -38,6 +38,43 @@ class PooledBasket:
 
     def labels(self) -> np.ndarray:
         return np.array([i in self.positives for i in self.pool.items], dtype=np.float64)
+
+
+def pooled_at(
+    replay: LiveReplay,
+    history: Sequence[str],
+    at_ms: int,
+    catalog: Mapping[str, str],
+    vectors: ItemVectors | None,
+    pool_covisit: int,
+    pool_text: int,
+) -> tuple[Pool, np.ndarray, np.ndarray]:
+    """A user's pool from the replay's current tables, its signal rows and its features, as a scorer
+    computes them at `at_ms` (`stream.scoring`)."""
+    covisit = in_catalog(live_candidates(replay, history, pool_covisit), catalog)
+    text: list[str] = []
+    cosine: dict[str, float] = {}
+    if vectors is not None and pool_text:
+        text = in_catalog(text_neighbours(vectors, history, pool_text), catalog)
+    p = pool(covisit, text)
+    if vectors is not None:
+        sims = similarity(vectors, history)
+        if sims is not None:
+            cosine = {i: float(sims[vectors.row[i]]) for i in p.items if i in vectors.row}
+    signals = live_signals(replay, history, p.items, catalog, at_ms)
+    return p, signals, merge_features(p, signals, cosine)
+
+
+def merge_chooser(head: MergeHead, vectors: ItemVectors | None, catalog: Mapping[str, str], n: int) -> Choose:
+    """`live_instances`'s `choose` for a learned merge: the head's `n` picks from the pool and their rows,
+    so training lists and gates see the candidates a scorer with that merge serves."""
+
+    def choose(replay: LiveReplay, history: Sequence[str], at_ms: int) -> tuple[list[str], np.ndarray]:
+        p, signals, features = pooled_at(replay, history, at_ms, catalog, vectors, head.pool_covisit, head.pool_text)
+        chosen = head.select(features, n)
+        return [p.items[k] for k in chosen], signals[chosen]
+
+    return choose
 
 
 def pooled_baskets(
@@ -68,20 +105,8 @@ def pooled_baskets(
             replay.apply(*events[k])
             k += 1
         history = basket[3]
-        covisit = in_catalog(live_candidates(replay, history, pool_covisit), catalog)
-        text: list[str] = []
-        cosine: dict[str, float] = {}
-        if vectors is not None and pool_text:
-            text = in_catalog(text_neighbours(vectors, history, pool_text), catalog)
-        p = pool(covisit, text)
-        if vectors is not None:
-            sims = similarity(vectors, history)
-            if sims is not None:
-                cosine = {i: float(sims[vectors.row[i]]) for i in p.items if i in vectors.row}
-        signals = live_signals(replay, history, p.items, catalog, at_ms)
-        out[which].append(
-            PooledBasket(tuple(history), frozenset(basket[4]), p, signals, merge_features(p, signals, cosine))
-        )
+        p, signals, features = pooled_at(replay, history, at_ms, catalog, vectors, pool_covisit, pool_text)
+        out[which].append(PooledBasket(tuple(history), frozenset(basket[4]), p, signals, features))
     log.info("pooled %d baskets in %.0f s", len(picked), time.perf_counter() - t0)
     return out
 

@@ -34,6 +34,7 @@ from rankstream.compression.signal_head import SignalHead
 from rankstream.compression.tiny import tiny_bert, tiny_mpnet
 from rankstream.compression.train import minilm_path
 from rankstream.compression.vocab import catalog_texts, trim_vocab
+from rankstream.data.live_instances import Choose
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.evalset import EvalSet, throughput
 from rankstream.jobs.int8_fallback import int8_fallback
@@ -88,14 +89,20 @@ def start_model(
 class CompressJob:
     """One preset's run in `out_root/<preset>`: each step a method, each recorded in run.json."""
 
-    def __init__(self, data_dir: Path, out_root: Path, preset: CompressPreset) -> None:
+    def __init__(
+        self, data_dir: Path, out_root: Path, preset: CompressPreset, merge: tuple[str, Choose] | None = None
+    ) -> None:
+        """`merge`: (version, chooser) of a learned merge whose candidates the lists and the gate use."""
         self.preset = preset
+        self.choose = None if merge is None else merge[1]
         self.data_dir = Path(data_dir)
         self.root = Path(out_root).resolve() / preset.name  # run.json records absolute artifact paths
         self.work, self.artifacts = self.root / "work", self.root / "artifacts"
         self.work.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         settings = json.loads(json.dumps(asdict(preset)))
+        if merge is not None:
+            settings["merge"] = merge[0]
         self.record = CompressRunRecord.begin(self.root, preset.name, preset.teacher_note, settings)
         self.prepared = Prepared.load(data_dir)
         self.variants: dict[str, Variant] = {}
@@ -134,7 +141,7 @@ class CompressJob:
     def training_data(self) -> tuple[list[Group], list[float], SignalHead]:
         """Training lists with signals from the train split's last windows, the position prior, the fitted head."""
         with self.step("data"):
-            groups, data = preset_training_lists(self.prepared, self.preset)
+            groups, data = preset_training_lists(self.prepared, self.preset, self.choose)
         self.record.train_windows = data.windows
         self.record.signal_head = data.head
         self.record.train_groups = len(groups)
@@ -280,7 +287,7 @@ class CompressJob:
     def evaluate(self) -> EvalSet:
         """Every variant on the valid split (the same lists for all); a finished run's figures are reused."""
         with self.step("valid_set"):
-            valid = EvalSet.build(self.data_dir, "valid", max_instances=self.preset.valid_instances)
+            valid = EvalSet.build(self.data_dir, "valid", max_instances=self.preset.valid_instances, choose=self.choose)
         for key, v in self.variants.items():
             done = self.record.variants.get(key)
             if done is not None and done.valid:
@@ -382,9 +389,12 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
 
 
-def compress(data_dir: Path, out_root: Path, preset_name: PresetName = "fast") -> Path:
-    """Run the preset's pipeline into `out_root/<preset>`; returns that directory (report.* inside)."""
-    return CompressJob(data_dir, out_root, compress_preset(preset_name)).run()
+def compress(
+    data_dir: Path, out_root: Path, preset_name: PresetName = "fast", merge: tuple[str, Choose] | None = None
+) -> Path:
+    """Run the preset's pipeline into `out_root/<preset>`; returns that directory (report.* inside).
+    `merge`: (version, chooser) of a learned merge to train and gate on its candidates."""
+    return CompressJob(data_dir, out_root, compress_preset(preset_name), merge).run()
 
 
 def best_student(run_root: Path) -> Path:

@@ -13,13 +13,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from rankstream.data.live_instances import Choose
 from rankstream.data.prepare import Prepared
-from rankstream.evaluation.merge import candidate_recall, covisit_orders, fit_head, merged_orders, pooled_baskets
+from rankstream.evaluation.merge import (
+    candidate_recall,
+    covisit_orders,
+    fit_head,
+    merge_chooser,
+    merged_orders,
+    pooled_baskets,
+)
 from rankstream.jobs.embed import encoder_vectors
 from rankstream.stream.artifact import MANIFEST
 from rankstream.stream.encoder import read_encoder_manifest
 from rankstream.stream.errors import ConfigError
-from rankstream.stream.retrieval import MERGE_FILE
+from rankstream.stream.retrieval import MERGE_FILE, MergeError, MergeHead
 from rankstream.stream.signals import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,25 @@ class MergeReport:
 
 class MergeRefused(ConfigError):
     """The fitted merge reaches fewer valid positives than the co-visitation list it would replace."""
+
+
+def merge_for_training(data_dir: Path, merge_dir: Path, encoder_dir: Path, n: int = 50) -> tuple[str, Choose]:
+    """(version, chooser) of the merge in `merge_dir` over `encoder_dir`'s vectors of the catalog, for
+    `compress --merge`: training lists and the gate then hold the candidates a scorer with it serves.
+
+    Raises:
+        ConfigError: the merge is unreadable, or was fitted on another encoder's vectors.
+    """
+    try:
+        head = MergeHead.read(merge_dir)
+    except MergeError as exc:
+        raise ConfigError(f"--merge: {exc}") from exc
+    encoder = _encoder_version(encoder_dir)
+    if head.encoder != encoder:
+        raise ConfigError(f"--merge {merge_dir} was fitted on encoder {head.encoder!r}, --encoder is {encoder!r}")
+    catalog = Prepared.load(data_dir).catalog
+    embed, _ = encoder_vectors(encoder_dir)
+    return head.version, merge_chooser(head, embed(catalog), catalog, n)
 
 
 def _encoder_version(directory: Path) -> str:

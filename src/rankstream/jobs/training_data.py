@@ -14,6 +14,7 @@ from rankstream.compression.model import position_prior
 from rankstream.compression.pairs import make_groups
 from rankstream.compression.signal_head import SignalHead, fit_signal_head
 from rankstream.data.instances import Instance
+from rankstream.data.live_instances import Choose
 from rankstream.data.prepare import Prepared
 from rankstream.data.windows import ranked_candidates, training_windows
 from rankstream.jobs.presets import HEAD_L2, CompressPreset
@@ -42,11 +43,19 @@ def signal_training_data(
     l2: float = HEAD_L2,
     seed: int = 0,
     open_baskets: int = 0,
+    choose: Choose | None = None,
 ) -> SignalTrainingData:
-    """Window instances with their signals, the position prior and the fitted head (see module doc)."""
+    """Window instances with their signals, the position prior and the fitted head (see module doc);
+    `choose`: the candidates of a learned merge instead of co-visitation's (`live_instances`)."""
     catalog = prepared.catalog
     found = training_windows(
-        prepared.interactions, prepared.split.train_end, catalog, windows=windows, days=days, open_baskets=open_baskets
+        prepared.interactions,
+        prepared.split.train_end,
+        catalog,
+        windows=windows,
+        days=days,
+        open_baskets=open_baskets,
+        choose=choose,
     )
     pool = [(inst, rows) for w in found for inst, rows in zip(w.instances, w.signals, strict=True)]
     if not pool:
@@ -74,7 +83,9 @@ def signal_training_data(
     )
 
 
-def preset_training_lists(prepared: Prepared, preset: CompressPreset) -> tuple[list[Group], SignalTrainingData]:
+def preset_training_lists(
+    prepared: Prepared, preset: CompressPreset, choose: Choose | None = None
+) -> tuple[list[Group], SignalTrainingData]:
     """The lists a `rankstream compress` run of `preset` trains its teacher on, and the data they come from."""
     data = signal_training_data(
         prepared,
@@ -82,6 +93,7 @@ def preset_training_lists(prepared: Prepared, preset: CompressPreset) -> tuple[l
         days=preset.window_days,
         max_instances=preset.train_instances,
         open_baskets=preset.open_baskets,
+        choose=choose,
     )
     groups = make_groups(
         data.instances,
