@@ -497,7 +497,7 @@ def measure(
     idx = resample_indices(len(insts), resamples)
     pairs = {f"{a}_vs_{b}": paired(scores[a], scores[b], idx) for a, b in PAIRS if a in scores and b in scores}
     for a, b in TEXT_PAIRS:
-        if a in scores:
+        if a in scores and b in scores:
             pairs[f"{a}_vs_{b}"] = paired(scores[a], scores[b], idx, TEXT_PAIRED_METRICS)
     opened = None
     if open_baskets:

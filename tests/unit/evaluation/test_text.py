@@ -12,11 +12,11 @@ from rankstream.evaluation.text import (
     TUNED,
     ItemVectors,
     by_similarity,
-    merge,
     retrieval_recall,
     text_neighbours,
     text_orders,
 )
+from rankstream.stream.retrieval import interleave as merge
 
 
 def unit(*rows: tuple[float, ...]) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_by_similarity_reorders_and_puts_unknown_candidates_last() -> None:
     assert by_similarity(VECTORS, ["unknown"], ["c", "a"]) == ["c", "a"]
 
 
-def test_merge_keeps_the_head_then_takes_turns() -> None:
+def test_the_interleave_keeps_the_head_then_takes_turns() -> None:
     live = [f"l{k}" for k in range(10)]
     text = [f"t{k}" for k in range(10)]
     assert merge(live, text, 8, head=3) == ["l0", "l1", "l2", "t0", "l3", "t1", "l4", "t2"]
@@ -77,7 +77,7 @@ def test_merge_keeps_the_head_then_takes_turns() -> None:
     n=st.integers(0, 25),
     head=st.integers(0, 12),
 )
-def test_merge_takes_each_item_once_up_to_n_and_keeps_each_sources_order(
+def test_the_interleave_takes_each_item_once_up_to_n_and_keeps_each_sources_order(
     primary: list[str], secondary: list[str], n: int, head: int
 ) -> None:
     out = merge(primary, secondary, n, head=head)
