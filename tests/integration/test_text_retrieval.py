@@ -94,19 +94,26 @@ async def test_an_idle_scorer_applies_catalog_changes(stack, store: Store, tiny_
         assert NEW in scorer.tables.catalog and scorer.stats.events == 0
 
 
-async def test_candidates_merge_covisitation_and_text(stack, store: Store, tiny_model, encoder_dir, topic) -> None:  # type: ignore[no-untyped-def]
-    s = settings_for(stack, topic, tiny_model).model_copy(
-        update={"encoder_dir": encoder_dir, "text_candidates": 4, "candidates": 20}
-    )
+async def _one_click(  # type: ignore[no-untyped-def]
+    store: Store, s, encoder_dir, topic: str, merge: MergeHead | None = None
+) -> tuple[Tables, b.UserPlan, dict[str, list[str]]]:
+    """Tables over the catalog's title vectors, a user's plan for one click, and their items' neighbours."""
     await write_title_vectors(store.client, await embed_catalog(s, dict(CATALOG)))
     encoder = TextEncoder.load(encoder_dir)
-    tables = Tables(store, encoder=(encoder.version, encoder.dim))
+    tables = Tables(store, encoder=(encoder.version, encoder.dim), merge=merge)
     await tables.load()
     ev = ClickEvent(user_id="u1", item_id=ITEMS[5], ts=datetime(2011, 11, 2, tzinfo=UTC))
     valid = b.Valid(0, 0, 1_700_000_000_000, ev, topic, b"u1", ev.to_bytes())
     plan = b.plan_user("u1", [valid], UserState((), None, None), s.history_len)
     assert plan is not None
-    neighbours = await tables.neighbours_for(b.recent_items([plan]))
+    return tables, plan, await tables.neighbours_for(b.recent_items([plan]))
+
+
+async def test_candidates_merge_covisitation_and_text(stack, store: Store, tiny_model, encoder_dir, topic) -> None:  # type: ignore[no-untyped-def]
+    s = settings_for(stack, topic, tiny_model).model_copy(
+        update={"encoder_dir": encoder_dir, "text_candidates": 4, "candidates": 20}
+    )
+    tables, plan, neighbours = await _one_click(store, s, encoder_dir, topic)
     trending = await tables.trending()
     text = tables.text_neighbours(plan.history, s.text_candidates)
     cands, pairs = b.candidate_pairs(plan, neighbours, trending, tables.catalog, s.candidates, text)
@@ -147,15 +154,7 @@ async def test_a_learned_merge_picks_the_candidates_and_their_rows(
     s = settings_for(stack, topic, tiny_model).model_copy(
         update={"encoder_dir": encoder_dir, "merge_dir": tmp_path, "candidates": 20}
     )
-    await write_title_vectors(store.client, await embed_catalog(s, dict(CATALOG)))
-    encoder = TextEncoder.load(encoder_dir)
-    tables = Tables(store, encoder=(encoder.version, encoder.dim), merge=MergeHead.read(tmp_path))
-    await tables.load()
-    ev = ClickEvent(user_id="u1", item_id=ITEMS[5], ts=datetime(2011, 11, 2, tzinfo=UTC))
-    valid = b.Valid(0, 0, 1_700_000_000_000, ev, topic, b"u1", ev.to_bytes())
-    plan = b.plan_user("u1", [valid], UserState((), None, None), s.history_len)
-    assert plan is not None
-    neighbours = await tables.neighbours_for(b.recent_items([plan]))
+    tables, plan, neighbours = await _one_click(store, s, encoder_dir, topic, MergeHead.read(tmp_path))
     model = _Recorder()
     scored = await score_users(model, [plan], neighbours, tables, s)  # type: ignore[arg-type]
     assert not scored.failed and len(scored.writes) == 1
