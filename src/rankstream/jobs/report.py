@@ -120,6 +120,9 @@ def write_report(root: Path, record: CompressRunRecord) -> dict[str, Path]:
         if head
         else "Signals: none (text and position prior only)."
     )
+    merge = record.settings.get("merge")
+    # With a learned merge the lists are its picks, and "covisit" below is the order they come in.
+    candidates = "co-visitation candidates" if merge is None else f"candidates of the learned merge {merge}"
     lines = [
         f"# Compression report: preset `{name}` (run {record.run_id})",
         "",
@@ -127,7 +130,7 @@ def write_report(root: Path, record: CompressRunRecord) -> dict[str, Path]:
         "",
         f"Training: {record.train_pairs} pairs in {record.train_groups} candidate lists from {source}. "
         f"Evaluation: valid split, {record.valid_rankable} of {record.valid_instances} sampled baskets have a "
-        "positive among their 50 co-visitation candidates; every order below ranks the same lists. Speed: "
+        f"positive among their 50 {candidates}; every order below ranks the same lists. Speed: "
         "ONNX Runtime, 2 threads, batches of 32 pairs padded per batch. All figures measured in this run.",
         "",
         signals,
@@ -135,7 +138,8 @@ def write_report(root: Path, record: CompressRunRecord) -> dict[str, Path]:
         "| order | NDCG@10 | Recall@10 | MRR |",
         "| --- | --- | --- | --- |",
         *(
-            f"| {n} (no model) | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |"
+            f"| {n if merge is None or n != 'covisit' else 'covisit (the merge order)'} (no model) | "
+            f"{m['ndcg@10']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |"
             for n, m in baselines.items()
         ),
         "",
