@@ -163,12 +163,16 @@ class Scorer:
         gc.freeze()
         self.probe.started = True
         self.probe.progressed()
+        merge = self.tables.merge
         log.info(
-            "scorer started: topic=%s group=%s model=%s catalog=%d items",
+            "scorer started: topic=%s group=%s model=%s catalog=%d items candidates=%s",
             self.settings.topic,
             self.settings.group_id,
             self.ranker.version,
             len(self.tables.catalog),
+            "co-visitation"
+            if merge is None
+            else f"learned merge {merge.version} (pool {merge.pool_covisit} + {merge.pool_text} text)",
         )
 
     def use(self, ranker: Ranker) -> None:
