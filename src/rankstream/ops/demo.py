@@ -106,7 +106,7 @@ def run_demo(home: Path, *, events: int = 3000, source: Path | None = None, user
     data_dir = home / "data"
     print(describe(prepare(source, data_dir, DEFAULT_SPLIT if source is None else SplitByDays())))
 
-    _banner("model: `rankstream compress --preset fast`: teacher -> distilled, pruned, INT8 students (~10 min)")
+    _banner("model: `rankstream compress --preset fast`: teacher -> distilled, pruned, INT8 students (~20 min)")
     models = home / "models"
     try:
         model_dir = resolve_model_dir(models)
