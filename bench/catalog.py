@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.02
 _SETTLE_S = 5.0
 _PROBE_AFTER_S = 1.0
+_AFTER = timedelta(minutes=1)  # a probe click this long after the last replayed event
 _WAIT_S = 30.0  # an item not servable by then counts as never
 
 
@@ -143,7 +144,7 @@ async def bench_catalog(
             producing = asyncio.create_task(produce_events(settings.kafka_bootstrap, name, events, rate))
             await asyncio.sleep(_SETTLE_S)
             stored, servable, probes = await _publish_items(
-                settings, store, catalog, [r.name for r in fleet], items, every_s
+                settings, store, catalog, [r.name for r in fleet], items, every_s, max(e.ts for e in evs) + _AFTER
             )
             last = await producing
             await drained(settings)
@@ -196,9 +197,19 @@ def _spawn_job(settings: Settings, folder: Path, extra: dict[str, object]) -> Re
 
 
 async def _publish_items(
-    settings: Settings, store: Store, catalog: dict[str, str], replicas: list[str], items: int, every_s: float
+    settings: Settings,
+    store: Store,
+    catalog: dict[str, str],
+    replicas: list[str],
+    items: int,
+    every_s: float,
+    at: datetime,
 ) -> tuple[list[float | None], list[float | None], dict[str, str]]:
-    """Publish the new items one at a time; their times, and probe user -> the new item they should meet."""
+    """Publish the new items one at a time; their times, and probe user -> the new item they should meet.
+
+    A probe's click carries the time `at`, just after the replayed events: the signals then weigh each
+    item's sales in the days before it, as for the users around it. At the wall-clock time, years after
+    the data, every item's recent sales would be zero and a new item would compete with none."""
     sources = sorted(catalog)[:items]
     stored: list[float | None] = []
     servable: list[float | None] = []
@@ -214,7 +225,7 @@ async def _publish_items(
             await asyncio.sleep(_PROBE_AFTER_S)
             user = f"probe-{item.item_id}"
             probes[user] = item.item_id
-            click = ClickEvent(user_id=user, item_id=source, ts=datetime.now(UTC))
+            click = ClickEvent(user_id=user, item_id=source, ts=at)
             await producer.send(settings.topic, key=user.encode(), value=click.to_bytes())
             await asyncio.sleep(every_s)
         await producer.flush()
