@@ -83,3 +83,21 @@ def test_vectors_are_stored_as_little_endian_float32() -> None:
 
 def test_stream_ids_compare_as_numbers() -> None:
     assert stream_id("10-0") > stream_id("9-5") and stream_id("5") == (5, 0)
+
+
+@settings(max_examples=50)
+@given(st.integers(2, 12), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_similarity_is_the_score_nearest_ranks_by(n: int, queries: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=(n, 4)).astype(np.float32)
+    vectors = {f"i{k}": m[k] / np.linalg.norm(m[k]) for k in range(n)}
+    index = index_of(vectors)
+    q = rng.normal(size=(queries, 4)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    sims = index.similarity(q, [*vectors, "not-indexed"])
+    assert set(sims) == set(vectors)
+    for item, vec in vectors.items():
+        assert sims[item] == pytest.approx(float((q @ vec).max()), abs=1e-5)
+    ranked = index.nearest(q, n)
+    assert [sims[i] for i in ranked] == sorted(sims.values(), reverse=True)
+    assert index.similarity(q, []) == {} and index.similarity(q[:0], ["i0"]) == {}
