@@ -409,12 +409,18 @@ def ranked_lists(
 
 def linear_orders(linear: LinearPart, live: LiveInstances, catalog: Mapping[str, str]) -> list[list[str]]:
     """Each basket's live candidates as a model's linear part alone orders them (ties: candidate order)."""
+    cands = [in_catalog(inst.candidates, catalog) for inst in live.instances]
+    return linear_ranked(linear, cands, live.signals)
+
+
+def linear_ranked(
+    linear: LinearPart, cands: Sequence[Sequence[str]], signals: Sequence[np.ndarray] | None
+) -> list[list[str]]:
+    """Each list of candidates (with its signal rows) as a linear part alone orders it (ties: list order)."""
     out = []
-    for k, inst in enumerate(live.instances):
-        cs = in_catalog(inst.candidates, catalog)
-        signals = None if linear.signal_weight is None else live.signals[k]
-        s = linear.scores(len(cs), signals)
-        out.append([c for c, _ in top_k(cs, s.tolist(), len(cs))])
+    for k, cs in enumerate(cands):
+        rows = None if linear.signal_weight is None or signals is None else signals[k]
+        out.append([c for c, _ in top_k(cs, linear.scores(len(cs), rows).tolist(), len(cs))])
     return out
 
 
@@ -554,14 +560,14 @@ def _merge_orders(
         raise ConfigError(f"the merge {merge.version} pools {merge.pool_text} text neighbours: give item vectors")
     pooled = pooled_baskets(
         prepared.interactions,
-        [prepared.frame(split)],
+        prepared.frame(split),
         prepared.catalog,
         vectors,
         merge.pool_covisit,
         merge.pool_text,
         params=params,
         partitions=partitions,
-    )[0]
+    )
     if [(b.history, b.positives) for b in pooled] != [(tuple(i.history), i.positives) for i in insts]:
         raise RuntimeError("the merge's walk found other baskets than the live one")  # one definition of both
     merged = merged_orders(merge, pooled, N_CANDIDATES)
@@ -577,10 +583,7 @@ def _merge_orders(
         )
         linear = getattr(ranker, "linear", None)
         if linear is not None:
-            out[MODEL_MERGED_NO_TEXT] = [
-                [c for c, _ in top_k(items, linear.scores(len(items), rows).tolist(), len(items))]
-                for items, rows in merged
-            ]
+            out[MODEL_MERGED_NO_TEXT] = linear_ranked(linear, out[MERGED_LEARNED], [rows for _, rows in merged])
     return out
 
 

@@ -11,13 +11,13 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from rankstream.data.instances import eligible_baskets
-from rankstream.data.live_instances import PARTITIONS, Choose, live_candidates, live_signals
-from rankstream.data.live_replay import LiveReplay, replay_events
+from rankstream.data.live_instances import PARTITIONS, Choose, live_candidates, live_instances, live_signals
+from rankstream.data.live_replay import LiveReplay
 from rankstream.evaluation.text import ItemVectors, similarity, text_neighbours
 from rankstream.stream.candidates import in_catalog
 from rankstream.stream.live import LiveParams
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class PooledBasket:
     """One eligible basket as a learned merge sees it."""
 
+    ts: datetime  # the basket's time
     history: tuple[str, ...]  # newest first
     positives: frozenset[str]
     pool: Pool
@@ -79,7 +80,7 @@ def merge_chooser(head: MergeHead, vectors: ItemVectors | None, catalog: Mapping
 
 def pooled_baskets(
     interactions_all: pd.DataFrame,
-    frames: Sequence[pd.DataFrame],
+    frame: pd.DataFrame,
     catalog: Mapping[str, str],
     vectors: ItemVectors | None,
     pool_covisit: int,
@@ -87,28 +88,23 @@ def pooled_baskets(
     *,
     params: LiveParams | None = None,
     partitions: int = PARTITIONS,
-) -> list[list[PooledBasket]]:
-    """The eligible baskets of each of `frames` (as `live_instances` picks them, in time order), pooled
-    from the live tables just before each: one walk over `interactions_all` for all the frames."""
-    picked = []
-    for k, frame in enumerate(frames):
-        picked += [(basket[0], k, n, basket) for n, basket in enumerate(eligible_baskets(interactions_all, frame)[0])]
-    picked.sort(key=lambda x: (x[0], x[1], x[2]))
-    out: list[list[PooledBasket]] = [[] for _ in frames]
-    replay = LiveReplay(params or LiveParams(), partitions)
-    events = replay_events(interactions_all) if picked else []
-    k = 0
-    t0 = time.perf_counter()
-    for _, which, _, basket in picked:
-        at_ms = basket[0] // 1000
-        while k < len(events) and events[k][2] < at_ms:
-            replay.apply(*events[k])
-            k += 1
-        history = basket[3]
+) -> list[PooledBasket]:
+    """The eligible baskets of `frame`, in time order, each pooled from the live tables just before it:
+    `live_instances`' walk, its `choose` keeping the whole pool instead of picking from it."""
+    pools: list[tuple[Pool, np.ndarray]] = []
+
+    def keep_all(replay: LiveReplay, history: Sequence[str], at_ms: int) -> tuple[list[str], np.ndarray]:
         p, signals, features = pooled_at(replay, history, at_ms, catalog, vectors, pool_covisit, pool_text)
-        out[which].append(PooledBasket(tuple(history), frozenset(basket[4]), p, signals, features))
-    log.info("pooled %d baskets in %.0f s", len(picked), time.perf_counter() - t0)
-    return out
+        pools.append((p, features))
+        return p.items, signals
+
+    t0 = time.perf_counter()
+    live = live_instances(interactions_all, frame, catalog, params=params, partitions=partitions, choose=keep_all)
+    log.info("pooled %d baskets in %.0f s", len(pools), time.perf_counter() - t0)
+    return [
+        PooledBasket(inst.ts, tuple(inst.history), inst.positives, p, signals, features)
+        for inst, signals, (p, features) in zip(live.instances, live.signals or [], pools, strict=True)
+    ]
 
 
 def merged_orders(head: MergeHead, baskets: Sequence[PooledBasket], n: int) -> list[tuple[list[str], np.ndarray]]:

@@ -93,15 +93,19 @@ def fit_merge(data_dir: Path, encoder_dir: Path, out_dir: Path, config: MergeCon
     vectors = embed(prepared.catalog)
     train = prepared.frame("train")
     start = train["ts"].max() - pd.Timedelta(days=config.fit_days)
-    fit_frame, valid_frame = train[train["ts"] > start], prepared.frame("valid")
-    fit, valid = pooled_baskets(
+    valid_frame = prepared.frame("valid")
+    # One walk for both: the fit window's baskets, then valid's, split again by time.
+    pooled = pooled_baskets(
         prepared.interactions,
-        [fit_frame, valid_frame],
+        pd.concat([train[train["ts"] > start], valid_frame]),
         prepared.catalog,
         vectors,
         config.pool_covisit,
         config.pool_text,
     )
+    valid_start = valid_frame["ts"].min() if len(valid_frame) else None
+    fit = [b for b in pooled if valid_start is None or b.ts < valid_start]
+    valid = pooled[len(fit) :]
     version = time.strftime("m%Y%m%d-%H%M%S", time.gmtime())
     encoder = _encoder_version(encoder_dir)
     try:

@@ -4,6 +4,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -328,7 +329,8 @@ def test_a_fitted_head_learns_what_marks_a_positive() -> None:
         signals = rng.normal(size=(20, len(SIGNALS.names))).astype(np.float32)
         p = pool(items, [])
         positives = frozenset(i for i, s in zip(items, signals[:, 5], strict=True) if s > 1.0) or frozenset(items[:1])
-        baskets.append(PooledBasket(tuple(), positives, p, signals, merge_features(p, signals, {})))
+        at = datetime(2024, 1, 1, tzinfo=UTC)
+        baskets.append(PooledBasket(at, (), positives, p, signals, merge_features(p, signals, {})))
     head = fit_head(baskets, version="m", signal_set=SIGNALS.version, encoder="", pool_covisit=20, pool_text=0)
     assert int(np.argmax(head.weight)) == 5  # pop7_log decides here, and the head found it
     assert head.weight[FEATURES.index("cosine")] == 0.0  # a constant feature gets no weight

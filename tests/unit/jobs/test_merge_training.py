@@ -36,7 +36,7 @@ def test_chosen_instances_are_the_merges_picks_with_their_rows(tmp_path: Path) -
     catalog, vectors, head = prepared.catalog, _vectors(prepared.catalog), _head(5)
     choose = merge_chooser(head, vectors, catalog, 10)
     chosen = live_instances(prepared.interactions, prepared.frame("valid"), catalog, choose=choose)
-    (pooled,) = pooled_baskets(prepared.interactions, [prepared.frame("valid")], catalog, vectors, 20, 5)
+    pooled = pooled_baskets(prepared.interactions, prepared.frame("valid"), catalog, vectors, 20, 5)
     assert chosen.signals is not None and len(chosen.instances) == len(pooled) > 0
     differs = False
     plain = live_instances(prepared.interactions, prepared.frame("valid"), catalog, n_candidates=10)
