@@ -9,6 +9,11 @@ fixed rate, the same model, each arm on a topic and a flushed Redis database of 
   which isolates what moving the tables during the test period is worth;
 - live: the tables seeded with every event before the test period, then moved by one `rankstream tables`
   replica (a process) sharing the machine with the scorer.
+By default (`beside="tables"`) the frozen arm's scorer shares the machine with a tables replica too, the
+same job on the same events, seeded like the live one, writing to a Redis database the scorer never reads:
+both arms then carry the same load, and differ only in the tables their scorer reads. How many lists a
+scorer writes at a fixed rate follows the CPU it gets, and the per-event figures follow that; with the
+frozen arm's scorer alone on the cores (`beside="nothing"`) the ratio also measures the job's cost.
 For every event whose user had a list on screen, the scorer notes where the event's item stood in that
 list (the live hit-rate it already counts). hit_rate@10: the share of those events whose item was in
 the top 10; ndcg@10: 1 / log2(rank + 2) for such an event, else 0 (one relevant item per event).
@@ -30,8 +35,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from redis.connection import parse_url
 
 from rankstream.bench.latency import percentile
 from rankstream.bench.machine import CpuMeter
@@ -86,6 +93,7 @@ class LiveBench:
     rate: float
     model: str
     frozen_tables: str  # "train" or "seeded": what the frozen arm's tables hold
+    frozen_beside: str  # "tables" (a replica writing elsewhere, the same load as live) or "nothing"
     frozen: Arm
     live: Arm
     ratio: dict[str, dict[str, float | list[float]]]  # live / frozen, with its interval
@@ -113,7 +121,8 @@ def format_live(r: LiveBench) -> str:
     hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(
         [
-            f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}, frozen tables: {r.frozen_tables}",
+            f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}, frozen tables: {r.frozen_tables}, "
+            f"beside the frozen arm's scorer: {r.frozen_beside}",
             "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lists written  lost  "
             "cpu busy/steal/scorer",
             row("frozen", r.frozen),
@@ -200,10 +209,12 @@ async def _arm(
     events: list[ClickEvent],
     rate: float,
     log_dir: Path,
-    with_tables: bool,
+    replica: tuple[str, RedisClient, LiveReplay] | None,
 ) -> tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome], int, CpuUse]:
     """One arm: (outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes, lists written,
-    CPU from the first event produced to the last one applied)."""
+    CPU from the first event produced to the last one applied). The scorer reads `tables` from `client`;
+    `replica` (Redis URL, a client of it, shares): a tables replica runs beside the scorer, moving those
+    shares in that database (`client`'s own: the scorer reads what it moves)."""
     topic = Topic(base, client, name)
     settings = base.model_copy(
         update={"topic": topic.name, "dlq_topic": f"{topic.name}.dlq", "group_id": f"g-{topic.name}"}
@@ -214,7 +225,13 @@ async def _arm(
     await store.load_catalog(catalog)
     await seed(client, topic.name, tables.shares, tables.params)
     started_ms = time.time() * 1000
-    replicas = Replicas(topic.env(), 1, log_dir) if with_tables else None
+    replicas, moved = None, client
+    if replica is not None:
+        url, moved, shares = replica
+        if moved is not client:
+            await moved.flushdb()
+            await seed(moved, topic.name, shares.shares, shares.params)
+        replicas = Replicas({**topic.env(), "RANKSTREAM_REDIS_URL": url}, 1, log_dir)
     scorer = Scorer(settings, ranker, store, latency_samples=len(events) + 10_000)
     await scorer.start()
     task = asyncio.create_task(scorer.run())
@@ -222,7 +239,7 @@ async def _arm(
     try:
         await asyncio.sleep(3.0)  # the scorer joins its group
         if replicas is not None:
-            await wait_taken(client, topic.name, started_ms, replicas)  # and the tables replica serves
+            await wait_taken(moved, topic.name, started_ms, replicas)  # and the tables replica serves
         meter = CpuMeter()
         producing = asyncio.create_task(
             produce_elsewhere(settings.kafka_bootstrap, topic.name, events, rate, keep_all=True)
@@ -233,7 +250,7 @@ async def _arm(
             if replicas is not None:
                 replicas.check()
                 now = time.time() * 1000
-                for p, off in (await stored_offsets(client, topic.name)).items():
+                for p, off in (await stored_offsets(moved, topic.name)).items():
                     if not reached.get(p) or reached[p][-1][0] != off:
                         reached.setdefault(p, []).append((off, now))
             await asyncio.sleep(_POLL_S)
@@ -273,6 +290,13 @@ async def _arm(
 
 
 FROZEN = ("train", "seeded")
+BESIDE = ("tables", "nothing")
+
+
+def next_database(redis_url: str) -> str:
+    """The URL of the database after `redis_url`'s on the same server (16 databases, as Redis has)."""
+    db = int(parse_url(redis_url).get("db", 0))
+    return urlunsplit(urlsplit(redis_url)._replace(path=f"/{(db + 1) % 16}"))
 
 
 async def bench_live_on(
@@ -284,9 +308,12 @@ async def bench_live_on(
     rate: float,
     limit: int | None = None,
     frozen: str = "train",
+    beside: str = "tables",
 ) -> LiveBench:
     if frozen not in FROZEN:
         raise ValueError(f"frozen tables must be one of {FROZEN}, not {frozen!r}")
+    if beside not in BESIDE:
+        raise ValueError(f"beside the frozen arm's scorer must run one of {BESIDE}, not {beside!r}")
     prepared = Prepared.load(data_dir)
     events = split_events(data_dir, "test", limit)
     tables = await asyncio.to_thread(seeded, prepared, PARTITIONS)
@@ -294,14 +321,20 @@ async def bench_live_on(
     held = tables if frozen == "seeded" else await asyncio.to_thread(seeded, prepared, PARTITIONS, None, "valid")
     ranker = serving_loader(base)(model_dir)
     client = connect_from_settings(base)
+    # The frozen arm's replica writes to the next database of the same server, which its scorer never reads.
+    other_url = next_database(base.redis_url)
+    elsewhere = connect_from_settings(base.model_copy(update={"redis_url": other_url}))
     try:
         arms = {}
-        for name, shares, with_tables in (("frozen", held, False), ("live", tables, True)):
+        beside_frozen = (other_url, elsewhere, tables) if beside == "tables" else None
+        live = (base.redis_url, client, tables)
+        for name, shares, replica in (("frozen", held, beside_frozen), ("live", tables, live)):
             arms[name] = await _arm(
-                name, base, ranker, client, prepared.catalog, shares, events, rate, log_dir, with_tables
+                name, base, ranker, client, prepared.catalog, shares, events, rate, log_dir, replica
             )
     finally:
         await client.aclose()
+        await elsewhere.aclose()
     fa, fb, ratio = summarize(arms["frozen"][0], arms["live"][0])
     na, nb, ratio_nb = summarize(arms["frozen"][5], arms["live"][5])
 
@@ -330,6 +363,7 @@ async def bench_live_on(
         rate=rate,
         model=ranker.version,
         frozen_tables=frozen,
+        frozen_beside=beside,
         frozen=frozen_arm,
         live=live_arm,
         ratio=ratio,
@@ -340,7 +374,14 @@ async def bench_live_on(
 
 
 def bench_live(
-    home: Path, model_dir: Path, *, rate: float, limit: int | None = None, frozen: str = "train", **scorer: object
+    home: Path,
+    model_dir: Path,
+    *,
+    rate: float,
+    limit: int | None = None,
+    frozen: str = "train",
+    beside: str = "tables",
+    **scorer: object,
 ) -> LiveBench:
     """`rankstream bench live` on the local stack and the prepared data of `home`."""
     info = stack.up(home / "stack")
@@ -349,4 +390,6 @@ def bench_live(
     log_dir = home / "bench-live"
     log_dir.mkdir(parents=True, exist_ok=True)
     prepare(None, home / "data")
-    return asyncio.run(bench_live_on(base, home / "data", model_dir, log_dir, rate=rate, limit=limit, frozen=frozen))
+    return asyncio.run(
+        bench_live_on(base, home / "data", model_dir, log_dir, rate=rate, limit=limit, frozen=frozen, beside=beside)
+    )

@@ -8,6 +8,7 @@ import pytest
 from rankstream.bench.live import bench_live_on, format_live
 from rankstream.data.prepare import Split, prepare
 from rankstream.deploy import stack as local_stack
+from rankstream.stream.redis_client import connect
 from rankstream.stream.settings import Settings
 from tests.integration.test_tables import shop
 
@@ -36,4 +37,13 @@ async def test_both_arms_score_the_same_events_and_report_their_cpu(
         if arm.cpu.busy is not None:  # Linux
             assert 0.0 < arm.cpu.busy <= 1.0 and arm.cpu.steal is not None
     assert result.freshness_ms["p99"] is not None
+    # The frozen arm's scorer had a tables replica beside it, moving shares in the next database (6), never
+    # in the one the scorer read: those moved past every event, so the replica did the live arm's work.
+    assert result.frozen_beside == "tables"
+    other = connect(redis_url.rsplit("/", 1)[0] + "/6")
+    try:
+        offsets = [int(v) for k in await other.keys("rs:lt:*:meta") if (v := await other.hget(k, "offset"))]
+    finally:
+        await other.aclose()
+    assert offsets and sum(o + 1 for o in offsets) == 400
     assert "cpu busy/steal/scorer" in format_live(result)

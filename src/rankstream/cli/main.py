@@ -203,7 +203,7 @@ def _bench_live(args: argparse.Namespace) -> int:
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
-    result = bench_live(home(), model, rate=args.rate, limit=args.limit, frozen=args.frozen)
+    result = bench_live(home(), model, rate=args.rate, limit=args.limit, frozen=args.frozen, beside=args.frozen_beside)
     print(result.to_json() if args.json else format_live(result))
     return 0
 
@@ -387,6 +387,7 @@ def _eval(args: argparse.Namespace) -> int:
             names=names,
             open_baskets=args.open_baskets,
             merge=None if args.merge is None else _merge_head(args.merge),
+            model_frozen=args.model_frozen,
         )
         print(e2e.to_json() if args.json else e2e.format())
         return 0
@@ -554,6 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the frozen arm's tables: the train split's, as prepare computed them (default), or every event "
         "before the test period, then held",
     )
+    b.add_argument(
+        "--frozen-beside",
+        choices=("tables", "nothing"),
+        default="tables",
+        help="what shares the machine with the frozen arm's scorer: a tables replica on the same events writing "
+        "to a database the scorer never reads, the live arm's load (default), or nothing",
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_live)
     b = bench.add_parser("tables", help="the live-tables job: maximum rate, freshness, shares after kill -9s")
@@ -688,6 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --end-to-end: also the orders on up to N open states of each basket (the basket after its "
         "first k lines; most served lists are read in one); 0 leaves them out (default: 1)",
+    )
+    s.add_argument(
+        "--model-frozen",
+        action="store_true",
+        help="with --end-to-end: add model-frozen, the model on the train split's tables never moved (what "
+        "`bench live`'s frozen arm serves), and its ratio to model-live; a second replay of the tables",
     )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_eval)

@@ -78,6 +78,7 @@ def live_instances(
     partitions: int = PARTITIONS,
     open_baskets: int = 0,
     choose: Choose | None = None,
+    tables_until_ms: int | None = None,
 ) -> LiveInstances:
     """One Instance per eligible basket of `split_frame`, in time order, read from the live tables.
 
@@ -94,6 +95,8 @@ def live_instances(
             tables just before the basket, like the basket itself.
         choose: the candidates and their signal rows from the tables (default: the co-visitation order
             of `n_candidates`, `live_candidates`, and `live_signals`).
+        tables_until_ms: apply no event at or after this time to the tables (histories still grow): the
+            tables a scorer reads when they were seeded up to then and never moved (`bench live`'s frozen arm).
     """
     eligible, baskets = eligible_baskets(interactions_all, split_frame, open_baskets=open_baskets, seed=seed)
     picked = sample_eligible(eligible, max_instances, seed)
@@ -105,7 +108,8 @@ def live_instances(
     k = 0
     for basket in picked:
         at_ms = basket[0] // 1000
-        while k < len(events) and events[k][2] < at_ms:
+        upto = at_ms if tables_until_ms is None else min(at_ms, tables_until_ms)
+        while k < len(events) and events[k][2] < upto:
             replay.apply(*events[k])
             k += 1
         history = basket[3]

@@ -82,9 +82,12 @@ NO_TEXT = "model-live-no-text"
 # The learned merge (`--merge DIR`): its candidates in its own order, and the model's order of them.
 MERGED_LEARNED, MODEL_MERGED = "merged-learned", "model-merged"
 MODEL_MERGED_NO_TEXT = "model-merged-no-text"  # the text ablation on the merge's candidates
+# `--model-frozen`: the same model on the train split's tables, seeded and never moved (histories still grow):
+# what `bench live`'s frozen arm serves, so model-live / model-frozen is that benchmark's ratio offline.
+MODEL_FROZEN = "model-frozen"
 MEAN_METRICS = ("ndcg@10", "recall@10", "mrr", "candidate_recall@50")
 POOLED_METRICS = ("cold_reached", "warm_reached")
-PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN), (MODEL, NO_TEXT))
+PAIRS = ((LIVE, FROZEN), (MODEL, LIVE), (MODEL, FROZEN), (MODEL, NO_TEXT), (MODEL, MODEL_FROZEN))
 PAIRED_METRICS = ("ndcg@10", "recall@10", "candidate_recall@50")
 # Text's case rests on reaching items co-visitation cannot, new ones above all: its pairs add that share.
 TEXT_PAIRS = (
@@ -425,9 +428,14 @@ def linear_ranked(
 
 
 def _orders(
-    prepared: Prepared, live: LiveInstances, ranker: ListScorer | None, rerank_top: int
+    prepared: Prepared,
+    live: LiveInstances,
+    ranker: ListScorer | None,
+    rerank_top: int,
+    held: LiveInstances | None = None,
 ) -> dict[str, list[list[str]]]:
-    """The frozen and live co-visitation orders of `live`'s instances, and the model's with and without its text."""
+    """The frozen and live co-visitation orders of `live`'s instances, the model's with and without its text,
+    and with `held` (the same instances read from the held tables) the model's order of those."""
     catalog = prepared.catalog
     insts = live.instances
     orders = {
@@ -441,6 +449,10 @@ def _orders(
         orders[MODEL] = model_orders(ranker, live, catalog, rerank_top)
         if getattr(ranker, "linear", None) is not None:
             orders[NO_TEXT] = linear_orders(ranker.linear, live, catalog)  # type: ignore[attr-defined]
+        if held is not None:
+            if [(i.history, i.positives) for i in held.instances] != [(i.history, i.positives) for i in insts]:
+                raise RuntimeError("the held tables' walk found other baskets than the live one")
+            orders[MODEL_FROZEN] = model_orders(ranker, held, catalog, rerank_top)
     return orders
 
 
@@ -459,31 +471,43 @@ def measure(
     open_baskets: int = 0,
     params: LiveParams | None = None,
     merge: MergeHead | None = None,
+    model_frozen: bool = False,
 ) -> EndToEnd:
     """Every order on every eligible basket of `split` (see the module doc); the text orders too, under
     `names`, when `vectors` (made by `encoder`) are given; and with `open_baskets`, the orders (all but the
     text retrieval ones) on that many open states of each basket. `params`: the live tables' settings
-    (default: the scorer's). With `merge` (fitted on `vectors`), the learned merge's orders too."""
+    (default: the scorer's). With `merge` (fitted on `vectors`), the learned merge's orders too. With
+    `model_frozen` and a ranker, `model-frozen` too: a second walk whose tables stop at the train split."""
     t0 = time.perf_counter()
     catalog = prepared.catalog
     with_signals = ranker is not None and ranker.signals is not None
-    walked = live_instances(
-        prepared.interactions,
-        prepared.frame(split),
-        catalog,
-        n_candidates=N_CANDIDATES,
-        with_signals=with_signals,
-        partitions=partitions,
-        open_baskets=open_baskets,
-        params=params,
-    )
+
+    def walk(until_ms: int | None = None) -> LiveInstances:
+        return live_instances(
+            prepared.interactions,
+            prepared.frame(split),
+            catalog,
+            n_candidates=N_CANDIDATES,
+            with_signals=with_signals,
+            partitions=partitions,
+            open_baskets=open_baskets,
+            params=params,
+            tables_until_ms=until_ms,
+        )
+
+    walked = walk()
     live = walked.only(opened=False)
     seconds = {"replay": round(time.perf_counter() - t0, 1)}
+    held = None
+    if model_frozen and ranker is not None:
+        t5 = time.perf_counter()
+        held = walk(int(prepared.split.train_end.timestamp() * 1000))
+        seconds["replay_held"] = round(time.perf_counter() - t5, 1)
     insts = live.instances
     positives = [inst.positives for inst in insts]
     sold = set(prepared.frame("train")["item_id"])
     t1 = time.perf_counter()
-    orders = _orders(prepared, live, ranker, rerank_top)
+    orders = _orders(prepared, live, ranker, rerank_top, None if held is None else held.only(opened=False))
     note = None
     if ranker is not None:
         seconds["model"] = round(time.perf_counter() - t1, 1)
@@ -511,7 +535,9 @@ def measure(
         states = walked.only(opened=True)
         o_scores = {
             name: BasketScores.of(o, [i.positives for i in states.instances], sold)
-            for name, o in _orders(prepared, states, ranker, rerank_top).items()
+            for name, o in _orders(
+                prepared, states, ranker, rerank_top, None if held is None else held.only(opened=True)
+            ).items()
         }
         o_idx = resample_indices(len(states.instances), resamples)
         opened = OpenBaskets(
@@ -627,6 +653,7 @@ def run_end_to_end(
     names: OrderNames = PRETRAINED,
     open_baskets: int = 0,
     merge: MergeHead | None = None,
+    model_frozen: bool = False,
 ) -> EndToEnd:
     """`measure` on prepared data, with `model_dir` (None: no model-live row) loaded as the scorer loads it,
     and the text orders, under `names`, when `embed` (the catalog's titles -> their vectors, made by
@@ -647,5 +674,6 @@ def run_end_to_end(
         names=names,
         open_baskets=open_baskets,
         merge=merge,
+        model_frozen=model_frozen,
     )
     return result if vectors is None else replace(result, seconds={"embed": embed_s, **result.seconds})

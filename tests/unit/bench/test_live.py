@@ -34,10 +34,29 @@ def test_the_report_carries_each_arms_lists_written() -> None:
 
     ratio = {"hit_rate@10": {"ratio": 1.1, "ci95": [1.0, 1.2]}}
     r = LiveBench(
-        100, 250.0, "m", "train", arm(0.1, 14_654), arm(0.11, 14_180), ratio, ratio, {"p50": 1.0, "p99": 2.0}, 0
+        100,
+        250.0,
+        "m",
+        "train",
+        "tables",
+        arm(0.1, 14_654),
+        arm(0.11, 14_180),
+        ratio,
+        ratio,
+        {"p50": 1.0, "p99": 2.0},
+        0,
     )
     out = json.loads(r.to_json())
     assert (out["frozen"]["lists_written"], out["live"]["lists_written"]) == (14_654, 14_180)
     assert out["live"]["hit_rate@10"] == 0.11 and "hit_rate_at_10" not in out["live"]
     text = format_live(r)
     assert "lists written" in text and "14,654" in text and "14,180" in text
+    assert out["frozen_beside"] == "tables" and "frozen arm's scorer: tables" in text
+
+
+def test_the_frozen_arms_replica_writes_to_the_next_database() -> None:
+    from rankstream.bench.live import next_database
+
+    assert next_database("redis://127.0.0.1:6390/3") == "redis://127.0.0.1:6390/4"
+    assert next_database("redis://:pw@host:1/15") == "redis://:pw@host:1/0"  # Redis has 16
+    assert next_database("redis://host:1") == "redis://host:1/1"

@@ -351,3 +351,30 @@ def test_the_merged_ablation_is_the_linear_part_on_the_merges_candidates(
     ablation = result.to_dict()["text_ablation_merged"]
     assert set(ablation) == {"with_text", "without_text"}
     assert ablation["without_text"]["ndcg@10"] == result.orders["model-live-no-text"].metrics["ndcg@10"]
+
+
+def test_model_frozen_is_the_model_on_the_train_splits_tables_held(shop: Prepared) -> None:
+    model = Reverser()
+    plain = measure(shop, "test", ranker=Reverser(), rerank_top=10, open_baskets=3)
+    result = measure(shop, "test", ranker=model, rerank_top=10, open_baskets=3, model_frozen=True)
+    assert {k: v for k, v in result.orders.items() if k != "model-frozen"} == plain.orders
+    # Held at Jan 10, the tables know only Jan 1-3: a<->b, c<->d, and a, b trending (two buyers each). Each
+    # history votes only for itself, so u1 (b, a) gets trending minus history, nothing, and u10 (d, c) a, b.
+    lists_by_call = [[[p[1] for p in lst] for lst in lists] for lists, _, _ in model.calls]
+    assert lists_by_call[1] == [[], ["1 | a thing", "2 | b thing"]]
+    frozen = result.orders["model-frozen"].metrics
+    assert frozen["ndcg@10"] == 0.0 and frozen["candidate_recall@50"] == 0.0  # c, e, f: none held-reachable
+    assert result.paired["model-live_vs_model-frozen"]["ndcg@10"].ratio is None  # 0 below the line
+    ob = result.open_baskets
+    assert ob is not None and ob.orders["model-frozen"].metrics["ndcg@10"] == 0.0
+    assert "model-live_vs_model-frozen" in ob.paired
+
+
+def test_tables_held_after_the_split_are_the_live_tables(shop: Prepared) -> None:
+    from rankstream.data.live_instances import live_instances
+
+    live = live_instances(shop.interactions, shop.frame("test"), shop.catalog, open_baskets=3)
+    late = live_instances(shop.interactions, shop.frame("test"), shop.catalog, open_baskets=3, tables_until_ms=2**62)
+    assert late.instances == live.instances and late.opened == live.opened
+    for a, b in zip(late.signals or [], live.signals or [], strict=True):
+        np.testing.assert_array_equal(a, b)
