@@ -9,11 +9,12 @@ fixed rate, the same model, each arm on a topic and a flushed Redis database of 
   which isolates what moving the tables during the test period is worth;
 - live: the tables seeded with every event before the test period, then moved by one `rankstream tables`
   replica (a process) sharing the machine with the scorer.
-By default (`beside="tables"`) the frozen arm's scorer shares the machine with a tables replica too, the
-same job on the same events, seeded like the live one, writing to a Redis database the scorer never reads:
-both arms then carry the same load, and differ only in the tables their scorer reads. How many lists a
-scorer writes at a fixed rate follows the CPU it gets, and the per-event figures follow that; with the
-frozen arm's scorer alone on the cores (`beside="nothing"`) the ratio also measures the job's cost.
+By default (`arms_run="together"`) both arms run at once: their events produced at the same time, each at
+the rate, their scorers in this process and the live arm's replica on the same cores at the same moments,
+each arm in a Redis database of its own. How many lists a scorer writes at a fixed rate follows the CPU it
+gets, and the per-event figures follow that; run one after the other (`"apart"`), the arms meet whatever
+the machine gives in their own minutes, which moved the per-event ratio by a fifth between runs of the
+same code. Together, what differs between them is the tables, and what reading moving tables costs.
 For every event whose user had a list on screen, the scorer notes where the event's item stood in that
 list (the live hit-rate it already counts). hit_rate@10: the share of those events whose item was in
 the top 10; ndcg@10: 1 / log2(rank + 2) for such an event, else 0 (one relevant item per event).
@@ -93,7 +94,7 @@ class LiveBench:
     rate: float
     model: str
     frozen_tables: str  # "train" or "seeded": what the frozen arm's tables hold
-    frozen_beside: str  # "tables" (a replica writing elsewhere, the same load as live) or "nothing"
+    arms_run: str  # "together" (both arms at once, on the same cores at the same moments) or "apart"
     frozen: Arm
     live: Arm
     ratio: dict[str, dict[str, float | list[float]]]  # live / frozen, with its interval
@@ -121,8 +122,8 @@ def format_live(r: LiveBench) -> str:
     hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(
         [
-            f"{r.events:,} test events at {r.rate:,.0f}/s, model {r.model}, frozen tables: {r.frozen_tables}, "
-            f"beside the frozen arm's scorer: {r.frozen_beside}",
+            f"{r.events:,} test events at {r.rate:,.0f}/s a arm, model {r.model}, frozen tables: {r.frozen_tables}, "
+            f"arms run {r.arms_run}",
             "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lists written  lost  "
             "cpu busy/steal/scorer",
             row("frozen", r.frozen),
@@ -199,98 +200,147 @@ def summarize(
     return arm_a, arm_b, ratio
 
 
-async def _arm(
-    name: str,
-    base: Settings,
-    ranker: Ranker,
-    client: RedisClient,
-    catalog: dict[str, str],
-    tables: LiveReplay,
-    events: list[ClickEvent],
-    rate: float,
-    log_dir: Path,
-    replica: tuple[str, RedisClient, LiveReplay] | None,
-) -> tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome], int, CpuUse]:
-    """One arm: (outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes, lists written,
-    CPU from the first event produced to the last one applied). The scorer reads `tables` from `client`;
-    `replica` (Redis URL, a client of it, shares): a tables replica runs beside the scorer, moving those
-    shares in that database (`client`'s own: the scorer reads what it moves)."""
-    topic = Topic(base, client, name)
-    settings = base.model_copy(
-        update={"topic": topic.name, "dlq_topic": f"{topic.name}.dlq", "group_id": f"g-{topic.name}"}
-    )
-    await asyncio.to_thread(create_topics, settings.kafka_bootstrap, {topic.name: PARTITIONS, f"{topic.name}.dlq": 1})
-    await client.flushdb()
-    store = Store(client, ttl_s=base.rec_ttl_s)
-    await store.load_catalog(catalog)
-    await seed(client, topic.name, tables.shares, tables.params)
-    started_ms = time.time() * 1000
-    replicas, moved = None, client
-    if replica is not None:
-        url, moved, shares = replica
-        if moved is not client:
-            await moved.flushdb()
-            await seed(moved, topic.name, shares.shares, shares.params)
-        replicas = Replicas({**topic.env(), "RANKSTREAM_REDIS_URL": url}, 1, log_dir)
-    scorer = Scorer(settings, ranker, store, latency_samples=len(events) + 10_000)
-    await scorer.start()
-    task = asyncio.create_task(scorer.run())
-    reached: dict[int, list[tuple[int, float]]] = {}
-    try:
-        await asyncio.sleep(3.0)  # the scorer joins its group
-        if replicas is not None:
-            await wait_taken(moved, topic.name, started_ms, replicas)  # and the tables replica serves
-        meter = CpuMeter()
-        producing = asyncio.create_task(
-            produce_elsewhere(settings.kafka_bootstrap, topic.name, events, rate, keep_all=True)
+ArmOut = tuple[list[Outcome], int, int, float | None, dict[str, float | None], list[Outcome], int, CpuUse]
+
+
+class _Run:
+    """One arm on a topic of its own and a flushed Redis database of its own (`client`'s): its scorer reads
+    the shares `tables` seeds there; with `with_tables`, a `rankstream tables` replica moves them."""
+
+    def __init__(
+        self,
+        name: str,
+        base: Settings,
+        ranker: Ranker,
+        client: RedisClient,
+        tables: LiveReplay,
+        events: list[ClickEvent],
+        log_dir: Path,
+        with_tables: bool,
+    ) -> None:
+        self.client, self.tables, self.events, self.log_dir = client, tables, events, log_dir
+        self.with_tables = with_tables
+        self.topic = Topic(base, client, name)
+        t = self.topic.name
+        url = client_url(base.redis_url, client)
+        self.settings = base.model_copy(
+            update={"topic": t, "dlq_topic": f"{t}.dlq", "group_id": f"g-{t}", "redis_url": url}
         )
-        while True:
-            if task.done():
-                task.result()
-            if replicas is not None:
-                replicas.check()
-                now = time.time() * 1000
-                for p, off in (await stored_offsets(moved, topic.name)).items():
-                    if not reached.get(p) or reached[p][-1][0] != off:
-                        reached.setdefault(p, []).append((off, now))
+        self.store = Store(client, ttl_s=base.rec_ttl_s)
+        self.ranker = ranker
+        self.replicas: Replicas | None = None
+        self.reached: dict[int, list[tuple[int, float]]] = {}  # partition -> (stored offset, first seen ms)
+        self.cpu: CpuUse | None = None
+
+    async def start(self, catalog: dict[str, str]) -> None:
+        t = self.topic.name
+        await asyncio.to_thread(create_topics, self.settings.kafka_bootstrap, {t: PARTITIONS, f"{t}.dlq": 1})
+        await self.client.flushdb()
+        await self.store.load_catalog(catalog)
+        await seed(self.client, t, self.tables.shares, self.tables.params)
+        self.started_ms = time.time() * 1000
+        if self.with_tables:
+            env = {**self.topic.env(), "RANKSTREAM_REDIS_URL": self.settings.redis_url}
+            self.replicas = Replicas(env, 1, self.log_dir)
+        self.scorer = Scorer(self.settings, self.ranker, self.store, latency_samples=len(self.events) + 10_000)
+        await self.scorer.start()
+        self.task = asyncio.create_task(self.scorer.run())
+
+    async def ready(self) -> None:
+        """Once the scorer joined its group (3 s) and the tables replica took every share."""
+        if self.replicas is not None:
+            await wait_taken(self.client, self.topic.name, self.started_ms, self.replicas)
+
+    def produce(self, rate: float) -> None:
+        self.meter = CpuMeter()
+        self.producing = asyncio.create_task(
+            produce_elsewhere(self.settings.kafka_bootstrap, self.topic.name, self.events, rate, keep_all=True)
+        )
+
+    async def poll(self) -> bool:
+        """Note how far the tables are; True once every event is scored and applied (the CPU noted then)."""
+        if self.task.done():
+            self.task.result()
+        if self.replicas is not None:
+            self.replicas.check()
+            now = time.time() * 1000
+            for p, off in (await stored_offsets(self.client, self.topic.name)).items():
+                if not self.reached.get(p) or self.reached[p][-1][0] != off:
+                    self.reached.setdefault(p, []).append((off, now))
+        if not self.producing.done():
+            return False
+        produced: Produced = self.producing.result()
+        lag = await group_lag(self.settings.kafka_bootstrap, self.topic.name, self.settings.group_id)
+        ends: dict[int, int] = {}
+        for q, o, _ in produced.all or []:
+            ends[q] = max(ends.get(q, -1), o)
+        applied = self.replicas is None or all(self.reached.get(p, [(-1, 0)])[-1][0] >= o for p, o in ends.items())
+        if lag and sum(lag.values()) == 0 and applied:
+            self.cpu = self.meter.stop()
+            return True
+        return False
+
+    async def stop(self) -> None:
+        if getattr(self, "scorer", None) is None:
+            return
+        self.scorer.stop()
+        await self.task
+        await self.scorer.close()
+        if self.replicas is not None:
+            self.replicas.stop()
+
+    async def outcome(self) -> ArmOut:
+        """(outcomes, lost, users not reflected, p99 ms, freshness, next-basket outcomes, lists written, CPU
+        from the first event produced to the last one applied)."""
+        produced: Produced = self.producing.result()
+        last = {key.decode(): at for key, at in produced.last.items()}
+        not_reflected = await count_not_reflected(self.store, self.topic.name, last)
+        st = self.scorer.stats
+        lost = len(self.events) - st.events - st.dlq
+        p99 = percentile(sorted(ms for _, ms in self.scorer.latencies), 99)
+        fresh: dict[str, float | None] = {"p50": None, "p99": None}
+        if self.replicas is not None:
+            delays = []
+            for p, off, sent_ms in produced.all or []:
+                seen = next((t for o, t in self.reached.get(p, []) if o >= off), None)
+                if seen is not None:
+                    delays.append(max(0.0, seen - sent_ms))
+            fresh = {"p50": percentile(delays, 50), "p99": percentile(delays, 99)}
+        sent = produced.all or []
+        basket = {(p, off): event_ms(ev) for ev, (p, off, _) in zip(self.events, sent, strict=True)}
+        outcomes = list(self.scorer.recorder.outcomes)
+        assert self.cpu is not None
+        return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket), st.lists_written, self.cpu
+
+
+async def _run_together(runs: Sequence[_Run], catalog: dict[str, str], rate: float) -> list[ArmOut]:
+    """The arms' events produced at the same time, each at `rate`, until every arm is done."""
+    try:
+        for run in runs:
+            await run.start(catalog)
+        await asyncio.sleep(3.0)  # the scorers join their groups
+        for run in runs:
+            await run.ready()
+        for run in runs:
+            run.produce(rate)
+        waiting = list(runs)
+        while waiting:
             await asyncio.sleep(_POLL_S)
-            if not producing.done():
-                continue
-            produced: Produced = producing.result()
-            lag = await group_lag(settings.kafka_bootstrap, topic.name, settings.group_id)
-            ends = {
-                p: max(o for q, o, _ in produced.all or [] if q == p) for p in {q for q, _, _ in produced.all or []}
-            }
-            settled = replicas is None or all(reached.get(p, [(-1, 0)])[-1][0] >= o for p, o in ends.items())
-            if lag and sum(lag.values()) == 0 and settled:
-                cpu = meter.stop()
-                break
+            waiting = [run for run in waiting if not await run.poll()]
     finally:
-        scorer.stop()
-        await task
-        await scorer.close()
-        if replicas is not None:
-            replicas.stop()
-    last = {key.decode(): at for key, at in produced.last.items()}
-    not_reflected = await count_not_reflected(store, topic.name, last)
-    st = scorer.stats
-    lost = len(events) - st.events - st.dlq
-    p99 = percentile(sorted(ms for _, ms in scorer.latencies), 99)
-    fresh: dict[str, float | None] = {"p50": None, "p99": None}
-    if replicas is not None:
-        delays = []
-        for p, off, sent_ms in produced.all or []:
-            seen = next((t for o, t in reached.get(p, []) if o >= off), None)
-            if seen is not None:
-                delays.append(max(0.0, seen - sent_ms))
-        fresh = {"p50": percentile(delays, 50), "p99": percentile(delays, 99)}
-    basket = {(p, off): event_ms(ev) for ev, (p, off, _) in zip(events, produced.all or [], strict=True)}
-    outcomes = list(scorer.recorder.outcomes)
-    return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket), st.lists_written, cpu
+        for run in runs:
+            await run.stop()
+    return [await run.outcome() for run in runs]
 
 
 FROZEN = ("train", "seeded")
-BESIDE = ("tables", "nothing")
+ARMS = ("together", "apart")
+
+
+def client_url(redis_url: str, client: RedisClient) -> str:
+    """`redis_url` naming the database `client` is connected to."""
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+    return urlunsplit(urlsplit(redis_url)._replace(path=f"/{db}"))
 
 
 def next_database(redis_url: str) -> str:
@@ -308,33 +358,35 @@ async def bench_live_on(
     rate: float,
     limit: int | None = None,
     frozen: str = "train",
-    beside: str = "tables",
+    arms_run: str = "together",
 ) -> LiveBench:
     if frozen not in FROZEN:
         raise ValueError(f"frozen tables must be one of {FROZEN}, not {frozen!r}")
-    if beside not in BESIDE:
-        raise ValueError(f"beside the frozen arm's scorer must run one of {BESIDE}, not {beside!r}")
+    if arms_run not in ARMS:
+        raise ValueError(f"the arms run one of {ARMS}, not {arms_run!r}")
     prepared = Prepared.load(data_dir)
     events = split_events(data_dir, "test", limit)
     tables = await asyncio.to_thread(seeded, prepared, PARTITIONS)
     # "valid" seeds with what precedes the valid split: the train split alone.
     held = tables if frozen == "seeded" else await asyncio.to_thread(seeded, prepared, PARTITIONS, None, "valid")
     ranker = serving_loader(base)(model_dir)
+    together = arms_run == "together"
+    # Together, each arm has a database of its own (lists are keyed by user); apart, each flushes the one.
     client = connect_from_settings(base)
-    # The frozen arm's replica writes to the next database of the same server, which its scorer never reads.
-    other_url = next_database(base.redis_url)
-    elsewhere = connect_from_settings(base.model_copy(update={"redis_url": other_url}))
+    other = connect_from_settings(base.model_copy(update={"redis_url": next_database(base.redis_url)}))
     try:
-        arms = {}
-        beside_frozen = (other_url, elsewhere, tables) if beside == "tables" else None
-        live = (base.redis_url, client, tables)
-        for name, shares, replica in (("frozen", held, beside_frozen), ("live", tables, live)):
-            arms[name] = await _arm(
-                name, base, ranker, client, prepared.catalog, shares, events, rate, log_dir, replica
-            )
+        runs = {
+            "frozen": _Run("frozen", base, ranker, client, held, events, log_dir, False),
+            "live": _Run("live", base, ranker, other if together else client, tables, events, log_dir, True),
+        }
+        if together:
+            outs = await _run_together(list(runs.values()), prepared.catalog, rate)
+        else:
+            outs = [(await _run_together([run], prepared.catalog, rate))[0] for run in runs.values()]
+        arms = dict(zip(runs, outs, strict=True))
     finally:
         await client.aclose()
-        await elsewhere.aclose()
+        await other.aclose()
     fa, fb, ratio = summarize(arms["frozen"][0], arms["live"][0])
     na, nb, ratio_nb = summarize(arms["frozen"][5], arms["live"][5])
 
@@ -363,7 +415,7 @@ async def bench_live_on(
         rate=rate,
         model=ranker.version,
         frozen_tables=frozen,
-        frozen_beside=beside,
+        arms_run=arms_run,
         frozen=frozen_arm,
         live=live_arm,
         ratio=ratio,
@@ -380,7 +432,7 @@ def bench_live(
     rate: float,
     limit: int | None = None,
     frozen: str = "train",
-    beside: str = "tables",
+    arms_run: str = "together",
     **scorer: object,
 ) -> LiveBench:
     """`rankstream bench live` on the local stack and the prepared data of `home`."""
@@ -391,5 +443,5 @@ def bench_live(
     log_dir.mkdir(parents=True, exist_ok=True)
     prepare(None, home / "data")
     return asyncio.run(
-        bench_live_on(base, home / "data", model_dir, log_dir, rate=rate, limit=limit, frozen=frozen, beside=beside)
+        bench_live_on(base, home / "data", model_dir, log_dir, rate=rate, limit=limit, frozen=frozen, arms_run=arms_run)
     )

@@ -203,8 +203,28 @@ def _bench_live(args: argparse.Namespace) -> int:
     from rankstream.stream.service import resolve_model_dir
 
     model = resolve_model_dir(args.model or home() / "models")
-    result = bench_live(home(), model, rate=args.rate, limit=args.limit, frozen=args.frozen, beside=args.frozen_beside)
+    result = bench_live(home(), model, rate=args.rate, limit=args.limit, frozen=args.frozen, arms_run=args.arms)
     print(result.to_json() if args.json else format_live(result))
+    return 0
+
+
+def _bench_events(args: argparse.Namespace) -> int:
+    from rankstream.bench.events import TABLES, bench_events, format_events
+    from rankstream.data.prepare import Prepared
+    from rankstream.evaluation.endtoend import load_model
+    from rankstream.stream.service import resolve_model_dir
+    from rankstream.stream.settings import load_settings
+
+    if args.every < 1:
+        raise ConfigError(f"--every is a positive count of events, got {args.every}")
+    tables = args.tables.split(",")
+    if not tables or any(t not in TABLES for t in tables):
+        raise ConfigError(f"--tables takes a comma-separated list of {', '.join(TABLES)}, got {args.tables!r}")
+    model = resolve_model_dir(args.model or home() / "models")
+    ranker, top = load_model(model, load_settings())
+    prepared = Prepared.load(args.data or home() / "data")
+    result = bench_events(prepared, ranker, top, every=args.every, tables=tables)
+    print(result.to_json() if args.json else format_events(result))
     return 0
 
 
@@ -556,14 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
         "before the test period, then held",
     )
     b.add_argument(
-        "--frozen-beside",
-        choices=("tables", "nothing"),
-        default="tables",
-        help="what shares the machine with the frozen arm's scorer: a tables replica on the same events writing "
-        "to a database the scorer never reads, the live arm's load (default), or nothing",
+        "--arms",
+        choices=("together", "apart"),
+        default="together",
+        help="run both arms at once, each at --rate, on the same cores at the same moments (default), or one "
+        "after the other",
     )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_live)
+    b = bench.add_parser(
+        "events",
+        help="bench live's per-event check offline, every list written just before its event: tables live, held "
+        "at the train split, or just before the event's basket",
+    )
+    b.add_argument("--model", type=Path, help="an artifact (default: the newest in $RANKSTREAM_HOME/models)")
+    b.add_argument("--data", type=Path, help="prepared data (default: $RANKSTREAM_HOME/data)")
+    b.add_argument("--every", type=int, default=16, help="check every N-th test event (default 16)")
+    b.add_argument("--tables", default="live,held,before", help="the arms, comma-separated (default: all three)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench_events)
     b = bench.add_parser("tables", help="the live-tables job: maximum rate, freshness, shares after kill -9s")
     b.add_argument("--rate", type=float, default=800.0, help="events/s for the freshness and kill runs")
     b.add_argument("--replicas", type=int, default=2)

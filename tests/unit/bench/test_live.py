@@ -38,7 +38,7 @@ def test_the_report_carries_each_arms_lists_written() -> None:
         250.0,
         "m",
         "train",
-        "tables",
+        "together",
         arm(0.1, 14_654),
         arm(0.11, 14_180),
         ratio,
@@ -51,10 +51,10 @@ def test_the_report_carries_each_arms_lists_written() -> None:
     assert out["live"]["hit_rate@10"] == 0.11 and "hit_rate_at_10" not in out["live"]
     text = format_live(r)
     assert "lists written" in text and "14,654" in text and "14,180" in text
-    assert out["frozen_beside"] == "tables" and "frozen arm's scorer: tables" in text
+    assert out["arms_run"] == "together" and "arms run together" in text
 
 
-def test_the_frozen_arms_replica_writes_to_the_next_database() -> None:
+def test_the_live_arm_runs_in_the_next_database() -> None:
     from rankstream.bench.live import next_database
 
     assert next_database("redis://127.0.0.1:6390/3") == "redis://127.0.0.1:6390/4"
