@@ -131,27 +131,26 @@ PAIRS = (("live", "held"), ("before", "held"), ("before", "live"))
 
 def compare(checked: dict[str, list[Checked]], every: int, model: str, seconds: dict[str, float]) -> EventsBench:
     """Each arm's figures and each pair's ratio, users resampled together (`bench.live.summarize`)."""
-    arms, ratios, cont = {}, {}, {}
+    arms = {}
+    for name, events in checked.items():
+        fig = summarize(_outcomes(events), _outcomes(events))[0]  # type: ignore[arg-type]
+        n = max(len(events), 1)
+        arms[name] = Arm(
+            len(events),
+            fig["hit_rate@10"][0],
+            fig["ndcg@10"][0],
+            {k: v[1] for k, v in fig.items()},
+            round(sum(e.candidate for e in events) / n, 5),
+            round(sum(e.continuing for e in events) / n, 5),
+        )
+    ratios, cont = {}, {}
     for a, b in PAIRS:
-        if a not in checked or b not in checked:
-            continue
-        fb, fa, ratio = summarize(_outcomes(checked[b]), _outcomes(checked[a]))  # type: ignore[arg-type]
-        ratios[f"{a} / {b}"] = ratio
-        cont[f"{a} / {b}"] = summarize(
-            _outcomes(checked[b], True),
-            _outcomes(checked[a], True),  # type: ignore[arg-type]
-        )[2]
-        for name, fig in ((a, fa), (b, fb)):
-            events = checked[name]
-            n = max(len(events), 1)
-            arms[name] = Arm(
-                len(events),
-                fig["hit_rate@10"][0],
-                fig["ndcg@10"][0],
-                {k: v[1] for k, v in fig.items()},
-                round(sum(e.candidate for e in events) / n, 5),
-                round(sum(e.continuing for e in events) / n, 5),
-            )
+        if a in checked and b in checked:
+            ratios[f"{a} / {b}"] = summarize(_outcomes(checked[b]), _outcomes(checked[a]))[2]  # type: ignore[arg-type]
+            cont[f"{a} / {b}"] = summarize(
+                _outcomes(checked[b], True),
+                _outcomes(checked[a], True),  # type: ignore[arg-type]
+            )[2]
     return EventsBench(every, model, arms, ratios, cont, seconds)
 
 

@@ -122,7 +122,7 @@ def format_live(r: LiveBench) -> str:
     hr, nb = r.ratio["hit_rate@10"], r.ratio_next_basket["hit_rate@10"]
     return "\n".join(
         [
-            f"{r.events:,} test events at {r.rate:,.0f}/s a arm, model {r.model}, frozen tables: {r.frozen_tables}, "
+            f"{r.events:,} test events at {r.rate:,.0f}/s per arm, model {r.model}, frozen tables: {r.frozen_tables}, "
             f"arms run {r.arms_run}",
             "tables  checked  hit-rate@10 [95% CI]         ndcg@10 [95% CI]         lists written  lost  "
             "cpu busy/steal/scorer",
@@ -313,8 +313,8 @@ class _Run:
         return outcomes, lost, not_reflected, p99, fresh, next_basket(outcomes, basket), st.lists_written, self.cpu
 
 
-async def _run_together(runs: Sequence[_Run], catalog: dict[str, str], rate: float) -> list[ArmOut]:
-    """The arms' events produced at the same time, each at `rate`, until every arm is done."""
+async def _run_arms(runs: Sequence[_Run], catalog: dict[str, str], rate: float) -> list[ArmOut]:
+    """`runs` at once: their events produced at the same time, each at `rate`, until every one is done."""
     try:
         for run in runs:
             await run.start(catalog)
@@ -380,9 +380,9 @@ async def bench_live_on(
             "live": _Run("live", base, ranker, other if together else client, tables, events, log_dir, True),
         }
         if together:
-            outs = await _run_together(list(runs.values()), prepared.catalog, rate)
+            outs = await _run_arms(list(runs.values()), prepared.catalog, rate)
         else:
-            outs = [(await _run_together([run], prepared.catalog, rate))[0] for run in runs.values()]
+            outs = [(await _run_arms([run], prepared.catalog, rate))[0] for run in runs.values()]
         arms = dict(zip(runs, outs, strict=True))
     finally:
         await client.aclose()

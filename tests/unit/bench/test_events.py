@@ -55,6 +55,8 @@ def test_compare_resamples_users_and_divides_hit_rates() -> None:
     assert r.ratios_continuing["live / held"]["hit_rate@10"]["ratio"] == pytest.approx(1.0)  # u's second: both hit
     lo, hi = r.ratios["live / held"]["hit_rate@10"]["ci95"]  # type: ignore[misc]
     assert lo <= 2.0 <= hi
+    alone = compare({"live": live}, 1, "m", {})  # one arm: its figures, no pair
+    assert alone.arms["live"] == r.arms["live"] and alone.ratios == {}
 
 
 def test_the_report_names_every_arm_and_pair(shop: Prepared) -> None:  # noqa: F811
