@@ -58,7 +58,7 @@ from rankstream.stream.live import event_ms
 from rankstream.stream.livestore import seed
 from rankstream.stream.ranker import Ranker, serving_loader
 from rankstream.stream.recorder import Outcome
-from rankstream.stream.redis_client import RedisClient, connect_from_settings
+from rankstream.stream.redis_client import connect_from_settings
 from rankstream.stream.scorer import Scorer
 from rankstream.stream.settings import Settings
 from rankstream.stream.store import Store
@@ -204,29 +204,29 @@ ArmOut = tuple[list[Outcome], int, int, float | None, dict[str, float | None], l
 
 
 class _Run:
-    """One arm on a topic of its own and a flushed Redis database of its own (`client`'s): its scorer reads
-    the shares `tables` seeds there; with `with_tables`, a `rankstream tables` replica moves them."""
+    """One arm on a topic of its own and a flushed Redis database (`redis_url`'s): its scorer reads the
+    shares `tables` seeds there; with `with_tables`, a `rankstream tables` replica moves them."""
 
     def __init__(
         self,
         name: str,
         base: Settings,
         ranker: Ranker,
-        client: RedisClient,
+        redis_url: str,
         tables: LiveReplay,
         events: list[ClickEvent],
         log_dir: Path,
         with_tables: bool,
     ) -> None:
-        self.client, self.tables, self.events, self.log_dir = client, tables, events, log_dir
+        self.tables, self.events, self.log_dir = tables, events, log_dir
         self.with_tables = with_tables
-        self.topic = Topic(base, client, name)
+        self.client = connect_from_settings(base.model_copy(update={"redis_url": redis_url}))
+        self.topic = Topic(base, self.client, name)
         t = self.topic.name
-        url = client_url(base.redis_url, client)
         self.settings = base.model_copy(
-            update={"topic": t, "dlq_topic": f"{t}.dlq", "group_id": f"g-{t}", "redis_url": url}
+            update={"topic": t, "dlq_topic": f"{t}.dlq", "group_id": f"g-{t}", "redis_url": redis_url}
         )
-        self.store = Store(client, ttl_s=base.rec_ttl_s)
+        self.store = Store(self.client, ttl_s=base.rec_ttl_s)
         self.ranker = ranker
         self.replicas: Replicas | None = None
         self.reached: dict[int, list[tuple[int, float]]] = {}  # partition -> (stored offset, first seen ms)
@@ -337,12 +337,6 @@ FROZEN = ("train", "seeded")
 ARMS = ("together", "apart")
 
 
-def client_url(redis_url: str, client: RedisClient) -> str:
-    """`redis_url` naming the database `client` is connected to."""
-    db = int(client.connection_pool.connection_kwargs.get("db", 0))
-    return urlunsplit(urlsplit(redis_url)._replace(path=f"/{db}"))
-
-
 def next_database(redis_url: str) -> str:
     """The URL of the database after `redis_url`'s on the same server (16 databases, as Redis has)."""
     db = int(parse_url(redis_url).get("db", 0))
@@ -370,23 +364,21 @@ async def bench_live_on(
     # "valid" seeds with what precedes the valid split: the train split alone.
     held = tables if frozen == "seeded" else await asyncio.to_thread(seeded, prepared, PARTITIONS, None, "valid")
     ranker = serving_loader(base)(model_dir)
-    together = arms_run == "together"
     # Together, each arm has a database of its own (lists are keyed by user); apart, each flushes the one.
-    client = connect_from_settings(base)
-    other = connect_from_settings(base.model_copy(update={"redis_url": next_database(base.redis_url)}))
+    live_url = next_database(base.redis_url) if arms_run == "together" else base.redis_url
+    runs = {
+        "frozen": _Run("frozen", base, ranker, base.redis_url, held, events, log_dir, False),
+        "live": _Run("live", base, ranker, live_url, tables, events, log_dir, True),
+    }
     try:
-        runs = {
-            "frozen": _Run("frozen", base, ranker, client, held, events, log_dir, False),
-            "live": _Run("live", base, ranker, other if together else client, tables, events, log_dir, True),
-        }
-        if together:
+        if arms_run == "together":
             outs = await _run_arms(list(runs.values()), prepared.catalog, rate)
         else:
             outs = [(await _run_arms([run], prepared.catalog, rate))[0] for run in runs.values()]
         arms = dict(zip(runs, outs, strict=True))
     finally:
-        await client.aclose()
-        await other.aclose()
+        for run in runs.values():
+            await run.client.aclose()
     fa, fb, ratio = summarize(arms["frozen"][0], arms["live"][0])
     na, nb, ratio_nb = summarize(arms["frozen"][5], arms["live"][5])
 
