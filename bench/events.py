@@ -12,6 +12,10 @@ every earlier event (the basket's earlier lines included) and the tables after
 Candidates, signals and the model's order are the scorer's (`live_candidates`, `live_signals`,
 `ranked_lists`); a hit is the event's item in the top 10. Intervals: users resampled together, as in
 `bench live`. CPU only, no Kafka or Redis: a quality figure, not a speed one.
+
+Each pair's reach split says where a ratio comes from: the events whose item is a candidate of both arms
+(where the two differ only by how the model ranks what each arm's tables propose), of one arm only (what
+that arm's tables reach and the other's do not), and each arm's hits in each part.
 """
 
 import json
@@ -25,6 +29,7 @@ from rankstream.data.live_replay import LiveReplay, replay_events
 from rankstream.data.prepare import Prepared
 from rankstream.evaluation.endtoend import N_CANDIDATES, ListScorer, ranked_lists
 from rankstream.stream.candidates import in_catalog
+from rankstream.stream.errors import ConfigError
 from rankstream.stream.live import LiveParams
 
 TABLES = ("live", "held", "before")
@@ -110,16 +115,43 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Reach:
+    """One part of a pair's events: how many, and each arm's hits@10 among them."""
+
+    events: int
+    hits_a: int
+    hits_b: int
+
+
+@dataclass(frozen=True)
 class EventsBench:
     every: int
     model: str
     arms: dict[str, Arm]
     ratios: dict[str, dict[str, dict[str, float | list[float]]]]  # "a / b" -> metric -> ratio, ci95
     ratios_continuing: dict[str, dict[str, dict[str, float | list[float]]]]  # the same, continuing events only
+    reach: dict[str, dict[str, Reach]]  # "a / b" -> "both", "a only", "b only" (`reach_split`)
     seconds: dict[str, float]
+    half_life_days: float
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+def reach_split(a: Sequence[Checked], b: Sequence[Checked], names: tuple[str, str]) -> dict[str, Reach]:
+    """The events whose item is a candidate of both arms, of `a` only, of `b` only. Both arms judged the
+    same events in the same order (`check` samples them the same way whatever the tables)."""
+    parts: dict[str, list[int]] = {"both": [0, 0, 0], f"{names[0]} only": [0, 0, 0], f"{names[1]} only": [0, 0, 0]}
+    for x, y in zip(a, b, strict=True):
+        if x.user != y.user:
+            raise ValueError("the arms judged different events")
+        if not (x.candidate or y.candidate):
+            continue
+        part = parts["both" if x.candidate and y.candidate else f"{names[0] if x.candidate else names[1]} only"]
+        part[0] += 1
+        part[1] += x.rank >= 0
+        part[2] += y.rank >= 0
+    return {k: Reach(*v) for k, v in parts.items()}
 
 
 def _outcomes(checked: Sequence[Checked], only_continuing: bool = False) -> list[tuple[str, int]]:
@@ -129,8 +161,15 @@ def _outcomes(checked: Sequence[Checked], only_continuing: bool = False) -> list
 PAIRS = (("live", "held"), ("before", "held"), ("before", "live"))
 
 
-def compare(checked: dict[str, list[Checked]], every: int, model: str, seconds: dict[str, float]) -> EventsBench:
-    """Each arm's figures and each pair's ratio, users resampled together (`bench.live.summarize`)."""
+def compare(
+    checked: dict[str, list[Checked]],
+    every: int,
+    model: str,
+    seconds: dict[str, float],
+    half_life_days: float = LiveParams.half_life_days,
+) -> EventsBench:
+    """Each arm's figures and each pair's ratio, users resampled together (`bench.live.summarize`), and
+    each pair's reach split."""
     arms = {}
     for name, events in checked.items():
         fig = summarize(_outcomes(events), _outcomes(events))[0]  # type: ignore[arg-type]
@@ -143,20 +182,22 @@ def compare(checked: dict[str, list[Checked]], every: int, model: str, seconds: 
             round(sum(e.candidate for e in events) / n, 5),
             round(sum(e.continuing for e in events) / n, 5),
         )
-    ratios, cont = {}, {}
+    ratios, cont, reach = {}, {}, {}
     for a, b in PAIRS:
         if a in checked and b in checked:
+            reach[f"{a} / {b}"] = reach_split(checked[a], checked[b], (a, b))
             ratios[f"{a} / {b}"] = summarize(_outcomes(checked[b]), _outcomes(checked[a]))[2]  # type: ignore[arg-type]
             cont[f"{a} / {b}"] = summarize(
                 _outcomes(checked[b], True),
                 _outcomes(checked[a], True),  # type: ignore[arg-type]
             )[2]
-    return EventsBench(every, model, arms, ratios, cont, seconds)
+    return EventsBench(every, model, arms, ratios, cont, reach, seconds, half_life_days)
 
 
 def format_events(r: EventsBench) -> str:
     rows = [
-        f"every {r.every}th test event, model {r.model}; lists written just before each event",
+        f"every {r.every}th test event, model {r.model}, tables' half-life {r.half_life_days:g} days; lists "
+        "written just before each event",
         "tables   events   hit-rate@10 [95% CI]        ndcg@10   item a candidate   continuing a basket",
     ]
     for name, a in r.arms.items():
@@ -172,15 +213,35 @@ def format_events(r: EventsBench) -> str:
             f"{pair} hit-rate@10: x{hr['ratio']:.3f} [{hr['ci95'][0]:.3f}, {hr['ci95'][1]:.3f}]; "  # type: ignore[index]
             f"continuing a basket x{c['ratio']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"  # type: ignore[index]
         )
+        a, b = pair.split(" / ")
+        parts = "; ".join(
+            f"{part} {x.events:,} (hits {a} {x.hits_a:,}, {b} {x.hits_b:,})" for part, x in r.reach[pair].items()
+        )
+        rows.append(f"  item a candidate of {parts}")
     return "\n".join(rows)
 
 
 def bench_events(
-    prepared: Prepared, ranker: ListScorer, rerank_top: int, *, every: int, tables: Sequence[str] = TABLES
+    prepared: Prepared,
+    ranker: ListScorer,
+    rerank_top: int,
+    *,
+    every: int,
+    tables: Sequence[str] = TABLES,
+    params: LiveParams | None = None,
 ) -> EventsBench:
+    """`params`: the tables every arm keeps (default `LiveParams()`, what `rankstream load` seeds). A model
+    reads its signals off these tables, so one trained on another half-life is judged off its own."""
+    params = params or LiveParams()
+    last = prepared.interactions["ts"].max()
+    if last.timestamp() * 1000 >= params.weights_end_ms():
+        raise ConfigError(
+            f"a half-life of {params.half_life_days:g} days: the co-visitation weights (forward decay from 2010) "
+            f"overflow before the data's last event ({last:%Y-%m-%d}); give a longer half-life"
+        )
     checked, seconds = {}, {}
     for name in tables:
         t0 = time.perf_counter()
-        checked[name] = check(prepared, ranker, rerank_top, name, every)
+        checked[name] = check(prepared, ranker, rerank_top, name, every, params)
         seconds[name] = round(time.perf_counter() - t0, 1)
-    return compare(checked, every, ranker.version, seconds)
+    return compare(checked, every, ranker.version, seconds, params.half_life_days)

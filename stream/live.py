@@ -54,6 +54,10 @@ class LiveParams:
     def weight(self, ts_ms: int) -> float:
         return math.pow(2.0, (ts_ms - LANDMARK_MS) / (self.half_life_days * DAY_MS))
 
+    def weights_end_ms(self) -> float:
+        """The time from which `weight` overflows a double (2^1024): the tables hold no event from then on."""
+        return LANDMARK_MS + 1024 * self.half_life_days * DAY_MS
+
 
 @dataclass
 class ItemCounts:

@@ -212,6 +212,7 @@ def _bench_events(args: argparse.Namespace) -> int:
     from rankstream.bench.events import TABLES, bench_events, format_events
     from rankstream.data.prepare import Prepared
     from rankstream.evaluation.endtoend import load_model
+    from rankstream.stream.live import LiveParams
     from rankstream.stream.service import resolve_model_dir
     from rankstream.stream.settings import load_settings
 
@@ -220,10 +221,13 @@ def _bench_events(args: argparse.Namespace) -> int:
     tables = args.tables.split(",")
     if not tables or any(t not in TABLES for t in tables):
         raise ConfigError(f"--tables takes a comma-separated list of {', '.join(TABLES)}, got {args.tables!r}")
+    if args.half_life is not None and not args.half_life > 0:
+        raise ConfigError(f"--half-life is a positive number of days, got {args.half_life}")
     model = resolve_model_dir(args.model or home() / "models")
     ranker, top = load_model(model, load_settings())
     prepared = Prepared.load(args.data or home() / "data")
-    result = bench_events(prepared, ranker, top, every=args.every, tables=tables)
+    params = LiveParams() if args.half_life is None else LiveParams(half_life_days=args.half_life)
+    result = bench_events(prepared, ranker, top, every=args.every, tables=tables, params=params)
     print(result.to_json() if args.json else format_events(result))
     return 0
 
@@ -593,6 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", type=Path, help="prepared data (default: $RANKSTREAM_HOME/data)")
     b.add_argument("--every", type=int, default=16, help="check every N-th test event (default 16)")
     b.add_argument("--tables", default="live,held,before", help="the arms, comma-separated (default: all three)")
+    b.add_argument(
+        "--half-life",
+        type=float,
+        help="days: the co-visitation's half-life in every arm's tables (default: the one `load` seeds)",
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench_events)
     b = bench.add_parser("tables", help="the live-tables job: maximum rate, freshness, shares after kill -9s")

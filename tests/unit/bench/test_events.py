@@ -3,8 +3,9 @@ the end-to-end tests (each list worked out there) with the reversing stand-in mo
 
 import pytest
 
-from rankstream.bench.events import Checked, bench_events, check, compare, sampled
+from rankstream.bench.events import Checked, Reach, bench_events, check, compare, reach_split, sampled
 from rankstream.data.prepare import Prepared
+from rankstream.stream.errors import ConfigError
 from tests.unit.evaluation.test_endtoend import U1, U3, U4, Reverser, shop  # noqa: F401 (shop: a fixture)
 
 
@@ -56,7 +57,36 @@ def test_compare_resamples_users_and_divides_hit_rates() -> None:
     lo, hi = r.ratios["live / held"]["hit_rate@10"]["ci95"]  # type: ignore[misc]
     assert lo <= 2.0 <= hi
     alone = compare({"live": live}, 1, "m", {})  # one arm: its figures, no pair
-    assert alone.arms["live"] == r.arms["live"] and alone.ratios == {}
+    assert alone.arms["live"] == r.arms["live"] and alone.ratios == {} and alone.reach == {}
+
+
+def test_the_reach_split_counts_each_arms_hits_where_each_reaches() -> None:
+    live = [
+        Checked("u", 0, True, False),  # both reach, both hit
+        Checked("u", 3, True, True),  # both reach, only live hits
+        Checked("v", 1, True, False),  # live alone reaches, and hits
+        Checked("v", -1, True, True),  # live alone reaches, misses
+        Checked("w", -1, False, False),  # held alone reaches, and hits
+        Checked("w", -1, False, True),  # neither: in no part
+    ]
+    held = [
+        Checked("u", 5, True, False),
+        Checked("u", -1, True, True),
+        Checked("v", -1, False, False),
+        Checked("v", -1, False, True),
+        Checked("w", 2, True, False),
+        Checked("w", -1, False, True),
+    ]
+    assert reach_split(live, held, ("live", "held")) == {
+        "both": Reach(2, 2, 1),
+        "live only": Reach(2, 1, 0),
+        "held only": Reach(1, 0, 1),
+    }
+    assert compare({"live": live, "held": held}, 1, "m", {}).reach["live / held"]["live only"] == Reach(2, 1, 0)
+    with pytest.raises(ValueError, match="different events"):
+        reach_split(live, list(reversed(held)), ("live", "held"))
+    with pytest.raises(ValueError):  # a shorter arm is not the same events either
+        reach_split(live, held[:-1], ("live", "held"))
 
 
 def test_the_report_names_every_arm_and_pair(shop: Prepared) -> None:  # noqa: F811
@@ -69,3 +99,19 @@ def test_the_report_names_every_arm_and_pair(shop: Prepared) -> None:  # noqa: F
     assert set(out["arms"]) == {"live", "held", "before"} and out["arms"]["held"]["events"] == 5
     assert set(out["ratios"]) == {"live / held", "before / held", "before / live"}
     assert "live / held hit-rate@10" in format_events(r)
+    assert set(out["reach"]["live / held"]) == {"both", "live only", "held only"}
+    assert out["half_life_days"] == 14.0 and "half-life 14 days" in format_events(r)
+
+
+def test_every_arm_keeps_the_tables_it_is_given(shop: Prepared) -> None:  # noqa: F811
+    from rankstream.stream.live import LiveParams
+
+    # Tables that serve no neighbour and no trending item propose nothing, where the default ones reach two
+    # of the five items bought.
+    bare = LiveParams(neighbours=0, trending=0)
+    assert bench_events(shop, Reverser(), 10, every=1, tables=("live",), params=bare).arms["live"].candidate_rate == 0
+    assert bench_events(shop, Reverser(), 10, every=1, tables=("live",)).arms["live"].candidate_rate == 0.4
+    assert bench_events(shop, Reverser(), 10, every=1, params=LiveParams(half_life_days=30)).half_life_days == 30
+    # The shop sells in 2024: a 3-day half-life's weights overflow in 2018, which is said before any replay.
+    with pytest.raises(ConfigError, match="overflow before the data's last event .2024-01"):
+        bench_events(shop, Reverser(), 10, every=1, params=LiveParams(half_life_days=3))

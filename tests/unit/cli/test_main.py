@@ -53,3 +53,9 @@ def test_exit_codes_follow_the_error_class() -> None:
 
     codes = [e.exit_code for e in (RankstreamError, ConfigError, ArtifactError, JobError, StoreError)]
     assert codes == [1, 2, 3, 4, 5]
+
+
+def test_bench_events_refuses_a_half_life_that_is_not_a_positive_number_of_days() -> None:
+    for bad in ("0", "-7", "nan"):
+        done = run_cli("bench", "events", "--half-life", bad)
+        assert done.returncode == 2 and "--half-life is a positive number of days" in done.stderr, done.stderr

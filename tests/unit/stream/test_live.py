@@ -2,7 +2,9 @@
 
 import math
 from collections import defaultdict
+from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -252,3 +254,12 @@ def test_a_sales_view_reads_what_its_counts_read_in_any_order(days: dict[int, in
     view = SalesView(c)
     for off in offsets:
         assert view.stats_at(base + off) == c.stats_at(base + off)
+
+
+def test_weights_end_where_a_double_does() -> None:
+    params = LiveParams(half_life_days=3)
+    end = int(params.weights_end_ms())
+    assert math.isfinite(params.weight(end - DAY_MS))
+    with pytest.raises(OverflowError):
+        params.weight(end)
+    assert LiveParams().weights_end_ms() > datetime(2049, 1, 1, tzinfo=UTC).timestamp() * 1000  # the comment's 2049
