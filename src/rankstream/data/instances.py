@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 # Between a basket's key and k in the key of its open state after k lines (basket keys use \x1f and "@").
 # Tell open states by `is_open`, never by this mark alone: a data set's own ids may hold it.
 OPEN_MARK = "\x1e"
+# What an open state's positives are: every line still to come that is new to the user ("rest"), or only
+# the next line, when it is new ("next"). A scorer rewrites a user's list after every line, so a list is
+# on screen until the next line only: "next" is the event the list is judged by (`bench live`).
+OpenTarget = Literal["rest", "next"]
+OPEN_TARGETS: tuple[OpenTarget, ...] = ("rest", "next")
 
 
 @dataclass(frozen=True)
@@ -59,24 +65,34 @@ def _targets(split_frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _open(
-    t: int, user: str, key: str, before: dict[str, None], lines: tuple[str, ...], ks: Sequence[int]
+    t: int,
+    user: str,
+    key: str,
+    before: dict[str, None],
+    lines: tuple[str, ...],
+    ks: Sequence[int],
+    target: OpenTarget = "rest",
 ) -> list[tuple[int, str, str, tuple[str, ...], frozenset[str]]]:
     """The basket open after its first k lines, for each k: those lines are the newest history, the lines
-    still to come that are new to the user are the positives."""
+    still to come that are new to the user are the positives (`target` "next": the next line alone)."""
     out = []
     for k in ks:
         seen = dict(before)
         for item in lines[:k]:
             seen.pop(item, None)
             seen[item] = None
-        positives = frozenset(lines[k:]).difference(seen)
+        positives = frozenset(lines[k : k + 1] if target == "next" else lines[k:]).difference(seen)
         if positives:
             out.append((t, user, f"{key}{OPEN_MARK}{k}", tuple(reversed(seen)), positives))
     return out
 
 
 def _eligible(
-    interactions_all: pd.DataFrame, targets: pd.DataFrame, open_baskets: int = 0, seed: int = 0
+    interactions_all: pd.DataFrame,
+    targets: pd.DataFrame,
+    open_baskets: int = 0,
+    seed: int = 0,
+    open_target: OpenTarget = "rest",
 ) -> list[tuple[int, str, str, tuple[str, ...], frozenset[str]]]:
     """(t, user, key, history, positives) for every target basket with a history and a new item, and for
     up to `open_baskets` of each basket's open states (`_open`, prefixes drawn with `seed`)."""
@@ -106,7 +122,7 @@ def _eligible(
             if open_baskets and len(lines) > 1:
                 n = min(open_baskets, len(lines) - 1)
                 ks = sorted(rng.choice(np.arange(1, len(lines)), size=n, replace=False).tolist())
-                out.extend(_open(int(t), user, key, seen, lines, ks))
+                out.extend(_open(int(t), user, key, seen, lines, ks, open_target))
             if not seen:
                 continue
             positives = items.difference(seen)
@@ -119,21 +135,29 @@ Eligible = tuple[int, str, str, tuple[str, ...], frozenset[str]]  # (t in µs, u
 
 
 def eligible_baskets(
-    interactions_all: pd.DataFrame, split_frame: pd.DataFrame, *, open_baskets: int = 0, seed: int = 0
+    interactions_all: pd.DataFrame,
+    split_frame: pd.DataFrame,
+    *,
+    open_baskets: int = 0,
+    seed: int = 0,
+    open_target: OpenTarget = "rest",
 ) -> tuple[list[Eligible], int]:
     """The split's eligible baskets in time order (ties by user, then key), and how many baskets it has.
 
     A basket is eligible when its user has a history before it and it holds an item not in that history.
     With `open_baskets` > 0, each basket of two or more distinct items also gives up to that many open
     states (drawn with `seed`): the basket after its first k lines, as the scorer sees a user in the middle
-    of one (those lines the newest history, the rest of the basket the positives, the time the basket's).
-    Their key is the basket's, `OPEN_MARK` and k. Training reads them; gates and the headline evaluation
-    count whole baskets only.
+    of one (those lines the newest history, the rest of the basket the positives, the time the basket's;
+    with `open_target` "next", the next line alone, and no state where that line is not new to the user).
+    Their key is the basket's, `OPEN_MARK` and k; the draw of k does not depend on `open_target`. Training
+    reads them; gates and the headline evaluation count whole baskets only.
     """
     if split_frame.empty:
         return [], 0
     targets = _targets(split_frame)
-    eligible = _eligible(interactions_all, targets, open_baskets, seed)
+    if open_target not in OPEN_TARGETS:
+        raise ValueError(f"open_target must be one of {OPEN_TARGETS}, not {open_target!r}")
+    eligible = _eligible(interactions_all, targets, open_baskets, seed, open_target)
     eligible.sort(key=lambda e: (e[0], e[1], e[2]))
     return eligible, len(targets)
 

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rankstream.data.instances import Instance, eligible_baskets, instance_at, is_open, sample_eligible
+from rankstream.data.instances import (
+    Instance,
+    OpenTarget,
+    eligible_baskets,
+    instance_at,
+    is_open,
+    sample_eligible,
+)
 from rankstream.data.live_replay import LiveReplay, replay_events
 from rankstream.stream.candidates import covisit_candidates, in_catalog
 from rankstream.stream.live import LiveParams
@@ -77,6 +84,7 @@ def live_instances(
     params: LiveParams | None = None,
     partitions: int = PARTITIONS,
     open_baskets: int = 0,
+    open_target: OpenTarget = "rest",
     choose: Choose | None = None,
     tables_until_ms: int | None = None,
 ) -> LiveInstances:
@@ -92,13 +100,16 @@ def live_instances(
             applied, so a sampled basket sees the same tables as in the full walk.
         params, partitions: the tables' settings and share count (the scorer's defaults).
         open_baskets: also up to this many open states of each basket (`eligible_baskets`), read from the
-            tables just before the basket, like the basket itself.
+            tables just before the basket, like the basket itself; `open_target`: their positives, the
+            rest of the basket or its next line alone (`eligible_baskets`).
         choose: the candidates and their signal rows from the tables (default: the co-visitation order
             of `n_candidates`, `live_candidates`, and `live_signals`).
         tables_until_ms: apply no event at or after this time to the tables (histories still grow): the
             tables a scorer reads when they were seeded up to then and never moved (`bench live`'s frozen arm).
     """
-    eligible, baskets = eligible_baskets(interactions_all, split_frame, open_baskets=open_baskets, seed=seed)
+    eligible, baskets = eligible_baskets(
+        interactions_all, split_frame, open_baskets=open_baskets, seed=seed, open_target=open_target
+    )
     picked = sample_eligible(eligible, max_instances, seed)
     replay = LiveReplay(params or LiveParams(), partitions)
     events = replay_events(interactions_all) if picked else []

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from rankstream.data.instances import Instance
+from rankstream.data.instances import Instance, OpenTarget
 from rankstream.data.live_instances import PARTITIONS, Choose, live_instances
 from rankstream.stream.candidates import in_catalog
 from rankstream.stream.live import LiveParams
@@ -48,10 +48,12 @@ def training_windows(
     params: LiveParams | None = None,
     partitions: int = PARTITIONS,
     open_baskets: int = 0,
+    open_target: OpenTarget = "rest",
     choose: Choose | None = None,
 ) -> list[Window]:
     """`windows` consecutive windows of `days` ending at `train_end`, oldest first (empty ones skipped);
-    `open_baskets` open states of each basket join its instance (`eligible_baskets`); `choose`: the
+    `open_baskets` open states of each basket (their positives: `open_target`) join its instance
+    (`eligible_baskets`); `choose`: the
     candidates another way than co-visitation's first `n_candidates` (`live_instances`)."""
     end_ts = pd.Timestamp(train_end)
     bounds = [end_ts - timedelta(days=w * days) for w in range(windows, -1, -1)]
@@ -65,6 +67,7 @@ def training_windows(
         params=params,
         partitions=partitions,
         open_baskets=open_baskets,
+        open_target=open_target,
         choose=choose,
     )
     rows = live.signals or []

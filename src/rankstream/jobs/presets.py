@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from rankstream.compression.distil import TrainConfig
+from rankstream.data.instances import OPEN_TARGETS, OpenTarget
 from rankstream.stream.errors import ConfigError
 
 Base = Literal["minilm", "mpnet", "tiny", "tiny-mpnet"]
@@ -22,6 +23,12 @@ PARENTS: dict[str, str] = {
 MAX_LENGTH = 64  # tokens per pair, as the scorer encodes them, unless a preset says otherwise
 GATE_TOLERANCE = 0.02  # a student may lose this share of the teacher's valid NDCG@10
 HEAD_L2 = 1e-2  # ridge penalty of the signal head's fit
+# The real-data presets train on the lists a scorer serves: a list is rewritten after every line, so most
+# lists are read in the middle of a basket and each is on screen until the next line only. Up to 16 open
+# states a basket (about every line of a typical one), each with that next line as its positive
+# (docs/results.md, "Training on the next line").
+SERVED_OPEN_BASKETS = 16
+SERVED_OPEN_TARGET: OpenTarget = "next"
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,14 @@ class CompressPreset:
     # from a user in the middle of a basket, and a model that only saw basket starts ranks those worse than
     # its own candidate order (docs/results.md, "Open baskets").
     open_baskets: int = 1
+    open_target: OpenTarget = "rest"  # an open state's positives: the rest of the basket, or its next line
     # Tokens per pair, as every model of the run is trained, exported and served; the teacher's and the
     # student's TrainConfig carry the same number (checked below), so no step trains at one length and
     # serves at another.
     max_length: int = MAX_LENGTH
 
     def __post_init__(self) -> None:
+        _check_open(self.open_baskets, self.open_target)
         for role, config in (("teacher", self.teacher), ("student", self.student)):
             if config.max_length != self.max_length:
                 raise ConfigError(
@@ -115,6 +124,8 @@ def fast() -> CompressPreset:
         student=TrainConfig(steps=200, groups_per_batch=2, lr=1e-4, max_length=tokens),
         prune={"l2": 0.5},
         max_length=tokens,
+        open_baskets=SERVED_OPEN_BASKETS,
+        open_target=SERVED_OPEN_TARGET,
     )
 
 
@@ -133,7 +144,16 @@ def full() -> CompressPreset:
         student=TrainConfig(steps=200, groups_per_batch=2, lr=1e-4),
         prune={"l2": 0.5},
         teacher_int8=False,
+        open_baskets=SERVED_OPEN_BASKETS,
+        open_target=SERVED_OPEN_TARGET,
     )
+
+
+def _check_open(open_baskets: int, open_target: str) -> None:
+    if open_baskets < 0:
+        raise ConfigError(f"open_baskets is a count of open states per basket (0: none), got {open_baskets}")
+    if open_target not in OPEN_TARGETS:
+        raise ConfigError(f"open_target is one of {list(OPEN_TARGETS)}, got {open_target!r}")
 
 
 COMPRESS: dict[str, Callable[[], CompressPreset]] = {"tiny": tiny, "fast": fast, "full": full}
@@ -160,8 +180,10 @@ class RecompressPreset:
     tolerance: float = 0.01
     canary_share: float | None = None  # publish into a canary at this share of users, not straight to active
     open_baskets: int = 1  # open states per basket among the training lists, as in CompressPreset
+    open_target: OpenTarget = "rest"
 
     def __post_init__(self) -> None:
+        _check_open(self.open_baskets, self.open_target)
         if self.canary_share is not None and not 0.0 < self.canary_share < 1.0:
             raise ConfigError(f"--canary is a share of users in (0, 1), got {self.canary_share}")
         if not 0.0 < self.holdout < 1.0:
@@ -172,8 +194,10 @@ class RecompressPreset:
 
 def recompress_fast() -> RecompressPreset:
     """Real data: four weeks of clicks hold enough baskets to train on and to hold out for the gate, and a
-    short distillation keeps a cycle cheap enough to run often on one niced thread beside the scorers."""
-    return RecompressPreset()
+    short distillation keeps a cycle cheap enough to run often on one niced thread beside the scorers. Its
+    lists are the compress presets' (the served mix of open states), so a cycle learns what the model it
+    replaces learned."""
+    return RecompressPreset(open_baskets=SERVED_OPEN_BASKETS, open_target=SERVED_OPEN_TARGET)
 
 
 def recompress_tiny() -> RecompressPreset:

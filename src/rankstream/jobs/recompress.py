@@ -250,6 +250,7 @@ class Cycle:
             n_candidates=N_CANDIDATES,
             with_signals=with_signals,
             open_baskets=config.open_baskets,
+            open_target=config.open_target,
         )
         # The newest share of the baskets is held out for the gate, whole baskets only (as every gate and
         # evaluation counts them); training takes everything before the first of them, open states included.

@@ -13,7 +13,7 @@ from rankstream.compression.distil import Group
 from rankstream.compression.model import position_prior
 from rankstream.compression.pairs import make_groups
 from rankstream.compression.signal_head import SignalHead, fit_signal_head
-from rankstream.data.instances import Instance
+from rankstream.data.instances import Instance, OpenTarget
 from rankstream.data.live_instances import Choose
 from rankstream.data.prepare import Prepared
 from rankstream.data.windows import ranked_candidates, training_windows
@@ -43,6 +43,7 @@ def signal_training_data(
     l2: float = HEAD_L2,
     seed: int = 0,
     open_baskets: int = 0,
+    open_target: OpenTarget = "rest",
     choose: Choose | None = None,
 ) -> SignalTrainingData:
     """Window instances with their signals, the position prior and the fitted head (see module doc);
@@ -55,6 +56,7 @@ def signal_training_data(
         windows=windows,
         days=days,
         open_baskets=open_baskets,
+        open_target=open_target,
         choose=choose,
     )
     pool = [(inst, rows) for w in found for inst, rows in zip(w.instances, w.signals, strict=True)]
@@ -93,6 +95,7 @@ def preset_training_lists(
         days=preset.window_days,
         max_instances=preset.train_instances,
         open_baskets=preset.open_baskets,
+        open_target=preset.open_target,
         choose=choose,
     )
     groups = make_groups(

@@ -134,6 +134,24 @@ def test_open_baskets_hold_the_lines_so_far_and_the_rest_of_the_basket() -> None
     assert set(opened) == {"7@1", "5@1", "10@1"}  # one-item basket 8 has no open state
 
 
+def test_an_open_state_judged_by_its_next_line() -> None:
+    df = _rows(("u1", "1", 40, "AB"), ("u1", "2", 62, "CADE"))
+    test = split_frame(df, SPLIT)[2]
+    rest, _ = eligible_baskets(df, test, open_baskets=3)
+    nxt, _ = eligible_baskets(df, test, open_baskets=3, open_target="next")
+    by_k = {e[2].split(OPEN_MARK)[1]: e[3:] for e in nxt if OPEN_MARK in e[2]}
+    # After C, the next line is A, bought before: no state. After C, A the next line is D; after C, A, D, E.
+    assert by_k == {"2": (("A", "C", "B"), frozenset({"D"})), "3": (("D", "A", "C", "B"), frozenset({"E"}))}
+    assert {e[2].split(OPEN_MARK)[1]: e[4] for e in rest if OPEN_MARK in e[2]} == {
+        "1": frozenset({"D", "E"}),
+        "2": frozenset({"D", "E"}),
+        "3": frozenset({"E"}),
+    }
+    assert [e for e in nxt if OPEN_MARK not in e[2]] == [e for e in rest if OPEN_MARK not in e[2]]
+    with pytest.raises(ValueError, match="open_target must be one of"):
+        eligible_baskets(df, test, open_baskets=3, open_target="all")  # type: ignore[arg-type]
+
+
 @given(
     baskets=st.lists(
         st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.integers(0, 90), st.text("ABCDEFG", min_size=1, max_size=6)),
@@ -142,15 +160,21 @@ def test_open_baskets_hold_the_lines_so_far_and_the_rest_of_the_basket() -> None
     ),
     open_baskets=st.integers(0, 4),
     seed=st.integers(0, 3),
+    next_line=st.booleans(),
 )
 @settings(max_examples=60, deadline=None)
-def test_open_baskets_property(baskets: list[tuple[str, int, str]], open_baskets: int, seed: int) -> None:
+def test_open_baskets_property(
+    baskets: list[tuple[str, int, str]], open_baskets: int, seed: int, next_line: bool
+) -> None:
     df = _rows(*[(u, str(k), day, items) for k, (u, day, items) in enumerate(baskets)])
     test = split_frame(df, SPLIT)[2]
     plain, _ = eligible_baskets(df, test)
-    with_open, _ = eligible_baskets(df, test, open_baskets=open_baskets, seed=seed)
+    target = "next" if next_line else "rest"
+    with_open, _ = eligible_baskets(df, test, open_baskets=open_baskets, seed=seed, open_target=target)
     assert [e for e in with_open if OPEN_MARK not in e[2]] == plain
-    assert with_open == eligible_baskets(df, test, open_baskets=open_baskets, seed=seed)[0]
+    assert with_open == eligible_baskets(df, test, open_baskets=open_baskets, seed=seed, open_target=target)[0]
+    # The same states are drawn either way; "next" keeps those whose next line is new, with that line alone.
+    rest = {e[2]: e for e in eligible_baskets(df, test, open_baskets=open_baskets, seed=seed)[0]}
     per_basket: dict[str, int] = {}
     for _t, user, key, history, positives in with_open:
         if OPEN_MARK not in key:
@@ -162,8 +186,24 @@ def test_open_baskets_property(baskets: list[tuple[str, int, str]], open_baskets
         assert history[:k] == tuple(reversed(lines[:k]))  # the lines so far are the newest history
         assert positives and positives <= set(lines[k:]) and not positives & set(history)
         assert len(history) == len(set(history))
+        assert key in rest and rest[key][3] == history and positives <= rest[key][4]
+        if next_line:
+            assert positives == {lines[k]}
+        else:
+            assert positives == rest[key][4]
         per_basket[basket] = per_basket.get(basket, 0) + 1
     assert all(n <= open_baskets for n in per_basket.values())
+    # Every drawn state whose next line is new is kept: none is lost to the narrower target.
+    assert {k for k, e in rest.items() if OPEN_MARK in k and (not next_line or _next_is_new(df, e))} == {
+        e[2] for e in with_open if OPEN_MARK in e[2]
+    }
+
+
+def _next_is_new(df: pd.DataFrame, state: tuple) -> bool:
+    """Whether an open state's next line is an item its user had not bought before it."""
+    basket, k = state[2].split("\x1f")[1].split(OPEN_MARK)
+    lines = list(dict.fromkeys(df.loc[df["basket"] == basket, "item_id"]))
+    return lines[int(k)] not in state[3]
 
 
 def test_is_open_tells_open_states_even_when_ids_hold_the_mark() -> None:

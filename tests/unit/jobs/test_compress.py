@@ -15,7 +15,7 @@ from rankstream.compression.gate import accuracy_gate
 from rankstream.compression.pairs import LabelledPair, make_groups
 from rankstream.data.split import Split
 from rankstream.evaluation.evalset import EvalSet, throughput
-from rankstream.jobs.presets import COMPRESS, compress_preset
+from rankstream.jobs.presets import COMPRESS, RecompressPreset, compress_preset, recompress_fast
 from rankstream.stream.errors import ConfigError, JobError
 from tests.model_builders import CATALOG, Inst, byo_data, evenly_spaced, variant, write_run
 
@@ -252,6 +252,19 @@ def test_a_preset_trains_and_serves_one_length() -> None:
     assert fast.max_length == 32  # the demo's model: the cheaper pair a CPU without VNNI needs
     with pytest.raises(ConfigError, match="student trains at 64 tokens per pair but the preset serves 32"):
         replace(fast, student=replace(fast.student, max_length=64))
+
+
+def test_real_data_presets_train_on_the_served_lists_and_refuse_unknown_targets() -> None:
+    # The real-data presets and the recompress cycle fit one kind of list: open states judged by the next line.
+    kinds = {(p.open_baskets, p.open_target) for p in (compress_preset("fast"), compress_preset("full"))}
+    assert kinds == {(recompress_fast().open_baskets, recompress_fast().open_target)} == {(16, "next")}
+    tiny = compress_preset("tiny")
+    with pytest.raises(ConfigError, match="open_target is one of"):
+        replace(tiny, open_target="all")
+    with pytest.raises(ConfigError, match="count of open states"):
+        replace(tiny, open_baskets=-1)
+    with pytest.raises(ConfigError, match="open_target is one of"):
+        RecompressPreset(open_target="every")  # type: ignore[arg-type]
 
 
 def test_compression_public_surface_is_pinned() -> None:
