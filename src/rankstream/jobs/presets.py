@@ -23,12 +23,6 @@ PARENTS: dict[str, str] = {
 MAX_LENGTH = 64  # tokens per pair, as the scorer encodes them, unless a preset says otherwise
 GATE_TOLERANCE = 0.02  # a student may lose this share of the teacher's valid NDCG@10
 HEAD_L2 = 1e-2  # ridge penalty of the signal head's fit
-# The real-data presets train on the lists a scorer serves: a list is rewritten after every line, so most
-# lists are read in the middle of a basket and each is on screen until the next line only. Up to 16 open
-# states a basket (about every line of a typical one), each with that next line as its positive
-# (docs/results.md, "Training on the next line").
-SERVED_OPEN_BASKETS = 16
-SERVED_OPEN_TARGET: OpenTarget = "next"
 
 
 @dataclass(frozen=True)
@@ -61,7 +55,11 @@ class CompressPreset:
     # from a user in the middle of a basket, and a model that only saw basket starts ranks those worse than
     # its own candidate order (docs/results.md, "Open baskets").
     open_baskets: int = 1
-    open_target: OpenTarget = "rest"  # an open state's positives: the rest of the basket, or its next line
+    # An open state's positives: the rest of the basket, or its next line alone ("next": the event a list is
+    # judged by when it is written just before it). "next" at 16 open states a basket ranks fresh lists'
+    # next line 7% better but whole next baskets 22% worse, and late lists worse too: not the default
+    # (docs/results.md, "Training on the next line").
+    open_target: OpenTarget = "rest"
     # Tokens per pair, as every model of the run is trained, exported and served; the teacher's and the
     # student's TrainConfig carry the same number (checked below), so no step trains at one length and
     # serves at another.
@@ -124,8 +122,6 @@ def fast() -> CompressPreset:
         student=TrainConfig(steps=200, groups_per_batch=2, lr=1e-4, max_length=tokens),
         prune={"l2": 0.5},
         max_length=tokens,
-        open_baskets=SERVED_OPEN_BASKETS,
-        open_target=SERVED_OPEN_TARGET,
     )
 
 
@@ -144,8 +140,6 @@ def full() -> CompressPreset:
         student=TrainConfig(steps=200, groups_per_batch=2, lr=1e-4),
         prune={"l2": 0.5},
         teacher_int8=False,
-        open_baskets=SERVED_OPEN_BASKETS,
-        open_target=SERVED_OPEN_TARGET,
     )
 
 
@@ -194,10 +188,8 @@ class RecompressPreset:
 
 def recompress_fast() -> RecompressPreset:
     """Real data: four weeks of clicks hold enough baskets to train on and to hold out for the gate, and a
-    short distillation keeps a cycle cheap enough to run often on one niced thread beside the scorers. Its
-    lists are the compress presets' (the served mix of open states), so a cycle learns what the model it
-    replaces learned."""
-    return RecompressPreset(open_baskets=SERVED_OPEN_BASKETS, open_target=SERVED_OPEN_TARGET)
+    short distillation keeps a cycle cheap enough to run often on one niced thread beside the scorers."""
+    return RecompressPreset()
 
 
 def recompress_tiny() -> RecompressPreset:
