@@ -53,8 +53,8 @@ def training_windows(
 ) -> list[Window]:
     """`windows` consecutive windows of `days` ending at `train_end`, oldest first (empty ones skipped);
     `open_baskets` open states of each basket (their positives: `open_target`) join its instance
-    (`eligible_baskets`); `choose`: the
-    candidates another way than co-visitation's first `n_candidates` (`live_instances`)."""
+    (`eligible_baskets`); `choose`: the candidates another way than co-visitation's first `n_candidates`
+    (`live_instances`)."""
     end_ts = pd.Timestamp(train_end)
     bounds = [end_ts - timedelta(days=w * days) for w in range(windows, -1, -1)]
     ts = interactions["ts"]
